@@ -1,0 +1,298 @@
+//! The cluster as the rest of Citadel sees it, once a file has been read and checked.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::ops::Range;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// Where each field of an item was written in its source file, by field path
+/// (`"host"`, `"addresses.front"`). Empty for items that did not come from a file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Spans(BTreeMap<String, Range<usize>>);
+
+impl Spans {
+    pub fn get(&self, field: &str) -> Option<Range<usize>> {
+        self.0.get(field).cloned()
+    }
+
+    pub(crate) fn set(&mut self, field: impl Into<String>, span: Range<usize>) {
+        self.0.insert(field.into(), span);
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Cluster {
+    pub name: String,
+    /// The internal DNS zone, e.g. `citadel.internal`.
+    pub zone: String,
+    pub segments: Vec<Segment>,
+    pub hosts: Vec<Host>,
+    pub jails: Vec<Jail>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Segment {
+    pub name: String,
+    pub net: Ipv4Net,
+    #[serde(skip)]
+    pub spans: Spans,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Host {
+    pub name: String,
+    pub backend: Backend,
+    #[serde(skip)]
+    pub spans: Spans,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// A supervised child process bound to its own loopback addresses; needs no privileges.
+    Process,
+    /// A Linux network namespace per jail (root only).
+    Netns,
+}
+
+impl Backend {
+    pub const NAMES: &[&str] = &["process", "netns"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "process" => Some(Backend::Process),
+            "netns" => Some(Backend::Netns),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Process => "process",
+            Backend::Netns => "netns",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    App,
+    Db,
+    Witness,
+    Gate,
+    /// Any user program.
+    Command,
+}
+
+impl Role {
+    pub const NAMES: &[&str] = &["app", "db", "witness", "gate", "command"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "app" => Some(Role::App),
+            "db" => Some(Role::Db),
+            "witness" => Some(Role::Witness),
+            "gate" => Some(Role::Gate),
+            "command" => Some(Role::Command),
+            _ => None,
+        }
+    }
+
+    /// Start order: a tier starts once every jail of the tiers before it is up.
+    /// Data first (everything else needs it), then services, then the door that sends them work.
+    pub fn start_tier(self) -> u8 {
+        match self {
+            Role::Db | Role::Witness => 0,
+            Role::App | Role::Command => 1,
+            Role::Gate => 2,
+        }
+    }
+
+    /// Roles that vote in the database's Raft group.
+    pub fn is_voter(self) -> bool {
+        matches!(self, Role::Db | Role::Witness)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::App => "app",
+            Role::Db => "db",
+            Role::Witness => "witness",
+            Role::Gate => "gate",
+            Role::Command => "command",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl RestartPolicy {
+    pub const NAMES: &[&str] = &["always", "on-failure", "never"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "always" => Some(RestartPolicy::Always),
+            "on-failure" => Some(RestartPolicy::OnFailure),
+            "never" => Some(RestartPolicy::Never),
+            _ => None,
+        }
+    }
+
+    /// Whether a jail that exited (successfully or not) is started again.
+    pub fn restarts_after(self, success: bool) -> bool {
+        match self {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => !success,
+            RestartPolicy::Never => false,
+        }
+    }
+}
+
+impl fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Never => "never",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JailAddress {
+    pub segment: String,
+    pub addr: Ipv4Addr,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Memory ceiling in bytes.
+    pub memory: Option<u64>,
+    /// CPU share in cores (1.5 = one and a half cores).
+    pub cpus: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Probe {
+    /// Healthy when a TCP connection to the port is accepted.
+    Tcp,
+    /// Healthy when `GET path` answers with a 2xx or 3xx status.
+    Http { path: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub probe: Probe,
+    pub port: u16,
+    /// The segment whose address is probed; `None` means the jail's first address.
+    pub segment: Option<String>,
+    #[serde(with = "millis")]
+    pub interval: Duration,
+    #[serde(with = "millis")]
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Jail {
+    pub name: String,
+    pub host: String,
+    pub role: Role,
+    /// One address per segment the jail joins, in the order the segments are declared.
+    pub addresses: Vec<JailAddress>,
+    /// The program to run; `None` means the role's built-in program.
+    pub command: Option<String>,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub restart: RestartPolicy,
+    #[serde(with = "millis")]
+    pub stop_grace: Duration,
+    pub limits: Limits,
+    pub health: Option<HealthCheck>,
+    /// Ports the jail listens on, checked for conflicts before it starts.
+    pub ports: Vec<u16>,
+    #[serde(skip)]
+    pub spans: Spans,
+}
+
+impl Jail {
+    pub fn address(&self, segment: &str) -> Option<Ipv4Addr> {
+        self.addresses
+            .iter()
+            .find(|a| a.segment == segment)
+            .map(|a| a.addr)
+    }
+
+    /// The address others use when they don't share a preferred segment: the first one.
+    pub fn primary_address(&self) -> Option<Ipv4Addr> {
+        self.addresses.first().map(|a| a.addr)
+    }
+
+    /// The address the health check probes.
+    pub fn health_address(&self) -> Option<Ipv4Addr> {
+        match self.health.as_ref().and_then(|h| h.segment.as_deref()) {
+            Some(segment) => self.address(segment),
+            None => self.primary_address(),
+        }
+    }
+}
+
+impl Cluster {
+    pub fn jail(&self, name: &str) -> Option<&Jail> {
+        self.jails.iter().find(|j| j.name == name)
+    }
+
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    pub fn segment(&self, name: &str) -> Option<&Segment> {
+        self.segments.iter().find(|s| s.name == name)
+    }
+
+    pub fn backend_of(&self, jail: &Jail) -> Backend {
+        self.host(&jail.host)
+            .map_or(Backend::Process, |h| h.backend)
+    }
+
+    /// The first free address of `segment`, skipping the network and broadcast addresses
+    /// and every address a jail already holds.
+    pub fn free_address(&self, segment: &str) -> Option<Ipv4Addr> {
+        let net = self.segment(segment)?.net;
+        let taken: Vec<Ipv4Addr> = self
+            .jails
+            .iter()
+            .flat_map(|j| j.addresses.iter().map(|a| a.addr))
+            .collect();
+        net.hosts().find(|a| !taken.contains(a))
+    }
+}
+
+/// Durations are stored as whole milliseconds in machine-written state.
+mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis().try_into().unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
