@@ -382,6 +382,17 @@ pub(crate) fn read_cluster(doc: &Value<'_>, diags: &mut Vec<Diagnostic>) -> Clus
         }
     }
     top.finish(diags);
+    // Addresses come out of a TOML table in key order; put them in segment order, so that a
+    // jail's first address is on the first segment declared.
+    let order: Vec<String> = cluster.segments.iter().map(|s| s.name.clone()).collect();
+    for jail in &mut cluster.jails {
+        jail.addresses.sort_by_key(|a| {
+            order
+                .iter()
+                .position(|s| *s == a.segment)
+                .unwrap_or(usize::MAX)
+        });
+    }
     cluster
 }
 

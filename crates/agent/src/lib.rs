@@ -1,0 +1,8 @@
+//! The agent: runs the jails of a cluster on this machine and answers operator commands on a
+//! control socket. `citadel up` is an agent for every host of the cluster at once.
+
+pub mod control;
+pub mod protocol;
+mod runtime;
+
+pub use runtime::{Runtime, RuntimeError, StartProgress};

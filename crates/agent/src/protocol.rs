@@ -1,0 +1,99 @@
+//! What the CLI and a running agent say to each other over the control socket: one JSON
+//! request per line, one JSON response per line.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use citadel_jail::{Exit, Health, JailState};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Request {
+    Status,
+    Start {
+        jail: String,
+    },
+    Stop {
+        jail: String,
+    },
+    Restart {
+        jail: String,
+    },
+    Identity {
+        jail: String,
+    },
+    Clone {
+        source: String,
+        name: String,
+        /// segment → address; segments not named get the first free address.
+        addresses: BTreeMap<String, String>,
+    },
+    Archive {
+        jail: String,
+        file: PathBuf,
+    },
+    Restore {
+        file: PathBuf,
+        name: Option<String>,
+        host: Option<String>,
+    },
+    Destroy {
+        jail: String,
+    },
+    Shutdown,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Response {
+    Ok(serde_json::Value),
+    Error(String),
+}
+
+/// One row of `citadel status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JailReport {
+    pub name: String,
+    pub host: String,
+    pub role: String,
+    pub backend: String,
+    /// `segment=address` for each segment the jail joins.
+    pub addresses: Vec<String>,
+    pub state: JailState,
+    pub pid: Option<u32>,
+    pub uptime_ms: Option<u64>,
+    pub restarts: u32,
+    pub last_exit: Option<Exit>,
+    pub health: Health,
+    pub has_health_check: bool,
+    pub error: Option<String>,
+    /// Defined in the cluster file (false: created at run time by clone or restore).
+    pub from_file: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub cluster: String,
+    pub zone: String,
+    pub file: String,
+    pub state_dir: PathBuf,
+    pub agent_pid: u32,
+    pub jails: Vec<JailReport>,
+}
+
+/// What `exec` needs to run a command as the jail.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Identity {
+    pub env: BTreeMap<String, String>,
+    pub cwd: PathBuf,
+}
+
+/// The outcome of clone and restore.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Created {
+    pub name: String,
+    pub host: String,
+    pub addresses: Vec<String>,
+    pub bytes: u64,
+}

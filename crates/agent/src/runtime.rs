@@ -1,0 +1,620 @@
+//! The set of jails one agent runs, and the operator verbs on them.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use citadel_jail::{
+    Health, JailPaths, JailState, Launch, Reaper, Supervisor, copy_tree, expand_vars, identity_env,
+    read_archive, resolve_program, write_archive,
+};
+use citadel_spec::{Capabilities, Cluster, Jail, JailAddress, Spans};
+use nix::sys::signal::Signal;
+use tokio::sync::Mutex;
+
+use crate::protocol::{Created, Identity, JailReport, StatusReport};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("no jail named `{0}`; `citadel status` lists them")]
+    NoSuchJail(String),
+    #[error("a jail named `{0}` already exists")]
+    Exists(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Start(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    let what = what.into();
+    move |source| RuntimeError::Io { what, source }
+}
+
+/// What `start_all` reports as it goes, for a progress display.
+pub enum StartProgress<'a> {
+    Tier {
+        index: usize,
+        count: usize,
+        jails: Vec<String>,
+    },
+    Ready {
+        jail: &'a str,
+        healthy: bool,
+        took: Duration,
+    },
+    Failed {
+        jail: &'a str,
+        error: String,
+    },
+}
+
+struct Entry {
+    supervisor: Supervisor,
+    from_file: bool,
+}
+
+pub struct Runtime {
+    cluster: Mutex<Cluster>,
+    file: String,
+    state_dir: PathBuf,
+    self_exe: PathBuf,
+    caps: Capabilities,
+    reaper: Arc<Reaper>,
+    jails: Mutex<BTreeMap<String, Entry>>,
+}
+
+/// How long `up` waits for one tier of jails to come up before it goes on without them.
+pub const TIER_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Runtime {
+    /// Builds the runtime for `cluster`, adding the jails that clone and restore created in
+    /// earlier runs (their definitions live in the state directory).
+    pub fn new(
+        mut cluster: Cluster,
+        file: String,
+        state_dir: PathBuf,
+        self_exe: PathBuf,
+        caps: Capabilities,
+        reaper: Arc<Reaper>,
+    ) -> Result<Runtime, RuntimeError> {
+        let from_file: Vec<String> = cluster.jails.iter().map(|j| j.name.clone()).collect();
+        for jail in saved_jails(&state_dir)? {
+            if cluster.jail(&jail.name).is_none() {
+                cluster.jails.push(jail);
+            }
+        }
+        citadel_spec::recheck(
+            &cluster,
+            &caps,
+            &state_dir.join("jails").display().to_string(),
+        )
+        .map_err(|r| RuntimeError::Invalid(r.to_string()))?;
+        let mut jails = BTreeMap::new();
+        for jail in &cluster.jails {
+            let launch = launch_for(&cluster, jail, &state_dir, &self_exe)?;
+            jails.insert(
+                jail.name.clone(),
+                Entry {
+                    supervisor: Supervisor::new(launch, reaper.clone()),
+                    from_file: from_file.contains(&jail.name),
+                },
+            );
+        }
+        Ok(Runtime {
+            cluster: Mutex::new(cluster),
+            file,
+            state_dir,
+            self_exe,
+            caps,
+            reaper,
+            jails: Mutex::new(jails),
+        })
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Starts every jail, tier by tier (data, then services, then the gate), waiting for each
+    /// tier to be up — healthy where it has a health check — before the next.
+    pub async fn start_all(&self, mut progress: impl FnMut(StartProgress<'_>)) -> usize {
+        let tiers = self.tiers().await;
+        let count = tiers.len();
+        let mut failures = 0;
+        for (index, names) in tiers.into_iter().enumerate() {
+            progress(StartProgress::Tier {
+                index,
+                count,
+                jails: names.clone(),
+            });
+            let started = Instant::now();
+            let mut waiting = Vec::new();
+            for name in &names {
+                let Some(sup) = self.supervisor(name).await else {
+                    continue;
+                };
+                match sup.start().await {
+                    Ok(()) => waiting.push((name.clone(), sup)),
+                    Err(error) => {
+                        failures += 1;
+                        progress(StartProgress::Failed { jail: name, error });
+                    }
+                }
+            }
+            for (name, sup) in waiting {
+                let deadline = started + TIER_TIMEOUT;
+                match wait_up(&sup, deadline).await {
+                    Ok(healthy) => progress(StartProgress::Ready {
+                        jail: &name,
+                        healthy,
+                        took: started.elapsed(),
+                    }),
+                    Err(error) => {
+                        failures += 1;
+                        progress(StartProgress::Failed { jail: &name, error });
+                    }
+                }
+            }
+        }
+        failures
+    }
+
+    /// Stops every jail in the reverse of start order; a tier's jails stop together.
+    pub async fn stop_all(&self) {
+        for names in self.tiers().await.into_iter().rev() {
+            let mut stops = Vec::new();
+            for name in names {
+                if let Some(sup) = self.supervisor(&name).await {
+                    stops.push(tokio::spawn(async move { sup.stop().await }));
+                }
+            }
+            for s in stops {
+                let _ = s.await;
+            }
+        }
+    }
+
+    async fn tiers(&self) -> Vec<Vec<String>> {
+        let cluster = self.cluster.lock().await;
+        let mut tiers: BTreeMap<u8, Vec<String>> = BTreeMap::new();
+        for j in &cluster.jails {
+            tiers
+                .entry(j.role.start_tier())
+                .or_default()
+                .push(j.name.clone());
+        }
+        tiers.into_values().collect()
+    }
+
+    async fn supervisor(&self, name: &str) -> Option<Supervisor> {
+        self.jails
+            .lock()
+            .await
+            .get(name)
+            .map(|e| e.supervisor.clone())
+    }
+
+    async fn require(&self, name: &str) -> Result<Supervisor, RuntimeError> {
+        self.supervisor(name)
+            .await
+            .ok_or_else(|| RuntimeError::NoSuchJail(name.to_string()))
+    }
+
+    pub async fn status(&self) -> StatusReport {
+        let cluster = self.cluster.lock().await.clone();
+        let jails = self.jails.lock().await;
+        let mut rows = Vec::new();
+        for jail in &cluster.jails {
+            let Some(entry) = jails.get(&jail.name) else {
+                continue;
+            };
+            let s = entry.supervisor.status();
+            rows.push(JailReport {
+                name: jail.name.clone(),
+                host: jail.host.clone(),
+                role: jail.role.to_string(),
+                backend: cluster.backend_of(jail).to_string(),
+                addresses: jail
+                    .addresses
+                    .iter()
+                    .map(|a| format!("{}={}", a.segment, a.addr))
+                    .collect(),
+                state: s.state,
+                pid: s.pid,
+                uptime_ms: s
+                    .started_at
+                    .filter(|_| s.pid.is_some())
+                    .and_then(|t| t.elapsed().ok())
+                    .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
+                restarts: s.restarts,
+                last_exit: s.last_exit,
+                health: s.health,
+                has_health_check: jail.health.is_some(),
+                error: s.error,
+                from_file: entry.from_file,
+            });
+        }
+        StatusReport {
+            cluster: cluster.name.clone(),
+            zone: cluster.zone.clone(),
+            file: self.file.clone(),
+            state_dir: self.state_dir.clone(),
+            agent_pid: std::process::id(),
+            jails: rows,
+        }
+    }
+
+    pub async fn start(&self, name: &str) -> Result<(), RuntimeError> {
+        self.require(name)
+            .await?
+            .start()
+            .await
+            .map_err(RuntimeError::Start)
+    }
+
+    pub async fn stop(&self, name: &str) -> Result<(), RuntimeError> {
+        self.require(name).await?.stop().await;
+        Ok(())
+    }
+
+    pub async fn restart(&self, name: &str) -> Result<(), RuntimeError> {
+        self.require(name)
+            .await?
+            .restart()
+            .await
+            .map_err(RuntimeError::Start)
+    }
+
+    pub async fn identity(&self, name: &str) -> Result<Identity, RuntimeError> {
+        let cluster = self.cluster.lock().await;
+        let jail = cluster
+            .jail(name)
+            .ok_or_else(|| RuntimeError::NoSuchJail(name.to_string()))?;
+        let paths = JailPaths::new(&self.state_dir, name);
+        paths.create().map_err(io(format!(
+            "jail `{name}`: cannot create {}",
+            paths.root.display()
+        )))?;
+        Ok(Identity {
+            env: identity_env(&cluster, jail, &paths),
+            cwd: paths.data(),
+        })
+    }
+
+    /// Runs `f` with the jail's processes frozen (SIGSTOP), so its data is copied in one
+    /// consistent state, as after a power cut.
+    async fn frozen<T>(&self, name: &str, f: impl FnOnce() -> T) -> Result<T, RuntimeError> {
+        let sup = self.require(name).await?;
+        let running = sup.status().pid.is_some();
+        if running {
+            sup.signal(Signal::SIGSTOP)
+                .await
+                .map_err(RuntimeError::Start)?;
+        }
+        let out = f();
+        if running {
+            sup.signal(Signal::SIGCONT)
+                .await
+                .map_err(RuntimeError::Start)?;
+        }
+        Ok(out)
+    }
+
+    pub async fn clone_jail(
+        &self,
+        source: &str,
+        name: &str,
+        addresses: &BTreeMap<String, String>,
+    ) -> Result<Created, RuntimeError> {
+        let mut jail = {
+            let cluster = self.cluster.lock().await;
+            cluster
+                .jail(source)
+                .cloned()
+                .ok_or_else(|| RuntimeError::NoSuchJail(source.to_string()))?
+        };
+        jail.name = name.to_string();
+        jail.addresses = self.pick_addresses(&jail.addresses, addresses).await?;
+        let from = JailPaths::new(&self.state_dir, source);
+        let to = JailPaths::new(&self.state_dir, name);
+        if to.root.exists() {
+            return Err(RuntimeError::Exists(name.to_string()));
+        }
+        let data = from.data();
+        let dest = to.data();
+        let bytes = self
+            .frozen(source, || {
+                if data.exists() {
+                    copy_tree(&data, &dest)
+                } else {
+                    Ok(0)
+                }
+            })
+            .await?
+            .map_err(io(format!("copying the data of `{source}` to `{name}`")))?;
+        let created = self.add(jail, bytes).await;
+        if created.is_err() {
+            let _ = std::fs::remove_dir_all(&to.root);
+        }
+        created
+    }
+
+    pub async fn archive(&self, name: &str, file: &Path) -> Result<u64, RuntimeError> {
+        let jail = {
+            let cluster = self.cluster.lock().await;
+            cluster
+                .jail(name)
+                .cloned()
+                .ok_or_else(|| RuntimeError::NoSuchJail(name.to_string()))?
+        };
+        let definition =
+            serde_json::to_vec_pretty(&jail).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+        let paths = JailPaths::new(&self.state_dir, name);
+        paths.create().map_err(io(format!(
+            "jail `{name}`: cannot create {}",
+            paths.root.display()
+        )))?;
+        let data = paths.data();
+        self.frozen(name, || write_archive(file, &definition, &data))
+            .await?
+            .map_err(io(format!("writing archive {}", file.display())))?;
+        std::fs::metadata(file)
+            .map(|m| m.len())
+            .map_err(io(format!("reading archive {}", file.display())))
+    }
+
+    pub async fn restore(
+        &self,
+        file: &Path,
+        name: Option<&str>,
+        host: Option<&str>,
+    ) -> Result<Created, RuntimeError> {
+        let contents =
+            read_archive(file, None).map_err(io(format!("reading archive {}", file.display())))?;
+        let mut jail: Jail = serde_json::from_slice(&contents.definition).map_err(|e| {
+            RuntimeError::Invalid(format!(
+                "{}: the jail definition inside is not valid: {e}",
+                file.display()
+            ))
+        })?;
+        if let Some(name) = name {
+            jail.name = name.to_string();
+        }
+        if let Some(host) = host {
+            jail.host = host.to_string();
+        }
+        {
+            let cluster = self.cluster.lock().await;
+            if cluster.host(&jail.host).is_none() {
+                let hosts: Vec<&str> = cluster.hosts.iter().map(|h| h.name.as_str()).collect();
+                return Err(RuntimeError::Invalid(format!(
+                    "the archived jail `{}` was on host `{}`, which this cluster does not have; restore it with --host (one of: {})",
+                    jail.name,
+                    jail.host,
+                    hosts.join(", ")
+                )));
+            }
+        }
+        // Keep the archived addresses where they are free; pick others where not.
+        let wanted: BTreeMap<String, String> = BTreeMap::new();
+        jail.addresses = self.pick_addresses(&jail.addresses, &wanted).await?;
+        let paths = JailPaths::new(&self.state_dir, &jail.name);
+        if paths.root.exists() {
+            return Err(RuntimeError::Exists(jail.name.clone()));
+        }
+        let data = paths.data();
+        read_archive(file, Some(&data))
+            .map_err(io(format!("unpacking archive {}", file.display())))?;
+        let bytes = dir_size(&data);
+        let created = self.add(jail, bytes).await;
+        if created.is_err() {
+            let _ = std::fs::remove_dir_all(&paths.root);
+        }
+        created
+    }
+
+    /// Addresses for a new jail on the same segments as `template`: the ones asked for, else
+    /// the template's own when free, else the first free address of the segment.
+    async fn pick_addresses(
+        &self,
+        template: &[JailAddress],
+        asked: &BTreeMap<String, String>,
+    ) -> Result<Vec<JailAddress>, RuntimeError> {
+        let cluster = self.cluster.lock().await;
+        for segment in asked.keys() {
+            if !template.iter().any(|a| &a.segment == segment) {
+                return Err(RuntimeError::Invalid(format!(
+                    "the jail is not on segment `{segment}`"
+                )));
+            }
+        }
+        let taken = |addr: Ipv4Addr| {
+            cluster
+                .jails
+                .iter()
+                .any(|j| j.addresses.iter().any(|a| a.addr == addr))
+        };
+        let mut out = Vec::new();
+        for a in template {
+            let addr = match asked.get(&a.segment) {
+                Some(text) => text.parse().map_err(|_| {
+                    RuntimeError::Invalid(format!("\"{text}\" is not an IPv4 address"))
+                })?,
+                None if !taken(a.addr)
+                    && cluster
+                        .segment(&a.segment)
+                        .is_some_and(|s| s.net.contains(&a.addr)) =>
+                {
+                    a.addr
+                }
+                None => cluster.free_address(&a.segment).ok_or_else(|| {
+                    RuntimeError::Invalid(format!(
+                        "segment `{}` has no free address left",
+                        a.segment
+                    ))
+                })?,
+            };
+            out.push(JailAddress {
+                segment: a.segment.clone(),
+                addr,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Adds a jail created at run time: checks it against the cluster, saves its definition,
+    /// and gives it a (stopped) supervisor.
+    async fn add(&self, mut jail: Jail, bytes: u64) -> Result<Created, RuntimeError> {
+        jail.spans = Spans::default();
+        let mut cluster = self.cluster.lock().await;
+        if cluster.jail(&jail.name).is_some() {
+            return Err(RuntimeError::Exists(jail.name.clone()));
+        }
+        let mut candidate = cluster.clone();
+        candidate.jails.push(jail.clone());
+        citadel_spec::recheck(&candidate, &self.caps, &format!("new jail `{}`", jail.name))
+            .map_err(|r| RuntimeError::Invalid(r.to_string().trim_end().to_string()))?;
+        let paths = JailPaths::new(&self.state_dir, &jail.name);
+        paths
+            .create()
+            .map_err(io(format!("creating {}", paths.root.display())))?;
+        let json =
+            serde_json::to_vec_pretty(&jail).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+        std::fs::write(paths.definition(), json)
+            .map_err(io(format!("writing {}", paths.definition().display())))?;
+        let launch = launch_for(&candidate, &jail, &self.state_dir, &self.self_exe)?;
+        self.jails.lock().await.insert(
+            jail.name.clone(),
+            Entry {
+                supervisor: Supervisor::new(launch, self.reaper.clone()),
+                from_file: false,
+            },
+        );
+        *cluster = candidate;
+        Ok(Created {
+            name: jail.name.clone(),
+            host: jail.host.clone(),
+            addresses: jail
+                .addresses
+                .iter()
+                .map(|a| format!("{}={}", a.segment, a.addr))
+                .collect(),
+            bytes,
+        })
+    }
+
+    /// Stops a jail and deletes it with its data. Returns whether it is still in the cluster
+    /// file (and so comes back, empty, at the next `up`).
+    pub async fn destroy(&self, name: &str) -> Result<bool, RuntimeError> {
+        let sup = self.require(name).await?;
+        sup.stop().await;
+        let entry = self.jails.lock().await.remove(name);
+        self.cluster.lock().await.jails.retain(|j| j.name != name);
+        let paths = JailPaths::new(&self.state_dir, name);
+        if paths.root.exists() {
+            std::fs::remove_dir_all(&paths.root)
+                .map_err(io(format!("deleting {}", paths.root.display())))?;
+        }
+        Ok(entry.is_some_and(|e| e.from_file))
+    }
+}
+
+/// Waits until a started jail is up: healthy if it has a health check, running if not.
+/// Returns whether it was seen healthy.
+async fn wait_up(sup: &Supervisor, deadline: Instant) -> Result<bool, String> {
+    let mut rx = sup.watch();
+    loop {
+        let s = rx.borrow_and_update().clone();
+        match (s.state, &s.health) {
+            (JailState::Running | JailState::CrashLooping, Health::Healthy) => return Ok(true),
+            (JailState::Failed, _) => return Err(s.error.unwrap_or_else(|| "failed".into())),
+            _ => {}
+        }
+        let wait = deadline.saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            return Err(match (s.state, s.health, s.last_exit) {
+                (_, Health::Unhealthy(why), _) => {
+                    format!("not healthy after {}s: {why}", TIER_TIMEOUT.as_secs())
+                }
+                (JailState::Running, Health::Unknown, _) if s.pid.is_some() => {
+                    return Ok(false);
+                }
+                (state, _, Some(exit)) => format!("{state} (last {exit}); see `citadel jail logs`"),
+                (state, _, None) => format!("{state}"),
+            });
+        }
+        let _ = tokio::time::timeout(wait, rx.changed()).await;
+    }
+}
+
+fn launch_for(
+    cluster: &Cluster,
+    jail: &Jail,
+    state_dir: &Path,
+    self_exe: &Path,
+) -> Result<Launch, RuntimeError> {
+    let paths = JailPaths::new(state_dir, &jail.name);
+    let env = identity_env(cluster, jail, &paths);
+    let (program, args) = match &jail.command {
+        Some(cmd) => (
+            resolve_program(&jail.name, cmd, &env, self_exe)
+                .map_err(|e| RuntimeError::Start(e.to_string()))?,
+            jail.args.iter().map(|a| expand_vars(a, &env)).collect(),
+        ),
+        // A role's own program: this citadel, as `citadel <role>`.
+        None => (
+            self_exe.to_path_buf(),
+            std::iter::once(jail.role.to_string())
+                .chain(jail.args.iter().map(|a| expand_vars(a, &env)))
+                .collect(),
+        ),
+    };
+    Ok(Launch {
+        jail: jail.clone(),
+        paths,
+        program,
+        args,
+        env,
+    })
+}
+
+fn saved_jails(state_dir: &Path) -> Result<Vec<Jail>, RuntimeError> {
+    let dir = state_dir.join("jails");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let def = entry.path().join("jail.json");
+        let Ok(bytes) = std::fs::read(&def) else {
+            continue;
+        };
+        let jail: Jail = serde_json::from_slice(&bytes).map_err(|e| {
+            RuntimeError::Invalid(format!("{}: {e}; remove it or fix it", def.display()))
+        })?;
+        out.push(jail);
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}

@@ -1,0 +1,387 @@
+//! The operator's commands: check, init, status, down, and the jail verbs.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use citadel_agent::control::call;
+use citadel_agent::protocol::{Created, Identity, Request, StatusReport};
+use citadel_jail::{Health, JailPaths, follow_log, tail_log};
+use citadel_spec::units::format_duration;
+use citadel_spec::{BUILTIN, BUILTIN_ORIGIN, Backend, Capabilities, Cluster};
+use clap::Subcommand;
+use comfy_table::{Table, presets::NOTHING};
+
+/// What this build of citadel can run. Roles get their built-in programs as they land.
+pub fn capabilities() -> Capabilities {
+    Capabilities {
+        builtin_roles: vec![],
+        backends: vec![Backend::Process],
+    }
+}
+
+/// Reads and checks a cluster file (or the built-in one), printing its warnings; on any error,
+/// prints them all and fails.
+pub fn load_cluster(file: Option<&Path>) -> anyhow::Result<(Cluster, String)> {
+    let (source, origin) = match file {
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read cluster file {}", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => (BUILTIN.to_string(), BUILTIN_ORIGIN.to_string()),
+    };
+    match citadel_spec::parse(&source, &origin, &capabilities()) {
+        Ok((cluster, warnings)) => {
+            if !warnings.diagnostics.is_empty() {
+                eprint!("{warnings}");
+            }
+            Ok((cluster, origin))
+        }
+        Err(report) => {
+            eprint!("{report}");
+            bail!(
+                "{origin} is not a valid cluster file ({} error(s))",
+                report.errors().count()
+            )
+        }
+    }
+}
+
+pub fn check(file: Option<&Path>) -> anyhow::Result<i32> {
+    let (cluster, origin) = load_cluster(file)?;
+    println!(
+        "{origin}: ok — cluster `{}` (zone {}), {} segment(s), {} host(s), {} jail(s)",
+        cluster.name,
+        cluster.zone,
+        cluster.segments.len(),
+        cluster.hosts.len(),
+        cluster.jails.len()
+    );
+    Ok(0)
+}
+
+pub fn init(dir: &Path, force: bool) -> anyhow::Result<i32> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join("citadel.toml");
+    if path.exists() && !force {
+        bail!(
+            "{} already exists; pass --force to overwrite it",
+            path.display()
+        );
+    }
+    std::fs::write(&path, BUILTIN).with_context(|| format!("cannot write {}", path.display()))?;
+    println!(
+        "wrote {}; run it with `citadel up --file {}`",
+        path.display(),
+        path.display()
+    );
+    Ok(0)
+}
+
+pub async fn down(state: &Path) -> anyhow::Result<i32> {
+    call::<()>(state, &Request::Shutdown).await?;
+    println!("asked citadel up to stop every jail");
+    Ok(0)
+}
+
+pub async fn status(state: &Path, json: bool) -> anyhow::Result<i32> {
+    let report: StatusReport = call(state, &Request::Status).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_status(&report);
+    }
+    Ok(0)
+}
+
+fn health_text(health: &Health, has_check: bool, running: bool) -> String {
+    match health {
+        Health::Healthy => "healthy".into(),
+        Health::Unhealthy(why) => format!("unhealthy: {why}"),
+        Health::Unknown if !has_check => "-".into(),
+        Health::Unknown if running => "starting".into(),
+        Health::Unknown => "-".into(),
+    }
+}
+
+pub fn print_status(report: &StatusReport) {
+    let mut table = Table::new();
+    table.load_style(NOTHING);
+    table.set_header(vec![
+        "JAIL",
+        "HOST",
+        "ROLE",
+        "BACKEND",
+        "ADDRESSES",
+        "STATE",
+        "PID",
+        "UPTIME",
+        "RESTARTS",
+        "LAST EXIT",
+        "HEALTH",
+    ]);
+    for j in &report.jails {
+        let state = j.state.to_string();
+        table.add_row(vec![
+            j.name.clone(),
+            j.host.clone(),
+            j.role.clone(),
+            j.backend.clone(),
+            j.addresses.join(" "),
+            state,
+            j.pid.map_or("-".into(), |p| p.to_string()),
+            j.uptime_ms
+                .map_or("-".into(), |ms| format_duration(Duration::from_millis(ms))),
+            j.restarts.to_string(),
+            j.last_exit.as_ref().map_or("-".into(), |e| {
+                let ago = e.at.elapsed().map(format_duration).unwrap_or_default();
+                format!("{e} ({ago} ago)")
+            }),
+            health_text(&j.health, j.has_health_check, j.pid.is_some()),
+        ]);
+    }
+    println!(
+        "cluster {} (zone {}) from {}",
+        report.cluster, report.zone, report.file
+    );
+    println!("{table}");
+    for j in &report.jails {
+        if let Some(e) = &j.error {
+            println!("{}: {e}", j.name);
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum JailVerb {
+    /// List jails: name, host, role, addresses, state.
+    List,
+    /// Start a stopped jail.
+    Start { jail: String },
+    /// Stop a jail: SIGTERM, its grace period, then SIGKILL, for its whole process group.
+    Stop { jail: String },
+    /// Stop and start a jail.
+    Restart { jail: String },
+    /// Print a jail's console log.
+    Logs {
+        jail: String,
+        /// Keep printing what the jail writes.
+        #[arg(long, short)]
+        follow: bool,
+        /// How many lines of the end to print first.
+        #[arg(long, short = 'n', default_value_t = 100)]
+        lines: usize,
+    },
+    /// Run a command as the jail: its environment, its working directory, its addresses.
+    Exec {
+        jail: String,
+        #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Create a new jail as a copy of another, with its data.
+    Clone {
+        source: String,
+        name: String,
+        /// An address for the copy on one segment, as SEGMENT=ADDRESS (default: the first free).
+        #[arg(long = "address", value_name = "SEGMENT=ADDRESS")]
+        addresses: Vec<String>,
+    },
+    /// Pack a jail's definition and data into a compressed archive.
+    Archive { jail: String, file: PathBuf },
+    /// Create a jail from an archive (made here or on another machine).
+    Restore {
+        file: PathBuf,
+        /// A new name for the jail.
+        #[arg(long)]
+        name: Option<String>,
+        /// The host to put it on, when the archive's host does not exist here.
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Stop a jail and delete it with its data.
+    Destroy { jail: String },
+}
+
+pub async fn jail(verb: JailVerb, state: &Path, json: bool) -> anyhow::Result<i32> {
+    match verb {
+        JailVerb::List => {
+            let report: StatusReport = call(state, &Request::Status).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.jails)?);
+            } else {
+                let mut table = Table::new();
+                table.load_style(NOTHING);
+                table.set_header(vec!["JAIL", "HOST", "ROLE", "ADDRESSES", "STATE", "SOURCE"]);
+                for j in &report.jails {
+                    table.add_row(vec![
+                        j.name.clone(),
+                        j.host.clone(),
+                        j.role.clone(),
+                        j.addresses.join(" "),
+                        j.state.to_string(),
+                        if j.from_file {
+                            "file".into()
+                        } else {
+                            "state".to_string()
+                        },
+                    ]);
+                }
+                println!("{table}");
+            }
+        }
+        JailVerb::Start { jail } => {
+            call::<()>(state, &Request::Start { jail: jail.clone() }).await?;
+            done(json, "started", &jail, None);
+        }
+        JailVerb::Stop { jail } => {
+            call::<()>(state, &Request::Stop { jail: jail.clone() }).await?;
+            done(json, "stopped", &jail, None);
+        }
+        JailVerb::Restart { jail } => {
+            call::<()>(state, &Request::Restart { jail: jail.clone() }).await?;
+            done(json, "restarted", &jail, None);
+        }
+        JailVerb::Logs {
+            jail,
+            follow,
+            lines,
+        } => {
+            let log = JailPaths::new(state, &jail).console_log();
+            if !log.exists() {
+                bail!(
+                    "jail `{jail}` has no log at {} (never started, or another --state)",
+                    log.display()
+                );
+            }
+            let mut out = std::io::stdout().lock();
+            out.write_all(&tail_log(&log, lines)?)?;
+            out.flush()?;
+            if follow {
+                let _ = follow_log(&log, out).await;
+            }
+        }
+        JailVerb::Exec { jail, command } => {
+            let id: Identity = call(state, &Request::Identity { jail: jail.clone() }).await?;
+            let (program, args) = command.split_first().context("no command given")?;
+            let status = std::process::Command::new(program)
+                .args(args)
+                .env_clear()
+                .envs(&id.env)
+                .current_dir(&id.cwd)
+                .status()
+                .with_context(|| format!("jail `{jail}`: cannot run {program}"))?;
+            use std::os::unix::process::ExitStatusExt;
+            return Ok(status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)));
+        }
+        JailVerb::Clone {
+            source,
+            name,
+            addresses,
+        } => {
+            let mut map = BTreeMap::new();
+            for a in &addresses {
+                let (seg, addr) = a.split_once('=').with_context(|| {
+                    format!("--address {a}: write SEGMENT=ADDRESS, e.g. front=127.10.0.31")
+                })?;
+                map.insert(seg.to_string(), addr.to_string());
+            }
+            let created: Created = call(
+                state,
+                &Request::Clone {
+                    source: source.clone(),
+                    name,
+                    addresses: map,
+                },
+            )
+            .await?;
+            print_created(&created, &format!("cloned from {source}"), json)?;
+        }
+        JailVerb::Archive { jail, file } => {
+            let file = absolute(&file)?;
+            let bytes: u64 = call(
+                state,
+                &Request::Archive {
+                    jail: jail.clone(),
+                    file: file.clone(),
+                },
+            )
+            .await?;
+            done(
+                json,
+                "archived",
+                &jail,
+                Some(serde_json::json!({"file": file, "bytes": bytes})),
+            );
+        }
+        JailVerb::Restore { file, name, host } => {
+            let file = absolute(&file)?;
+            let created: Created = call(
+                state,
+                &Request::Restore {
+                    file: file.clone(),
+                    name,
+                    host,
+                },
+            )
+            .await?;
+            print_created(&created, &format!("restored from {}", file.display()), json)?;
+        }
+        JailVerb::Destroy { jail } => {
+            let in_file: bool = call(state, &Request::Destroy { jail: jail.clone() }).await?;
+            done(
+                json,
+                "destroyed",
+                &jail,
+                Some(serde_json::json!({"still_in_cluster_file": in_file})),
+            );
+            if in_file && !json {
+                println!(
+                    "note: {jail} is still in the cluster file; the next `citadel up` creates it again"
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// Reports a finished verb: a sentence, or with --json an object.
+fn done(json: bool, what: &str, jail: &str, extra: Option<serde_json::Value>) {
+    if json {
+        let mut v = serde_json::json!({"jail": jail, "done": what});
+        if let (Some(serde_json::Value::Object(extra)), Some(obj)) = (extra, v.as_object_mut()) {
+            obj.extend(extra);
+        }
+        println!("{v}");
+    } else {
+        match extra.as_ref().and_then(|e| e.get("file")) {
+            Some(file) => println!("{what} {jail} to {file}"),
+            None => println!("{what} {jail}"),
+        }
+    }
+}
+
+fn print_created(c: &Created, how: &str, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(c)?);
+    } else {
+        println!(
+            "{} {how} on host {} with {} ({} bytes of data); start it with `citadel jail start {}`",
+            c.name,
+            c.host,
+            c.addresses.join(" "),
+            c.bytes,
+            c.name
+        );
+    }
+    Ok(())
+}
+
+/// The agent may run in another directory: send it absolute paths.
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("cannot resolve {}", p.display()))
+}

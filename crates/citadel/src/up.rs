@@ -1,0 +1,208 @@
+//! `citadel up`: run a whole cluster on this machine until told to stop.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use citadel_agent::{Runtime, StartProgress, control};
+use citadel_jail::Reaper;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
+
+use crate::StateArg;
+use crate::ops::{capabilities, load_cluster, print_status};
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// The cluster file (default: the built-in cluster, the source design's diagram).
+    #[arg(long, short)]
+    file: Option<PathBuf>,
+    #[command(flatten)]
+    state: StateArg,
+}
+
+/// Progress lines on stderr: a live bar on a terminal, plain lines otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    fn new(total: usize) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total as u64);
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} [{pos}/{len}] {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(100));
+            bar
+        });
+        Progress { bar }
+    }
+
+    fn line(&self, text: String) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn message(&self, text: String) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(text);
+        }
+    }
+
+    fn step(&self) {
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
+    let (cluster, origin) = load_cluster(args.file.as_deref())?;
+    let state_dir = prepare_state_dir(&args.state.state)?;
+    let _lock = lock_state_dir(&state_dir)?;
+    let self_exe = std::env::current_exe().context("cannot find the citadel binary itself")?;
+    let reaper = Arc::new(
+        Reaper::spawn(&self_exe, &["__reaper"]).context("cannot start the jail watchdog")?,
+    );
+    let runtime = Arc::new(Runtime::new(
+        cluster,
+        origin.clone(),
+        state_dir.clone(),
+        self_exe,
+        capabilities(),
+        reaper,
+    )?);
+    let shutdown = Arc::new(Notify::new());
+    {
+        let runtime = runtime.clone();
+        let shutdown = shutdown.clone();
+        let path = control::socket_path(&state_dir);
+        tokio::spawn(async move {
+            if let Err(e) = control::serve(runtime, shutdown).await {
+                tracing::error!(error = %e, socket = %path.display(), "control socket failed");
+            }
+        });
+    }
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+
+    let total = runtime.status().await.jails.len();
+    eprintln!("citadel up: {origin}, state in {}", state_dir.display());
+    let progress = Progress::new(total);
+    let start = runtime.start_all(|event| match event {
+        StartProgress::Tier {
+            index,
+            count,
+            jails,
+        } => {
+            let text = format!("tier {}/{count}: starting {}", index + 1, jails.join(", "));
+            progress.message(text.clone());
+            progress.line(text);
+        }
+        StartProgress::Ready {
+            jail,
+            healthy,
+            took,
+        } => {
+            progress.step();
+            let how = if healthy { "healthy" } else { "running" };
+            progress.line(format!("  ✓ {jail} {how} after {:.1}s", took.as_secs_f64()));
+        }
+        StartProgress::Failed { jail, error } => {
+            progress.step();
+            progress.line(format!("  ✗ {jail}: {error}"));
+        }
+    });
+    let failures = tokio::select! {
+        failures = start => failures,
+        _ = sigint.recv() => { runtime.stop_all().await; return Ok(130) }
+        _ = sigterm.recv() => { runtime.stop_all().await; return Ok(143) }
+    };
+    progress.finish();
+    print_status(&runtime.status().await);
+    if failures > 0 {
+        eprintln!(
+            "{failures} jail(s) did not come up; see `citadel status` and `citadel jail logs JAIL`"
+        );
+    }
+    eprintln!(
+        "citadel up is running (pid {}); Ctrl-C or `citadel down` stops every jail",
+        std::process::id()
+    );
+
+    let code = tokio::select! {
+        _ = sigint.recv() => 0,
+        _ = sigterm.recv() => 0,
+        _ = shutdown.notified() => 0,
+    };
+    eprintln!("stopping every jail…");
+    runtime.stop_all().await;
+    let _ = std::fs::remove_file(control::socket_path(&state_dir));
+    eprintln!("stopped");
+    Ok(code)
+}
+
+fn prepare_state_dir(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir.join("jails")).with_context(|| {
+        format!(
+            "cannot create the state directory {}; pass a writable one with --state",
+            dir.display()
+        )
+    })?;
+    let probe = dir.join(".write-test");
+    std::fs::write(&probe, b"").with_context(|| {
+        format!(
+            "the state directory {} is not writable; pass another with --state",
+            dir.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(probe);
+    dir.canonicalize()
+        .with_context(|| format!("cannot resolve {}", dir.display()))
+}
+
+/// One `up` per state directory: a second would fight the first over the same jails.
+fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("up.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            let _ = lock.set_len(0);
+            let _ = lock.rewind();
+            let _ = write!(lock, "{}", std::process::id());
+            Ok(lock)
+        }
+        Err((mut file, _)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            bail!(
+                "another citadel up (pid {}) is running with state directory {}; stop it with `citadel down --state {}` or use another --state",
+                pid.trim(),
+                dir.display(),
+                dir.display()
+            )
+        }
+    }
+}
