@@ -679,7 +679,7 @@ fn read_health(
         .unwrap_or(DEFAULT_HEALTH_INTERVAL);
     let timeout = f
         .duration("timeout", diags)
-        .unwrap_or(DEFAULT_HEALTH_TIMEOUT);
+        .unwrap_or(DEFAULT_HEALTH_TIMEOUT.min(interval));
     let probe = match check {
         Some((kind, span)) => match kind.as_str() {
             "tcp" => {

@@ -1,0 +1,212 @@
+//! Drives the real `citadel` binary: a running `up` on a cluster file of the test's own, in its
+//! own state directory and loopback range, and the CLI against it.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const CITADEL: &str = env!("CARGO_BIN_EXE_citadel");
+
+pub fn citadel(args: &[&str]) -> Output {
+    Command::new(CITADEL)
+        .args(args)
+        .output()
+        .expect("run citadel")
+}
+
+/// Polls `check` every 50 ms until it returns Some, or panics after `timeout` with `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn alive(pid: i32) -> bool {
+    // A zombie still "exists" for kill(0); look at its state instead.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+pub fn kill9(pid: i32) {
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+}
+
+/// A `citadel up` running a cluster file, stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Up {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub state: PathBuf,
+    pub file: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Up {
+    pub fn start(cluster: &str) -> Up {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("cluster.toml");
+        std::fs::write(&file, cluster).expect("write cluster file");
+        let state = dir.path().join("state");
+        let log = dir.path().join("up.log");
+        let child = Command::new(CITADEL)
+            .args(["up", "--file"])
+            .arg(&file)
+            .arg("--state")
+            .arg(&state)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("up.out")).expect("out"))
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn citadel up");
+        let up = Up {
+            child,
+            dir,
+            state,
+            file,
+            log,
+        };
+        wait_for("the control socket", Duration::from_secs(20), || {
+            up.state.join("control.sock").exists().then_some(())
+        });
+        up
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        // `--state` goes right after the subcommand: anything after `exec … --` is the jail's.
+        let (first, rest) = args.split_first().expect("a subcommand");
+        Command::new(CITADEL)
+            .arg(first)
+            .arg("--state")
+            .arg(&self.state)
+            .args(rest)
+            .output()
+            .expect("run citadel")
+    }
+
+    /// Runs a CLI command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "citadel {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.up_log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn status(&self) -> Value {
+        serde_json::from_str(&self.ok(&["status", "--json"])).expect("status json")
+    }
+
+    pub fn jail(&self, name: &str) -> Value {
+        let status = self.status();
+        status["jails"]
+            .as_array()
+            .and_then(|js| js.iter().find(|j| j["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no jail {name} in {status}"))
+    }
+
+    pub fn pid(&self, name: &str) -> Option<i32> {
+        self.jail(name)["pid"].as_i64().map(|p| p as i32)
+    }
+
+    pub fn wait_healthy(&self, names: &[&str], timeout: Duration) {
+        wait_for(&format!("{names:?} healthy"), timeout, || {
+            let status = self.status();
+            let jails = status["jails"].as_array()?;
+            names
+                .iter()
+                .all(|n| {
+                    jails
+                        .iter()
+                        .any(|j| j["name"] == *n && j["health"] == "healthy")
+                })
+                .then_some(())
+        });
+    }
+
+    pub fn up_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn data(&self, jail: &str) -> PathBuf {
+        self.state.join("jails").join(jail).join("data")
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let pid = self.child.id() as i32;
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A cluster file with one host and one segment (`front` = `net`), plus the given jails.
+pub fn cluster(net: &str, jails: &str) -> String {
+    format!(
+        "[cluster]\nname = \"t\"\n[segments]\nfront = \"{net}\"\n[[host]]\nname = \"h1\"\n[[host]]\nname = \"h2\"\n{jails}"
+    )
+}
+
+/// A jail serving its data directory over HTTP on `addr:8000` with `citadel serve`.
+pub fn serve_jail(name: &str, addr: &str) -> String {
+    format!(
+        r#"
+[[jail]]
+name = "{name}"
+host = "h1"
+role = "command"
+addresses = {{ front = "{addr}" }}
+command = "citadel"
+args = ["serve", "--bind", "${{CITADEL_ADDR_FRONT}}:8000", "--dir", "${{CITADEL_DATA}}"]
+ports = [8000]
+stop_grace = "3s"
+health = {{ check = "http", port = 8000, path = "/", interval = "500ms", timeout = "400ms" }}
+"#
+    )
+}
+
+pub fn curl(url: &str) -> Option<String> {
+    let out = Command::new("curl")
+        .args(["-sf", "--max-time", "3", url])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}

@@ -1,0 +1,325 @@
+//! The foundation's promises, driven through the real binary with real processes:
+//! jails run and answer on their own addresses, are restarted when killed, are reported when
+//! they crash-loop, die with `citadel up`, and clone/archive/restore keep their data intact.
+
+mod harness;
+
+use std::process::Command;
+use std::time::Duration;
+
+use harness::*;
+
+#[test]
+fn command_jails_answer_on_their_own_addresses_and_report_healthy() {
+    let mut jails = String::new();
+    for (name, addr) in [
+        ("web-1", "127.110.0.11"),
+        ("web-2", "127.110.0.12"),
+        ("web-3", "127.110.0.13"),
+    ] {
+        jails.push_str(&format!(
+            r#"
+[[jail]]
+name = "{name}"
+host = "h1"
+role = "command"
+addresses = {{ front = "{addr}" }}
+command = "python3"
+args = ["-m", "http.server", "--bind", "$CITADEL_ADDR_FRONT", "8000"]
+env = {{ GREETING = "hello from ${{CITADEL_JAIL}}" }}
+ports = [8000]
+stop_grace = "3s"
+health = {{ check = "http", port = 8000, path = "/", interval = "500ms" }}
+"#
+        ));
+    }
+    let up = Up::start(&cluster("127.110.0.0/24", &jails));
+    up.wait_healthy(&["web-1", "web-2", "web-3"], Duration::from_secs(30));
+    for (name, addr) in [
+        ("web-1", "127.110.0.11"),
+        ("web-2", "127.110.0.12"),
+        ("web-3", "127.110.0.13"),
+    ] {
+        std::fs::write(up.data(name).join("who"), name).expect("write");
+        let body =
+            curl(&format!("http://{addr}:8000/who")).unwrap_or_else(|| panic!("{name} answers"));
+        assert_eq!(
+            body, name,
+            "each jail serves its own data on its own address"
+        );
+    }
+
+    // The table a person reads.
+    let table = up.ok(&["status"]);
+    for needle in [
+        "JAIL",
+        "HEALTH",
+        "web-1",
+        "front=127.110.0.11",
+        "running",
+        "healthy",
+    ] {
+        assert!(table.contains(needle), "{needle} missing from:\n{table}");
+    }
+
+    // exec runs a command as the jail: its identity, its directory.
+    let out = up.ok(&[
+        "jail",
+        "exec",
+        "web-2",
+        "--",
+        "sh",
+        "-c",
+        "echo $CITADEL_JAIL $CITADEL_ADDR_FRONT $CITADEL_ZONE \"$GREETING\"; pwd",
+    ]);
+    let data = up.data("web-2").canonicalize().expect("data dir");
+    assert_eq!(
+        out,
+        format!(
+            "web-2 127.110.0.12 t.internal hello from web-2\n{}\n",
+            data.display()
+        )
+    );
+    let failing = up.cli(&["jail", "exec", "web-2", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(
+        failing.status.code(),
+        Some(7),
+        "exec passes the exit code on"
+    );
+
+    // logs: python's access log went to the jail's console log.
+    let logs = up.ok(&["jail", "logs", "web-1", "-n", "5"]);
+    assert!(logs.contains("GET /who"), "logs:\n{logs}");
+
+    // stop and start, machine-readable.
+    let stopped = up.ok(&["jail", "stop", "web-3", "--json"]);
+    assert!(stopped.contains("\"done\":\"stopped\""), "{stopped}");
+    assert_eq!(up.jail("web-3")["state"], "stopped");
+    assert!(
+        curl("http://127.110.0.13:8000/").is_none(),
+        "a stopped jail does not answer"
+    );
+    up.ok(&["jail", "start", "web-3"]);
+    up.wait_healthy(&["web-3"], Duration::from_secs(20));
+}
+
+#[test]
+fn a_killed_jail_comes_back_and_a_crash_loop_is_reported() {
+    let jails = format!(
+        "{}{}",
+        serve_jail("steady", "127.111.0.11"),
+        r#"
+[[jail]]
+name = "doomed"
+host = "h2"
+role = "command"
+addresses = { front = "127.111.0.12" }
+command = "sh"
+args = ["-c", "echo starting; exit 3"]
+"#
+    );
+    let up = Up::start(&cluster("127.111.0.0/24", &jails));
+    up.wait_healthy(&["steady"], Duration::from_secs(20));
+    let first = up.pid("steady").expect("running");
+    kill9(first);
+    let j = wait_for("steady restarted", Duration::from_secs(10), || {
+        let j = up.jail("steady");
+        (j["restarts"] == 1 && j["pid"].as_i64().is_some_and(|p| p as i32 != first)).then_some(j)
+    });
+    assert_eq!(j["last_exit"]["signal"], 9, "{j}");
+    up.wait_healthy(&["steady"], Duration::from_secs(10));
+    let table = up.ok(&["status"]);
+    assert!(table.contains("SIGKILL"), "last exit shown:\n{table}");
+
+    let doomed = wait_for(
+        "doomed reported as crash-looping",
+        Duration::from_secs(15),
+        || {
+            let j = up.jail("doomed");
+            (j["state"] == "crash-looping").then_some(j)
+        },
+    );
+    assert_eq!(doomed["last_exit"]["code"], 3, "{doomed}");
+    assert!(doomed["restarts"].as_u64().unwrap_or(0) >= 2, "{doomed}");
+    assert!(up.ok(&["status"]).contains("crash-looping"));
+    assert!(up.ok(&["jail", "logs", "doomed"]).contains("starting"));
+}
+
+#[test]
+fn killing_up_leaves_no_jail_process_behind() {
+    let jails = format!(
+        "{}{}",
+        serve_jail("one", "127.112.0.11"),
+        r#"
+[[jail]]
+name = "forker"
+host = "h2"
+role = "command"
+addresses = { front = "127.112.0.12" }
+command = "sh"
+args = ["-c", "sleep 300 & sleep 300 & echo $! > child.pid; wait"]
+"#
+    );
+    let mut up = Up::start(&cluster("127.112.0.0/24", &jails));
+    up.wait_healthy(&["one"], Duration::from_secs(20));
+    let grandchild_file = up.data("forker").join("child.pid");
+    let grandchild: i32 = wait_for("forker's child", Duration::from_secs(10), || {
+        std::fs::read_to_string(&grandchild_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    });
+    let mut pids = vec![
+        up.pid("one").expect("one"),
+        up.pid("forker").expect("forker"),
+        grandchild,
+    ];
+    pids.retain(|p| *p > 1);
+    assert_eq!(pids.len(), 3);
+    assert!(pids.iter().all(|p| alive(*p)));
+
+    kill9(up.child.id() as i32);
+    let _ = up.child.wait();
+    wait_for("every jail process gone", Duration::from_secs(10), || {
+        pids.iter().all(|p| !alive(*p)).then_some(())
+    });
+}
+
+#[test]
+fn clone_and_archive_restore_reproduce_data_byte_for_byte() {
+    let up = Up::start(&cluster(
+        "127.113.0.0/24",
+        &serve_jail("origin", "127.113.0.11"),
+    ));
+    up.wait_healthy(&["origin"], Duration::from_secs(20));
+    // The jail writes its own data: a binary blob and a nested file.
+    up.ok(&[
+        "jail", "exec", "origin", "--", "sh", "-c",
+        "head -c 300000 /dev/urandom > blob && mkdir -p nested/dir && echo note > nested/dir/n.txt && ln -s blob link",
+    ]);
+    let blob = read(&up.data("origin").join("blob"));
+    assert_eq!(blob.len(), 300_000);
+
+    let cloned = up.ok(&["jail", "clone", "origin", "copy", "--json"]);
+    let cloned: serde_json::Value = serde_json::from_str(&cloned).expect("json");
+    assert_eq!(
+        cloned["addresses"][0], "front=127.113.0.1",
+        "first free address: {cloned}"
+    );
+    assert_eq!(read(&up.data("copy").join("blob")), blob);
+    assert_eq!(read(&up.data("copy").join("nested/dir/n.txt")), b"note\n");
+    assert_eq!(
+        std::fs::read_link(up.data("copy").join("link"))
+            .expect("link")
+            .to_str(),
+        Some("blob")
+    );
+    up.ok(&["jail", "start", "copy"]);
+    up.wait_healthy(&["copy"], Duration::from_secs(20));
+    assert_eq!(
+        curl("http://127.113.0.1:8000/nested/dir/n.txt").as_deref(),
+        Some("note\n")
+    );
+
+    let archive = up.dir.path().join("origin.tar.gz");
+    let archive_arg = archive.to_str().expect("utf8 path");
+    up.ok(&["jail", "archive", "origin", archive_arg]);
+    let restored = up.ok(&["jail", "restore", archive_arg, "--name", "again", "--json"]);
+    assert!(restored.contains("\"name\": \"again\""), "{restored}");
+    assert_eq!(read(&up.data("again").join("blob")), blob);
+    assert_eq!(read(&up.data("again").join("nested/dir/n.txt")), b"note\n");
+
+    // A second restore under the same name is refused, and so is a restore of garbage.
+    let dup = up.cli(&["jail", "restore", archive_arg, "--name", "again"]);
+    assert!(!dup.status.success());
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
+    let junk = up.dir.path().join("junk.tar.gz");
+    std::fs::write(&junk, b"not an archive").expect("write");
+    let bad = up.cli(&["jail", "restore", junk.to_str().expect("utf8")]);
+    assert!(!bad.status.success());
+
+    // Runtime jails are listed as such and can be destroyed with their data.
+    let list = up.ok(&["jail", "list"]);
+    assert!(list.contains("again") && list.contains("state"), "{list}");
+    up.ok(&["jail", "destroy", "again"]);
+    assert!(!up.data("again").exists());
+}
+
+#[test]
+fn an_address_already_in_use_is_named() {
+    let squatter = std::net::TcpListener::bind("127.114.0.11:8000").expect("bind squatter");
+    let up = Up::start(&cluster(
+        "127.114.0.0/24",
+        &serve_jail("blocked", "127.114.0.11"),
+    ));
+    let j = wait_for("blocked fails", Duration::from_secs(20), || {
+        let j = up.jail("blocked");
+        (j["state"] == "failed").then_some(j)
+    });
+    let error = j["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("jail `blocked`") && error.contains("127.114.0.11:8000 is already in use"),
+        "{error}"
+    );
+    drop(squatter);
+    up.ok(&["jail", "start", "blocked"]);
+    up.wait_healthy(&["blocked"], Duration::from_secs(20));
+}
+
+#[test]
+fn invalid_files_are_refused_with_their_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[cluster]\nname = \"t\"\n[segments]\nfront = \"127.115.0.0/24\"\n[[host]]\nname = \"h\"\n[[jail]]\nname = \"a\"\nhost = \"h\"\nrole = \"command\"\ncommand = \"true\"\naddresses = { front = \"127.116.0.1\" }\nrestrat = \"always\"\n",
+    )
+    .expect("write");
+    let path = file.to_str().expect("utf8");
+    for args in [
+        vec!["check", path],
+        vec![
+            "up",
+            "--file",
+            path,
+            "--state",
+            dir.path().join("s").to_str().expect("utf8"),
+        ],
+    ] {
+        let out = citadel(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "{path}:12:23: error: jail `a`: 127.116.0.1 is outside segment `front`"
+            )),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("{path}:13:1: error: unknown key `restrat`")),
+            "{err}"
+        );
+        assert!(err.contains("did you mean `restart`?"), "{err}");
+    }
+    assert!(
+        !dir.path().join("s").exists(),
+        "an invalid file starts nothing"
+    );
+    let ok = citadel(&["check"]);
+    assert!(ok.status.success(), "the built-in cluster checks clean");
+    let init = Command::new(CITADEL)
+        .args(["init"])
+        .arg(dir.path())
+        .output()
+        .expect("init");
+    assert!(init.status.success());
+    assert!(
+        citadel(&[
+            "check",
+            dir.path().join("citadel.toml").to_str().expect("utf8")
+        ])
+        .status
+        .success()
+    );
+}
