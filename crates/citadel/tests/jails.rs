@@ -108,15 +108,7 @@ fn a_killed_jail_comes_back_and_a_crash_loop_is_reported() {
     let jails = format!(
         "{}{}",
         serve_jail("steady", "127.111.0.11"),
-        r#"
-[[jail]]
-name = "doomed"
-host = "h2"
-role = "command"
-addresses = { front = "127.111.0.12" }
-command = "sh"
-args = ["-c", "echo starting; exit 3"]
-"#
+        sh_jail("doomed", "h2", "127.111.0.12", "echo starting; exit 3", "")
     );
     let up = Up::start(&cluster("127.111.0.0/24", &jails));
     up.wait_healthy(&["steady"], Duration::from_secs(20));
@@ -150,15 +142,13 @@ fn killing_up_leaves_no_jail_process_behind() {
     let jails = format!(
         "{}{}",
         serve_jail("one", "127.112.0.11"),
-        r#"
-[[jail]]
-name = "forker"
-host = "h2"
-role = "command"
-addresses = { front = "127.112.0.12" }
-command = "sh"
-args = ["-c", "sleep 300 & sleep 300 & echo $! > child.pid; wait"]
-"#
+        sh_jail(
+            "forker",
+            "h2",
+            "127.112.0.12",
+            "sleep 300 & sleep 300 & echo $! > child.pid; wait",
+            ""
+        )
     );
     let mut up = Up::start(&cluster("127.112.0.0/24", &jails));
     up.wait_healthy(&["one"], Duration::from_secs(20));
@@ -322,4 +312,208 @@ fn invalid_files_are_refused_with_their_place() {
         .status
         .success()
     );
+}
+
+#[test]
+fn stop_escalates_to_sigkill_after_the_grace_period() {
+    let jails = r#"
+[[jail]]
+name = "stubborn"
+host = "h1"
+role = "command"
+addresses = { front = "127.117.0.11" }
+command = "sh"
+args = ["-c", "trap '' TERM; sleep 300 & echo $! > child.pid; while true; do sleep 1; done"]
+stop_grace = "1s"
+"#;
+    let up = Up::start(&cluster("127.117.0.0/24", jails));
+    let child_file = up.data("stubborn").join("child.pid");
+    let child: i32 = wait_for("stubborn's child", Duration::from_secs(10), || {
+        std::fs::read_to_string(&child_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    });
+    let leader = up.pid("stubborn").expect("running");
+    let started = std::time::Instant::now();
+    up.ok(&["jail", "stop", "stubborn"]);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "waited the grace period, took {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "then killed it, took {took:?}"
+    );
+    assert!(
+        !alive(leader) && !alive(child),
+        "the whole process group is gone"
+    );
+    assert_eq!(up.jail("stubborn")["last_exit"]["signal"], 9);
+}
+
+#[test]
+fn logs_follow_shows_new_output() {
+    let up = Up::start(&cluster(
+        "127.118.0.0/24",
+        &serve_jail("talker", "127.118.0.11"),
+    ));
+    up.wait_healthy(&["talker"], Duration::from_secs(20));
+    let mut follower = Command::new(CITADEL)
+        .args(["jail", "--state"])
+        .arg(&up.state)
+        .args(["logs", "-f", "-n", "0", "talker"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("logs -f");
+    let mut out = follower.stdout.take().expect("stdout");
+    // The jail's stdout is its console log: make it say something by restarting it.
+    up.ok(&["jail", "restart", "talker"]);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().expect("lock").extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    wait_for(
+        "the restarted jail's banner in logs -f",
+        Duration::from_secs(10),
+        || {
+            String::from_utf8_lossy(&seen.lock().expect("lock"))
+                .contains("serving")
+                .then_some(())
+        },
+    );
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let _ = reader.join();
+}
+
+#[test]
+fn clear_errors_for_missing_commands_and_unwritable_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("c.toml");
+    let jail = r#"
+[[jail]]
+name = "ghost"
+host = "h1"
+role = "command"
+addresses = { front = "127.119.0.11" }
+command = "no-such-program-citadel"
+"#;
+    std::fs::write(&file, cluster("127.119.0.0/24", jail)).expect("write");
+    let out = citadel(&[
+        "up",
+        "--file",
+        file.to_str().expect("utf8"),
+        "--state",
+        dir.path().join("s").to_str().expect("utf8"),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("jail `ghost`: command `no-such-program-citadel` was not found in PATH"),
+        "{err}"
+    );
+
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, b"").expect("write");
+    std::fs::write(
+        &file,
+        cluster("127.119.0.0/24", &serve_jail("fine", "127.119.0.12")),
+    )
+    .expect("write");
+    let out = citadel(&[
+        "up",
+        "--file",
+        file.to_str().expect("utf8"),
+        "--state",
+        blocker.join("state").to_str().expect("utf8"),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot create the state directory") && err.contains("--state"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_archive_restores_into_another_cluster() {
+    let first = Up::start(&cluster(
+        "127.120.0.0/24",
+        &serve_jail("mover", "127.120.0.11"),
+    ));
+    first.wait_healthy(&["mover"], Duration::from_secs(20));
+    first.ok(&[
+        "jail",
+        "exec",
+        "mover",
+        "--",
+        "sh",
+        "-c",
+        "head -c 65536 /dev/urandom > payload",
+    ]);
+    let payload = read(&first.data("mover").join("payload"));
+    let keep = tempfile::tempdir().expect("tempdir");
+    let archive = keep.path().join("mover.tar.gz");
+    first.ok(&["jail", "archive", "mover", archive.to_str().expect("utf8")]);
+    drop(first);
+
+    // Another machine: other hosts, another range.
+    let other = "[cluster]\nname = \"other\"\n[segments]\nfront = \"127.121.0.0/24\"\n[[host]]\nname = \"box\"\n";
+    let second = Up::start(other);
+    let refused = second.cli(&["jail", "restore", archive.to_str().expect("utf8")]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("host `h1`") && err.contains("--host"), "{err}");
+    let restored = second.ok(&[
+        "jail",
+        "restore",
+        archive.to_str().expect("utf8"),
+        "--host",
+        "box",
+        "--json",
+    ]);
+    assert!(
+        restored.contains("front=127.121.0.1"),
+        "a free address of the new cluster: {restored}"
+    );
+    assert_eq!(read(&second.data("mover").join("payload")), payload);
+    second.ok(&["jail", "start", "mover"]);
+    second.wait_healthy(&["mover"], Duration::from_secs(20));
+    assert_eq!(
+        curl("http://127.121.0.1:8000/payload").map(|s| s.len()),
+        Some(String::from_utf8_lossy(&payload).len())
+    );
+
+    // Clone with a given address.
+    let out = second.ok(&[
+        "jail",
+        "clone",
+        "mover",
+        "twin",
+        "--address",
+        "front=127.121.0.77",
+        "--json",
+    ]);
+    assert!(out.contains("front=127.121.0.77"), "{out}");
+    let bad = second.cli(&[
+        "jail",
+        "clone",
+        "mover",
+        "bad",
+        "--address",
+        "front=127.9.9.9",
+    ]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("outside segment `front`"));
 }

@@ -210,3 +210,19 @@ pub fn curl(url: &str) -> Option<String> {
 pub fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
 }
+
+/// A command jail running a shell script, with one address on `front`.
+pub fn sh_jail(name: &str, host: &str, addr: &str, script: &str, extra: &str) -> String {
+    format!(
+        "\n[[jail]]\nname = \"{name}\"\nhost = \"{host}\"\nrole = \"command\"\naddresses = {{ front = \"{addr}\" }}\ncommand = \"sh\"\nargs = [\"-c\", {script:?}]\n{extra}\n"
+    )
+}
+
+/// Waits for a jail to write a PID into a file of its data directory.
+pub fn pid_from_file(path: &Path) -> i32 {
+    wait_for(
+        &format!("a pid in {}", path.display()),
+        Duration::from_secs(10),
+        || std::fs::read_to_string(path).ok()?.trim().parse().ok(),
+    )
+}
