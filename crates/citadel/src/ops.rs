@@ -17,6 +17,7 @@ use comfy_table::{Table, presets::NOTHING};
 /// What this build of citadel can run. Roles get their built-in programs as they land.
 pub fn capabilities() -> Capabilities {
     Capabilities {
+        sections: vec![],
         builtin_roles: vec![],
         backends: vec![Backend::Process],
     }

@@ -9,7 +9,7 @@ mod validate;
 
 pub use diag::{Diagnostic, Report, Severity, line_col};
 pub use model::*;
-pub use validate::Capabilities;
+pub use validate::{Capabilities, SectionCheck};
 
 /// The cluster `citadel up` runs when no file is given: the source design's diagram.
 pub const BUILTIN: &str = include_str!("builtin.toml");
@@ -27,9 +27,20 @@ pub fn parse(source: &str, origin: &str, caps: &Capabilities) -> Result<(Cluster
         ));
     }
     let doc = toml::Spanned::new(doc.span(), toml::de::DeValue::Table(doc.into_inner()));
-    let cluster = read::read_cluster(&doc, &mut diags);
+    let names: Vec<&str> = caps.sections.iter().map(|(name, _)| *name).collect();
+    let mut cluster = read::read_cluster(&doc, &names, &mut diags);
     if syntax.is_empty() {
         validate::validate(&cluster, caps, &mut diags);
+        if let Ok(mut table) = toml::from_str::<toml::Table>(source) {
+            for name in &names {
+                if let Some(toml::Value::Table(section)) = table.remove(*name) {
+                    cluster.sections.insert(name.to_string(), section);
+                }
+            }
+        }
+        for (_, check) in &caps.sections {
+            diags.extend(check(source, &cluster));
+        }
     }
     diags.sort_by_key(|d| d.span.as_ref().map_or(usize::MAX, |s| s.start));
     let report = Report {

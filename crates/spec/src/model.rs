@@ -32,6 +32,9 @@ pub struct Cluster {
     pub segments: Vec<Segment>,
     pub hosts: Vec<Host>,
     pub jails: Vec<Jail>,
+    /// Role sections of the file (`[gate]`, …) as written, for the roles to read.
+    #[serde(skip)]
+    pub sections: BTreeMap<String, toml::Table>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -29,14 +29,14 @@ struct Fields<'a, 'i> {
     span: Range<usize>,
     /// How messages name this table, e.g. "jail `app-1`".
     what: String,
-    known: &'static [&'static str],
+    known: &'a [&'a str],
 }
 
 impl<'a, 'i> Fields<'a, 'i> {
     fn new(
         value: &'a Value<'i>,
         what: impl Into<String>,
-        known: &'static [&'static str],
+        known: &'a [&'a str],
         diags: &mut Vec<Diagnostic>,
     ) -> Option<Self> {
         let what = what.into();
@@ -317,15 +317,22 @@ const HEALTH_KEYS: &[&str] = &["check", "port", "path", "segment", "interval", "
 
 /// Reads a parsed document into a cluster. Fields that could not be read are left out and
 /// reported; the caller decides whether the result is usable (it is not if any error was found).
-pub(crate) fn read_cluster(doc: &Value<'_>, diags: &mut Vec<Diagnostic>) -> Cluster {
+/// `sections` are further top-level tables that role checkers read (e.g. `gate`).
+pub(crate) fn read_cluster(
+    doc: &Value<'_>,
+    sections: &[&str],
+    diags: &mut Vec<Diagnostic>,
+) -> Cluster {
     let mut cluster = Cluster {
         name: String::new(),
         zone: String::new(),
         segments: Vec::new(),
         hosts: Vec::new(),
         jails: Vec::new(),
+        sections: Default::default(),
     };
-    let Some(top) = Fields::new(doc, "the cluster file", TOP_KEYS, diags) else {
+    let top_keys: Vec<&str> = TOP_KEYS.iter().chain(sections).copied().collect();
+    let Some(top) = Fields::new(doc, "the cluster file", &top_keys, diags) else {
         return cluster;
     };
 

@@ -7,9 +7,15 @@ use crate::diag::Diagnostic;
 use crate::model::*;
 use crate::read::{check_label, closest};
 
+/// Checks one role section of a cluster file, given the whole source (so that errors carry
+/// positions in it) and the cluster read so far.
+pub type SectionCheck = fn(source: &str, cluster: &Cluster) -> Vec<Diagnostic>;
+
 /// What the running build can do, which decides some checks.
 #[derive(Clone, Debug, Default)]
 pub struct Capabilities {
+    /// Top-level sections this build understands, with their checks.
+    pub sections: Vec<(&'static str, SectionCheck)>,
     /// Roles whose program is built into this `citadel`; others need an explicit `command`.
     pub builtin_roles: Vec<Role>,
     /// Jail backends this build can run.
@@ -20,6 +26,7 @@ impl Capabilities {
     /// Everything the spec knows of, for checking a file without running it.
     pub fn all() -> Self {
         Capabilities {
+            sections: Vec::new(),
             builtin_roles: vec![Role::App, Role::Db, Role::Witness, Role::Gate],
             backends: vec![Backend::Process, Backend::Netns],
         }

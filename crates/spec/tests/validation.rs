@@ -238,3 +238,23 @@ fn toml_syntax_errors_have_a_place() {
     let report = errors_of("[cluster]\nname = \"t\nzone = 1\n");
     assert_error_at(&report, "invalid TOML", "\nzone");
 }
+
+#[test]
+fn role_sections_are_checked_by_their_role_and_kept_for_it() {
+    fn check(source: &str, cluster: &citadel_spec::Cluster) -> Vec<citadel_spec::Diagnostic> {
+        let at = source.find("colour").map(|i| i..i + 6);
+        let n = cluster.sections.get("extra").map_or(0, |t| t.len());
+        vec![citadel_spec::Diagnostic::error(
+            at,
+            format!("extra has {n} keys and a colour"),
+        )]
+    }
+    let src = format!("{HEAD}[extra]\nsize = 3\ncolour = \"red\"\n");
+    assert!(errors_of(&src).to_string().contains("unknown key `extra`"));
+    let caps = Capabilities {
+        sections: vec![("extra", check)],
+        ..Capabilities::all()
+    };
+    let report = parse(&src, "test.toml", &caps).expect_err("the section check fails");
+    assert_error_at(&report, "extra has 2 keys and a colour", "colour");
+}
