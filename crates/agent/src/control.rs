@@ -87,6 +87,7 @@ async fn answer(request: Request, rt: &Runtime, shutdown: &Notify) -> Response {
             .await
             .map(ok),
         Request::Destroy { jail } => rt.destroy(&jail).await.map(ok),
+        Request::Reload => rt.reload().await.map(ok),
         Request::Shutdown => {
             shutdown.notify_one();
             return ok(());

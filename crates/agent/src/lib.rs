@@ -5,4 +5,4 @@ pub mod control;
 pub mod protocol;
 mod runtime;
 
-pub use runtime::{Runtime, RuntimeError, StartProgress};
+pub use runtime::{ReloadReport, Roles, Runtime, RuntimeError, Source, StartProgress};

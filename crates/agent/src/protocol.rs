@@ -41,6 +41,8 @@ pub enum Request {
     Destroy {
         jail: String,
     },
+    /// Read the cluster file again and apply it.
+    Reload,
     Shutdown,
 }
 

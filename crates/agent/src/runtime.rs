@@ -10,7 +10,7 @@ use citadel_jail::{
     Health, JailPaths, JailState, Launch, Reaper, Supervisor, copy_tree, expand_vars, identity_env,
     read_archive, resolve_program, write_archive,
 };
-use citadel_spec::{Capabilities, Cluster, Jail, JailAddress, Spans};
+use citadel_spec::{Capabilities, Cluster, Jail, JailAddress, Role, Spans};
 use nix::sys::signal::Signal;
 use tokio::sync::Mutex;
 
@@ -61,14 +61,98 @@ struct Entry {
     from_file: bool,
 }
 
+/// What the roles built into this citadel need from the agent: a jail with a role and no
+/// `command` runs `citadel <role> ARGS…`, and its role decides ARGS (typically after writing
+/// the role's config file, derived from the cluster, into the jail's directory).
+pub trait Roles: Send + Sync {
+    fn prepare(
+        &self,
+        cluster: &Cluster,
+        jail: &Jail,
+        paths: &JailPaths,
+    ) -> Result<Vec<String>, String>;
+    /// The signal that makes a running jail of this role re-read its config, if it can.
+    fn reload_signal(&self, role: Role) -> Option<Signal>;
+}
+
+/// Where the cluster came from, so that `reload` can read it again.
+#[derive(Clone, Debug)]
+pub enum Source {
+    File(PathBuf),
+    Builtin,
+}
+
+/// Everything needed to turn a jail definition into a running supervisor.
+struct Launcher {
+    state_dir: PathBuf,
+    self_exe: PathBuf,
+    roles: Arc<dyn Roles>,
+    reaper: Arc<Reaper>,
+}
+
+impl Launcher {
+    fn launch(&self, cluster: &Cluster, jail: &Jail) -> Result<Launch, RuntimeError> {
+        let paths = JailPaths::new(&self.state_dir, &jail.name);
+        let env = identity_env(cluster, jail, &paths);
+        let (program, args) = match &jail.command {
+            Some(cmd) => (
+                resolve_program(&jail.name, cmd, &env, &self.self_exe)
+                    .map_err(|e| RuntimeError::Start(e.to_string()))?,
+                jail.args.iter().map(|a| expand_vars(a, &env)).collect(),
+            ),
+            // A role's own program: this citadel, as `citadel <role> …`.
+            None => {
+                paths.create().map_err(io(format!(
+                    "jail `{}`: cannot create {}",
+                    jail.name,
+                    paths.root.display()
+                )))?;
+                let role_args = self
+                    .roles
+                    .prepare(cluster, jail, &paths)
+                    .map_err(|e| RuntimeError::Start(format!("jail `{}`: {e}", jail.name)))?;
+                let args = std::iter::once(jail.role.to_string())
+                    .chain(role_args)
+                    .chain(jail.args.iter().map(|a| expand_vars(a, &env)))
+                    .collect();
+                (self.self_exe.clone(), args)
+            }
+        };
+        Ok(Launch {
+            jail: jail.clone(),
+            paths,
+            program,
+            args,
+            env,
+        })
+    }
+
+    fn supervise(&self, cluster: &Cluster, jail: &Jail) -> Result<Supervisor, RuntimeError> {
+        Ok(Supervisor::new(
+            self.launch(cluster, jail)?,
+            self.reaper.clone(),
+        ))
+    }
+}
+
 pub struct Runtime {
     cluster: Mutex<Cluster>,
     file: String,
+    source: Source,
     state_dir: PathBuf,
-    self_exe: PathBuf,
     caps: Capabilities,
-    reaper: Arc<Reaper>,
+    launcher: Launcher,
     jails: Mutex<BTreeMap<String, Entry>>,
+}
+
+/// What a reload changed.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct ReloadReport {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub restarted: Vec<String>,
+    /// Role jails told to re-read their config (e.g. the gate, by SIGHUP).
+    pub reloaded: Vec<String>,
 }
 
 /// How long `up` waits for one tier of jails to come up before it goes on without them.
@@ -77,12 +161,15 @@ pub const TIER_TIMEOUT: Duration = Duration::from_secs(30);
 impl Runtime {
     /// Builds the runtime for `cluster`, adding the jails that clone and restore created in
     /// earlier runs (their definitions live in the state directory).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         mut cluster: Cluster,
         file: String,
+        source: Source,
         state_dir: PathBuf,
         self_exe: PathBuf,
         caps: Capabilities,
+        roles: Arc<dyn Roles>,
         reaper: Arc<Reaper>,
     ) -> Result<Runtime, RuntimeError> {
         let from_file: Vec<String> = cluster.jails.iter().map(|j| j.name.clone()).collect();
@@ -97,13 +184,18 @@ impl Runtime {
             &state_dir.join("jails").display().to_string(),
         )
         .map_err(|r| RuntimeError::Invalid(r.to_string()))?;
+        let launcher = Launcher {
+            state_dir: state_dir.clone(),
+            self_exe,
+            roles,
+            reaper,
+        };
         let mut jails = BTreeMap::new();
         for jail in &cluster.jails {
-            let launch = launch_for(&cluster, jail, &state_dir, &self_exe)?;
             jails.insert(
                 jail.name.clone(),
                 Entry {
-                    supervisor: Supervisor::new(launch, reaper.clone()),
+                    supervisor: launcher.supervise(&cluster, jail)?,
                     from_file: from_file.contains(&jail.name),
                 },
             );
@@ -111,12 +203,98 @@ impl Runtime {
         Ok(Runtime {
             cluster: Mutex::new(cluster),
             file,
+            source,
             state_dir,
-            self_exe,
             caps,
-            reaper,
+            launcher,
             jails: Mutex::new(jails),
         })
+    }
+
+    /// Reads the cluster file again and makes the running jails match it: new jails start,
+    /// removed ones stop (their data stays), changed ones restart, and role jails that can
+    /// re-read their config (the gate) are told to. An invalid file changes nothing.
+    pub async fn reload(&self) -> Result<ReloadReport, RuntimeError> {
+        let (text, origin) = match &self.source {
+            Source::File(path) => (
+                std::fs::read_to_string(path).map_err(io(format!("reading {}", path.display())))?,
+                path.display().to_string(),
+            ),
+            Source::Builtin => (
+                citadel_spec::BUILTIN.to_string(),
+                citadel_spec::BUILTIN_ORIGIN.to_string(),
+            ),
+        };
+        let (mut next, _) = citadel_spec::parse(&text, &origin, &self.caps)
+            .map_err(|r| RuntimeError::Invalid(r.to_string().trim_end().to_string()))?;
+        let mut cluster = self.cluster.lock().await;
+        let mut jails = self.jails.lock().await;
+        let file_names: Vec<String> = next.jails.iter().map(|j| j.name.clone()).collect();
+        for j in &cluster.jails {
+            let runtime_made = jails.get(&j.name).is_some_and(|e| !e.from_file);
+            if runtime_made && next.jail(&j.name).is_none() {
+                next.jails.push(j.clone());
+            }
+        }
+        citadel_spec::recheck(&next, &self.caps, &origin)
+            .map_err(|r| RuntimeError::Invalid(r.to_string().trim_end().to_string()))?;
+
+        let mut report = ReloadReport::default();
+        let same =
+            |a: &Jail, b: &Jail| serde_json::to_value(a).ok() == serde_json::to_value(b).ok();
+        for old in &cluster.jails {
+            if next.jail(&old.name).is_none() {
+                if let Some(entry) = jails.remove(&old.name) {
+                    entry.supervisor.stop().await;
+                }
+                report.removed.push(old.name.clone());
+            }
+        }
+        for jail in &next.jails {
+            match cluster.jail(&jail.name) {
+                Some(old) if same(old, jail) => {
+                    let Some(entry) = jails.get(&jail.name) else {
+                        continue;
+                    };
+                    if jail.command.is_some() {
+                        continue;
+                    }
+                    let Some(signal) = self.launcher.roles.reload_signal(jail.role) else {
+                        continue;
+                    };
+                    // Rewrite the role's config from the new cluster, then tell it.
+                    self.launcher.launch(&next, jail)?;
+                    if entry.supervisor.status().pid.is_some() {
+                        let _ = entry.supervisor.signal(signal).await;
+                        report.reloaded.push(jail.name.clone());
+                    }
+                }
+                existing => {
+                    if existing.is_some() {
+                        if let Some(entry) = jails.remove(&jail.name) {
+                            entry.supervisor.stop().await;
+                        }
+                        report.restarted.push(jail.name.clone());
+                    } else {
+                        report.added.push(jail.name.clone());
+                    }
+                    let supervisor = self.launcher.supervise(&next, jail)?;
+                    if let Err(e) = supervisor.start().await {
+                        tracing::warn!(jail = %jail.name, error = %e, "jail did not start after reload");
+                    }
+                    let from_file = file_names.contains(&jail.name);
+                    jails.insert(
+                        jail.name.clone(),
+                        Entry {
+                            supervisor,
+                            from_file,
+                        },
+                    );
+                }
+            }
+        }
+        *cluster = next;
+        Ok(report)
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -490,11 +668,11 @@ impl Runtime {
             serde_json::to_vec_pretty(&jail).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
         std::fs::write(paths.definition(), json)
             .map_err(io(format!("writing {}", paths.definition().display())))?;
-        let launch = launch_for(&candidate, &jail, &self.state_dir, &self.self_exe)?;
+        let supervisor = self.launcher.supervise(&candidate, &jail)?;
         self.jails.lock().await.insert(
             jail.name.clone(),
             Entry {
-                supervisor: Supervisor::new(launch, self.reaper.clone()),
+                supervisor,
                 from_file: false,
             },
         );
@@ -553,37 +731,6 @@ async fn wait_up(sup: &Supervisor, deadline: Instant) -> Result<bool, String> {
         }
         let _ = tokio::time::timeout(wait, rx.changed()).await;
     }
-}
-
-fn launch_for(
-    cluster: &Cluster,
-    jail: &Jail,
-    state_dir: &Path,
-    self_exe: &Path,
-) -> Result<Launch, RuntimeError> {
-    let paths = JailPaths::new(state_dir, &jail.name);
-    let env = identity_env(cluster, jail, &paths);
-    let (program, args) = match &jail.command {
-        Some(cmd) => (
-            resolve_program(&jail.name, cmd, &env, self_exe)
-                .map_err(|e| RuntimeError::Start(e.to_string()))?,
-            jail.args.iter().map(|a| expand_vars(a, &env)).collect(),
-        ),
-        // A role's own program: this citadel, as `citadel <role>`.
-        None => (
-            self_exe.to_path_buf(),
-            std::iter::once(jail.role.to_string())
-                .chain(jail.args.iter().map(|a| expand_vars(a, &env)))
-                .collect(),
-        ),
-    };
-    Ok(Launch {
-        jail: jail.clone(),
-        paths,
-        program,
-        args,
-        env,
-    })
 }
 
 fn saved_jails(state_dir: &Path) -> Result<Vec<Jail>, RuntimeError> {

@@ -2,6 +2,7 @@
 //! that run inside jails.
 
 mod ops;
+mod roles;
 mod serve;
 mod up;
 
@@ -32,6 +33,13 @@ pub struct StateArg {
 enum Command {
     /// Run every jail of a cluster on this machine, and keep them running.
     Up(up::UpArgs),
+    /// Ask a running `citadel up` to read its cluster file again and apply it (also: SIGHUP).
+    Reload {
+        #[command(flatten)]
+        state: StateArg,
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask a running `citadel up` to stop its jails and exit.
     Down {
         #[command(flatten)]
@@ -99,6 +107,7 @@ fn main() {
         match cli.command {
             Command::Up(args) => up::run(args).await,
             Command::Down { state } => ops::down(&state.state).await,
+            Command::Reload { state, json } => ops::reload(&state.state, json).await,
             Command::Check { file } => ops::check(file.as_deref()),
             Command::Init { dir, force } => ops::init(&dir, force),
             Command::Status { state, json } => ops::status(&state.state, json).await,

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use citadel_agent::ReloadReport;
 use citadel_agent::control::call;
 use citadel_agent::protocol::{Created, Identity, Request, StatusReport};
 use citadel_jail::{Health, JailPaths, follow_log, tail_log};
@@ -85,6 +86,29 @@ pub fn init(dir: &Path, force: bool) -> anyhow::Result<i32> {
 pub async fn down(state: &Path) -> anyhow::Result<i32> {
     call::<()>(state, &Request::Shutdown).await?;
     println!("asked citadel up to stop every jail");
+    Ok(0)
+}
+
+pub async fn reload(state: &Path, json: bool) -> anyhow::Result<i32> {
+    let report: ReloadReport = call(state, &Request::Reload).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(0);
+    }
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    println!(
+        "reloaded: added {}; removed {}; restarted {}; told to re-read config {}",
+        list(&report.added),
+        list(&report.removed),
+        list(&report.restarted),
+        list(&report.reloaded)
+    );
     Ok(0)
 }
 

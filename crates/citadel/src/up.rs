@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use citadel_agent::{Runtime, StartProgress, control};
+use citadel_agent::{Runtime, Source, StartProgress, control};
 use citadel_jail::Reaper;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 
 use crate::StateArg;
 use crate::ops::{capabilities, load_cluster, print_status};
+use crate::roles::BuiltinRoles;
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -78,12 +79,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
     let reaper = Arc::new(
         Reaper::spawn(&self_exe, &["__reaper"]).context("cannot start the jail watchdog")?,
     );
+    let source = match &args.file {
+        Some(path) => Source::File(std::path::absolute(path)?),
+        None => Source::Builtin,
+    };
     let runtime = Arc::new(Runtime::new(
         cluster,
         origin.clone(),
+        source,
         state_dir.clone(),
         self_exe,
         capabilities(),
+        Arc::new(BuiltinRoles),
         reaper,
     )?);
     let shutdown = Arc::new(Notify::new());
@@ -144,11 +151,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         std::process::id()
     );
 
-    let code = tokio::select! {
-        _ = sigint.recv() => 0,
-        _ = sigterm.recv() => 0,
-        _ = shutdown.notified() => 0,
-    };
+    let mut sighup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = shutdown.notified() => break,
+            _ = sighup.recv() => match runtime.reload().await {
+                Ok(report) => eprintln!("reloaded: {report:?}"),
+                Err(e) => eprintln!("reload refused, nothing changed:\n{e}"),
+            },
+        }
+    }
+    let code = 0;
     eprintln!("stopping every jail…");
     runtime.stop_all().await;
     let _ = std::fs::remove_file(control::socket_path(&state_dir));

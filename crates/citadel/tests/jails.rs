@@ -517,3 +517,58 @@ fn an_archive_restores_into_another_cluster() {
     ]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("outside segment `front`"));
 }
+
+#[test]
+fn reload_applies_the_edited_file_and_refuses_an_invalid_one() {
+    let net = "127.122.0.0/24";
+    let keep = sh_jail("keep", "h1", "127.122.0.11", "exec sleep 300", "");
+    let change = sh_jail("change", "h1", "127.122.0.12", "exec sleep 300", "");
+    let gone = sh_jail("gone", "h2", "127.122.0.13", "exec sleep 300", "");
+    let up = Up::start(&cluster(net, &format!("{keep}{change}{gone}")));
+    let running = |name: &str| up.jail(name)["state"] == "running";
+    wait_for("all running", Duration::from_secs(10), || {
+        ["keep", "change", "gone"]
+            .iter()
+            .all(|n| running(n))
+            .then_some(())
+    });
+    let keep_pid = up.pid("keep");
+    let change_pid = up.pid("change");
+
+    // An invalid edit is refused whole.
+    std::fs::write(
+        &up.file,
+        cluster(
+            net,
+            &format!("{keep}{change}{gone}restart = \"sometimes\"\n"),
+        ),
+    )
+    .expect("write");
+    let refused = up.cli(&["reload"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown restart policy"));
+    assert_eq!(up.pid("keep"), keep_pid);
+
+    let changed = sh_jail("change", "h1", "127.122.0.12", "exec sleep 301", "");
+    let new = sh_jail("new", "h2", "127.122.0.14", "exec sleep 300", "");
+    std::fs::write(&up.file, cluster(net, &format!("{keep}{changed}{new}"))).expect("write");
+    let report: serde_json::Value =
+        serde_json::from_str(&up.ok(&["reload", "--json"])).expect("json");
+    assert_eq!(report["added"], serde_json::json!(["new"]), "{report}");
+    assert_eq!(report["removed"], serde_json::json!(["gone"]), "{report}");
+    assert_eq!(
+        report["restarted"],
+        serde_json::json!(["change"]),
+        "{report}"
+    );
+    assert_eq!(up.pid("keep"), keep_pid, "an unchanged jail keeps running");
+    assert_ne!(up.pid("change"), change_pid);
+    assert!(running("new"));
+    let names: Vec<String> = up.status()["jails"]
+        .as_array()
+        .expect("jails")
+        .iter()
+        .filter_map(|j| j["name"].as_str().map(String::from))
+        .collect();
+    assert_eq!(names, ["keep", "change", "new"]);
+}
