@@ -214,7 +214,15 @@ impl Handler {
     }
 
     fn count(&self, rcode: ResponseCode) {
-        let code = rcode.to_str().to_ascii_lowercase();
+        let code = match rcode {
+            ResponseCode::NoError => "noerror".to_string(),
+            ResponseCode::FormErr => "formerr".to_string(),
+            ResponseCode::ServFail => "servfail".to_string(),
+            ResponseCode::NXDomain => "nxdomain".to_string(),
+            ResponseCode::NotImp => "notimp".to_string(),
+            ResponseCode::Refused => "refused".to_string(),
+            other => u16::from(other).to_string(),
+        };
         self.gate
             .metrics
             .inc("gate_dns_queries_total", &[("rcode", &code)], 1);

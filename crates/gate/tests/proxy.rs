@@ -128,10 +128,7 @@ async fn kill9_backend_under_load_fails_no_request() {
         0,
         "no client request may fail ({total} sent)"
     );
-    assert!(
-        total >= 800,
-        "load should be steady: only {total} requests"
-    );
+    assert!(total >= 800, "load should be steady: only {total} requests");
 
     // Back in rotation when healthy again.
     let _b2 = spawn_echo("app2", sa(&format!("{net}.12:8000"))).await;
