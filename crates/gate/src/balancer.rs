@@ -279,6 +279,7 @@ async fn health_loop(svc: Weak<Service>, i: usize) {
                 Ok(Ok(_))
             ),
             HealthKind::Http => http_check(&client, member.addr, &hc.path, timeout).await,
+            HealthKind::None => true,
         };
         member.record_check(ok, hc.rise, hc.fall, &name);
         drop(member);

@@ -8,7 +8,7 @@
 //! | `listeners[].kind` | `http` |
 //! | `services[].policy` | `round_robin` |
 //! | `services[].hash_header` | none (consistent hashing keys on the client IP) |
-//! | `services[].health.kind` | `http` |
+//! | `services[].health.kind` | `http` (`tcp`: connect only; `none`: always up) |
 //! | `services[].health.path` | `/` |
 //! | `services[].health.interval_ms` | 1000 |
 //! | `services[].health.timeout_ms` | 500 |
@@ -114,6 +114,9 @@ pub struct MemberConfig {
 pub enum HealthKind {
     Http,
     Tcp,
+    /// No active checks: members count as up (UDP services); passive ejection still applies
+    /// to TCP connects, and an ejected member comes back after `interval_ms`.
+    None,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -172,6 +172,7 @@ pub async fn run_udp(gate: Arc<Gate>, sock: Arc<UdpSocket>, listener: Arc<str>) 
                 if up.connect(m.addr).await.is_err() {
                     continue;
                 }
+                tracing::debug!(listener = %listener, %peer, member = %m.name, "udp flow started");
                 let up = Arc::new(up);
                 let last = Arc::new(AtomicU64::new(now_ms()));
                 flows.lock().await.insert(
@@ -202,7 +203,9 @@ pub async fn run_udp(gate: Arc<Gate>, sock: Arc<UdpSocket>, listener: Arc<str>) 
             &[("listener", &listener), ("dir", "in")],
             n as u64,
         );
-        let _ = up.send(&buf[..n]).await;
+        if let Err(e) = up.send(&buf[..n]).await {
+            tracing::debug!(%peer, error = %e, "udp send upstream failed");
+        }
     }
 }
 
@@ -231,7 +234,8 @@ async fn udp_replies(
                 );
                 let _ = sock.send_to(&buf[..n], peer).await;
             }
-            Ok(Err(_)) => {
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "udp upstream error");
                 // ICMP unreachable surfaces as an error on a connected socket; keep the flow
                 // until it idles out.
                 tokio::time::sleep(Duration::from_millis(50)).await;
