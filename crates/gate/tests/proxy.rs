@@ -236,6 +236,20 @@ health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 100 }}
     assert_eq!(code, 502, "{body}");
     assert!(body.starts_with("502 bad gateway"), "{body}");
 
+    // Metrics: requests by status, latency histogram, backend gauges.
+    let (_, m) = get(&ac, &format!("http://{admin}/metrics")).await.unwrap();
+    for series in [
+        "gate_http_requests_total{listener=\"web\",code=\"200\"} 1",
+        "gate_http_requests_total{listener=\"web\",code=\"504\"} 1",
+        "gate_http_requests_total{listener=\"empty\",code=\"503\"} 1",
+        "gate_http_requests_total{listener=\"broken\",code=\"502\"} 1",
+        "gate_http_request_duration_seconds_count{listener=\"web\"} 2",
+        "gate_backend_up{service=\"app\",member=\"app1\"} 1",
+        "gate_backend_up{service=\"nobody\",member=\"ghost\"} 0",
+    ] {
+        assert!(m.contains(series), "missing {series} in\n{m}");
+    }
+
     // Admin counters saw the traffic.
     let v = backends(&ac, admin).await;
     assert!(

@@ -196,9 +196,20 @@ pub fn client(source: Option<IpAddr>) -> TestClient {
 
 /// GET with a 5 s cap: (status, body).
 pub async fn get(c: &TestClient, url: &str) -> Result<(u16, String), String> {
-    let req = hyper::Request::get(url)
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
+    get_with(c, url, &[]).await
+}
+
+/// GET with extra headers and a 5 s cap: (status, body).
+pub async fn get_with(
+    c: &TestClient,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String), String> {
+    let mut b = hyper::Request::get(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Empty::new()).map_err(|e| e.to_string())?;
     let fut = async {
         let resp = c.request(req).await.map_err(|e| format!("{e:?}"))?;
         let status = resp.status().as_u16();
