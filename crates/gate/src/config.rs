@@ -5,6 +5,7 @@
 //! | field | default |
 //! |---|---|
 //! | `admin` | `127.0.0.1:9100` |
+//! | `shutdown_grace_ms` | 10000 (SIGTERM: open connections may finish this long) |
 //! | `listeners[].kind` | `http` |
 //! | `services[].policy` | `round_robin` |
 //! | `services[].hash_header` | none (consistent hashing keys on the client IP) |
@@ -60,6 +61,9 @@ pub struct GateConfig {
     pub http: HttpConfig,
     #[serde(default)]
     pub dns: Option<DnsConfig>,
+    /// On SIGTERM/SIGINT, how long open connections may take to finish.
+    #[serde(default = "d_10000")]
+    pub shutdown_grace_ms: u64,
 }
 
 fn default_admin() -> SocketAddr {

@@ -32,6 +32,7 @@ pub async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let hc = gate.runtime.load().cfg.http.clone();
+    let gate_stop = gate.stopping.clone();
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
@@ -49,7 +50,18 @@ pub async fn serve<S>(
         let listener = listener.clone();
         async move { Ok::<_, Infallible>(handle(gate, req, peer, listener, scheme).await) }
     });
-    if let Err(e) = b.serve_connection(TokioIo::new(io), svc).await {
+    let mut stopping = gate_stop.subscribe();
+    let conn = b.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let res = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = async { stopping.wait_for(|s| *s).await.map(|_| ()) } => {
+            // Process shutdown: finish the request in flight, then close (GOAWAY on h2).
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = res {
         tracing::debug!(%peer, error = %e, "http connection ended with an error");
     }
 }

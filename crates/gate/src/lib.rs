@@ -21,6 +21,7 @@ pub mod tls;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -60,6 +61,10 @@ pub struct Gate {
     pub state_dir: PathBuf,
     pub config_path: Option<PathBuf>,
     listeners: AsyncMutex<listeners::Listeners>,
+    /// Open client connections (TCP-based listeners).
+    pub open_conns: AtomicUsize,
+    /// Becomes true when the process is shutting down.
+    pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// Where the gate keeps its state and finds its config file for reloads.
@@ -140,6 +145,8 @@ pub async fn run(config: GateConfig, opts: RunOptions) -> Result<(), GateError> 
         state_dir: opts.state_dir.clone(),
         config_path: opts.config_path.clone(),
         listeners: AsyncMutex::new(listeners::Listeners::default()),
+        open_conns: AtomicUsize::new(0),
+        stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
     });
     gate.apply(config.clone()).await?;
 
@@ -180,6 +187,20 @@ pub async fn run(config: GateConfig, opts: RunOptions) -> Result<(), GateError> 
         }
     }
     drop(dns);
-    tracing::info!("gate stopping");
+    // Graceful stop: no new connections; HTTP connections finish their request in flight and
+    // close; wait for open connections up to the grace period.
+    let grace = Duration::from_millis(gate.runtime.load().cfg.shutdown_grace_ms);
+    gate.listeners.lock().await.close_all();
+    gate.stopping.send_replace(true);
+    let open = gate.open_conns.load(Ordering::Acquire);
+    tracing::info!(open, grace_ms = grace.as_millis() as u64, "gate stopping");
+    let end = tokio::time::Instant::now() + grace;
+    while gate.open_conns.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!(
+        left = gate.open_conns.load(Ordering::Acquire),
+        "gate stopped"
+    );
     Ok(())
 }

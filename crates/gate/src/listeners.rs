@@ -62,7 +62,33 @@ pub fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, GateError> {
     UdpSocket::from_std(std).map_err(e)
 }
 
+/// Counts an open client connection for graceful shutdown.
+struct OpenConn(Arc<Gate>);
+
+impl OpenConn {
+    fn new(g: &Arc<Gate>) -> Self {
+        g.open_conns
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(g.clone())
+    }
+}
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0
+            .open_conns
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 impl Listeners {
+    /// Stops every accept loop (process shutdown); open connections carry on.
+    pub fn close_all(&mut self) {
+        for (_, h) in self.map.drain() {
+            h.accept.abort();
+        }
+    }
+
     /// Binds what must be bound and loads TLS material; changes nothing yet.
     pub async fn prepare(&self, cfgs: &[ListenerConfig]) -> Result<Plan, GateError> {
         let mut plan = Plan {
@@ -161,6 +187,7 @@ async fn handle_conn(
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     let _ = sock.set_nodelay(true);
+    let _open = OpenConn::new(&gate);
     let rt = gate.runtime.load_full();
     gate.metrics
         .inc("gate_connections_total", &[("listener", &name)], 1);

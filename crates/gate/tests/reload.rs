@@ -375,3 +375,48 @@ async fn least_conn_and_consistent_hash_policies() {
     }
     assert_eq!(members.len(), 2, "users spread over both members");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let net = "127.84.4";
+    let dir = tempfile::tempdir().unwrap();
+    let _b1 = spawn_echo("app1", sa(&format!("{net}.11:8000"))).await;
+    let _b2 = spawn_echo("app2", sa(&format!("{net}.12:8000"))).await;
+    let admin = sa(&format!("{net}.1:9100"));
+    let mut gate = spawn_gate(dir.path(), &two_member_config(net), admin).await;
+    let ac = client(None);
+    assert!(wait_until(Duration::from_secs(5), || all_up(&ac, admin)).await);
+    let c = client(Some(format!("{net}.60").parse().unwrap()));
+    let url = format!("http://{net}.1:8080/slow?ms=1000");
+    let slow = tokio::spawn(async move { get(&c, &url).await });
+    assert!(
+        wait_until(Duration::from_secs(3), || async {
+            let v = backends(&ac, admin).await;
+            member_field(&v, "app", "app1", "active")
+                .as_u64()
+                .unwrap_or(0)
+                + member_field(&v, "app", "app2", "active")
+                    .as_u64()
+                    .unwrap_or(0)
+                == 1
+        })
+        .await
+    );
+    gate.proc_.signal("TERM");
+    assert!(
+        wait_until(Duration::from_secs(2), || async {
+            !port_open(sa(&format!("{net}.1:8080"))).await
+        })
+        .await,
+        "no new connections once stopping"
+    );
+    assert_eq!(
+        slow.await.unwrap().map(|r| r.0),
+        Ok(200),
+        "in-flight request finished"
+    );
+    assert!(
+        gate.proc_.wait_exit(Duration::from_secs(5)),
+        "gate exits after its connections"
+    );
+}
