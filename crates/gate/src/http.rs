@@ -19,7 +19,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::Gate;
 use crate::balancer::{ActiveGuard, ProxyBody};
+use crate::config::Policy;
 use crate::firewall::Refusal;
+use crate::metrics::HttpStats;
 
 /// Serves one accepted connection (plain or TLS) until it closes.
 pub async fn serve<S>(
@@ -33,6 +35,7 @@ pub async fn serve<S>(
 {
     let hc = gate.runtime.load().cfg.http.clone();
     let gate_stop = gate.stopping.clone();
+    let stats = gate.metrics.http_stats(&listener);
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
@@ -48,7 +51,8 @@ pub async fn serve<S>(
     let svc = hyper::service::service_fn(move |req| {
         let gate = gate.clone();
         let listener = listener.clone();
-        async move { Ok::<_, Infallible>(handle(gate, req, peer, listener, scheme).await) }
+        let stats = stats.clone();
+        async move { Ok::<_, Infallible>(handle(gate, req, peer, listener, scheme, &stats).await) }
     });
     let mut stopping = gate_stop.subscribe();
     let conn = b.serve_connection(TokioIo::new(io), svc);
@@ -93,33 +97,13 @@ async fn handle(
     peer: SocketAddr,
     listener: Arc<str>,
     scheme: &'static str,
+    stats: &HttpStats,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let req_bytes = req.body().size_hint().exact().unwrap_or(0);
     let resp = proxy(&gate, req, peer, &listener, scheme).await;
-    let code = resp.status().as_u16().to_string();
-    let m = &gate.metrics;
-    m.inc(
-        "gate_http_requests_total",
-        &[("listener", &listener), ("code", &code)],
-        1,
-    );
-    m.histogram(
-        "gate_http_request_duration_seconds",
-        &[("listener", &listener)],
-    )
-    .observe(start.elapsed());
-    m.inc(
-        "gate_bytes_total",
-        &[("listener", &listener), ("dir", "in")],
-        req_bytes,
-    );
     let out = resp.body().size_hint().exact().unwrap_or(0);
-    m.inc(
-        "gate_bytes_total",
-        &[("listener", &listener), ("dir", "out")],
-        out,
-    );
+    stats.record(resp.status().as_u16(), start.elapsed(), req_bytes, out);
     resp
 }
 
@@ -232,13 +216,14 @@ async fn proxy(
         .unwrap_or_else(|| "/".into());
     parts.version = http::Version::HTTP_11;
 
-    let hash_key: Vec<u8> = match &svc.cfg.hash_header {
-        Some(hn) => parts
+    let hash_key: Vec<u8> = match (svc.cfg.policy, &svc.cfg.hash_header) {
+        (Policy::ConsistentHash, Some(hn)) => parts
             .headers
             .get(hn.as_str())
             .map(|v| v.as_bytes().to_vec())
-            .unwrap_or_else(|| peer.ip().to_string().into_bytes()),
-        None => peer.ip().to_canonical().to_string().into_bytes(),
+            .unwrap_or_else(|| peer.ip().to_canonical().to_string().into_bytes()),
+        (Policy::ConsistentHash, None) => peer.ip().to_canonical().to_string().into_bytes(),
+        _ => Vec::new(),
     };
 
     // Requests without a body and an idempotent method can be replayed on another member.

@@ -109,10 +109,40 @@ const HELP: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Per-listener HTTP counters, looked up once per connection so that a request costs only
+/// atomic adds.
+pub struct HttpStats {
+    codes: Box<[AtomicU64]>,
+    latency: Histogram,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+impl HttpStats {
+    fn new() -> Self {
+        Self {
+            codes: (0..600).map(|_| AtomicU64::new(0)).collect(),
+            latency: Histogram::default(),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        }
+    }
+
+    pub fn record(&self, code: u16, took: Duration, bytes_in: u64, bytes_out: u64) {
+        if let Some(c) = self.codes.get(code as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency.observe(took);
+        self.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+    }
+}
+
 #[derive(Default)]
 pub struct Registry {
     counters: RwLock<BTreeMap<String, Arc<AtomicU64>>>,
     histograms: RwLock<BTreeMap<String, Arc<Histogram>>>,
+    http: RwLock<BTreeMap<String, Arc<HttpStats>>>,
 }
 
 fn series(name: &str, labels: &[(&str, &str)]) -> String {
@@ -124,11 +154,17 @@ fn series(name: &str, labels: &[(&str, &str)]) -> String {
             if i > 0 {
                 s.push(',');
             }
-            let v = v
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n");
-            let _ = write!(s, "{k}=\"{v}\"");
+            s.push_str(k);
+            s.push_str("=\"");
+            for ch in v.chars() {
+                match ch {
+                    '\\' => s.push_str("\\\\"),
+                    '"' => s.push_str("\\\""),
+                    '\n' => s.push_str("\\n"),
+                    c => s.push(c),
+                }
+            }
+            s.push('"');
         }
         s.push('}');
     }
@@ -166,11 +202,47 @@ impl Registry {
         }
     }
 
+    pub fn http_stats(&self, listener: &str) -> Arc<HttpStats> {
+        if let Ok(m) = self.http.read()
+            && let Some(s) = m.get(listener)
+        {
+            return s.clone();
+        }
+        match self.http.write() {
+            Ok(mut m) => m
+                .entry(listener.to_string())
+                .or_insert_with(|| Arc::new(HttpStats::new()))
+                .clone(),
+            Err(_) => Arc::new(HttpStats::new()),
+        }
+    }
+
     /// Renders every series; `extra` are gauge lines computed at scrape time.
     pub fn render(&self, extra: &[(String, f64)]) -> String {
         let mut out = String::new();
         for (name, kind, help) in HELP {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        }
+        if let Ok(m) = self.http.read() {
+            for (l, s) in m.iter() {
+                for (code, c) in s.codes.iter().enumerate() {
+                    let n = c.load(Ordering::Relaxed);
+                    if n > 0 {
+                        let code = code.to_string();
+                        let key = series(
+                            "gate_http_requests_total",
+                            &[("listener", l), ("code", &code)],
+                        );
+                        let _ = writeln!(out, "{key} {n}");
+                    }
+                }
+                for (dir, v) in [("in", &s.bytes_in), ("out", &s.bytes_out)] {
+                    let key = series("gate_bytes_total", &[("listener", l), ("dir", dir)]);
+                    let _ = writeln!(out, "{key} {}", v.load(Ordering::Relaxed));
+                }
+                let key = series("gate_http_request_duration_seconds", &[("listener", l)]);
+                render_histogram(&mut out, &key, &s.latency);
+            }
         }
         if let Ok(m) = self.counters.read() {
             for (k, v) in m.iter() {
@@ -179,23 +251,7 @@ impl Registry {
         }
         if let Ok(m) = self.histograms.read() {
             for (k, h) in m.iter() {
-                let (name, labels) = match k.find('{') {
-                    Some(i) => (&k[..i], &k[i + 1..k.len() - 1]),
-                    None => (k.as_str(), ""),
-                };
-                let sep = if labels.is_empty() { "" } else { "," };
-                for (i, b) in BUCKETS.iter().enumerate() {
-                    let _ = writeln!(
-                        out,
-                        "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {}",
-                        h.buckets[i].load(Ordering::Relaxed)
-                    );
-                }
-                let count = h.count.load(Ordering::Relaxed);
-                let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-                let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-                let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-                let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+                render_histogram(&mut out, k, h);
             }
         }
         for (k, v) in extra {
@@ -203,6 +259,26 @@ impl Registry {
         }
         out
     }
+}
+
+fn render_histogram(out: &mut String, key: &str, h: &Histogram) {
+    let (name, labels) = match key.find('{') {
+        Some(i) => (&key[..i], &key[i + 1..key.len() - 1]),
+        None => (key, ""),
+    };
+    let sep = if labels.is_empty() { "" } else { "," };
+    for (i, b) in BUCKETS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {}",
+            h.buckets[i].load(Ordering::Relaxed)
+        );
+    }
+    let count = h.count.load(Ordering::Relaxed);
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+    let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+    let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
 }
 
 pub fn gauge_series(name: &str, labels: &[(&str, &str)]) -> String {
@@ -216,18 +292,17 @@ mod tests {
     #[test]
     fn renders_counters_and_histograms() {
         let r = Registry::default();
-        r.inc(
-            "gate_http_requests_total",
-            &[("listener", "web"), ("code", "200")],
-            2,
-        );
-        r.histogram("gate_http_request_duration_seconds", &[("listener", "web")])
-            .observe(Duration::from_millis(3));
+        let s = r.http_stats("web");
+        s.record(200, Duration::from_millis(3), 0, 10);
+        s.record(200, Duration::from_millis(30), 0, 10);
+        r.inc("gate_dns_queries_total", &[("rcode", "a\"b")], 1);
         let text = r.render(&[]);
         assert!(text.contains("gate_http_requests_total{listener=\"web\",code=\"200\"} 2"));
         assert!(text.contains(
             "gate_http_request_duration_seconds_bucket{listener=\"web\",le=\"0.005\"} 1"
         ));
-        assert!(text.contains("gate_http_request_duration_seconds_count{listener=\"web\"} 1"));
+        assert!(text.contains("gate_bytes_total{listener=\"web\",dir=\"out\"} 20"));
+        assert!(text.contains("gate_dns_queries_total{rcode=\"a\\\"b\"} 1"));
+        assert!(text.contains("gate_bytes_total{listener=\"web\",dir=\"out\"} 20"));
     }
 }
