@@ -120,7 +120,8 @@ struct Flow {
 
 /// Serves one UDP listener: each client address is a flow bound to one member through its
 /// own upstream socket; replies go back from the listener's address. Flows end after the
-/// service's idle timeout.
+/// service's idle timeout, or at once when the member answers ICMP unreachable. A flow counts
+/// as a connection for the firewall rules and the per-IP connection cap.
 pub async fn run_udp(gate: Arc<Gate>, sock: Arc<UdpSocket>, listener: Arc<str>) {
     let flows: Arc<Mutex<HashMap<SocketAddr, Flow>>> = Arc::new(Mutex::new(HashMap::new()));
     let mut buf = vec![0u8; 65535];
@@ -141,15 +142,18 @@ pub async fn run_udp(gate: Arc<Gate>, sock: Arc<UdpSocket>, listener: Arc<str>) 
             Some(x) => x,
             None => {
                 let rt = gate.runtime.load_full();
-                if let Err(r) = gate
+                // A flow counts as a connection for the rules and the per-IP cap.
+                let slot = match gate
                     .firewall
                     .admit_conn(&rt.cfg.firewall, &listener, peer.ip())
-                    .map(|_| ())
-                    .and_then(|_| gate.firewall.admit_request(peer.ip()))
+                    .and_then(|slot| gate.firewall.admit_request(peer.ip()).map(|_| slot))
                 {
-                    gate.metrics.inc(r.metric(), &[("listener", &listener)], 1);
-                    continue;
-                }
+                    Ok(slot) => slot,
+                    Err(r) => {
+                        gate.metrics.inc(r.metric(), &[("listener", &listener)], 1);
+                        continue;
+                    }
+                };
                 if flows.lock().await.len() >= MAX_UDP_FLOWS {
                     continue;
                 }
@@ -183,17 +187,20 @@ pub async fn run_udp(gate: Arc<Gate>, sock: Arc<UdpSocket>, listener: Arc<str>) 
                     },
                 );
                 let idle = Duration::from_millis(svc.cfg.idle_timeout_ms);
-                tokio::spawn(udp_replies(
-                    gate.clone(),
-                    sock.clone(),
-                    up.clone(),
+                tokio::spawn(udp_replies(FlowCtx {
+                    gate: gate.clone(),
+                    sock: sock.clone(),
+                    up: up.clone(),
                     peer,
-                    last.clone(),
+                    last: last.clone(),
                     idle,
-                    flows.clone(),
-                    listener.clone(),
-                    ActiveGuard::new(m),
-                ));
+                    flows: flows.clone(),
+                    listener: listener.clone(),
+                    passive_fail: svc.cfg.passive_fail,
+                    service: svc.cfg.name.clone(),
+                    guard: ActiveGuard::new(m),
+                    _slot: slot,
+                }));
                 (up, last)
             }
         };
@@ -209,8 +216,7 @@ pub async fn run_udp(gate: Arc<Gate>, sock: Arc<UdpSocket>, listener: Arc<str>) 
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn udp_replies(
+struct FlowCtx {
     gate: Arc<Gate>,
     sock: Arc<UdpSocket>,
     up: Arc<UdpSocket>,
@@ -219,8 +225,25 @@ async fn udp_replies(
     idle: Duration,
     flows: Arc<Mutex<HashMap<SocketAddr, Flow>>>,
     listener: Arc<str>,
-    _guard: ActiveGuard,
-) {
+    passive_fail: u32,
+    service: String,
+    guard: ActiveGuard,
+    _slot: Option<crate::firewall::ConnSlot>,
+}
+
+async fn udp_replies(f: FlowCtx) {
+    let FlowCtx {
+        gate,
+        sock,
+        up,
+        peer,
+        last,
+        idle,
+        flows,
+        listener,
+        ..
+    } = &f;
+    let (peer, idle) = (*peer, *idle);
     let mut buf = vec![0u8; 65535];
     let started = Instant::now();
     loop {
@@ -229,20 +252,18 @@ async fn udp_replies(
                 last.store(now_ms(), Ordering::Relaxed);
                 gate.metrics.inc(
                     "gate_bytes_total",
-                    &[("listener", &listener), ("dir", "out")],
+                    &[("listener", listener), ("dir", "out")],
                     n as u64,
                 );
                 let _ = sock.send_to(&buf[..n], peer).await;
             }
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "udp upstream error");
-                // ICMP unreachable surfaces as an error on a connected socket; keep the flow
-                // until it idles out.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                if now_ms().saturating_sub(last.load(Ordering::Relaxed)) >= idle.as_millis() as u64
-                {
-                    break;
-                }
+                // ICMP port unreachable surfaces as an error on a connected socket: the member
+                // is not listening. Count it (passive ejection) and end the flow, so the
+                // client's next datagram picks a member afresh.
+                f.guard.0.record_traffic(false, f.passive_fail, &f.service);
+                break;
             }
             Err(_) => {
                 if now_ms().saturating_sub(last.load(Ordering::Relaxed)) >= idle.as_millis() as u64

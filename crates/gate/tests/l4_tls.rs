@@ -16,7 +16,8 @@ async fn tcp_and_udp_listeners_forward_to_healthy_members() {
     // Echo backends: HTTP on 8000 and TCP echo on 8001; UDP echo on 9000.
     let _t1 = spawn_echo("t1", sa(&format!("{net}.11:8000"))).await;
     let _t2 = spawn_echo("t2", sa(&format!("{net}.12:8000"))).await;
-    let _u1 = spawn_echo_udp("u1", sa(&format!("{net}.21:9000"))).await;
+    let mut u1 = spawn_echo_udp("u1", sa(&format!("{net}.21:9000"))).await;
+    let mut u2 = spawn_echo_udp("u2", sa(&format!("{net}.22:9000"))).await;
     let cfg = format!(
         r#"
 admin = "{net}.1:9100"
@@ -48,8 +49,8 @@ health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 200 }}
 name = "uecho"
 port = 9000
 idle_timeout_ms = 2000
-members = [{{ name = "u1", address = "{net}.21" }}]
-health = {{ kind = "none" }}
+members = [{{ name = "u1", address = "{net}.21" }}, {{ name = "u2", address = "{net}.22" }}]
+health = {{ kind = "none", interval_ms = 200 }}
 "#
     );
     let admin = sa(&format!("{net}.1:9100"));
@@ -90,21 +91,47 @@ health = {{ kind = "none" }}
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec!["t1", "t2"]);
 
     let u = std::net::UdpSocket::bind(format!("{net}.50:0")).unwrap();
-    u.set_read_timeout(Some(Duration::from_millis(500)))
+    u.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
-    let mut buf = [0u8; 1500];
-    let mut got = None;
-    for _ in 0..10 {
-        u.send_to(b"hello", format!("{net}.1:7001")).unwrap();
-        if let Ok((n, from)) = u.recv_from(&mut buf) {
-            got = Some((
-                String::from_utf8_lossy(&buf[..n]).into_owned(),
-                from.to_string(),
-            ));
+    let ask = |u: &std::net::UdpSocket| -> Option<(String, String)> {
+        let mut buf = [0u8; 1500];
+        u.send_to(b"hello", format!("{net}.1:7001")).ok()?;
+        let (n, from) = u.recv_from(&mut buf).ok()?;
+        Some((
+            String::from_utf8_lossy(&buf[..n]).into_owned(),
+            from.to_string(),
+        ))
+    };
+    let (first, from) = ask(&u).expect("udp answer through the gate");
+    assert_eq!(
+        from,
+        format!("{net}.1:7001"),
+        "the answer comes from the listener"
+    );
+    assert!(first == "u1:hello" || first == "u2:hello", "{first}");
+    assert_eq!(
+        ask(&u).map(|a| a.0),
+        Some(first.clone()),
+        "a flow sticks to its member"
+    );
+
+    // Kill the member serving this flow: the flow ends on ICMP unreachable and the next
+    // datagrams reach the other member.
+    let other = if first == "u1:hello" {
+        u1.kill9();
+        "u2:hello"
+    } else {
+        u2.kill9();
+        "u1:hello"
+    };
+    let mut moved = false;
+    for _ in 0..20 {
+        if ask(&u).map(|a| a.0).as_deref() == Some(other) {
+            moved = true;
             break;
         }
     }
-    assert_eq!(got, Some(("u1:hello".to_string(), format!("{net}.1:7001"))));
+    assert!(moved, "udp flow failed over to {other}");
 }
 
 fn openssl_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {

@@ -17,6 +17,9 @@ struct Args {
     /// State directory (persisted bans).
     #[arg(long, default_value = "./.citadel/gate")]
     state: PathBuf,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,10 +33,11 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = citadel_gate::GateConfig::load(&args.config)
         .with_context(|| format!("loading {}", args.config.display()))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.enable_all().build().context("starting the runtime")?;
     rt.block_on(citadel_gate::run(
         config,
         citadel_gate::RunOptions {
