@@ -57,6 +57,7 @@ async fn deny_rule_and_rate_limit_per_client() {
         r#"
 rate_per_sec = 5
 burst = 5
+max_conns_per_ip = 2
 rules = [
   {{ action = "deny", source = "{net}.64/26" }},
 ]
@@ -109,6 +110,53 @@ rules = [
     for _ in 0..4 {
         assert_eq!(get(&b, &url).await.map(|r| r.0), Ok(200), "B is unaffected");
     }
+    // Connection cap: a third concurrent connection from one IP is refused; others are not.
+    let capped: IpAddr = format!("{net}.40").parse().unwrap();
+    let hold = |ip: IpAddr| {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&SocketAddr::new(ip, 0).into()).unwrap();
+        sock.connect(&to.into()).unwrap();
+        let s: std::net::TcpStream = sock.into();
+        s
+    };
+    let h1 = hold(capped);
+    let h2 = hold(capped);
+    // Both held connections are admitted (they answer a request)...
+    for mut h in [&h1, &h2] {
+        h.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        h.write_all(format!("GET / HTTP/1.1\r\nhost: {to}\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut b = [0u8; 12];
+        h.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"HTTP/1.1 200");
+    }
+    // ...a third is closed without an answer, while another IP gets in.
+    assert_eq!(
+        tokio::task::spawn_blocking(move || raw_get(capped, to))
+            .await
+            .unwrap(),
+        None
+    );
+    let free: IpAddr = format!("{net}.41").parse().unwrap();
+    assert_eq!(
+        tokio::task::spawn_blocking(move || raw_get(free, to))
+            .await
+            .unwrap(),
+        Some(200)
+    );
+    drop((h1, h2));
+    assert!(
+        wait_until(Duration::from_secs(3), || async {
+            tokio::task::spawn_blocking(move || raw_get(capped, to))
+                .await
+                .unwrap()
+                == Some(200)
+        })
+        .await,
+        "slots free up when connections close"
+    );
+
     let (_, metrics) = get(&ac, &format!("http://{admin}/metrics")).await.unwrap();
     assert!(
         metrics.contains("gate_rate_limited_total{listener=\"web\"}"),
@@ -116,6 +164,10 @@ rules = [
     );
     assert!(
         metrics.contains("gate_denied_total{listener=\"web\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gate_conn_limited_total{listener=\"web\"}"),
         "{metrics}"
     );
 }
