@@ -89,7 +89,7 @@ nginx -p "$W/px" -c "$W/px/nginx.conf" -g 'daemon off;' & NPID=$!; PIDS+=($NPID)
 cat > "$W/haproxy.cfg" <<HA
 global
   nbthread 1
-  maxconn 20000
+  maxconn 8000
 defaults
   mode http
   timeout connect 1s

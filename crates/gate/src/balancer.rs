@@ -22,6 +22,8 @@ pub type HttpClient = Client<HttpConnector, ProxyBody>;
 pub struct Member {
     pub name: String,
     pub addr: SocketAddr,
+    /// `addr` as a URI authority, for requests to this member.
+    pub authority: http::uri::Authority,
     up: AtomicBool,
     ever_settled: AtomicBool,
     ok_streak: AtomicU32,
@@ -46,9 +48,12 @@ pub struct MemberView {
 
 impl Member {
     pub fn new(name: String, addr: SocketAddr) -> Self {
+        let authority = http::uri::Authority::try_from(addr.to_string().as_str())
+            .unwrap_or_else(|_| http::uri::Authority::from_static("invalid"));
         Self {
             name,
             addr,
+            authority,
             up: AtomicBool::new(false),
             ever_settled: AtomicBool::new(false),
             ok_streak: AtomicU32::new(0),

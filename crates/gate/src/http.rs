@@ -36,6 +36,7 @@ pub async fn serve<S>(
     let hc = gate.runtime.load().cfg.http.clone();
     let gate_stop = gate.stopping.clone();
     let stats = gate.metrics.http_stats(&listener);
+    let info = Arc::new(Peer::new(peer, scheme));
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
@@ -52,7 +53,8 @@ pub async fn serve<S>(
         let gate = gate.clone();
         let listener = listener.clone();
         let stats = stats.clone();
-        async move { Ok::<_, Infallible>(handle(gate, req, peer, listener, scheme, &stats).await) }
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(handle(gate, req, &info, listener, &stats).await) }
     });
     let mut stopping = gate_stop.subscribe();
     let conn = b.serve_connection(TokioIo::new(io), svc);
@@ -94,14 +96,13 @@ fn short(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
 async fn handle(
     gate: Arc<Gate>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: &Peer,
     listener: Arc<str>,
-    scheme: &'static str,
     stats: &HttpStats,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let req_bytes = req.body().size_hint().exact().unwrap_or(0);
-    let resp = proxy(&gate, req, peer, &listener, scheme).await;
+    let resp = proxy(&gate, req, peer, &listener).await;
     let out = resp.body().size_hint().exact().unwrap_or(0);
     stats.record(resp.status().as_u16(), start.elapsed(), req_bytes, out);
     resp
@@ -138,35 +139,66 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
+/// What the forwarding headers need about the client, computed once per connection.
+pub struct Peer {
+    pub addr: SocketAddr,
+    scheme: &'static str,
+    /// The client IP as a header value.
+    ip_value: HeaderValue,
+    /// `for=<node>;proto=<scheme>`.
+    forwarded_for: String,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr, scheme: &'static str) -> Self {
+        let ip = addr.ip().to_canonical();
+        let ip_text = ip.to_string();
+        let node = if ip.is_ipv6() {
+            format!("\"[{ip_text}]\"")
+        } else {
+            ip_text.clone()
+        };
+        Self {
+            addr,
+            scheme,
+            ip_value: HeaderValue::from_str(&ip_text)
+                .unwrap_or(HeaderValue::from_static("unknown")),
+            forwarded_for: format!("for={node};proto={scheme}"),
+        }
+    }
+}
+
 /// Adds X-Forwarded-For, X-Forwarded-Proto and Forwarded for this hop.
-fn forwarded_headers(h: &mut HeaderMap, peer: SocketAddr, scheme: &str, host: Option<&str>) {
-    let ip = peer.ip().to_canonical();
+fn forwarded_headers(h: &mut HeaderMap, peer: &Peer, host: Option<&str>) {
     let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip.to_string(),
+        Some(prev) => {
+            HeaderValue::from_str(&format!("{prev}, {}", peer.ip_value.to_str().unwrap_or(""))).ok()
+        }
+        None => Some(peer.ip_value.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         h.insert("x-forwarded-for", v);
     }
     h.insert(
         "x-forwarded-proto",
-        HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
+        HeaderValue::from_static(if peer.scheme == "https" {
+            "https"
+        } else {
+            "http"
+        }),
     );
-    let node = if ip.is_ipv6() {
-        format!("\"[{ip}]\"")
-    } else {
-        ip.to_string()
-    };
-    let mut fwd = format!("for={node};proto={scheme}");
-    if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
-        fwd.push_str(";host=\"");
-        fwd.push_str(host);
-        fwd.push('"');
+    let prev = h.get(header::FORWARDED).and_then(|v| v.to_str().ok());
+    let mut val = String::with_capacity(64);
+    if let Some(prev) = prev {
+        val.push_str(prev);
+        val.push_str(", ");
     }
-    let val = match h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {fwd}"),
-        None => fwd,
-    };
+    val.push_str(&peer.forwarded_for);
+    if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
+        val.push_str(";host=\"");
+        val.push_str(host);
+        val.push('"');
+    }
     if let Ok(v) = HeaderValue::from_str(&val) {
         h.insert(header::FORWARDED, v);
     }
@@ -175,11 +207,10 @@ fn forwarded_headers(h: &mut HeaderMap, peer: SocketAddr, scheme: &str, host: Op
 async fn proxy(
     gate: &Gate,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: &Peer,
     listener: &str,
-    scheme: &'static str,
 ) -> Response<ProxyBody> {
-    if let Err(r) = gate.firewall.admit_request(peer.ip()) {
+    if let Err(r) = gate.firewall.admit_request(peer.addr.ip()) {
         gate.metrics.inc(r.metric(), &[("listener", listener)], 1);
         return match r {
             Refusal::RateLimited => short(StatusCode::TOO_MANY_REQUESTS, "429 too many requests\n"),
@@ -203,7 +234,7 @@ async fn proxy(
         .map(str::to_owned)
         .or_else(|| parts.uri.authority().map(|a| a.to_string()));
     strip_hop_by_hop(&mut parts.headers);
-    forwarded_headers(&mut parts.headers, peer, scheme, host.as_deref());
+    forwarded_headers(&mut parts.headers, peer, host.as_deref());
     if !parts.headers.contains_key(header::HOST)
         && let Some(v) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
     {
@@ -212,8 +243,8 @@ async fn proxy(
     let path_q = parts
         .uri
         .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     parts.version = http::Version::HTTP_11;
 
     let hash_key: Vec<u8> = match (svc.cfg.policy, &svc.cfg.hash_header) {
@@ -221,8 +252,8 @@ async fn proxy(
             .headers
             .get(hn.as_str())
             .map(|v| v.as_bytes().to_vec())
-            .unwrap_or_else(|| peer.ip().to_canonical().to_string().into_bytes()),
-        (Policy::ConsistentHash, None) => peer.ip().to_canonical().to_string().into_bytes(),
+            .unwrap_or_else(|| peer.addr.ip().to_canonical().to_string().into_bytes()),
+        (Policy::ConsistentHash, None) => peer.addr.ip().to_canonical().to_string().into_bytes(),
         _ => Vec::new(),
     };
 
@@ -254,7 +285,11 @@ async fn proxy(
                 .inc("gate_retries_total", &[("service", &svc.cfg.name)], 1);
         }
         let guard = ActiveGuard::new(member.clone());
-        let uri: Uri = match format!("http://{}{}", member.addr, path_q).parse() {
+        let mut up = http::uri::Parts::default();
+        up.scheme = Some(http::uri::Scheme::HTTP);
+        up.authority = Some(member.authority.clone());
+        up.path_and_query = Some(path_q.clone());
+        let uri: Uri = match Uri::from_parts(up) {
             Ok(u) => u,
             Err(_) => return short(StatusCode::BAD_REQUEST, "400 bad request target\n"),
         };
@@ -338,8 +373,7 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("10.9.9.9"));
         forwarded_headers(
             &mut h,
-            "127.80.0.5:1234".parse().unwrap(),
-            "http",
+            &Peer::new("127.80.0.5:1234".parse().unwrap(), "http"),
             Some("example"),
         );
         assert_eq!(h["x-forwarded-for"], "10.9.9.9, 127.80.0.5");

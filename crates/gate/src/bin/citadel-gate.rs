@@ -33,10 +33,16 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = citadel_gate::GateConfig::load(&args.config)
         .with_context(|| format!("loading {}", args.config.display()))?;
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.threads {
-        rt.worker_threads(n.max(1));
-    }
+    // One thread: the current-thread scheduler (no work stealing, cheaper wakeups).
+    let mut rt = match args.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let rt = rt.enable_all().build().context("starting the runtime")?;
     rt.block_on(citadel_gate::run(
         config,
