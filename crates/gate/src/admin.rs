@@ -1,0 +1,218 @@
+//! The admin API (axum) on the gate's admin address.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /health` | `ok` |
+//! | `GET /backends` | services, members, health, drain state and counters (JSON) |
+//! | `POST /drain/{service}/{member}` | stop new work to a member; in-flight work finishes |
+//! | `POST /undrain/{service}/{member}` | undo a drain |
+//! | `GET /bans` | live bans (JSON) |
+//! | `POST /bans` | `{"net": "IP or CIDR", "ttl_secs": N?, "reason": "..."?}` |
+//! | `DELETE /bans?net=CIDR` | remove a ban |
+//! | `POST /reload` | re-read the config file and swap it in |
+//! | `GET /metrics` | Prometheus text |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::Gate;
+use crate::balancer::MemberView;
+use crate::config::Policy;
+use crate::error::GateError;
+
+type St = State<Arc<Gate>>;
+
+pub async fn start(gate: Arc<Gate>, addr: SocketAddr) -> Result<SocketAddr, GateError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| GateError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| GateError::io("admin address", e))?;
+    let app = Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/backends", get(backends))
+        .route("/drain/{service}/{member}", post(drain))
+        .route("/undrain/{service}/{member}", post(undrain))
+        .route("/bans", get(list_bans).post(add_ban).delete(del_ban))
+        .route("/reload", post(reload))
+        .route("/metrics", get(metrics))
+        .with_state(gate);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "admin server stopped");
+        }
+    });
+    Ok(local)
+}
+
+#[derive(Serialize)]
+struct ServiceView {
+    name: String,
+    policy: Policy,
+    port: u16,
+    members: Vec<MemberView>,
+}
+
+async fn backends(State(g): St) -> Json<Vec<ServiceView>> {
+    let rt = g.runtime.load();
+    let mut v: Vec<ServiceView> = rt
+        .services
+        .values()
+        .map(|s| ServiceView {
+            name: s.cfg.name.clone(),
+            policy: s.cfg.policy,
+            port: s.cfg.port,
+            members: s.members.iter().map(|m| m.view()).collect(),
+        })
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    Json(v)
+}
+
+fn err(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, format!("{}\n", msg.into())).into_response()
+}
+
+fn set_drain(g: &Gate, service: &str, member: &str, on: bool) -> Response {
+    let rt = g.runtime.load();
+    let Some(s) = rt.services.get(service) else {
+        return err(StatusCode::NOT_FOUND, format!("no service {service}"));
+    };
+    let Some(m) = s.members.iter().find(|m| m.name == member) else {
+        return err(
+            StatusCode::NOT_FOUND,
+            format!("no member {member} in {service}"),
+        );
+    };
+    m.draining.store(on, Ordering::Release);
+    tracing::info!(service, member, draining = on, "drain changed");
+    Json(m.view()).into_response()
+}
+
+async fn drain(State(g): St, Path((service, member)): Path<(String, String)>) -> Response {
+    set_drain(&g, &service, &member, true)
+}
+
+async fn undrain(State(g): St, Path((service, member)): Path<(String, String)>) -> Response {
+    set_drain(&g, &service, &member, false)
+}
+
+async fn list_bans(State(g): St) -> Response {
+    Json(g.firewall.bans()).into_response()
+}
+
+/// Accepts a bare IP as a host-length network.
+fn parse_net(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+#[derive(Deserialize)]
+struct BanReq {
+    net: String,
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn add_ban(
+    State(g): St,
+    body: Result<Json<BanReq>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(b)) = body else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "expected JSON {\"net\": ..., \"ttl_secs\": ...}",
+        );
+    };
+    let Some(net) = parse_net(&b.net) else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            format!("not an IP or CIDR: {}", b.net),
+        );
+    };
+    match g.firewall.ban(net, b.ttl_secs, b.reason) {
+        Ok(ban) => (StatusCode::CREATED, Json(ban)).into_response(),
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct NetQuery {
+    net: String,
+}
+
+async fn del_ban(
+    State(g): St,
+    q: Result<Query<NetQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return err(StatusCode::BAD_REQUEST, "expected ?net=CIDR");
+    };
+    let Some(net) = parse_net(&q.net) else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            format!("not an IP or CIDR: {}", q.net),
+        );
+    };
+    match g.firewall.unban(net) {
+        Ok(true) => err(StatusCode::OK, "removed"),
+        Ok(false) => err(StatusCode::NOT_FOUND, "no such ban"),
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn reload(State(g): St) -> Response {
+    match g.reload().await {
+        Ok(()) => err(StatusCode::OK, "reloaded"),
+        Err(e) => err(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    }
+}
+
+async fn metrics(State(g): St) -> Response {
+    let rt = g.runtime.load();
+    let mut extra = Vec::new();
+    for s in rt.services.values() {
+        for m in &s.members {
+            let l = [
+                ("service", s.cfg.name.as_str()),
+                ("member", m.name.as_str()),
+            ];
+            let v = m.view();
+            extra.push((
+                crate::metrics::gauge_series("gate_backend_up", &l),
+                if v.up { 1.0 } else { 0.0 },
+            ));
+            extra.push((
+                crate::metrics::gauge_series("gate_backend_active", &l),
+                v.active as f64,
+            ));
+            extra.push((
+                crate::metrics::gauge_series("gate_backend_requests_total", &l),
+                v.requests as f64,
+            ));
+            extra.push((
+                crate::metrics::gauge_series("gate_backend_failures_total", &l),
+                v.failures as f64,
+            ));
+        }
+    }
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        g.metrics.render(&extra),
+    )
+        .into_response()
+}

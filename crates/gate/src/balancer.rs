@@ -1,0 +1,409 @@
+//! Services: pools of members, their health and counters, and the balancing policies.
+
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::Serialize;
+
+use crate::config::{HealthKind, Policy, ServiceConfig};
+
+pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+pub type HttpClient = Client<HttpConnector, ProxyBody>;
+
+/// One backend of a service. Its state survives reloads that keep its name and address.
+pub struct Member {
+    pub name: String,
+    pub addr: SocketAddr,
+    /// `addr` as a URI authority, for requests to this member.
+    pub authority: http::uri::Authority,
+    up: AtomicBool,
+    ever_settled: AtomicBool,
+    ok_streak: AtomicU32,
+    fail_streak: AtomicU32,
+    passive_fails: AtomicU32,
+    pub draining: AtomicBool,
+    pub active: AtomicU64,
+    pub requests: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+#[derive(Serialize)]
+pub struct MemberView {
+    pub name: String,
+    pub address: String,
+    pub up: bool,
+    pub draining: bool,
+    pub active: u64,
+    pub requests: u64,
+    pub failures: u64,
+}
+
+impl Member {
+    pub fn new(name: String, addr: SocketAddr) -> Self {
+        let authority = http::uri::Authority::try_from(addr.to_string().as_str())
+            .unwrap_or_else(|_| http::uri::Authority::from_static("invalid"));
+        Self {
+            name,
+            addr,
+            authority,
+            up: AtomicBool::new(false),
+            ever_settled: AtomicBool::new(false),
+            ok_streak: AtomicU32::new(0),
+            fail_streak: AtomicU32::new(0),
+            passive_fails: AtomicU32::new(0),
+            draining: AtomicBool::new(false),
+            active: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Healthy and not draining: may take new work.
+    pub fn eligible(&self) -> bool {
+        self.is_up() && !self.draining.load(Ordering::Acquire)
+    }
+
+    /// Records one active health check result.
+    pub fn record_check(&self, ok: bool, rise: u32, fall: u32, service: &str) {
+        if ok {
+            self.fail_streak.store(0, Ordering::Relaxed);
+            let n = self.ok_streak.fetch_add(1, Ordering::Relaxed) + 1;
+            let first = !self.ever_settled.load(Ordering::Relaxed);
+            if !self.is_up() && (n >= rise || first) {
+                self.ever_settled.store(true, Ordering::Relaxed);
+                self.passive_fails.store(0, Ordering::Relaxed);
+                self.up.store(true, Ordering::Release);
+                tracing::info!(service, member = %self.name, addr = %self.addr, "backend up");
+            }
+        } else {
+            self.ok_streak.store(0, Ordering::Relaxed);
+            let n = self.fail_streak.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= fall {
+                self.ever_settled.store(true, Ordering::Relaxed);
+                if self.up.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(service, member = %self.name, addr = %self.addr, "backend down (health check)");
+                }
+            }
+        }
+    }
+
+    /// Records the outcome of real traffic (passive ejection).
+    pub fn record_traffic(&self, ok: bool, threshold: u32, service: &str) {
+        if ok {
+            self.passive_fails.store(0, Ordering::Relaxed);
+            return;
+        }
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let n = self.passive_fails.fetch_add(1, Ordering::Relaxed) + 1;
+        if threshold > 0 && n >= threshold && self.up.swap(false, Ordering::AcqRel) {
+            self.ok_streak.store(0, Ordering::Relaxed);
+            tracing::warn!(service, member = %self.name, addr = %self.addr, failures = n, "backend ejected (passive)");
+        }
+    }
+
+    pub fn view(&self) -> MemberView {
+        MemberView {
+            name: self.name.clone(),
+            address: self.addr.to_string(),
+            up: self.is_up(),
+            draining: self.draining.load(Ordering::Relaxed),
+            active: self.active.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Counts a request or connection as in flight on a member until dropped.
+pub struct ActiveGuard(pub Arc<Member>);
+
+impl ActiveGuard {
+    pub fn new(m: Arc<Member>) -> Self {
+        m.active.fetch_add(1, Ordering::Relaxed);
+        m.requests.fetch_add(1, Ordering::Relaxed);
+        Self(m)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub struct Service {
+    pub cfg: ServiceConfig,
+    pub members: Vec<Arc<Member>>,
+    pub client: HttpClient,
+    rr: AtomicUsize,
+    dns_rr: AtomicUsize,
+}
+
+pub fn new_client(cfg: &ServiceConfig) -> HttpClient {
+    let mut conn = HttpConnector::new();
+    conn.set_connect_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
+    conn.set_nodelay(true);
+    conn.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(cfg.pool_idle_per_member)
+        .build(conn)
+}
+
+fn hash_of(key: &impl Hash, name: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    name.hash(&mut h);
+    h.finish()
+}
+
+impl Service {
+    /// Builds the service, reusing member state (and the client pool) from `old` where the
+    /// member's name and address are unchanged.
+    pub fn new(cfg: ServiceConfig, old: Option<&Service>) -> Self {
+        let members = cfg
+            .members
+            .iter()
+            .map(|m| {
+                let addr = SocketAddr::new(m.address, cfg.port);
+                old.and_then(|o| {
+                    o.members
+                        .iter()
+                        .find(|x| x.name == m.name && x.addr == addr)
+                        .cloned()
+                })
+                .unwrap_or_else(|| Arc::new(Member::new(m.name.clone(), addr)))
+            })
+            .collect();
+        let client = match old {
+            Some(o)
+                if o.cfg.connect_timeout_ms == cfg.connect_timeout_ms
+                    && o.cfg.pool_idle_per_member == cfg.pool_idle_per_member =>
+            {
+                o.client.clone()
+            }
+            _ => new_client(&cfg),
+        };
+        Self {
+            cfg,
+            members,
+            client,
+            rr: AtomicUsize::new(0),
+            dns_rr: AtomicUsize::new(0),
+        }
+    }
+
+    /// Picks a member for new work, skipping indexes in `exclude`.
+    /// `key` is the consistent-hashing key (client IP or a header value).
+    pub fn pick(&self, key: Option<&[u8]>, exclude: &[usize]) -> Option<(usize, Arc<Member>)> {
+        let n = self.members.len();
+        if n == 0 {
+            return None;
+        }
+        let ok = |i: usize| self.members[i].eligible() && !exclude.contains(&i);
+        let idx = match self.cfg.policy {
+            Policy::RoundRobin => {
+                let start = self.rr.fetch_add(1, Ordering::Relaxed);
+                (0..n).map(|k| (start + k) % n).find(|&i| ok(i))
+            }
+            Policy::LeastConn => {
+                let start = self.rr.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|k| (start + k) % n)
+                    .filter(|&i| ok(i))
+                    .min_by_key(|&i| self.members[i].active.load(Ordering::Relaxed))
+            }
+            Policy::ConsistentHash => {
+                // Rendezvous (highest random weight) hashing: a member's loss moves only
+                // the keys that were on it.
+                let key = key.unwrap_or(&[]);
+                (0..n)
+                    .filter(|&i| ok(i))
+                    .max_by_key(|&i| hash_of(&key, &self.members[i].name))
+            }
+        }?;
+        Some((idx, self.members[idx].clone()))
+    }
+
+    /// Healthy members for DNS, rotated per call.
+    pub fn healthy_rotated(&self) -> Vec<Arc<Member>> {
+        let up: Vec<_> = self
+            .members
+            .iter()
+            .filter(|m| m.eligible())
+            .cloned()
+            .collect();
+        if up.is_empty() {
+            return up;
+        }
+        let start = self.dns_rr.fetch_add(1, Ordering::Relaxed) % up.len();
+        let mut out = Vec::with_capacity(up.len());
+        out.extend_from_slice(&up[start..]);
+        out.extend_from_slice(&up[..start]);
+        out
+    }
+
+    /// Starts one health-check task per member. Tasks stop when the service is dropped
+    /// (after a reload replaced it).
+    pub fn start_health(self: &Arc<Self>) {
+        for i in 0..self.members.len() {
+            let weak: Weak<Service> = Arc::downgrade(self);
+            tokio::spawn(async move { health_loop(weak, i).await });
+        }
+    }
+}
+
+async fn health_loop(svc: Weak<Service>, i: usize) {
+    loop {
+        let (member, hc, client, name) = match svc.upgrade() {
+            Some(s) => (
+                s.members[i].clone(),
+                s.cfg.health.clone(),
+                s.client.clone(),
+                s.cfg.name.clone(),
+            ),
+            None => return,
+        };
+        let timeout = Duration::from_millis(hc.timeout_ms);
+        let ok = match hc.kind {
+            HealthKind::Tcp => matches!(
+                tokio::time::timeout(timeout, tokio::net::TcpStream::connect(member.addr)).await,
+                Ok(Ok(_))
+            ),
+            HealthKind::Http => http_check(&client, member.addr, &hc.path, timeout).await,
+            HealthKind::None => true,
+        };
+        member.record_check(ok, hc.rise, hc.fall, &name);
+        drop(member);
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(hc.interval_ms)).await;
+    }
+}
+
+async fn http_check(client: &HttpClient, addr: SocketAddr, path: &str, timeout: Duration) -> bool {
+    let uri = format!("http://{addr}{path}");
+    let req = match hyper::Request::get(uri)
+        .header(hyper::header::USER_AGENT, "citadel-gate-health")
+        .body(Empty::<Bytes>::new().map_err(|n| match n {}).boxed())
+    {
+        Ok(r) => r,
+        Err(_) => return false,
+    };
+    let fut = async {
+        let resp = client.request(req).await.ok()?;
+        let ok = resp.status().is_success() || resp.status().is_redirection();
+        // Drain the body so the connection returns to the pool.
+        let _ = resp.into_body().collect().await;
+        Some(ok)
+    };
+    matches!(tokio::time::timeout(timeout, fut).await, Ok(Some(true)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MemberConfig;
+
+    fn svc(policy: Policy, n: usize) -> Service {
+        let cfg = ServiceConfig {
+            name: "app".into(),
+            policy,
+            hash_header: None,
+            port: 8000,
+            members: (0..n)
+                .map(|i| MemberConfig {
+                    name: format!("m{i}"),
+                    address: std::net::IpAddr::from([127, 0, 0, 1 + i as u8]),
+                })
+                .collect(),
+            health: Default::default(),
+            passive_fail: 3,
+            connect_timeout_ms: 100,
+            response_timeout_ms: 100,
+            idle_timeout_ms: 100,
+            retries: 1,
+            pool_idle_per_member: 1,
+        };
+        Service::new(cfg, None)
+    }
+
+    #[tokio::test]
+    async fn round_robin_skips_down_and_excluded() {
+        let s = svc(Policy::RoundRobin, 3);
+        assert!(s.pick(None, &[]).is_none(), "members start down");
+        for m in &s.members {
+            m.record_check(true, 2, 2, "app");
+        }
+        s.members[1].record_check(false, 2, 2, "app");
+        s.members[1].record_check(false, 2, 2, "app");
+        let picks: Vec<usize> = (0..4)
+            .filter_map(|_| s.pick(None, &[]).map(|p| p.0))
+            .collect();
+        assert!(picks.iter().all(|&i| i != 1));
+        assert!(picks.contains(&0) && picks.contains(&2));
+        assert_eq!(s.pick(None, &[0]).map(|p| p.0), Some(2));
+    }
+
+    #[tokio::test]
+    async fn consistent_hash_moves_only_lost_keys() {
+        let s = svc(Policy::ConsistentHash, 3);
+        for m in &s.members {
+            m.record_check(true, 1, 1, "app");
+        }
+        let before: Vec<usize> = (0..100u32)
+            .map(|k| {
+                s.pick(Some(&k.to_be_bytes()), &[])
+                    .map(|p| p.0)
+                    .unwrap_or(99)
+            })
+            .collect();
+        s.members[2].record_check(false, 1, 1, "app");
+        for (k, b) in before.iter().enumerate() {
+            let now = s
+                .pick(Some(&(k as u32).to_be_bytes()), &[])
+                .map(|p| p.0)
+                .unwrap_or(99);
+            if *b != 2 {
+                assert_eq!(now, *b);
+            } else {
+                assert_ne!(now, 2);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn least_conn_prefers_idle() {
+        let s = svc(Policy::LeastConn, 2);
+        for m in &s.members {
+            m.record_check(true, 1, 1, "app");
+        }
+        let _g = ActiveGuard::new(s.members[0].clone());
+        for _ in 0..4 {
+            assert_eq!(s.pick(None, &[]).map(|p| p.0), Some(1));
+        }
+    }
+
+    #[tokio::test]
+    async fn passive_ejection_after_threshold() {
+        let s = svc(Policy::RoundRobin, 1);
+        s.members[0].record_check(true, 2, 2, "app");
+        assert!(s.members[0].is_up());
+        for _ in 0..3 {
+            s.members[0].record_traffic(false, 3, "app");
+        }
+        assert!(!s.members[0].is_up());
+    }
+}

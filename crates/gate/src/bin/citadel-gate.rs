@@ -1,0 +1,55 @@
+//! `citadel-gate --config FILE --state DIR`: runs the gate role alone.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "citadel-gate",
+    about = "Citadel gate: firewall, balancer, internal DNS"
+)]
+struct Args {
+    /// The gate's TOML config (re-read on SIGHUP and POST /reload).
+    #[arg(long)]
+    config: PathBuf,
+    /// State directory (persisted bans).
+    #[arg(long, default_value = "./.citadel/gate")]
+    state: PathBuf,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = citadel_gate::GateConfig::load(&args.config)
+        .with_context(|| format!("loading {}", args.config.display()))?;
+    // One thread: the current-thread scheduler (no work stealing, cheaper wakeups).
+    let mut rt = match args.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let rt = rt.enable_all().build().context("starting the runtime")?;
+    rt.block_on(citadel_gate::run(
+        config,
+        citadel_gate::RunOptions {
+            state_dir: args.state,
+            config_path: Some(args.config),
+        },
+    ))?;
+    Ok(())
+}

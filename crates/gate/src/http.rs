@@ -1,0 +1,399 @@
+//! The HTTP reverse proxy: HTTP/1.1 and h2c (or h2 over TLS) in, pooled keep-alive
+//! HTTP/1.1 to the backends.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::Gate;
+use crate::balancer::{ActiveGuard, ProxyBody};
+use crate::config::Policy;
+use crate::firewall::Refusal;
+use crate::metrics::HttpStats;
+
+/// Serves one accepted connection (plain or TLS) until it closes.
+pub async fn serve<S>(
+    gate: Arc<Gate>,
+    io: S,
+    peer: SocketAddr,
+    listener: Arc<str>,
+    scheme: &'static str,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let hc = gate.runtime.load().cfg.http.clone();
+    let gate_stop = gate.stopping.clone();
+    let stats = gate.metrics.http_stats(&listener);
+    let info = Arc::new(Peer::new(peer, scheme));
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(hc.header_read_timeout_ms))
+        .max_buf_size(hc.max_header_bytes.max(8192))
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(hc.max_header_bytes.min(u32::MAX as usize) as u32)
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_millis(hc.keepalive_idle_ms)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let svc = hyper::service::service_fn(move |req| {
+        let gate = gate.clone();
+        let listener = listener.clone();
+        let stats = stats.clone();
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(handle(gate, req, &info, listener, &stats).await) }
+    });
+    let mut stopping = gate_stop.subscribe();
+    let conn = b.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let res = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = async { stopping.wait_for(|s| *s).await.map(|_| ()) } => {
+            // Process shutdown: finish the request in flight, then close (GOAWAY on h2).
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = res {
+        tracing::debug!(%peer, error = %e, "http connection ended with an error");
+    }
+}
+
+fn short(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(
+        Full::new(Bytes::from_static(text.as_bytes()))
+            .map_err(|n| match n {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if matches!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+    ) {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+async fn handle(
+    gate: Arc<Gate>,
+    req: Request<Incoming>,
+    peer: &Peer,
+    listener: Arc<str>,
+    stats: &HttpStats,
+) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let req_bytes = req.body().size_hint().exact().unwrap_or(0);
+    let resp = proxy(&gate, req, peer, &listener).await;
+    let out = resp.body().size_hint().exact().unwrap_or(0);
+    stats.record(resp.status().as_u16(), start.elapsed(), req_bytes, out);
+    resp
+}
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+        h.remove(n);
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// What the forwarding headers need about the client, computed once per connection.
+pub struct Peer {
+    pub addr: SocketAddr,
+    scheme: &'static str,
+    /// The client IP as a header value.
+    ip_value: HeaderValue,
+    /// `for=<node>;proto=<scheme>`.
+    forwarded_for: String,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr, scheme: &'static str) -> Self {
+        let ip = addr.ip().to_canonical();
+        let ip_text = ip.to_string();
+        let node = if ip.is_ipv6() {
+            format!("\"[{ip_text}]\"")
+        } else {
+            ip_text.clone()
+        };
+        Self {
+            addr,
+            scheme,
+            ip_value: HeaderValue::from_str(&ip_text)
+                .unwrap_or(HeaderValue::from_static("unknown")),
+            forwarded_for: format!("for={node};proto={scheme}"),
+        }
+    }
+}
+
+/// Adds X-Forwarded-For, X-Forwarded-Proto and Forwarded for this hop.
+fn forwarded_headers(h: &mut HeaderMap, peer: &Peer, host: Option<&str>) {
+    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => {
+            HeaderValue::from_str(&format!("{prev}, {}", peer.ip_value.to_str().unwrap_or(""))).ok()
+        }
+        None => Some(peer.ip_value.clone()),
+    };
+    if let Some(v) = xff {
+        h.insert("x-forwarded-for", v);
+    }
+    h.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if peer.scheme == "https" {
+            "https"
+        } else {
+            "http"
+        }),
+    );
+    let prev = h.get(header::FORWARDED).and_then(|v| v.to_str().ok());
+    let mut val = String::with_capacity(64);
+    if let Some(prev) = prev {
+        val.push_str(prev);
+        val.push_str(", ");
+    }
+    val.push_str(&peer.forwarded_for);
+    if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
+        val.push_str(";host=\"");
+        val.push_str(host);
+        val.push('"');
+    }
+    if let Ok(v) = HeaderValue::from_str(&val) {
+        h.insert(header::FORWARDED, v);
+    }
+}
+
+async fn proxy(
+    gate: &Gate,
+    req: Request<Incoming>,
+    peer: &Peer,
+    listener: &str,
+) -> Response<ProxyBody> {
+    if let Err(r) = gate.firewall.admit_request(peer.addr.ip()) {
+        gate.metrics.inc(r.metric(), &[("listener", listener)], 1);
+        return match r {
+            Refusal::RateLimited => short(StatusCode::TOO_MANY_REQUESTS, "429 too many requests\n"),
+            _ => short(StatusCode::FORBIDDEN, "403 forbidden\n"),
+        };
+    }
+    let rt = gate.runtime.load_full();
+    let Some(svc) = rt.route(listener).cloned() else {
+        return short(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "503 no route for this listener\n",
+        );
+    };
+    drop(rt);
+
+    let (mut parts, body) = req.into_parts();
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+    strip_hop_by_hop(&mut parts.headers);
+    forwarded_headers(&mut parts.headers, peer, host.as_deref());
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(v) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    let path_q = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    parts.version = http::Version::HTTP_11;
+
+    let hash_key: Vec<u8> = match (svc.cfg.policy, &svc.cfg.hash_header) {
+        (Policy::ConsistentHash, Some(hn)) => parts
+            .headers
+            .get(hn.as_str())
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_else(|| peer.addr.ip().to_canonical().to_string().into_bytes()),
+        (Policy::ConsistentHash, None) => peer.addr.ip().to_canonical().to_string().into_bytes(),
+        _ => Vec::new(),
+    };
+
+    // Requests without a body and an idempotent method can be replayed on another member.
+    let replayable = is_idempotent(&parts.method) && body.is_end_stream();
+    let mut body = Some(body);
+    let attempts = if replayable {
+        1 + svc.cfg.retries as usize
+    } else {
+        1
+    };
+    let timeout = Duration::from_millis(svc.cfg.response_timeout_ms);
+    let mut tried: Vec<usize> = Vec::new();
+
+    for attempt in 0..attempts {
+        let Some((idx, member)) = svc.pick(Some(&hash_key), &tried) else {
+            return if attempt == 0 {
+                short(StatusCode::SERVICE_UNAVAILABLE, "503 no healthy backend\n")
+            } else {
+                short(
+                    StatusCode::BAD_GATEWAY,
+                    "502 bad gateway: no backend answered\n",
+                )
+            };
+        };
+        tried.push(idx);
+        if attempt > 0 {
+            gate.metrics
+                .inc("gate_retries_total", &[("service", &svc.cfg.name)], 1);
+        }
+        let guard = ActiveGuard::new(member.clone());
+        let mut up = http::uri::Parts::default();
+        up.scheme = Some(http::uri::Scheme::HTTP);
+        up.authority = Some(member.authority.clone());
+        up.path_and_query = Some(path_q.clone());
+        let uri: Uri = match Uri::from_parts(up) {
+            Ok(u) => u,
+            Err(_) => return short(StatusCode::BAD_REQUEST, "400 bad request target\n"),
+        };
+        let out_body: ProxyBody = if replayable {
+            Empty::<Bytes>::new().map_err(|n| match n {}).boxed()
+        } else {
+            match body.take() {
+                Some(b) => b.boxed(),
+                None => Empty::<Bytes>::new().map_err(|n| match n {}).boxed(),
+            }
+        };
+        let mut out = Request::new(out_body);
+        *out.method_mut() = parts.method.clone();
+        *out.uri_mut() = uri;
+        *out.headers_mut() = parts.headers.clone();
+        match tokio::time::timeout(timeout, svc.client.request(out)).await {
+            Ok(Ok(resp)) => {
+                member.record_traffic(true, svc.cfg.passive_fail, &svc.cfg.name);
+                let (mut rp, rb) = resp.into_parts();
+                strip_hop_by_hop(&mut rp.headers);
+                let body = GuardedBody {
+                    inner: rb,
+                    _guard: guard,
+                }
+                .boxed();
+                return Response::from_parts(rp, body);
+            }
+            Ok(Err(e)) => {
+                // No response byte has reached the client: a replayable request may try
+                // another member.
+                member.record_traffic(false, svc.cfg.passive_fail, &svc.cfg.name);
+                tracing::debug!(service = %svc.cfg.name, member = %member.name, error = %e, attempt, "backend request failed");
+                continue;
+            }
+            Err(_) => {
+                member.record_traffic(false, svc.cfg.passive_fail, &svc.cfg.name);
+                return short(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "504 gateway timeout: backend too slow\n",
+                );
+            }
+        }
+    }
+    short(StatusCode::BAD_GATEWAY, "502 bad gateway: backend failed\n")
+}
+
+/// A backend response body that keeps its member's in-flight count until it ends, so
+/// least-connections and draining see streaming responses.
+struct GuardedBody {
+    inner: Incoming,
+    _guard: ActiveGuard,
+}
+
+impl Body for GuardedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_headers_append() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.9.9.9"));
+        forwarded_headers(
+            &mut h,
+            &Peer::new("127.80.0.5:1234".parse().unwrap(), "http"),
+            Some("example"),
+        );
+        assert_eq!(h["x-forwarded-for"], "10.9.9.9, 127.80.0.5");
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=127.80.0.5;proto=http;host=\"example\""
+        );
+    }
+
+    #[test]
+    fn connection_named_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-secret").is_none() && h.get(header::CONNECTION).is_none());
+        assert!(h.get("x-keep").is_some());
+    }
+}

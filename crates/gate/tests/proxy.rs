@@ -1,0 +1,261 @@
+//! HTTP proxy through real processes: failover under load, forwarding headers, the
+//! 502/503/504 answers. Addresses: 127.80.1.0/24 and 127.80.2.0/24.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn two_backend_config(net: &str, extra_service: &str) -> String {
+    format!(
+        r#"
+admin = "{net}.1:9100"
+
+[[listeners]]
+name = "web"
+bind = "{net}.1:8080"
+service = "app"
+
+[[services]]
+name = "app"
+port = 8000
+members = [
+  {{ name = "app1", address = "{net}.11" }},
+  {{ name = "app2", address = "{net}.12" }},
+]
+health = {{ path = "/health", interval_ms = 200, timeout_ms = 200, rise = 2, fall = 2 }}
+{extra_service}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_backend_under_load_fails_no_request() {
+    let net = "127.80.1";
+    let dir = tempfile::tempdir().unwrap();
+    let _b1 = spawn_echo("app1", sa(&format!("{net}.11:8000"))).await;
+    let mut b2 = spawn_echo("app2", sa(&format!("{net}.12:8000"))).await;
+    let admin = sa(&format!("{net}.1:9100"));
+    let _gate = spawn_gate(dir.path(), &two_backend_config(net, ""), admin).await;
+    let ac = client(None);
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            member_up(&ac, admin, "app", "app1").await && member_up(&ac, admin, "app", "app2").await
+        })
+        .await,
+        "both members should come up"
+    );
+
+    let url = format!("http://{net}.1:8080/hello");
+    let done = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let seen2 = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut tasks = Vec::new();
+    for w in 0..4u8 {
+        let c = client(Some(format!("{net}.{}", 100 + w).parse().unwrap()));
+        let (url, done, failed, seen2, stop) = (
+            url.clone(),
+            done.clone(),
+            failed.clone(),
+            seen2.clone(),
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            // Bounded in count and in time.
+            for _ in 0..20_000 {
+                if Instant::now() > deadline || stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match get(&c, &url).await {
+                    Ok((200, body)) => {
+                        if body.starts_with("app2") {
+                            seen2.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    other => {
+                        eprintln!("failed request: {other:?}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    // Kill app2 once the load is flowing.
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            done.load(Ordering::Relaxed) >= 300
+        })
+        .await
+    );
+    assert!(
+        seen2.load(Ordering::Relaxed) > 0,
+        "round robin reached app2 before the kill"
+    );
+    let killed_at = Instant::now();
+    b2.kill9();
+    // Out of rotation within its fall time (2 × 200 ms) plus a check's timeout and slack.
+    assert!(
+        wait_until(Duration::from_secs(3), || async {
+            !member_up(&ac, admin, "app", "app2").await
+        })
+        .await,
+        "app2 should be marked down"
+    );
+    eprintln!("app2 down after {:?}", killed_at.elapsed());
+    // Keep the load on for a while with app2 gone (past several health intervals), then
+    // stop it.
+    let at_down = done.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            done.load(Ordering::Relaxed) >= at_down + 500
+        })
+        .await
+    );
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total = done.load(Ordering::Relaxed);
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no client request may fail ({total} sent)"
+    );
+    assert!(total >= 800, "load should be steady: only {total} requests");
+
+    // Back in rotation when healthy again.
+    let _b2 = spawn_echo("app2", sa(&format!("{net}.12:8000"))).await;
+    assert!(
+        wait_until(Duration::from_secs(5), || member_up(
+            &ac, admin, "app", "app2"
+        ))
+        .await
+    );
+    let c = client(Some(format!("{net}.120").parse().unwrap()));
+    let mut back = false;
+    for _ in 0..10 {
+        if let Ok((200, b)) = get(&c, &url).await
+            && b.starts_with("app2")
+        {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "app2 serves again after recovery");
+}
+
+#[tokio::test]
+async fn forwarding_headers_and_error_answers() {
+    let net = "127.80.2";
+    let dir = tempfile::tempdir().unwrap();
+    let _b1 = spawn_echo("app1", sa(&format!("{net}.11:8000"))).await;
+    let _b2 = spawn_echo("app2", sa(&format!("{net}.12:8000"))).await;
+    // A backend that accepts and closes at once: up for TCP checks, fails every request.
+    let broken = std::net::TcpListener::bind(format!("{net}.13:8000")).unwrap();
+    std::thread::spawn(move || {
+        for s in broken.incoming().take(200) {
+            drop(s);
+        }
+    });
+    let extra = format!(
+        r#"
+response_timeout_ms = 300
+
+[[listeners]]
+name = "empty"
+bind = "{net}.1:8081"
+service = "nobody"
+
+[[listeners]]
+name = "broken"
+bind = "{net}.1:8082"
+service = "broken"
+
+[[services]]
+name = "nobody"
+port = 8000
+members = [{{ name = "ghost", address = "{net}.14" }}]
+health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 100 }}
+
+[[services]]
+name = "broken"
+port = 8000
+passive_fail = 0
+members = [{{ name = "b", address = "{net}.13" }}]
+health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 100 }}
+"#
+    );
+    let admin = sa(&format!("{net}.1:9100"));
+    let _gate = spawn_gate(dir.path(), &two_backend_config(net, &extra), admin).await;
+    let ac = client(None);
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            member_up(&ac, admin, "app", "app1").await
+                && member_up(&ac, admin, "app", "app2").await
+                && member_up(&ac, admin, "broken", "b").await
+        })
+        .await
+    );
+    let c = client(Some(format!("{net}.50").parse().unwrap()));
+
+    let (code, body) = get(&c, &format!("http://{net}.1:8080/x?y=1"))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("GET /x?y=1"), "{body}");
+    assert!(
+        body.contains(&format!("x-forwarded-for: {net}.50")),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!(
+            "forwarded: for={net}.50;proto=http;host=\"{net}.1:8080\""
+        )),
+        "{body}"
+    );
+
+    let (code, body) = get(&c, &format!("http://{net}.1:8080/slow?ms=2000"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (code, body.as_str()),
+        (504, "504 gateway timeout: backend too slow\n")
+    );
+
+    let (code, body) = get(&c, &format!("http://{net}.1:8081/")).await.unwrap();
+    assert_eq!((code, body.as_str()), (503, "503 no healthy backend\n"));
+
+    let (code, body) = get(&c, &format!("http://{net}.1:8082/")).await.unwrap();
+    assert_eq!(code, 502, "{body}");
+    assert!(body.starts_with("502 bad gateway"), "{body}");
+
+    // Metrics: requests by status, latency histogram, backend gauges.
+    let (_, m) = get(&ac, &format!("http://{admin}/metrics")).await.unwrap();
+    for series in [
+        "gate_http_requests_total{listener=\"web\",code=\"200\"} 1",
+        "gate_http_requests_total{listener=\"web\",code=\"504\"} 1",
+        "gate_http_requests_total{listener=\"empty\",code=\"503\"} 1",
+        "gate_http_requests_total{listener=\"broken\",code=\"502\"} 1",
+        "gate_http_request_duration_seconds_count{listener=\"web\"} 2",
+        "gate_backend_up{service=\"app\",member=\"app1\"} 1",
+        "gate_backend_up{service=\"nobody\",member=\"ghost\"} 0",
+    ] {
+        assert!(m.contains(series), "missing {series} in\n{m}");
+    }
+
+    // Admin counters saw the traffic.
+    let v = backends(&ac, admin).await;
+    assert!(
+        member_field(&v, "broken", "b", "failures")
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    );
+}
