@@ -5,4 +5,4 @@ pub mod control;
 pub mod protocol;
 mod runtime;
 
-pub use runtime::{ReloadReport, Roles, Runtime, RuntimeError, Source, StartProgress};
+pub use runtime::{BoxFuture, ReloadReport, Roles, Runtime, RuntimeError, Source, StartProgress};

@@ -73,7 +73,12 @@ pub trait Roles: Send + Sync {
     ) -> Result<Vec<String>, String>;
     /// The signal that makes a running jail of this role re-read its config, if it can.
     fn reload_signal(&self, role: Role) -> Option<Signal>;
+    /// Before an operator stops or restarts `jail` (`on`), whatever sends it work stops doing
+    /// so and lets the work in flight finish; after it is back (`!on`), sends work again.
+    fn drain<'a>(&'a self, cluster: &'a Cluster, jail: &'a Jail, on: bool) -> BoxFuture<'a>;
 }
+
+pub type BoxFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
 /// Where the cluster came from, so that `reload` can read it again.
 #[derive(Clone, Debug)]
@@ -430,25 +435,35 @@ impl Runtime {
         }
     }
 
-    pub async fn start(&self, name: &str) -> Result<(), RuntimeError> {
-        self.require(name)
-            .await?
-            .start()
-            .await
-            .map_err(RuntimeError::Start)
+    /// Tells the roles that send a jail work (the gate) to drain it, or to use it again.
+    async fn drain(&self, name: &str, on: bool) {
+        let cluster = self.cluster.lock().await.clone();
+        if let Some(jail) = cluster.jail(name) {
+            self.launcher.roles.drain(&cluster, jail, on).await;
+        }
     }
 
+    pub async fn start(&self, name: &str) -> Result<(), RuntimeError> {
+        let sup = self.require(name).await?;
+        sup.start().await.map_err(RuntimeError::Start)?;
+        self.drain(name, false).await;
+        Ok(())
+    }
+
+    /// Stops a jail gracefully: drained at the gate first, so no request in flight is cut.
     pub async fn stop(&self, name: &str) -> Result<(), RuntimeError> {
-        self.require(name).await?.stop().await;
+        let sup = self.require(name).await?;
+        self.drain(name, true).await;
+        sup.stop().await;
         Ok(())
     }
 
     pub async fn restart(&self, name: &str) -> Result<(), RuntimeError> {
-        self.require(name)
-            .await?
-            .restart()
-            .await
-            .map_err(RuntimeError::Start)
+        let sup = self.require(name).await?;
+        self.drain(name, true).await;
+        let result = sup.restart().await.map_err(RuntimeError::Start);
+        self.drain(name, false).await;
+        result
     }
 
     pub async fn identity(&self, name: &str) -> Result<Identity, RuntimeError> {

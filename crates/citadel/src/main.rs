@@ -1,6 +1,7 @@
 //! `citadel`: one binary for the whole cluster — the operator's commands, and the programs
 //! that run inside jails.
 
+mod gatectl;
 mod ops;
 mod roles;
 mod serve;
@@ -76,11 +77,35 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// The gate: run it (inside the gate jail), or manage a running one's bans.
+    Gate {
+        #[command(subcommand)]
+        verb: gatectl::GateVerb,
+        #[command(flatten)]
+        state: StateArg,
+        /// Which gate jail, when the cluster has several.
+        #[arg(long, global = true)]
+        jail: Option<String>,
+        /// Machine-readable output.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Serve a directory over HTTP (what the built-in cluster's command jails run).
     Serve(serve::ServeArgs),
     /// The watchdog that kills every jail when `citadel up` dies (started by `up`).
     #[command(hide = true, name = "__reaper")]
     Reaper,
+}
+
+/// Roles log what they do; operator commands only what went wrong.
+fn default_log_filter(command: &Command) -> &'static str {
+    match command {
+        Command::Gate {
+            verb: gatectl::GateVerb::Run { .. },
+            ..
+        } => "info,hickory_server=warn",
+        _ => "warn",
+    }
 }
 
 fn main() {
@@ -90,8 +115,9 @@ fn main() {
     }
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(default_log_filter(&cli.command))
+            }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -113,6 +139,12 @@ fn main() {
             Command::Status { state, json } => ops::status(&state.state, json).await,
             Command::Jail { verb, state, json } => ops::jail(verb, &state.state, json).await,
             Command::Serve(args) => serve::run(args).await,
+            Command::Gate {
+                verb,
+                state,
+                jail,
+                json,
+            } => gatectl::gate(verb, &state.state, jail.as_deref(), json).await,
             Command::Reaper => unreachable!("handled before the runtime starts"),
         }
     });

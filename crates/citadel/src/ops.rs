@@ -11,15 +11,15 @@ use citadel_agent::control::call;
 use citadel_agent::protocol::{Created, Identity, Request, StatusReport};
 use citadel_jail::{Health, JailPaths, follow_log, tail_log};
 use citadel_spec::units::format_duration;
-use citadel_spec::{BUILTIN, BUILTIN_ORIGIN, Backend, Capabilities, Cluster};
+use citadel_spec::{BUILTIN, BUILTIN_ORIGIN, Backend, Capabilities, Cluster, Role};
 use clap::Subcommand;
 use comfy_table::{Table, presets::NOTHING};
 
 /// What this build of citadel can run. Roles get their built-in programs as they land.
 pub fn capabilities() -> Capabilities {
     Capabilities {
-        sections: vec![],
-        builtin_roles: vec![],
+        sections: vec![("gate", crate::roles::gate::check)],
+        builtin_roles: vec![Role::Gate],
         backends: vec![Backend::Process],
     }
 }

@@ -90,7 +90,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         state_dir.clone(),
         self_exe,
         capabilities(),
-        Arc::new(BuiltinRoles),
+        Arc::new(BuiltinRoles {
+            state_dir: state_dir.clone(),
+        }),
         reaper,
     )?);
     let shutdown = Arc::new(Notify::new());

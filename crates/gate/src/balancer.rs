@@ -329,6 +329,8 @@ mod tests {
                     address: std::net::IpAddr::from([127, 0, 0, 1 + i as u8]),
                 })
                 .collect(),
+            role: None,
+            jails: Vec::new(),
             health: Default::default(),
             passive_fail: 3,
             connect_timeout_ms: 100,

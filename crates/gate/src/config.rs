@@ -211,6 +211,13 @@ pub struct ServiceConfig {
     pub port: u16,
     #[serde(default)]
     pub members: Vec<MemberConfig>,
+    /// In a cluster file: take the members from every jail of this role. `citadel` resolves
+    /// it into `members`; the gate itself ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// In a cluster file: take the members from these jails (resolved like `role`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jails: Vec<String>,
     #[serde(default)]
     pub health: HealthConfig,
     #[serde(default = "d_3")]
@@ -315,8 +322,12 @@ pub struct DnsServiceName {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DnsConfig {
-    /// Each address is served on UDP and TCP.
+    /// Each address is served on UDP and TCP. In a cluster file, defaults to the gate jail's
+    /// first address, port 5353.
+    #[serde(default)]
     pub listen: Vec<SocketAddr>,
+    /// In a cluster file, defaults to the cluster's zone.
+    #[serde(default)]
     pub zone: String,
     #[serde(default = "d_5")]
     pub ttl: u32,
@@ -395,6 +406,9 @@ impl GateConfig {
             }
         }
         if let Some(d) = &self.dns {
+            if d.listen.is_empty() || d.zone.is_empty() {
+                return bad("dns needs `listen` addresses and a `zone`".to_string());
+            }
             for s in &d.services {
                 if self.service(&s.service).is_none() {
                     return bad(format!(

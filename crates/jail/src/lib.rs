@@ -12,7 +12,7 @@ mod reaper;
 mod supervisor;
 
 pub use data::{ArchiveContents, copy_tree, read_archive, write_archive};
-pub use health::probe;
+pub use health::{http_request, probe};
 pub use identity::{Launch, LaunchError, expand_vars, identity_env, resolve_program};
 pub use logs::{RotatingLog, follow_log, tail_log};
 pub use paths::JailPaths;

@@ -273,6 +273,17 @@ impl Cluster {
             .map_or(Backend::Process, |h| h.backend)
     }
 
+    /// The address `from` uses to reach `to`: on a segment both join, preferring the one
+    /// declared last (inner segments such as `back` come after `front`); `None` if they share
+    /// no segment.
+    pub fn reach(&self, from: &Jail, to: &Jail) -> Option<Ipv4Addr> {
+        self.segments
+            .iter()
+            .rev()
+            .filter(|s| from.address(&s.name).is_some())
+            .find_map(|s| to.address(&s.name))
+    }
+
     /// The first free address of `segment`, skipping the network and broadcast addresses
     /// and every address a jail already holds.
     pub fn free_address(&self, segment: &str) -> Option<Ipv4Addr> {

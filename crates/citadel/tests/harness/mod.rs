@@ -81,10 +81,29 @@ impl Up {
             file,
             log,
         };
-        wait_for("the control socket", Duration::from_secs(20), || {
-            up.state.join("control.sock").exists().then_some(())
-        });
+        up.wait_for_socket();
         up
+    }
+
+    /// Wraps an `up` the test started itself (its stderr in `dir/up.log`).
+    pub fn attach(child: Child, dir: tempfile::TempDir, state: PathBuf) -> Up {
+        let log = dir.path().join("up.log");
+        let file = PathBuf::new();
+        let up = Up {
+            child,
+            dir,
+            state,
+            file,
+            log,
+        };
+        up.wait_for_socket();
+        up
+    }
+
+    fn wait_for_socket(&self) {
+        wait_for("the control socket", Duration::from_secs(20), || {
+            self.state.join("control.sock").exists().then_some(())
+        });
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {

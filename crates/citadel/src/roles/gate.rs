@@ -1,0 +1,301 @@
+//! The gate role in a cluster: the `[gate]` section of the cluster file is the gate's own
+//! config (see `citadel_gate::config` for every key and default) with a few things derived
+//! from the cluster — service members from `role`/`jails` selectors, the admin address, the
+//! DNS listener, zone and records — so that nobody writes an address twice.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use citadel_gate::GateConfig;
+use citadel_gate::config::{
+    DnsConfig, DnsRecord, DnsServiceName, HealthKind, MemberConfig, ServiceConfig,
+};
+use citadel_jail::{JailPaths, http_request};
+use citadel_spec::{Cluster, Diagnostic, Jail, Probe, Role};
+use serde::Deserialize;
+
+use super::{locate, write_config};
+
+pub const ADMIN_PORT: u16 = 9100;
+pub const DNS_PORT: u16 = 5353;
+/// Well-known ports of the roles the gate balances when the file names no service for them.
+const ROLE_PORTS: &[(Role, u16)] = &[(Role::App, 8000), (Role::Db, 6379)];
+
+/// Read only to check the section's shape against the whole file.
+#[derive(Deserialize)]
+#[expect(dead_code)]
+struct FileWithGate {
+    gate: Option<GateConfig>,
+}
+
+/// Checks the `[gate]` section: its shape (read from the whole file, so errors carry their
+/// place), its selectors, and the config each gate jail would get.
+pub fn check(source: &str, cluster: &Cluster) -> Vec<Diagnostic> {
+    if let Err(e) = toml::from_str::<FileWithGate>(source) {
+        return vec![Diagnostic::error(
+            e.span(),
+            format!("[gate]: {}", e.message().trim_end()),
+        )];
+    }
+    let at = locate(source, "[gate", "[gate");
+    let gates: Vec<&Jail> = cluster
+        .jails
+        .iter()
+        .filter(|j| j.role == Role::Gate)
+        .collect();
+    if gates.is_empty() {
+        return match cluster.sections.contains_key("gate") {
+            true => vec![Diagnostic::warning(
+                at,
+                "a [gate] section, but no jail has role \"gate\"",
+            )],
+            false => Vec::new(),
+        };
+    }
+    let mut diags = Vec::new();
+    for gate in gates {
+        let problem = match resolve(cluster, gate) {
+            Ok(config) => config.validate().err().map(|e| e.to_string()),
+            Err(e) => Some(e),
+        };
+        if let Some(message) = problem {
+            let place = message
+                .split('`')
+                .nth(1)
+                .and_then(|quoted| locate(source, "[gate", &format!("\"{quoted}\"")))
+                .or(at.clone());
+            diags.push(Diagnostic::error(
+                place,
+                format!("gate jail `{}`: {message}", gate.name),
+            ));
+        }
+    }
+    diags
+}
+
+pub fn prepare(cluster: &Cluster, jail: &Jail, paths: &JailPaths) -> Result<Vec<String>, String> {
+    let config = resolve(cluster, jail)?;
+    config.validate().map_err(|e| e.to_string())?;
+    let file = write_config(paths, "gate.toml", &config)?;
+    let data = paths.root.join("gate");
+    Ok(vec![
+        "run".into(),
+        "--config".into(),
+        file,
+        "--data".into(),
+        data.to_string_lossy().into_owned(),
+    ])
+}
+
+/// The gate's complete config for `gate` (a jail of role gate), derived from the cluster.
+pub fn resolve(cluster: &Cluster, gate: &Jail) -> Result<GateConfig, String> {
+    let raw = cluster.sections.get("gate").cloned().unwrap_or_default();
+    let has = |key: &str| raw.contains_key(key);
+    let mut config: GateConfig = toml::Value::Table(raw.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| e.to_string())?;
+    let own = gate
+        .primary_address()
+        .ok_or_else(|| format!("the gate jail `{}` has no address", gate.name))?;
+    if !has("admin") {
+        config.admin = SocketAddr::new(IpAddr::V4(own), ADMIN_PORT);
+    }
+    for service in &mut config.services {
+        select_members(cluster, gate, service)?;
+    }
+    for &(role, port) in ROLE_PORTS {
+        let members: Vec<&Jail> = cluster.jails.iter().filter(|j| j.role == role).collect();
+        let name = role.to_string();
+        if members.is_empty() || config.service(&name).is_some() {
+            continue;
+        }
+        let mut service: ServiceConfig = toml::from_str(&format!(
+            "name = \"{name}\"\nport = {port}\nrole = \"{name}\""
+        ))
+        .map_err(|e| e.to_string())?;
+        if let Some(check) = members.iter().find_map(|j| j.health.as_ref()) {
+            service.port = check.port;
+            service.health.interval_ms = check.interval.as_millis().try_into().unwrap_or(u64::MAX);
+            service.health.timeout_ms = check.timeout.as_millis().try_into().unwrap_or(u64::MAX);
+            match &check.probe {
+                Probe::Http { path } => {
+                    service.health.kind = HealthKind::Http;
+                    service.health.path = path.clone();
+                }
+                Probe::Tcp => service.health.kind = HealthKind::Tcp,
+            }
+        } else {
+            service.health.kind = HealthKind::Tcp;
+        }
+        select_members(cluster, gate, &mut service)?;
+        config.services.push(service);
+    }
+    let mut dns = match config.dns.take() {
+        Some(dns) => dns,
+        None => toml::from_str::<DnsConfig>("").map_err(|e| e.to_string())?,
+    };
+    if dns.listen.is_empty() {
+        dns.listen = vec![SocketAddr::new(IpAddr::V4(own), DNS_PORT)];
+    }
+    if dns.zone.is_empty() {
+        dns.zone = cluster.zone.clone();
+    }
+    for jail in &cluster.jails {
+        if let Some(addr) = jail.primary_address() {
+            dns.records.push(DnsRecord {
+                name: jail.name.clone(),
+                address: IpAddr::V4(addr),
+            });
+        }
+        for a in &jail.addresses {
+            dns.records.push(DnsRecord {
+                name: format!("{}.{}", jail.name, a.segment),
+                address: IpAddr::V4(a.addr),
+            });
+        }
+    }
+    for service in &config.services {
+        if !dns.services.iter().any(|s| s.name == service.name) {
+            dns.services.push(DnsServiceName {
+                name: service.name.clone(),
+                service: service.name.clone(),
+            });
+        }
+    }
+    config.dns = Some(dns);
+    Ok(config)
+}
+
+/// Fills a service's members from its `role` or `jails` selector, at the address the gate
+/// reaches each jail on.
+fn select_members(
+    cluster: &Cluster,
+    gate: &Jail,
+    service: &mut ServiceConfig,
+) -> Result<(), String> {
+    let selected: Vec<&Jail> = match (&service.role, service.jails.is_empty()) {
+        (None, true) => return Ok(()),
+        (Some(_), false) => {
+            return Err(format!(
+                "service `{}` selects members by both `role` and `jails`; keep one",
+                service.name
+            ));
+        }
+        _ if !service.members.is_empty() => {
+            return Err(format!(
+                "service `{}` lists `members` and a selector; keep one",
+                service.name
+            ));
+        }
+        (Some(role), true) => {
+            if Role::parse(role).is_none() {
+                return Err(format!(
+                    "`{role}` is not a role (one of: {})",
+                    Role::NAMES.join(", ")
+                ));
+            }
+            let found: Vec<&Jail> = cluster
+                .jails
+                .iter()
+                .filter(|j| j.role.to_string() == *role)
+                .collect();
+            if found.is_empty() {
+                return Err(format!(
+                    "service `{}`: no jail has role `{role}`",
+                    service.name
+                ));
+            }
+            found
+        }
+        (None, false) => service
+            .jails
+            .iter()
+            .map(|name| {
+                cluster
+                    .jail(name)
+                    .ok_or_else(|| format!("`{name}` is not a jail (service `{}`)", service.name))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    for jail in selected {
+        let addr = cluster.reach(gate, jail).ok_or_else(|| {
+            format!(
+                "jail `{}` shares no segment with the gate jail `{}`, so the gate cannot reach it; give it an address on the gate's segment",
+                jail.name, gate.name
+            )
+        })?;
+        service.members.push(MemberConfig {
+            name: jail.name.clone(),
+            address: IpAddr::V4(addr),
+        });
+    }
+    Ok(())
+}
+
+/// The config a gate jail runs with: what `prepare` last wrote for it.
+pub fn running_config(state_dir: &Path, gate: &str) -> Result<GateConfig, String> {
+    let file = state_dir.join("jails").join(gate).join("gate.toml");
+    let text =
+        std::fs::read_to_string(&file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+    toml::from_str(&text).map_err(|e| format!("reading {}: {e}", file.display()))
+}
+
+/// How long a drain waits for a member's requests in flight to finish.
+const DRAIN_WAIT: Duration = Duration::from_secs(10);
+
+/// Drains `jail` at every running gate that balances it (`on`), waiting until its requests in
+/// flight are done; or puts it back into rotation (`!on`). A gate that cannot be reached is
+/// skipped: it will see the jail go down by its health checks anyway.
+pub async fn drain(state_dir: &Path, cluster: &Cluster, jail: &Jail, on: bool) {
+    for gate in cluster
+        .jails
+        .iter()
+        .filter(|j| j.role == Role::Gate && j.command.is_none())
+    {
+        let Ok(config) = running_config(state_dir, &gate.name) else {
+            continue;
+        };
+        let services: Vec<&str> = config
+            .services
+            .iter()
+            .filter(|s| s.members.iter().any(|m| m.name == jail.name))
+            .map(|s| s.name.as_str())
+            .collect();
+        let verb = if on { "drain" } else { "undrain" };
+        for service in &services {
+            let path = format!("/{verb}/{service}/{}", jail.name);
+            if let Err(e) =
+                http_request(config.admin, "POST", &path, None, Duration::from_secs(2)).await
+            {
+                tracing::warn!(gate = %gate.name, jail = %jail.name, error = %e, "cannot {verb} at the gate");
+            }
+        }
+        if on && !services.is_empty() {
+            let deadline = Instant::now() + DRAIN_WAIT;
+            while Instant::now() < deadline && in_flight(config.admin, &jail.name).await > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Requests the gate has in flight to `member`, over all its services.
+async fn in_flight(admin: SocketAddr, member: &str) -> u64 {
+    let Ok((200, text)) =
+        http_request(admin, "GET", "/backends", None, Duration::from_secs(2)).await
+    else {
+        return 0;
+    };
+    let Ok(services) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return 0;
+    };
+    services
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["members"].as_array().cloned().unwrap_or_default())
+        .filter(|m| m["name"] == member)
+        .filter_map(|m| m["active"].as_u64())
+        .sum()
+}

@@ -1,0 +1,59 @@
+//! The roles built into this citadel, and how a role jail is prepared from the cluster: its
+//! config file is derived from the cluster file and written into the jail's directory, and the
+//! jail runs `citadel <role> --config <file> …`.
+
+pub mod gate;
+
+use citadel_agent::{BoxFuture, Roles};
+use citadel_jail::JailPaths;
+use citadel_spec::{Cluster, Jail, Role};
+use nix::sys::signal::Signal;
+
+pub struct BuiltinRoles {
+    pub state_dir: std::path::PathBuf,
+}
+
+impl Roles for BuiltinRoles {
+    fn prepare(
+        &self,
+        cluster: &Cluster,
+        jail: &Jail,
+        paths: &JailPaths,
+    ) -> Result<Vec<String>, String> {
+        match jail.role {
+            Role::Gate => gate::prepare(cluster, jail, paths),
+            role => Err(format!(
+                "the {role} role is not built into this citadel; give the jail a `command`"
+            )),
+        }
+    }
+
+    fn reload_signal(&self, role: Role) -> Option<Signal> {
+        (role == Role::Gate).then_some(Signal::SIGHUP)
+    }
+
+    fn drain<'a>(&'a self, cluster: &'a Cluster, jail: &'a Jail, on: bool) -> BoxFuture<'a> {
+        Box::pin(gate::drain(&self.state_dir, cluster, jail, on))
+    }
+}
+
+/// The byte range of the first `needle` after `after` in `source`, to point a message at.
+pub fn locate(source: &str, after: &str, needle: &str) -> Option<std::ops::Range<usize>> {
+    let start = source.find(after)?;
+    let at = start + source[start..].find(needle)?;
+    Some(at..at + needle.len())
+}
+
+/// Writes a role's derived config as TOML into the jail's directory.
+pub fn write_config(
+    paths: &JailPaths,
+    file: &str,
+    config: &impl serde::Serialize,
+) -> Result<String, String> {
+    let text = toml::to_string_pretty(config).map_err(|e| format!("cannot encode {file}: {e}"))?;
+    let path = paths.root.join(file);
+    let header = "# Written by citadel from the cluster file at each start and reload; edit the cluster file instead.\n";
+    std::fs::write(&path, format!("{header}{text}"))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path.to_string_lossy().into_owned())
+}

@@ -1,0 +1,101 @@
+//! `citadel up` on the built-in cluster: the source diagram on one machine. The only test that
+//! uses the built-in addresses (127.10.0.0/24, 127.20.0.0/24) and 127.0.0.1:8080.
+
+mod harness;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use harness::*;
+
+fn dig(name: &str) -> Vec<String> {
+    let out = Command::new("dig")
+        .args([
+            "+short",
+            "+time=1",
+            "+tries=1",
+            "-p",
+            "5353",
+            "@127.10.0.2",
+            name,
+        ])
+        .output()
+        .expect("dig (dnsutils) is installed");
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn the_builtin_cluster_runs_the_source_diagram() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let child = Command::new(CITADEL)
+        .args(["up", "--state"])
+        .arg(&state)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("up.log")).expect("log"))
+        .spawn()
+        .expect("citadel up");
+    let up = Up::attach(child, dir, state);
+    let all = ["witness", "db-1", "db-2", "app-1", "app-2", "gate"];
+    up.wait_healthy(&all, Duration::from_secs(60));
+
+    // Through the gate's public listener, both app jails answer.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        let body = curl("http://127.0.0.1:8080/").expect("the gate answers");
+        seen.insert(body.lines().next().unwrap_or_default().to_string());
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        ["jail app-1: /", "jail app-2: /"]
+    );
+
+    // The gate's DNS knows every jail and lists the service's healthy members.
+    assert_eq!(dig("app.citadel.internal"), ["127.10.0.11", "127.10.0.21"]);
+    assert_eq!(dig("db-2.back.citadel.internal"), ["127.20.0.22"]);
+    assert_eq!(dig("gate.citadel.internal"), ["127.10.0.2"]);
+
+    // Stopping an app jail drains it at the gate first; it leaves the DNS answer and the
+    // rotation, and comes back when started.
+    up.ok(&["jail", "stop", "app-1"]);
+    for _ in 0..6 {
+        let body = curl("http://127.0.0.1:8080/").expect("the other app jail answers");
+        assert!(body.starts_with("jail app-2"), "{body}");
+    }
+    wait_for("app-1 out of DNS", Duration::from_secs(15), || {
+        (dig("app.citadel.internal") == ["127.10.0.21"]).then_some(())
+    });
+    up.ok(&["jail", "start", "app-1"]);
+    wait_for("app-1 back in DNS", Duration::from_secs(15), || {
+        (dig("app.citadel.internal").len() == 2).then_some(())
+    });
+
+    // A ban at the gate takes effect at once and expires on time.
+    up.ok(&[
+        "gate",
+        "ban",
+        "127.0.0.1",
+        "--ttl",
+        "2s",
+        "--reason",
+        "test",
+    ]);
+    assert!(up.ok(&["gate", "bans"]).contains("127.0.0.1/32"));
+    assert!(
+        curl("http://127.0.0.1:8080/").is_none(),
+        "a banned client gets nothing"
+    );
+    wait_for("the ban to expire", Duration::from_secs(10), || {
+        curl("http://127.0.0.1:8080/")
+    });
+    let backends = up.ok(&["gate", "backends"]);
+    assert!(
+        backends.contains("app-1") && backends.contains("\"up\": true"),
+        "{backends}"
+    );
+}
