@@ -362,12 +362,16 @@ impl PeerHandler for Node {
                     && candidate.is_some_and(|c| self.cfg.is_data(c))
                 {
                     // A data member asked for our vote with a log behind ours: it cannot win.
-                    // Let the witness stand, bring it up to date, and hand over.
+                    // Stand for election now, bring it up to date, and hand over.
                     tracing::info!(
                         ?candidate,
                         "witness: data member is behind; enabling elections"
                     );
                     self.raft.runtime_config().elect(true);
+                    let n = self.clone();
+                    tokio::spawn(async move {
+                        let _ = n.raft.trigger().elect().await;
+                    });
                 }
                 PeerResp::Vote(res)
             }
@@ -407,12 +411,26 @@ impl PeerHandler for Node {
                 Err(TRYAGAIN.into())
             }),
             PeerReq::TakeOver { last } => {
-                let mine = self.raft.metrics().borrow().last_applied;
-                if self.is_witness() || mine < last {
+                let mine = self.raft.metrics().borrow().last_log_index;
+                if self.is_witness() || mine < last.map(|l| l.index) {
                     return PeerResp::TakeOver(false);
                 }
                 tracing::info!(?last, "taking over leadership from the witness");
-                PeerResp::TakeOver(self.raft.trigger().elect().await.is_ok())
+                let ok = self.raft.trigger().elect().await.is_ok();
+                // If the witness still refused (its leader lease), it has seen our higher
+                // term by now and stepped down: one more try wins.
+                let n = self.clone();
+                tokio::spawn(async move {
+                    let t = Duration::from_millis(n.cfg.tunables.election_min_ms / 2);
+                    tokio::time::sleep(t).await;
+                    let m = n.raft.metrics().borrow().clone();
+                    if m.current_leader.is_none_or(|l| !n.cfg.is_data(l))
+                        && m.state != ServerState::Leader
+                    {
+                        let _ = n.raft.trigger().elect().await;
+                    }
+                });
+                PeerResp::TakeOver(ok)
             }
             PeerReq::Status => PeerResp::Status(self.status()),
         }
@@ -448,9 +466,18 @@ async fn proposer_loop(node: Arc<Node>) {
 /// the first data member that has caught up.
 async fn witness_loop(node: Arc<Node>) {
     let mut rx = node.raft.metrics();
+    let mut leader_since: Option<Instant> = None;
+    // A leader refuses votes for one lease (election_timeout_max) after winning; hand over
+    // only after that, so that the data member's election is not refused.
+    let lease = Duration::from_millis(node.cfg.tunables.election_max_ms + 20);
     loop {
         let m = rx.borrow().clone();
         let me = node.id();
+        if m.state != ServerState::Leader {
+            leader_since = None;
+        } else if leader_since.is_none() {
+            leader_since = Some(Instant::now());
+        }
         if m.state == ServerState::Leader {
             // Stay leader only until a data member can take over; never start elections again
             // on our own (a refused vote from a lagging data member turns them back on).
@@ -469,9 +496,16 @@ async fn witness_loop(node: Arc<Node>) {
                 })
                 .unwrap_or_default();
             let applied_all = m.last_applied.map(|l| l.index) == last;
-            if let Some(target) = caught_up.first().copied().filter(|_| applied_all) {
+            let lease_over = leader_since.is_some_and(|t| t.elapsed() >= lease);
+            if let Some(target) = caught_up
+                .first()
+                .copied()
+                .filter(|_| applied_all && lease_over)
+            {
                 let mut sent = node.takeover_sent.lock().await;
-                if sent.is_none_or(|t| t.elapsed() > Duration::from_millis(300)) {
+                if sent.is_none_or(|t| {
+                    t.elapsed() > Duration::from_millis(node.cfg.tunables.election_max_ms)
+                }) {
                     *sent = Some(Instant::now());
                     drop(sent);
                     let last_id = m.last_applied;
@@ -495,8 +529,8 @@ async fn witness_loop(node: Arc<Node>) {
         } else if m.current_leader.is_some_and(|l| node.cfg.is_data(l)) {
             node.raft.runtime_config().elect(false);
         }
-        // Re-check on every change, and at least every 100 ms (to repeat a hand-over).
-        let _ = tokio::time::timeout(Duration::from_millis(100), rx.changed()).await;
+        // Re-check on every change, and at least every 20 ms (lease end, repeated hand-over).
+        let _ = tokio::time::timeout(Duration::from_millis(20), rx.changed()).await;
     }
 }
 

@@ -229,6 +229,12 @@ impl Drop for Cluster {
             self.resume(id);
             self.kill(id);
         }
+        // CITADEL_TEST_KEEP_LOGS=DIR keeps every member's log for a look afterwards.
+        if let Ok(dir) = std::env::var("CITADEL_TEST_KEEP_LOGS") {
+            for m in &self.members {
+                let _ = std::fs::copy(self.log_path(m.id), format!("{dir}/n{}.log", m.id));
+            }
+        }
         if std::thread::panicking() {
             for m in &self.members {
                 let log = self.log(m.id);
