@@ -90,6 +90,19 @@ impl Node {
         (self.rid_base ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1
     }
 
+    /// Resolves when the known leader is no longer `from`.
+    async fn leader_changed_from(&self, from: Option<NodeId>) {
+        let mut rx = self.raft.metrics();
+        loop {
+            if rx.borrow().current_leader != from {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Waits for the leader to change (or a short while).
     async fn wait_leader_change(&self, deadline: Instant) {
         let mut rx = self.raft.metrics();
@@ -120,21 +133,24 @@ impl Node {
                     Err(e) => return Err(e),
                 },
                 Some(l) if self.cfg.is_data(l) => {
-                    match self
-                        .peers
-                        .call(
-                            l,
-                            &PeerReq::Write(req.clone()),
-                            self.peers.rpc_timeout() * 3,
-                        )
-                        .await
-                    {
-                        Ok(PeerResp::Write(Ok(r))) => return Ok(r),
-                        Ok(PeerResp::Write(Err(e))) if e.starts_with("TRYAGAIN") => {}
-                        Ok(PeerResp::Write(Err(e))) => return Err(e),
-                        Ok(other) => return Err(format!("ERR unexpected peer answer {other:?}")),
+                    let fwd = PeerReq::Write(req.clone());
+                    let call = self.peers.call(l, &fwd, self.peers.rpc_timeout() * 3);
+                    // Give up on a leader that is replaced meanwhile (stopped, cut off).
+                    let res = tokio::select! {
+                        r = call => Some(r),
+                        _ = self.leader_changed_from(Some(l)) => None,
+                    };
+                    match res {
+                        Some(Ok(PeerResp::Write(Ok(r)))) => return Ok(r),
+                        Some(Ok(PeerResp::Write(Err(e)))) if e.starts_with("TRYAGAIN") => {}
+                        Some(Ok(PeerResp::Write(Err(e)))) => return Err(e),
+                        Some(Ok(other)) => {
+                            return Err(format!("ERR unexpected peer answer {other:?}"));
+                        }
                         // Retrying is safe either way: the request id makes it exactly-once.
-                        Err(CallError::Connect(..)) | Err(CallError::Lost(..)) => {}
+                        Some(Err(CallError::Connect(..)))
+                        | Some(Err(CallError::Lost(..)))
+                        | None => {}
                     }
                 }
                 // No leader, or the witness leads (it has no tables): hold the write.
@@ -160,7 +176,7 @@ impl Node {
             .unwrap_or_else(|p| p.into_inner())
             .push((req, tx));
         self.proposer.wake.notify_one();
-        rx.await.map_err(|_| TRYAGAIN.to_string())?
+        self.await_reply(rx).await
     }
 
     /// Hands one batch to Raft. The hand-over itself is ordered (batches enter the log in
@@ -219,6 +235,24 @@ impl Node {
         });
     }
 
+    /// Waits for a queued write's reply, at most the write deadline: a leader cut off from
+    /// its majority never commits, and its clients must not hang. (Such a write is not
+    /// acknowledged; it may still commit later.)
+    pub async fn await_reply(
+        &self,
+        rx: oneshot::Receiver<Result<Reply, String>>,
+    ) -> Result<Reply, String> {
+        let wait = Duration::from_millis(self.cfg.tunables.write_wait_ms);
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(TRYAGAIN.to_string()),
+            Err(_) => Err(
+                "TRYAGAIN write not confirmed in time (no quorum?); it may or may not take effect"
+                    .into(),
+            ),
+        }
+    }
+
     /// On the leader: queues a write and returns at once with a receiver for its reply, so
     /// that a connection's pipelined writes share batches. `None` when this node does not lead.
     pub fn write_enqueue(&self, req: WriteReq) -> Option<oneshot::Receiver<Result<Reply, String>>> {
@@ -245,10 +279,14 @@ impl Node {
     /// The leader's read index (this node's, when it leads).
     async fn read_index_once(&self) -> Result<u64, String> {
         match self.leader() {
-            Some(l) if l == self.id() => match self.raft.get_read_log_id().await {
-                Ok((read, _applied)) => Ok(read.map(|l| l.index).unwrap_or(0)),
-                Err(e) => Err(format!("TRYAGAIN {e}")),
-            },
+            Some(l) if l == self.id() => {
+                let wait = self.peers.rpc_timeout() * 2;
+                match tokio::time::timeout(wait, self.raft.get_read_log_id()).await {
+                    Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index).unwrap_or(0)),
+                    Ok(Err(e)) => Err(format!("TRYAGAIN {e}")),
+                    Err(_) => Err("TRYAGAIN leadership not confirmed in time".into()),
+                }
+            }
             Some(l) => match self
                 .peers
                 .call(l, &PeerReq::ReadIndex, self.peers.rpc_timeout())

@@ -106,10 +106,11 @@ async fn handle_conn(mut s: TcpStream, node: Arc<Node>) -> std::io::Result<()> {
                 }
                 for (req, rx) in pending {
                     let r = match rx {
-                        Some(rx) => match rx.await {
-                            Ok(Ok(r)) => Ok(r),
-                            Ok(Err(e)) if !e.starts_with("TRYAGAIN") => Err(e),
-                            _ => node.write(req).await,
+                        Some(rx) => match node.await_reply(rx).await {
+                            Ok(r) => Ok(r),
+                            Err(e) if e.contains("no quorum") => Err(e),
+                            Err(e) if !e.starts_with("TRYAGAIN") => Err(e),
+                            Err(_) => node.write(req).await,
                         },
                         None => node.write(req).await,
                     };

@@ -166,7 +166,8 @@ impl Cluster {
         })
     }
 
-    /// Waits until every listed data member reports the same leader, and returns it.
+    /// Waits until every listed data member reports the same leader, one of them, and
+    /// returns it.
     pub fn wait_leader(&self, data_ids: &[u64], timeout: Duration) -> u64 {
         let deadline = Instant::now() + timeout;
         loop {
@@ -177,7 +178,8 @@ impl Cluster {
             if let Some(Some(l)) = leaders.first()
                 && !l.is_empty()
                 && leaders.iter().all(|x| x.as_deref() == Some(l.as_str()))
-                && let Ok(l) = l.parse()
+                && let Ok(l) = l.parse::<u64>()
+                && data_ids.contains(&l)
             {
                 return l;
             }
