@@ -51,6 +51,9 @@ pub struct Tunables {
     pub write_wait_ms: u64,
     /// Peer RPC timeout, ms (default 1000).
     pub rpc_timeout_ms: u64,
+    /// How often a witness asks the data members what they hold durably and purges its log
+    /// up to that point, ms (default 5000).
+    pub witness_purge_ms: u64,
 }
 
 impl Default for Tunables {
@@ -63,6 +66,7 @@ impl Default for Tunables {
             keep_after_snapshot: 5_000,
             write_wait_ms: 3_000,
             rpc_timeout_ms: 1_000,
+            witness_purge_ms: 5_000,
         }
     }
 }

@@ -572,6 +572,60 @@ async fn witness_loop(node: Arc<Node>) {
     }
 }
 
+/// The witness keeps log entries until every data member holds them durably: it purges
+/// only up to the lowest snapshot index among the data members (a snapshot is on disk; log
+/// entries a data member has applied may not be flushed yet). If any data member does not
+/// answer, nothing is purged.
+async fn witness_purge_loop(node: Arc<Node>) {
+    let every = Duration::from_millis(node.cfg.tunables.witness_purge_ms.max(50));
+    loop {
+        tokio::time::sleep(every).await;
+        let mut upto: Option<u64> = None;
+        let mut all = true;
+        for id in node.cfg.data_ids() {
+            match node
+                .peers
+                .call(id, &PeerReq::Status, node.peers.rpc_timeout())
+                .await
+            {
+                Ok(PeerResp::Status(st)) => {
+                    let held = st.snapshot_index.unwrap_or(0);
+                    upto = Some(upto.map_or(held, |u| u.min(held)));
+                }
+                _ => {
+                    all = false;
+                    break;
+                }
+            }
+        }
+        let (Some(upto), true) = (upto, all) else {
+            continue;
+        };
+        let m = node.raft.metrics().borrow().clone();
+        let purged = m.purged.map(|l| l.index);
+        if upto == 0 || purged >= Some(upto) || m.last_applied.map(|l| l.index) < Some(upto) {
+            continue;
+        }
+        // Purging needs a snapshot that covers the range: build the witness's (empty) one.
+        if m.snapshot.map(|l| l.index) < Some(upto) {
+            if node.raft.trigger().snapshot().await.is_err() {
+                continue;
+            }
+            let _ = node
+                .raft
+                .wait(Some(Duration::from_secs(5)))
+                .metrics(
+                    |m| m.snapshot.map(|l| l.index) >= Some(upto),
+                    "witness snapshot",
+                )
+                .await;
+        }
+        if node.raft.trigger().purge_log(upto).await.is_ok() {
+            tracing::info!(upto, "witness: purging log entries every data member holds");
+        }
+    }
+}
+
 /// A started node and its background tasks.
 pub struct Running {
     pub node: Arc<Node>,
@@ -676,6 +730,7 @@ pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
     }
     if witness {
         tokio::spawn(witness_loop(node.clone()));
+        tokio::spawn(witness_purge_loop(node.clone()));
     } else {
         tokio::spawn(proposer_loop(node.clone()));
     }

@@ -105,10 +105,32 @@ fn witness_catches_up_the_lagging_member_and_hands_over() {
     let mut c = trio("127.60.3");
     c.wait_leader(&[A, B], Duration::from_secs(20));
     assert!(c.set_retry(&[A, B], "before", "before", Duration::from_secs(10)));
-    c.kill(B);
+    // With everyone up, enough writes (in many small pipelines: many Raft entries) for
+    // both data members to snapshot (every 50 entries), so that the witness may purge what
+    // both hold.
     let mut acked = Vec::new();
     let mut con = c.conn(A);
-    // Enough writes to cross several of A's snapshot points (snapshot_every = 500).
+    for round in 0..120 {
+        let mut p = redis::pipe();
+        for i in 0..10 {
+            let k = format!("early{round}-{i}");
+            p.cmd("SET").arg(&k).arg(&k).ignore();
+            acked.push(k);
+        }
+        let _: () = p.query(&mut con).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.log(W).contains("witness: purging log entries") {
+        assert!(
+            Instant::now() < deadline,
+            "the witness never purged its log"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.kill(B);
+    drop(con);
+    // Writes B misses.
+    let mut con = c.conn(A);
     let mut p = redis::pipe();
     for i in 0..1200 {
         let k = format!("w{i}");
@@ -207,5 +229,67 @@ fn kill_all_and_restart_loses_nothing() {
             "member {id} lost {} acknowledged writes",
             m.len()
         );
+    }
+}
+
+/// The catastrophic case: a data member that lost its disk needs a snapshot, and only the
+/// witness (whose snapshot has no tables) is up. The witness must refuse to send it; the
+/// member serves nothing until a data member with the tables is back, then gets them.
+#[test]
+fn witness_never_sends_its_empty_snapshot_to_a_data_member() {
+    let mut c = trio("127.60.10");
+    c.wait_leader(&[A, B], Duration::from_secs(20));
+    let mut keys = Vec::new();
+    let mut con = c.conn(A);
+    for round in 0..120 {
+        let mut p = redis::pipe();
+        for i in 0..5 {
+            let k = format!("s{round}-{i}");
+            p.cmd("SET").arg(&k).arg(&k).ignore();
+            keys.push(k);
+        }
+        let _: () = p.query(&mut con).unwrap();
+    }
+    drop(con);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.log(W).contains("witness: purging log entries") {
+        assert!(
+            Instant::now() < deadline,
+            "the witness never purged its log"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // B loses its disk; A goes down.
+    c.kill(B);
+    std::fs::remove_dir_all(c.dir.path().join("n2")).unwrap();
+    c.kill(A);
+    c.start(B);
+    wait_port(c.member(B).redis, Duration::from_secs(20));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.log(W).contains("refuses to send its empty snapshot") {
+        assert!(Instant::now() < deadline, "the witness never had to refuse");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // B neither takes writes nor serves (stale or empty) data meanwhile.
+    let mut b = c.conn(B);
+    let r: redis::RedisResult<String> = redis::cmd("SET").arg("lost").arg("1").query(&mut b);
+    assert!(
+        r.is_err(),
+        "B acknowledged a write without its tables: {r:?}"
+    );
+    let r: redis::RedisResult<Option<String>> = redis::cmd("GET").arg(&keys[0]).query(&mut b);
+    assert!(r.is_err(), "B served a read without its tables: {r:?}");
+    assert!(!c.log(B).contains("snapshot installed"));
+    // A returns: a data member leads again and B gets the tables (from A's log or A's
+    // snapshot).
+    c.start(A);
+    wait_port(c.member(A).redis, Duration::from_secs(20));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if c.try_conn(B).is_some() && missing(&c, B, &keys).is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B never got the tables back");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -54,7 +54,7 @@ impl Cluster {
             self.dir.path().join(format!("n{id}")),
             self.extra
         );
-        s.push_str("[tunables]\nheartbeat_ms = 50\nelection_min_ms = 300\nelection_max_ms = 600\nwrite_wait_ms = 2000\nrpc_timeout_ms = 500\nsnapshot_every = 500\nkeep_after_snapshot = 100\n");
+        s.push_str("[tunables]\nheartbeat_ms = 50\nelection_min_ms = 300\nelection_max_ms = 600\nwrite_wait_ms = 2000\nrpc_timeout_ms = 500\nsnapshot_every = 50\nkeep_after_snapshot = 20\nwitness_purge_ms = 300\n");
         for m in &self.members {
             s.push_str(&format!(
                 "[[members]]\nid = {}\nname = \"m{}\"\nkind = \"{}\"\npeer = \"{}\"\n",
