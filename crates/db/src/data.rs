@@ -916,8 +916,10 @@ pub struct Tables {
     pub recent_order: std::collections::VecDeque<(u64, u64)>,
 }
 
-/// How many log entries a request id is remembered for.
-pub const DEDUPE_WINDOW: u64 = 200_000;
+/// How many log entries a request id is remembered for (retries come within seconds).
+pub const DEDUPE_WINDOW: u64 = 20_000;
+/// At most this many request ids are remembered.
+pub const DEDUPE_MAX: usize = 1_000_000;
 
 impl Default for Tables {
     fn default() -> Self {
@@ -965,7 +967,7 @@ impl Tables {
             self.recent_order.push_back((index, req.rid));
         }
         while let Some(&(i, rid)) = self.recent_order.front() {
-            if i + DEDUPE_WINDOW >= index {
+            if i + DEDUPE_WINDOW >= index && self.recent_order.len() <= DEDUPE_MAX {
                 break;
             }
             self.recent_order.pop_front();
