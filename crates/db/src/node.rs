@@ -55,6 +55,9 @@ const MAX_INFLIGHT_PROPOSALS: usize = 4;
 const MAX_BATCH: usize = 4096;
 
 pub struct Node {
+    /// Deliberately broken mode for the linearizability test: serve every read locally, as
+    /// READONLY does. Set by the environment variable `CITADEL_DB_UNSAFE_LOCAL_READS=1`.
+    pub unsafe_local_reads: bool,
     proposer: Proposer,
     pub cfg: DbConfig,
     pub raft: Raft,
@@ -686,7 +689,12 @@ pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
     let rid_base = now_ms().wrapping_mul(0x2545_F491_4F6C_DD1D)
         ^ (cfg.id << 48)
         ^ (std::process::id() as u64) << 20;
+    let unsafe_local_reads = std::env::var("CITADEL_DB_UNSAFE_LOCAL_READS").is_ok_and(|v| v == "1");
+    if unsafe_local_reads {
+        tracing::warn!("CITADEL_DB_UNSAFE_LOCAL_READS=1: reads are NOT linearizable (test mode)");
+    }
     let node = Arc::new(Node {
+        unsafe_local_reads,
         proposer: Proposer {
             queue: std::sync::Mutex::new(Vec::new()),
             wake: tokio::sync::Notify::new(),

@@ -529,6 +529,7 @@ async fn data_cmd(c: &mut Conn, node: &Arc<Node>, name: String, argv: Vec<Vec<u8
     match class {
         Class::Read => {
             if !c.readonly
+                && !node.unsafe_local_reads
                 && let Err(e) = node.linearize().await
             {
                 return Reply::Error(e);

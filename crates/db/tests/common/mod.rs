@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod lin;
+
 pub struct Member {
     pub id: u64,
     pub witness: bool,
@@ -22,6 +24,8 @@ pub struct Cluster {
     pub members: Vec<Member>,
     pub procs: BTreeMap<u64, Child>,
     pub extra: String,
+    /// Extra environment for the processes.
+    pub env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -45,6 +49,7 @@ impl Cluster {
             members,
             procs: BTreeMap::new(),
             extra: String::new(),
+            env: Vec::new(),
         }
     }
 
@@ -92,6 +97,7 @@ impl Cluster {
             .arg(&cfg)
             .env("RUST_LOG", "info,openraft=warn")
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
