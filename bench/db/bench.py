@@ -42,7 +42,7 @@ class Node:
     def start(self):
         logf = open(self.log, "a")
         self.proc = subprocess.Popen([self.bin, "--config", self.cfg], stdout=subprocess.DEVNULL,
-                                     stderr=logf, env=dict(os.environ, RUST_LOG="warn"))
+                                     stderr=logf, env=dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn")))
 
     def kill(self):
         if self.proc:
@@ -125,6 +125,7 @@ def main():
     bin_path = sys.argv[1]
     quick = "--quick" in sys.argv
     n1, n16 = (20000, 100000) if quick else (100000, 500000)
+    only_failover = "--failover" in sys.argv
     work = tempfile.mkdtemp(prefix="citadel-db-bench-")
     members = [(1, "data"), (2, "data"), (3, "witness")]
     nodes = {i: Node(work, bin_path, i, members) for i, _ in members}
@@ -140,7 +141,7 @@ def main():
         lh = f"{NET}.{leader}"
         follower = f"{NET}.{3 - leader}"
         rows = []
-        for label, test, n, p in [("SET", "set", n1, 1), ("SET", "set", n16, 16),
+        for label, test, n, p in [] if only_failover else [("SET", "set", n1, 1), ("SET", "set", n16, 16),
                                   ("GET", "get", n1, 1), ("GET", "get", n16, 16)]:
             r = bench(REDIS_HOST, test, n, p)
             c = bench(lh, test, n, p)
@@ -163,8 +164,8 @@ def main():
             for name, r, c, cf in rows:
                 f.write(f"| {name} | {r:.0f} | {c:.0f} | {c / r if r else 0:.2f} | {cf:.0f} | {cf / r if r else 0:.2f} |\n")
             f.write("\nFailover (kill -9 of the leader, time until the first write sent after the kill is "
-                    "acknowledged by the surviving data member; default timings: heartbeat 100 ms, "
-                    "election 400-800 ms):\n\n")
+                    "acknowledged by the surviving data member; default timings: heartbeat 50 ms, "
+                    "election 300-600 ms):\n\n")
             f.write(f"- trials: {', '.join('%.3f s' % t if t is not None else 'none' for t in trials)}\n")
             f.write(f"- median: {'%.3f s' % med if med is not None else 'n/a'}\n")
     finally:
@@ -172,7 +173,10 @@ def main():
             n.kill()
         rs.send_signal(signal.SIGKILL)
         rs.wait()
-        shutil.rmtree(work, ignore_errors=True)
+        if "--keep" in sys.argv:
+            print("kept", work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

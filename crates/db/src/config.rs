@@ -37,11 +37,12 @@ pub struct Member {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tunables {
-    /// Leader heartbeat interval, ms (default 100).
+    /// Leader heartbeat interval, ms (default 50).
     pub heartbeat_ms: u64,
-    /// Election timeout lower bound, ms (default 400).
+    /// Election timeout lower bound, ms (default 300).
     pub election_min_ms: u64,
-    /// Election timeout upper bound, ms (default 800).
+    /// Election timeout upper bound, ms (default 600). openraft 0.9 also uses it as the
+    /// leader lease: a member refuses votes this long after it last heard from a leader.
     pub election_max_ms: u64,
     /// Build a snapshot (and compact the log) every this many applied entries (default 20000).
     pub snapshot_every: u64,
@@ -59,9 +60,9 @@ pub struct Tunables {
 impl Default for Tunables {
     fn default() -> Self {
         Tunables {
-            heartbeat_ms: 100,
-            election_min_ms: 400,
-            election_max_ms: 800,
+            heartbeat_ms: 50,
+            election_min_ms: 300,
+            election_max_ms: 600,
             snapshot_every: 20_000,
             keep_after_snapshot: 5_000,
             write_wait_ms: 3_000,

@@ -55,6 +55,9 @@ const MAX_INFLIGHT_PROPOSALS: usize = 4;
 const MAX_BATCH: usize = 4096;
 
 pub struct Node {
+    /// When this node last heard from a leader (ms since `started`).
+    last_leader_contact: AtomicU64,
+    started: Instant,
     /// Deliberately broken mode for the linearizability test: serve every read locally, as
     /// READONLY does. Set by the environment variable `CITADEL_DB_UNSAFE_LOCAL_READS=1`.
     pub unsafe_local_reads: bool,
@@ -391,7 +394,15 @@ impl Node {
 impl PeerHandler for Node {
     async fn handle(self: Arc<Self>, req: PeerReq) -> PeerResp {
         match req {
-            PeerReq::Append(rpc) => PeerResp::Append(self.raft.append_entries(rpc).await),
+            PeerReq::Append(rpc) => {
+                let from_leader = rpc.vote.is_committed();
+                let res = self.raft.append_entries(rpc).await;
+                if from_leader && res.is_ok() {
+                    let t = self.started.elapsed().as_millis() as u64;
+                    self.last_leader_contact.store(t, Ordering::Relaxed);
+                }
+                PeerResp::Append(res)
+            }
             PeerReq::Vote(rpc) => {
                 let candidate = rpc.vote.leader_id().voted_for();
                 let cand_last = rpc.last_log_id;
@@ -510,7 +521,7 @@ async fn witness_loop(node: Arc<Node>) {
     let mut leader_since: Option<Instant> = None;
     // A leader refuses votes for one lease (election_timeout_max) after winning; hand over
     // only after that, so that the data member's election is not refused.
-    let lease = Duration::from_millis(node.cfg.tunables.election_max_ms + 20);
+    let lease = Duration::from_millis(witness_election(&node.cfg.tunables).1 + 20);
     loop {
         let m = rx.borrow().clone();
         let me = node.id();
@@ -544,9 +555,7 @@ async fn witness_loop(node: Arc<Node>) {
                 .filter(|_| applied_all && lease_over)
             {
                 let mut sent = node.takeover_sent.lock().await;
-                if sent.is_none_or(|t| {
-                    t.elapsed() > Duration::from_millis(node.cfg.tunables.election_max_ms)
-                }) {
+                if sent.is_none_or(|t| t.elapsed() > lease * 2) {
                     *sent = Some(Instant::now());
                     drop(sent);
                     let last_id = m.last_applied;
@@ -572,6 +581,33 @@ async fn witness_loop(node: Arc<Node>) {
         }
         // Re-check on every change, and at least every 20 ms (lease end, repeated hand-over).
         let _ = tokio::time::timeout(Duration::from_millis(20), rx.changed()).await;
+    }
+}
+
+/// Speeds up failover. openraft 0.9 makes a voter refuse every vote for one lease
+/// (`election_timeout_max`) after it last heard from the leader, while a follower's first
+/// election fires earlier (between min and max): that first try is nearly always refused and
+/// the next comes a whole election timeout later. A data member that lost its leader
+/// therefore calls one more election right after the voters' lease has run out.
+async fn failover_loop(node: Arc<Node>) {
+    let lease = node.cfg.tunables.election_max_ms + 30;
+    let mut kicked_for = 0u64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let m = node.raft.metrics().borrow().clone();
+        let last = node.last_leader_contact.load(Ordering::Relaxed);
+        if last == 0 || kicked_for == last || m.state == ServerState::Leader {
+            continue;
+        }
+        if m.current_leader.is_some() && m.state == ServerState::Follower {
+            continue;
+        }
+        let now = node.started.elapsed().as_millis() as u64;
+        if now >= last + lease {
+            kicked_for = last;
+            tracing::info!("leader lost; calling an election as the voters' lease ends");
+            let _ = node.raft.trigger().elect().await;
+        }
     }
 }
 
@@ -629,6 +665,15 @@ async fn witness_purge_loop(node: Arc<Node>) {
     }
 }
 
+/// The witness's election timeouts: short. openraft 0.9 uses `election_timeout_max` as the
+/// time a member refuses votes after it last heard from a leader (or after it won). A short
+/// one on the witness lets a data member's first election after losing its leader succeed,
+/// and lets a witness-leader hand over soon after it won. The witness only stands for
+/// election when no data member can win, so a short timeout does not make it campaign more.
+pub fn witness_election(t: &crate::config::Tunables) -> (u64, u64) {
+    (t.heartbeat_ms * 2, t.heartbeat_ms * 3)
+}
+
 /// A started node and its background tasks.
 pub struct Running {
     pub node: Arc<Node>,
@@ -649,8 +694,16 @@ pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
     let rc = Config {
         cluster_name: "citadel-db".into(),
         heartbeat_interval: t.heartbeat_ms,
-        election_timeout_min: t.election_min_ms,
-        election_timeout_max: t.election_max_ms,
+        election_timeout_min: if witness {
+            witness_election(t).0
+        } else {
+            t.election_min_ms
+        },
+        election_timeout_max: if witness {
+            witness_election(t).1
+        } else {
+            t.election_max_ms
+        },
         // The witness never builds snapshots on its own, so it never purges entries that a
         // data member may still need; it keeps its whole log.
         snapshot_policy: if witness {
@@ -694,6 +747,8 @@ pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
         tracing::warn!("CITADEL_DB_UNSAFE_LOCAL_READS=1: reads are NOT linearizable (test mode)");
     }
     let node = Arc::new(Node {
+        last_leader_contact: AtomicU64::new(0),
+        started: Instant::now(),
         unsafe_local_reads,
         proposer: Proposer {
             queue: std::sync::Mutex::new(Vec::new()),
@@ -712,12 +767,14 @@ pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
         takeover_sent: Mutex::new(None),
     });
     tokio::spawn(serve_peers(listener, node.clone()));
-    // Every member initializes with the same membership; only an empty log takes it.
-    if !node
-        .raft
-        .is_initialized()
-        .await
-        .map_err(|e| DbError::Raft(e.to_string()))?
+    // Every data member initializes with the same membership; only an empty log takes it.
+    // initialize() starts an election at once, so the witness leaves it to data members.
+    if !witness
+        && !node
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| DbError::Raft(e.to_string()))?
     {
         let members: BTreeMap<NodeId, BasicNode> = cfg
             .members
@@ -741,6 +798,7 @@ pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
         tokio::spawn(witness_purge_loop(node.clone()));
     } else {
         tokio::spawn(proposer_loop(node.clone()));
+        tokio::spawn(failover_loop(node.clone()));
     }
     Ok(Running { node })
 }
