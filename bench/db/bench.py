@@ -100,6 +100,7 @@ def failover_trial(nodes, data_ids):
     c.set("warm", "1")
     nodes[leader].kill()
     t0 = time.time()
+    print(time.strftime("%H:%M:%S", time.gmtime(t0)) + ("%.3f" % (t0 % 1))[1:], f"killed leader {leader}", flush=True)
     took = None
     while time.time() - t0 < 30:
         try:

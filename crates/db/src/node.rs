@@ -414,16 +414,14 @@ impl PeerHandler for Node {
                     && candidate.is_some_and(|c| self.cfg.is_data(c))
                 {
                     // A data member asked for our vote with a log behind ours: it cannot win.
-                    // Stand for election now, bring it up to date, and hand over.
+                    // Let the witness stand. It does not campaign at once: its own election
+                    // timer fires only if it has not heard from a leader for its (short)
+                    // lease plus timeout, so a live leader is never disturbed by this.
                     tracing::info!(
                         ?candidate,
                         "witness: data member is behind; enabling elections"
                     );
                     self.raft.runtime_config().elect(true);
-                    let n = self.clone();
-                    tokio::spawn(async move {
-                        let _ = n.raft.trigger().elect().await;
-                    });
                 }
                 PeerResp::Vote(res)
             }
@@ -577,35 +575,48 @@ async fn witness_loop(node: Arc<Node>) {
                 }
             }
         } else if m.current_leader.is_some_and(|l| node.cfg.is_data(l)) {
-            node.raft.runtime_config().elect(false);
+            // A data member leads, and is alive (heard from lately): stand down.
+            let last = node.last_leader_contact.load(Ordering::Relaxed);
+            let now = node.started.elapsed().as_millis() as u64;
+            if last > 0 && now.saturating_sub(last) < node.cfg.tunables.election_min_ms {
+                node.raft.runtime_config().elect(false);
+            }
         }
         // Re-check on every change, and at least every 20 ms (lease end, repeated hand-over).
         let _ = tokio::time::timeout(Duration::from_millis(20), rx.changed()).await;
     }
 }
 
-/// Speeds up failover. openraft 0.9 makes a voter refuse every vote for one lease
-/// (`election_timeout_max`) after it last heard from the leader, while a follower's first
-/// election fires earlier (between min and max): that first try is nearly always refused and
-/// the next comes a whole election timeout later. A data member that lost its leader
-/// therefore calls one more election right after the voters' lease has run out.
+/// Speeds up failover. openraft 0.9 lets a follower campaign only after a lease
+/// (`election_timeout_max`) *plus* a random election timeout since it last heard from the
+/// leader (~1.05 s on average with the defaults), and voters refuse votes during that lease.
+/// A data member that has not heard from a leader for the lease plus a small random jitter
+/// calls the election itself, right as the voters' lease ends (~0.7 s with the defaults).
+/// Calling an election early never endangers safety, only (rarely) a healthy leader's term.
 async fn failover_loop(node: Arc<Node>) {
-    let lease = node.cfg.tunables.election_max_ms + 30;
+    let t = &node.cfg.tunables;
+    let jitter_span = (t.election_min_ms / 2).max(1);
     let mut kicked_for = 0u64;
+    let mut last_state = ServerState::Learner;
     loop {
         tokio::time::sleep(Duration::from_millis(10)).await;
         let m = node.raft.metrics().borrow().clone();
+        if m.state != last_state {
+            tracing::info!(state = ?m.state, term = m.current_term, leader = ?m.current_leader, "raft state changed");
+            last_state = m.state;
+        }
         let last = node.last_leader_contact.load(Ordering::Relaxed);
         if last == 0 || kicked_for == last || m.state == ServerState::Leader {
             continue;
         }
-        if m.current_leader.is_some() && m.state == ServerState::Follower {
-            continue;
-        }
+        let jitter = (node.rid_base ^ last.wrapping_mul(0x9E37_79B9_7F4A_7C15)) % jitter_span;
         let now = node.started.elapsed().as_millis() as u64;
-        if now >= last + lease {
+        if now >= last + t.election_max_ms + 20 + jitter {
             kicked_for = last;
-            tracing::info!("leader lost; calling an election as the voters' lease ends");
+            tracing::info!(
+                silent_ms = now - last,
+                "no word from the leader; calling an election"
+            );
             let _ = node.raft.trigger().elect().await;
         }
     }

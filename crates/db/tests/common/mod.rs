@@ -239,8 +239,10 @@ impl Drop for Cluster {
         }
         // CITADEL_TEST_KEEP_LOGS=DIR keeps every member's log for a look afterwards.
         if let Ok(dir) = std::env::var("CITADEL_TEST_KEEP_LOGS") {
+            let sub = format!("{dir}/{}", self.members[0].peer.ip());
+            let _ = std::fs::create_dir_all(&sub);
             for m in &self.members {
-                let _ = std::fs::copy(self.log_path(m.id), format!("{dir}/n{}.log", m.id));
+                let _ = std::fs::copy(self.log_path(m.id), format!("{sub}/n{}.log", m.id));
             }
         }
         if std::thread::panicking() {
