@@ -1,0 +1,815 @@
+//! One db or witness node: Raft, storage, peer server, the witness's rules, and the
+//! write/read paths the Redis server uses.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use openraft::error::ClientWriteError;
+use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, oneshot};
+
+use crate::config::{DbConfig, Kind};
+use crate::data::{Proposal, WriteReq};
+use crate::error::DbError;
+use crate::net::{
+    CallError, Network, NodeStatus, PeerHandler, PeerReq, PeerResp, Peers, serve_peers,
+};
+use crate::resp::Reply;
+use crate::sm::{SNAP_DATA, SmShared, StateMachine};
+use crate::store::{LogStore, Store};
+use crate::types::{NodeId, Raft};
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Error text for "try again": no data leader right now.
+pub const TRYAGAIN: &str = "TRYAGAIN no data leader available, retry";
+
+/// Batches read-index requests: one leadership confirmation serves every read that arrived
+/// before it started.
+type ReadWaiter = oneshot::Sender<Result<u64, String>>;
+
+struct ReadBatcher {
+    /// (a round is running, readers waiting for the next round)
+    waiters: std::sync::Mutex<(bool, Vec<ReadWaiter>)>,
+}
+
+type Waiter = oneshot::Sender<Result<Reply, String>>;
+
+/// Gathers client writes on the leader into batches, one Raft entry each.
+struct Proposer {
+    queue: std::sync::Mutex<Vec<(WriteReq, Waiter)>>,
+    wake: tokio::sync::Notify,
+}
+
+/// Raft entries proposed but not yet applied, at most.
+const MAX_INFLIGHT_PROPOSALS: usize = 4;
+/// Client writes in one entry, at most.
+const MAX_BATCH: usize = 4096;
+
+pub struct Node {
+    /// When this node last heard from a leader (ms since `started`).
+    last_leader_contact: AtomicU64,
+    started: Instant,
+    /// Deliberately broken mode for the linearizability test: serve every read locally, as
+    /// READONLY does. Set by the environment variable `CITADEL_DB_UNSAFE_LOCAL_READS=1`.
+    pub unsafe_local_reads: bool,
+    proposer: Proposer,
+    pub cfg: DbConfig,
+    pub raft: Raft,
+    pub sm: Arc<SmShared>,
+    pub store: Arc<Store>,
+    pub peers: Arc<Peers>,
+    reads: ReadBatcher,
+    rid_base: u64,
+    rid_seq: AtomicU64,
+    takeover_sent: Mutex<Option<Instant>>,
+}
+
+impl Node {
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+
+    pub fn is_witness(&self) -> bool {
+        !self.cfg.is_data(self.cfg.id)
+    }
+
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader() == Some(self.id())
+    }
+
+    fn next_rid(&self) -> u64 {
+        let n = self.rid_seq.fetch_add(1, Ordering::Relaxed);
+        // Never 0 (0 means "no dedupe").
+        (self.rid_base ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1
+    }
+
+    /// Resolves when the known leader is no longer `from`.
+    async fn leader_changed_from(&self, from: Option<NodeId>) {
+        let mut rx = self.raft.metrics();
+        loop {
+            if rx.borrow().current_leader != from {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Waits for the leader to change (or a short while).
+    async fn wait_leader_change(&self, deadline: Instant) {
+        let mut rx = self.raft.metrics();
+        let cur = rx.borrow().current_leader;
+        let until = (Instant::now() + Duration::from_millis(50)).min(deadline);
+        let _ = tokio::time::timeout_at(until.into(), async {
+            while rx.changed().await.is_ok() {
+                if rx.borrow().current_leader != cur {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Carries out a write on the leader, forwarding it there when this node is a follower.
+    pub async fn write(&self, mut req: WriteReq) -> Result<Reply, String> {
+        if req.rid == 0 {
+            req.rid = self.next_rid();
+        }
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.tunables.write_wait_ms);
+        loop {
+            let leader = self.leader();
+            match leader {
+                Some(l) if l == self.id() => match self.write_local(req.clone()).await {
+                    Ok(r) => return Ok(r),
+                    Err(e) if e.starts_with("TRYAGAIN") => {}
+                    Err(e) => return Err(e),
+                },
+                Some(l) if self.cfg.is_data(l) => {
+                    let fwd = PeerReq::Write(req.clone());
+                    let call = self.peers.call(l, &fwd, self.peers.rpc_timeout() * 3);
+                    // Give up on a leader that is replaced meanwhile (stopped, cut off).
+                    let res = tokio::select! {
+                        r = call => Some(r),
+                        _ = self.leader_changed_from(Some(l)) => None,
+                    };
+                    match res {
+                        Some(Ok(PeerResp::Write(Ok(r)))) => return Ok(r),
+                        Some(Ok(PeerResp::Write(Err(e)))) if e.starts_with("TRYAGAIN") => {}
+                        Some(Ok(PeerResp::Write(Err(e)))) => return Err(e),
+                        Some(Ok(other)) => {
+                            return Err(format!("ERR unexpected peer answer {other:?}"));
+                        }
+                        // Retrying is safe either way: the request id makes it exactly-once.
+                        Some(Err(CallError::Connect(..)))
+                        | Some(Err(CallError::Lost(..)))
+                        | None => {}
+                    }
+                }
+                // No leader, or the witness leads (it has no tables): hold the write.
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(TRYAGAIN.into());
+            }
+            self.wait_leader_change(deadline).await;
+        }
+    }
+
+    /// Proposes a write on this node, which must be the leader. The write joins the next
+    /// batch; a batch is proposed as soon as fewer than `MAX_INFLIGHT_PROPOSALS` are in flight.
+    pub async fn write_local(&self, req: WriteReq) -> Result<Reply, String> {
+        if self.is_witness() {
+            return Err(TRYAGAIN.into());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.proposer
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((req, tx));
+        self.proposer.wake.notify_one();
+        self.await_reply(rx).await
+    }
+
+    /// Hands one batch to Raft. The hand-over itself is ordered (batches enter the log in
+    /// the order they were gathered); waiting for the outcome happens in a separate task.
+    async fn propose(
+        self: &Arc<Self>,
+        batch: Vec<(WriteReq, Waiter)>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let now = now_ms();
+        let mut reqs = Vec::with_capacity(batch.len());
+        let mut waiters = Vec::with_capacity(batch.len());
+        for (mut r, w) in batch {
+            r.now_ms = now;
+            reqs.push(r);
+            waiters.push(w);
+        }
+        let rx = match self.raft.client_write_ff(Proposal { reqs }).await {
+            Ok(rx) => rx,
+            Err(e) => {
+                for w in waiters {
+                    let _ = w.send(Err(format!("TRYAGAIN write not carried out: {e}")));
+                }
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            let res = rx.await;
+            drop(permit);
+            match res {
+                Ok(Ok(resp)) => {
+                    let mut replies = resp.data.into_iter();
+                    for w in waiters {
+                        let _ = w.send(
+                            replies
+                                .next()
+                                .ok_or_else(|| "ERR missing reply".to_string()),
+                        );
+                    }
+                }
+                Ok(Err(e)) => {
+                    let msg = match e {
+                        ClientWriteError::ForwardToLeader(_) => TRYAGAIN.to_string(),
+                        e => format!("TRYAGAIN write not carried out: {e}"),
+                    };
+                    for w in waiters {
+                        let _ = w.send(Err(msg.clone()));
+                    }
+                }
+                Err(_) => {
+                    for w in waiters {
+                        let _ = w.send(Err(TRYAGAIN.to_string()));
+                    }
+                }
+            }
+        });
+    }
+
+    /// Waits for a queued write's reply, at most the write deadline: a leader cut off from
+    /// its majority never commits, and its clients must not hang. (Such a write is not
+    /// acknowledged; it may still commit later.)
+    pub async fn await_reply(
+        &self,
+        rx: oneshot::Receiver<Result<Reply, String>>,
+    ) -> Result<Reply, String> {
+        let wait = Duration::from_millis(self.cfg.tunables.write_wait_ms);
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(TRYAGAIN.to_string()),
+            Err(_) => Err(
+                "TRYAGAIN write not confirmed in time (no quorum?); it may or may not take effect"
+                    .into(),
+            ),
+        }
+    }
+
+    /// On the leader: queues a write and returns at once with a receiver for its reply, so
+    /// that a connection's pipelined writes share batches. `None` when this node does not lead.
+    pub fn write_enqueue(&self, req: WriteReq) -> Option<oneshot::Receiver<Result<Reply, String>>> {
+        if self.is_witness() || self.leader() != Some(self.id()) {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.proposer
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((req, tx));
+        self.proposer.wake.notify_one();
+        Some(rx)
+    }
+
+    /// Gives a write its request id (for exactly-once retries).
+    pub fn stamp(&self, req: &mut WriteReq) {
+        if req.rid == 0 {
+            req.rid = self.next_rid();
+        }
+    }
+
+    /// The leader's read index (this node's, when it leads).
+    async fn read_index_once(&self) -> Result<u64, String> {
+        match self.leader() {
+            Some(l) if l == self.id() => {
+                let wait = self.peers.rpc_timeout() * 2;
+                match tokio::time::timeout(wait, self.raft.get_read_log_id()).await {
+                    Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index).unwrap_or(0)),
+                    Ok(Err(e)) => Err(format!("TRYAGAIN {e}")),
+                    Err(_) => Err("TRYAGAIN leadership not confirmed in time".into()),
+                }
+            }
+            Some(l) => match self
+                .peers
+                .call(l, &PeerReq::ReadIndex, self.peers.rpc_timeout())
+                .await
+            {
+                Ok(PeerResp::ReadIndex(r)) => r,
+                Ok(other) => Err(format!("ERR unexpected peer answer {other:?}")),
+                Err(e) => Err(format!("TRYAGAIN {e}")),
+            },
+            None => Err(TRYAGAIN.into()),
+        }
+    }
+
+    /// A read index, batched with concurrent readers.
+    async fn read_index_batched(self: &Arc<Self>) -> Result<u64, String> {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut g = self.reads.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            g.1.push(tx);
+            if g.0 {
+                false
+            } else {
+                g.0 = true;
+                true
+            }
+        };
+        if start {
+            let me = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    let batch = {
+                        let mut g = me.reads.waiters.lock().unwrap_or_else(|p| p.into_inner());
+                        if g.1.is_empty() {
+                            g.0 = false;
+                            break;
+                        }
+                        std::mem::take(&mut g.1)
+                    };
+                    let r = me.read_index_once().await;
+                    for w in batch {
+                        let _ = w.send(r.clone());
+                    }
+                }
+            });
+        }
+        rx.await
+            .map_err(|_| "ERR read batcher stopped".to_string())?
+    }
+
+    /// Waits until this node may serve a linearizable read: it has applied the leader's
+    /// read index. Retries across leader changes until the write deadline.
+    pub async fn linearize(self: &Arc<Self>) -> Result<u64, String> {
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.tunables.write_wait_ms);
+        loop {
+            match self.read_index_batched().await {
+                Ok(idx) => {
+                    let left = deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(100));
+                    return match self
+                        .raft
+                        .wait(Some(left))
+                        .applied_index_at_least(Some(idx), "read index")
+                        .await
+                    {
+                        Ok(_) => Ok(idx),
+                        Err(e) => Err(format!("TRYAGAIN not caught up: {e}")),
+                    };
+                }
+                Err(e) if e.starts_with("TRYAGAIN") && Instant::now() < deadline => {
+                    self.wait_leader_change(deadline).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        let m = self.raft.metrics().borrow().clone();
+        NodeStatus {
+            id: self.id(),
+            state: format!("{:?}", m.state),
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            disk_bytes: self.store.disk_bytes(&self.cfg.data_dir),
+            matched: m
+                .replication
+                .as_ref()
+                .map(|r| r.iter().map(|(id, l)| (*id, l.map(|l| l.index))).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl PeerHandler for Node {
+    async fn handle(self: Arc<Self>, req: PeerReq) -> PeerResp {
+        match req {
+            PeerReq::Append(rpc) => {
+                let from_leader = rpc.vote.is_committed();
+                let res = self.raft.append_entries(rpc).await;
+                if from_leader && res.is_ok() {
+                    let t = self.started.elapsed().as_millis() as u64;
+                    self.last_leader_contact.store(t, Ordering::Relaxed);
+                }
+                PeerResp::Append(res)
+            }
+            PeerReq::Vote(rpc) => {
+                let candidate = rpc.vote.leader_id().voted_for();
+                let cand_last = rpc.last_log_id;
+                let res = self.raft.vote(rpc).await;
+                if self.is_witness()
+                    && let Ok(v) = &res
+                    && !v.vote_granted
+                    && v.last_log_id > cand_last
+                    && candidate.is_some_and(|c| self.cfg.is_data(c))
+                {
+                    // A data member asked for our vote with a log behind ours: it cannot win.
+                    // Let the witness stand. It does not campaign at once: its own election
+                    // timer fires only if it has not heard from a leader for its (short)
+                    // lease plus timeout, so a live leader is never disturbed by this.
+                    tracing::info!(
+                        ?candidate,
+                        "witness: data member is behind; enabling elections"
+                    );
+                    self.raft.runtime_config().elect(true);
+                }
+                PeerResp::Vote(res)
+            }
+            PeerReq::Snapshot {
+                from,
+                vote,
+                meta,
+                data,
+            } => {
+                if !self.is_witness()
+                    && (!self.cfg.is_data(from) || data.first() != Some(&SNAP_DATA))
+                {
+                    tracing::error!(from, "refusing a snapshot without tables");
+                    return PeerResp::Snapshot(Err(
+                        "a data member only installs snapshots with tables".into(),
+                    ));
+                }
+                let snap = openraft::Snapshot {
+                    meta,
+                    snapshot: Box::new(std::io::Cursor::new(data)),
+                };
+                PeerResp::Snapshot(
+                    self.raft
+                        .install_full_snapshot(vote, snap)
+                        .await
+                        .map_err(|e| e.to_string()),
+                )
+            }
+            PeerReq::Write(w) => PeerResp::Write(if self.leader() == Some(self.id()) {
+                self.write_local(w).await
+            } else {
+                Err(TRYAGAIN.into())
+            }),
+            PeerReq::ReadIndex => PeerResp::ReadIndex(if self.leader() == Some(self.id()) {
+                self.read_index_batched().await
+            } else {
+                Err(TRYAGAIN.into())
+            }),
+            PeerReq::TakeOver { last } => {
+                let mine = self.raft.metrics().borrow().last_log_index;
+                if self.is_witness() || mine < last.map(|l| l.index) {
+                    return PeerResp::TakeOver(false);
+                }
+                tracing::info!(?last, "taking over leadership from the witness");
+                let ok = self.raft.trigger().elect().await.is_ok();
+                // If the witness still refused (its leader lease), it has seen our higher
+                // term by now and stepped down: one more try wins.
+                let n = self.clone();
+                tokio::spawn(async move {
+                    let t = Duration::from_millis(n.cfg.tunables.election_min_ms / 2);
+                    tokio::time::sleep(t).await;
+                    let m = n.raft.metrics().borrow().clone();
+                    if m.current_leader.is_none_or(|l| !n.cfg.is_data(l))
+                        && m.state != ServerState::Leader
+                    {
+                        let _ = n.raft.trigger().elect().await;
+                    }
+                });
+                PeerResp::TakeOver(ok)
+            }
+            PeerReq::Status => PeerResp::Status(self.status()),
+        }
+    }
+}
+
+async fn proposer_loop(node: Arc<Node>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT_PROPOSALS));
+    loop {
+        node.proposer.wake.notified().await;
+        loop {
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let batch: Vec<(WriteReq, Waiter)> = {
+                let mut q = node
+                    .proposer
+                    .queue
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let n = q.len().min(MAX_BATCH);
+                q.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                break;
+            }
+            node.propose(batch, permit).await;
+        }
+    }
+}
+
+/// The witness's loop: stop standing once a data member leads; while leading, hand over to
+/// the first data member that has caught up.
+async fn witness_loop(node: Arc<Node>) {
+    let mut rx = node.raft.metrics();
+    let mut leader_since: Option<Instant> = None;
+    // A leader refuses votes for one lease (election_timeout_max) after winning; hand over
+    // only after that, so that the data member's election is not refused.
+    let lease = Duration::from_millis(witness_election(&node.cfg.tunables).1 + 20);
+    loop {
+        let m = rx.borrow().clone();
+        let me = node.id();
+        if m.state != ServerState::Leader {
+            leader_since = None;
+        } else if leader_since.is_none() {
+            leader_since = Some(Instant::now());
+        }
+        if m.state == ServerState::Leader {
+            // Stay leader only until a data member can take over; never start elections again
+            // on our own (a refused vote from a lagging data member turns them back on).
+            node.raft.runtime_config().elect(false);
+            let last = m.last_log_index;
+            let caught_up: Vec<NodeId> = m
+                .replication
+                .as_ref()
+                .map(|r| {
+                    r.iter()
+                        .filter(|(id, matched)| {
+                            **id != me && node.cfg.is_data(**id) && matched.map(|l| l.index) == last
+                        })
+                        .map(|(id, _)| *id)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let applied_all = m.last_applied.map(|l| l.index) == last;
+            let lease_over = leader_since.is_some_and(|t| t.elapsed() >= lease);
+            if let Some(target) = caught_up
+                .first()
+                .copied()
+                .filter(|_| applied_all && lease_over)
+            {
+                let mut sent = node.takeover_sent.lock().await;
+                if sent.is_none_or(|t| t.elapsed() > lease * 2) {
+                    *sent = Some(Instant::now());
+                    drop(sent);
+                    let last_id = m.last_applied;
+                    let n = node.clone();
+                    tokio::spawn(async move {
+                        tracing::info!(
+                            target,
+                            "witness: handing leadership to caught-up data member"
+                        );
+                        let _ = n
+                            .peers
+                            .call(
+                                target,
+                                &PeerReq::TakeOver { last: last_id },
+                                n.peers.rpc_timeout(),
+                            )
+                            .await;
+                    });
+                }
+            }
+        } else if m.current_leader.is_some_and(|l| node.cfg.is_data(l)) {
+            // A data member leads, and is alive (heard from lately): stand down.
+            let last = node.last_leader_contact.load(Ordering::Relaxed);
+            let now = node.started.elapsed().as_millis() as u64;
+            if last > 0 && now.saturating_sub(last) < node.cfg.tunables.election_min_ms {
+                node.raft.runtime_config().elect(false);
+            }
+        }
+        // Re-check on every change, and at least every 20 ms (lease end, repeated hand-over).
+        let _ = tokio::time::timeout(Duration::from_millis(20), rx.changed()).await;
+    }
+}
+
+/// Speeds up failover. openraft 0.9 lets a follower campaign only after a lease
+/// (`election_timeout_max`) *plus* a random election timeout since it last heard from the
+/// leader (~1.05 s on average with the defaults), and voters refuse votes during that lease.
+/// A data member that has not heard from a leader for the lease plus a small random jitter
+/// calls the election itself, right as the voters' lease ends (~0.7 s with the defaults).
+/// Calling an election early never endangers safety, only (rarely) a healthy leader's term.
+async fn failover_loop(node: Arc<Node>) {
+    let t = &node.cfg.tunables;
+    let jitter_span = (t.election_min_ms / 2).max(1);
+    let mut kicked_for = 0u64;
+    let mut last_state = ServerState::Learner;
+    loop {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let m = node.raft.metrics().borrow().clone();
+        if m.state != last_state {
+            tracing::info!(state = ?m.state, term = m.current_term, leader = ?m.current_leader, "raft state changed");
+            last_state = m.state;
+        }
+        let last = node.last_leader_contact.load(Ordering::Relaxed);
+        if last == 0 || kicked_for == last || m.state == ServerState::Leader {
+            continue;
+        }
+        let jitter = (node.rid_base ^ last.wrapping_mul(0x9E37_79B9_7F4A_7C15)) % jitter_span;
+        let now = node.started.elapsed().as_millis() as u64;
+        if now >= last + t.election_max_ms + 20 + jitter {
+            kicked_for = last;
+            tracing::info!(
+                silent_ms = now - last,
+                "no word from the leader; calling an election"
+            );
+            let _ = node.raft.trigger().elect().await;
+        }
+    }
+}
+
+/// The witness keeps log entries until every data member holds them durably: it purges
+/// only up to the lowest snapshot index among the data members (a snapshot is on disk; log
+/// entries a data member has applied may not be flushed yet). If any data member does not
+/// answer, nothing is purged.
+async fn witness_purge_loop(node: Arc<Node>) {
+    let every = Duration::from_millis(node.cfg.tunables.witness_purge_ms.max(50));
+    loop {
+        tokio::time::sleep(every).await;
+        let mut upto: Option<u64> = None;
+        let mut all = true;
+        for id in node.cfg.data_ids() {
+            match node
+                .peers
+                .call(id, &PeerReq::Status, node.peers.rpc_timeout())
+                .await
+            {
+                Ok(PeerResp::Status(st)) => {
+                    let held = st.snapshot_index.unwrap_or(0);
+                    upto = Some(upto.map_or(held, |u| u.min(held)));
+                }
+                _ => {
+                    all = false;
+                    break;
+                }
+            }
+        }
+        let (Some(upto), true) = (upto, all) else {
+            continue;
+        };
+        let m = node.raft.metrics().borrow().clone();
+        let purged = m.purged.map(|l| l.index);
+        if upto == 0 || purged >= Some(upto) || m.last_applied.map(|l| l.index) < Some(upto) {
+            continue;
+        }
+        // Purging needs a snapshot that covers the range: build the witness's (empty) one.
+        if m.snapshot.map(|l| l.index) < Some(upto) {
+            if node.raft.trigger().snapshot().await.is_err() {
+                continue;
+            }
+            let _ = node
+                .raft
+                .wait(Some(Duration::from_secs(5)))
+                .metrics(
+                    |m| m.snapshot.map(|l| l.index) >= Some(upto),
+                    "witness snapshot",
+                )
+                .await;
+        }
+        if node.raft.trigger().purge_log(upto).await.is_ok() {
+            tracing::info!(upto, "witness: purging log entries every data member holds");
+        }
+    }
+}
+
+/// The witness's election timeouts: short. openraft 0.9 uses `election_timeout_max` as the
+/// time a member refuses votes after it last heard from a leader (or after it won). A short
+/// one on the witness lets a data member's first election after losing its leader succeed,
+/// and lets a witness-leader hand over soon after it won. The witness only stands for
+/// election when no data member can win, so a short timeout does not make it campaign more.
+pub fn witness_election(t: &crate::config::Tunables) -> (u64, u64) {
+    (t.heartbeat_ms * 2, t.heartbeat_ms * 3)
+}
+
+/// A started node and its background tasks.
+pub struct Running {
+    pub node: Arc<Node>,
+}
+
+/// Opens storage, starts Raft and the peer listener. The Redis listener is started by
+/// [`crate::run`].
+pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
+    cfg.validate()?;
+    let me = cfg
+        .me()
+        .cloned()
+        .ok_or_else(|| DbError::Config("no such member".into()))?;
+    let witness = me.kind == Kind::Witness;
+    let store = Store::open(&cfg.data_dir)?;
+    let sm = StateMachine::open(store.clone(), witness)?;
+    let t = &cfg.tunables;
+    let rc = Config {
+        cluster_name: "citadel-db".into(),
+        heartbeat_interval: t.heartbeat_ms,
+        election_timeout_min: if witness {
+            witness_election(t).0
+        } else {
+            t.election_min_ms
+        },
+        election_timeout_max: if witness {
+            witness_election(t).1
+        } else {
+            t.election_max_ms
+        },
+        // The witness never builds snapshots on its own, so it never purges entries that a
+        // data member may still need; it keeps its whole log.
+        snapshot_policy: if witness {
+            SnapshotPolicy::Never
+        } else {
+            SnapshotPolicy::LogsSinceLast(t.snapshot_every)
+        },
+        max_in_snapshot_log_to_keep: if witness {
+            u64::MAX / 2
+        } else {
+            t.keep_after_snapshot
+        },
+        purge_batch_size: 256,
+        max_payload_entries: 1000,
+        enable_elect: !witness,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    };
+    let rc = Arc::new(rc.validate().map_err(|e| DbError::Config(e.to_string()))?);
+    let peers = Peers::new(&cfg);
+    let peer_listen = cfg.peer_listen.unwrap_or(me.peer);
+    let listener = TcpListener::bind(peer_listen).await?;
+    let raft = Raft::new(
+        cfg.id,
+        rc,
+        Network {
+            peers: peers.clone(),
+        },
+        LogStore {
+            store: store.clone(),
+        },
+        sm.clone(),
+    )
+    .await
+    .map_err(|e| DbError::Raft(e.to_string()))?;
+    let rid_base = now_ms().wrapping_mul(0x2545_F491_4F6C_DD1D)
+        ^ (cfg.id << 48)
+        ^ (std::process::id() as u64) << 20;
+    let unsafe_local_reads = std::env::var("CITADEL_DB_UNSAFE_LOCAL_READS").is_ok_and(|v| v == "1");
+    if unsafe_local_reads {
+        tracing::warn!("CITADEL_DB_UNSAFE_LOCAL_READS=1: reads are NOT linearizable (test mode)");
+    }
+    let node = Arc::new(Node {
+        last_leader_contact: AtomicU64::new(0),
+        started: Instant::now(),
+        unsafe_local_reads,
+        proposer: Proposer {
+            queue: std::sync::Mutex::new(Vec::new()),
+            wake: tokio::sync::Notify::new(),
+        },
+        cfg: cfg.clone(),
+        raft,
+        sm: sm.shared.clone(),
+        store,
+        peers,
+        reads: ReadBatcher {
+            waiters: std::sync::Mutex::new((false, Vec::new())),
+        },
+        rid_base,
+        rid_seq: AtomicU64::new(1),
+        takeover_sent: Mutex::new(None),
+    });
+    tokio::spawn(serve_peers(listener, node.clone()));
+    // Every data member initializes with the same membership; only an empty log takes it.
+    // initialize() starts an election at once, so the witness leaves it to data members.
+    if !witness
+        && !node
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| DbError::Raft(e.to_string()))?
+    {
+        let members: BTreeMap<NodeId, BasicNode> = cfg
+            .members
+            .iter()
+            .map(|m| {
+                (
+                    m.id,
+                    BasicNode {
+                        addr: m.peer.to_string(),
+                    },
+                )
+            })
+            .collect();
+        match node.raft.initialize(members).await {
+            Ok(()) => tracing::info!("initialized the group"),
+            Err(e) => tracing::info!("initialize: {e}"),
+        }
+    }
+    if witness {
+        tokio::spawn(witness_loop(node.clone()));
+        tokio::spawn(witness_purge_loop(node.clone()));
+    } else {
+        tokio::spawn(proposer_loop(node.clone()));
+        tokio::spawn(failover_loop(node.clone()));
+    }
+    Ok(Running { node })
+}

@@ -1,0 +1,393 @@
+//! RESP2/RESP3 wire format: a strict, bounded request parser and a reply encoder.
+
+use bytes::{Buf, BytesMut};
+use serde::{Deserialize, Serialize};
+
+/// Largest bulk string a client may send (Redis allows 512 MiB; we keep it smaller).
+pub const MAX_BULK: usize = 64 * 1024 * 1024;
+/// Most arguments one command may carry.
+pub const MAX_ARGS: usize = 1024 * 1024;
+/// Longest inline command or length line.
+pub const MAX_INLINE: usize = 64 * 1024;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// The client broke the protocol; the connection is answered with this and closed.
+    Protocol(String),
+}
+
+/// Parses one command (array of bulk strings, or an inline command) from the front of `buf`.
+/// Returns `Ok(None)` when more bytes are needed; consumes the command's bytes on success.
+/// Nested arrays and non-bulk elements are refused: a request is one flat array.
+pub fn parse_command(buf: &mut BytesMut) -> Result<Option<Vec<Vec<u8>>>, ParseError> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    if buf[0] != b'*' {
+        return parse_inline(buf);
+    }
+    let mut pos = 0usize;
+    let n = match read_len_line(buf, &mut pos, b'*')? {
+        None => return Ok(None),
+        Some(n) => n,
+    };
+    if n < 0 {
+        // A null array: nothing to run.
+        buf.advance(pos);
+        return Ok(Some(Vec::new()));
+    }
+    let n = n as usize;
+    if n > MAX_ARGS {
+        return Err(ParseError::Protocol("invalid multibulk length".into()));
+    }
+    // Grow the vector only as elements arrive, so a huge declared count costs nothing.
+    let mut args: Vec<Vec<u8>> = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
+        if pos >= buf.len() {
+            return Ok(None);
+        }
+        if buf[pos] != b'$' {
+            return Err(ParseError::Protocol(format!(
+                "expected '$', got '{}'",
+                (buf[pos] as char).escape_default()
+            )));
+        }
+        let len = match read_len_line(buf, &mut pos, b'$')? {
+            None => return Ok(None),
+            Some(l) => l,
+        };
+        if len < 0 || len as usize > MAX_BULK {
+            return Err(ParseError::Protocol("invalid bulk length".into()));
+        }
+        let len = len as usize;
+        if buf.len() < pos + len + 2 {
+            return Ok(None);
+        }
+        if &buf[pos + len..pos + len + 2] != b"\r\n" {
+            return Err(ParseError::Protocol(
+                "bulk string not terminated by CRLF".into(),
+            ));
+        }
+        args.push(buf[pos..pos + len].to_vec());
+        pos += len + 2;
+    }
+    buf.advance(pos);
+    Ok(Some(args))
+}
+
+/// Bytes the parser may still want before the next command is complete; used to cap buffers.
+pub fn pending_limit() -> usize {
+    MAX_BULK + MAX_INLINE * 4
+}
+
+fn read_len_line(buf: &BytesMut, pos: &mut usize, prefix: u8) -> Result<Option<i64>, ParseError> {
+    debug_assert_eq!(buf[*pos], prefix);
+    let start = *pos + 1;
+    let end = match find_crlf(&buf[start..]) {
+        None => {
+            if buf.len() - start > 32 {
+                return Err(ParseError::Protocol("length line too long".into()));
+            }
+            return Ok(None);
+        }
+        Some(e) => start + e,
+    };
+    let s = std::str::from_utf8(&buf[start..end])
+        .map_err(|_| ParseError::Protocol("invalid length".into()))?;
+    let n: i64 = s
+        .parse()
+        .map_err(|_| ParseError::Protocol(format!("invalid length '{}'", s.escape_default())))?;
+    if n < -1 {
+        return Err(ParseError::Protocol("invalid length".into()));
+    }
+    *pos = end + 2;
+    Ok(Some(n))
+}
+
+fn find_crlf(b: &[u8]) -> Option<usize> {
+    b.windows(2).position(|w| w == b"\r\n")
+}
+
+fn parse_inline(buf: &mut BytesMut) -> Result<Option<Vec<Vec<u8>>>, ParseError> {
+    let nl = match buf.iter().position(|&c| c == b'\n') {
+        None => {
+            if buf.len() > MAX_INLINE {
+                return Err(ParseError::Protocol("too big inline request".into()));
+            }
+            return Ok(None);
+        }
+        Some(p) => p,
+    };
+    if nl > MAX_INLINE {
+        return Err(ParseError::Protocol("too big inline request".into()));
+    }
+    let line = buf.split_to(nl + 1);
+    let mut line = &line[..nl];
+    if line.last() == Some(&b'\r') {
+        line = &line[..line.len() - 1];
+    }
+    let args = split_inline(line)?;
+    Ok(Some(args))
+}
+
+/// Splits an inline command, honouring double and single quotes as redis-cli does.
+fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ParseError> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < line.len() {
+        while i < line.len() && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i >= line.len() {
+            break;
+        }
+        let mut cur = Vec::new();
+        if line[i] == b'"' || line[i] == b'\'' {
+            let q = line[i];
+            i += 1;
+            loop {
+                if i >= line.len() {
+                    return Err(ParseError::Protocol("unbalanced quotes in request".into()));
+                }
+                let c = line[i];
+                if c == q {
+                    i += 1;
+                    break;
+                }
+                if c == b'\\' && q == b'"' && i + 1 < line.len() {
+                    i += 1;
+                    cur.push(match line[i] {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        other => other,
+                    });
+                } else {
+                    cur.push(c);
+                }
+                i += 1;
+            }
+            if i < line.len() && !line[i].is_ascii_whitespace() {
+                return Err(ParseError::Protocol("unbalanced quotes in request".into()));
+            }
+        } else {
+            while i < line.len() && !line[i].is_ascii_whitespace() {
+                cur.push(line[i]);
+                i += 1;
+            }
+        }
+        out.push(cur);
+    }
+    Ok(out)
+}
+
+/// A reply, independent of protocol version until encoded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Vec<u8>),
+    Nil,
+    Array(Vec<Reply>),
+    NilArray,
+    /// A map in RESP3, a flat array in RESP2.
+    Map(Vec<(Reply, Reply)>),
+    /// A double in RESP3, a bulk string in RESP2.
+    Double(f64),
+}
+
+impl Reply {
+    pub fn ok() -> Reply {
+        Reply::Simple("OK".into())
+    }
+    pub fn err(s: impl Into<String>) -> Reply {
+        Reply::Error(s.into())
+    }
+    pub fn bulk(s: impl AsRef<[u8]>) -> Reply {
+        Reply::Bulk(s.as_ref().to_vec())
+    }
+    pub fn is_error(&self) -> bool {
+        matches!(self, Reply::Error(_))
+    }
+
+    /// Appends the encoding of `self` for protocol version `proto` (2 or 3).
+    pub fn encode(&self, proto: u8, out: &mut Vec<u8>) {
+        match self {
+            Reply::Simple(s) => {
+                out.push(b'+');
+                push_line(out, s.as_bytes());
+            }
+            Reply::Error(s) => {
+                out.push(b'-');
+                push_line(out, s.as_bytes());
+            }
+            Reply::Int(i) => {
+                out.push(b':');
+                out.extend_from_slice(i.to_string().as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            Reply::Bulk(b) => {
+                out.push(b'$');
+                out.extend_from_slice(b.len().to_string().as_bytes());
+                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(b);
+                out.extend_from_slice(b"\r\n");
+            }
+            Reply::Nil => {
+                if proto >= 3 {
+                    out.extend_from_slice(b"_\r\n")
+                } else {
+                    out.extend_from_slice(b"$-1\r\n")
+                }
+            }
+            Reply::NilArray => {
+                if proto >= 3 {
+                    out.extend_from_slice(b"_\r\n")
+                } else {
+                    out.extend_from_slice(b"*-1\r\n")
+                }
+            }
+            Reply::Array(items) => {
+                out.push(b'*');
+                out.extend_from_slice(items.len().to_string().as_bytes());
+                out.extend_from_slice(b"\r\n");
+                for i in items {
+                    i.encode(proto, out);
+                }
+            }
+            Reply::Map(pairs) => {
+                if proto >= 3 {
+                    out.push(b'%');
+                    out.extend_from_slice(pairs.len().to_string().as_bytes());
+                } else {
+                    out.push(b'*');
+                    out.extend_from_slice((pairs.len() * 2).to_string().as_bytes());
+                }
+                out.extend_from_slice(b"\r\n");
+                for (k, v) in pairs {
+                    k.encode(proto, out);
+                    v.encode(proto, out);
+                }
+            }
+            Reply::Double(d) => {
+                let s = format_double(*d);
+                if proto >= 3 {
+                    out.push(b',');
+                    push_line(out, s.as_bytes());
+                } else {
+                    Reply::Bulk(s.into_bytes()).encode(proto, out);
+                }
+            }
+        }
+    }
+}
+
+/// Formats a float as Redis does for INCRBYFLOAT: shortest form, no exponent for common values.
+pub fn format_double(d: f64) -> String {
+    if d.is_infinite() {
+        return if d > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    if d == d.trunc() && d.abs() < 1e17 {
+        return format!("{}", d as i64);
+    }
+    format!("{d}")
+}
+
+fn push_line(out: &mut Vec<u8>, s: &[u8]) {
+    // Simple strings and errors cannot carry CR or LF.
+    for &c in s {
+        out.push(if c == b'\r' || c == b'\n' { b' ' } else { c });
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(input: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, ParseError> {
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        while let Some(c) = parse_command(&mut buf)? {
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn parses_arrays_and_inline() {
+        let got = parse_all(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nPING\r\nset a \"b c\"\r\n").unwrap();
+        assert_eq!(got[0], vec![b"GET".to_vec(), b"k".to_vec()]);
+        assert_eq!(got[1], vec![b"PING".to_vec()]);
+        assert_eq!(
+            got[2],
+            vec![b"set".to_vec(), b"a".to_vec(), b"b c".to_vec()]
+        );
+    }
+
+    #[test]
+    fn incomplete_waits() {
+        let mut buf = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$1\r"[..]);
+        assert_eq!(parse_command(&mut buf), Ok(None));
+        assert_eq!(buf.len(), 16);
+    }
+
+    #[test]
+    fn refuses_bad_input() {
+        assert!(parse_all(b"*1\r\n*1\r\n$1\r\na\r\n").is_err(), "nesting");
+        assert!(parse_all(b"*1\r\n$99999999999\r\n").is_err(), "huge bulk");
+        assert!(parse_all(b"*99999999999\r\n").is_err(), "huge array");
+        assert!(parse_all(b"*1\r\n$1\r\nabc\r\n").is_err(), "bad terminator");
+        assert!(parse_all(b"*x\r\n").is_err(), "bad number");
+        assert!(parse_all(b"*-5\r\n").is_err(), "negative");
+        // A huge declared count with few elements is just incomplete, with no big allocation.
+        let mut buf = BytesMut::from(&b"*1000000\r\n$1\r\na\r\n"[..]);
+        assert_eq!(parse_command(&mut buf), Ok(None));
+    }
+
+    #[test]
+    fn encodes_both_protocols() {
+        let mut v = Vec::new();
+        Reply::Map(vec![(Reply::bulk("a"), Reply::Int(1))]).encode(2, &mut v);
+        assert_eq!(v, b"*2\r\n$1\r\na\r\n:1\r\n");
+        v.clear();
+        Reply::Map(vec![(Reply::bulk("a"), Reply::Nil)]).encode(3, &mut v);
+        assert_eq!(v, b"%1\r\n$1\r\na\r\n_\r\n");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_on_garbage(data in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let mut buf = BytesMut::from(&data[..]);
+            for _ in 0..600 {
+                match parse_command(&mut buf) {
+                    Ok(Some(_)) => continue,
+                    _ => break,
+                }
+            }
+        }
+
+        #[test]
+        fn roundtrips_commands(args in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..40), 1..8), split in 0usize..400) {
+            let mut wire = Vec::new();
+            wire.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+            for a in &args {
+                wire.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+                wire.extend_from_slice(a);
+                wire.extend_from_slice(b"\r\n");
+            }
+            let split = split.min(wire.len());
+            let mut buf = BytesMut::from(&wire[..split]);
+            let first = parse_command(&mut buf).unwrap();
+            if split < wire.len() {
+                proptest::prop_assert!(first.is_none());
+                buf.extend_from_slice(&wire[split..]);
+                let got = parse_command(&mut buf).unwrap();
+                proptest::prop_assert_eq!(got, Some(args));
+            } else {
+                proptest::prop_assert_eq!(first, Some(args));
+            }
+        }
+    }
+}

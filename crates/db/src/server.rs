@@ -1,0 +1,558 @@
+//! The Redis-protocol server of a data member.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::data::{Class, NUM_DBS, Watch, WriteReq, arity_err, check_arity, classify};
+use crate::node::{Node, now_ms};
+use crate::resp::{ParseError, Reply, parse_command, pending_limit};
+
+static CLIENT_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+struct Conn {
+    id: u64,
+    proto: u8,
+    db: u32,
+    authed: bool,
+    admin: bool,
+    readonly: bool,
+    name: Option<String>,
+    multi: Option<Vec<(u32, Vec<Vec<u8>>)>>,
+    multi_dirty: bool,
+    watches: Vec<Watch>,
+}
+
+pub async fn serve(listener: TcpListener, node: Arc<Node>) {
+    loop {
+        match listener.accept().await {
+            Ok((s, _)) => {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle_conn(s, node).await {
+                        tracing::debug!("client connection: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle_conn(mut s: TcpStream, node: Arc<Node>) -> std::io::Result<()> {
+    let _ = s.set_nodelay(true);
+    let mut c = Conn {
+        id: CLIENT_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        proto: 2,
+        db: 0,
+        authed: node.cfg.password.is_none(),
+        admin: false,
+        readonly: false,
+        name: None,
+        multi: None,
+        multi_dirty: false,
+        watches: Vec::new(),
+    };
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut out = Vec::with_capacity(16 * 1024);
+    loop {
+        let n = s.read_buf(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut cmds = Vec::new();
+        let mut proto_err = None;
+        loop {
+            match parse_command(&mut buf) {
+                Ok(Some(argv)) if argv.is_empty() => continue,
+                Ok(Some(argv)) => cmds.push(argv),
+                Ok(None) => break,
+                Err(ParseError::Protocol(msg)) => {
+                    proto_err = Some(msg);
+                    break;
+                }
+            }
+        }
+        let mut cmds = cmds.into_iter().peekable();
+        while let Some(argv) = cmds.next() {
+            if pipelinable(&c, &node, &argv) {
+                // A run of plain writes: queue them all, then collect the replies in order.
+                let mut run = vec![argv];
+                while let Some(next) = cmds.peek() {
+                    if !pipelinable(&c, &node, next) {
+                        break;
+                    }
+                    if let Some(next) = cmds.next() {
+                        run.push(next);
+                    }
+                }
+                let mut pending = Vec::with_capacity(run.len());
+                for argv in run {
+                    let mut req = WriteReq {
+                        rid: 0,
+                        now_ms: 0,
+                        watches: Vec::new(),
+                        cmds: vec![(c.db, argv)],
+                        multi: false,
+                    };
+                    node.stamp(&mut req);
+                    let rx = node.write_enqueue(req.clone());
+                    pending.push((req, rx));
+                }
+                for (req, rx) in pending {
+                    let r = match rx {
+                        Some(rx) => match node.await_reply(rx).await {
+                            Ok(r) => Ok(r),
+                            Err(e) if e.contains("no quorum") => Err(e),
+                            Err(e) if !e.starts_with("TRYAGAIN") => Err(e),
+                            Err(_) => node.write(req).await,
+                        },
+                        None => node.write(req).await,
+                    };
+                    r.unwrap_or_else(Reply::Error).encode(c.proto, &mut out);
+                }
+                continue;
+            }
+            let quit = argv[0].eq_ignore_ascii_case(b"QUIT");
+            let r = command(&mut c, &node, argv).await;
+            r.encode(c.proto, &mut out);
+            if quit {
+                s.write_all(&out).await?;
+                return Ok(());
+            }
+        }
+        if let Some(msg) = proto_err {
+            Reply::err(format!("ERR Protocol error: {msg}")).encode(c.proto, &mut out);
+            s.write_all(&out).await?;
+            return Ok(());
+        }
+        if buf.len() > pending_limit() {
+            Reply::err("ERR Protocol error: request too large").encode(c.proto, &mut out);
+            s.write_all(&out).await?;
+            return Ok(());
+        }
+        if !out.is_empty() {
+            s.write_all(&out).await?;
+            out.clear();
+        }
+    }
+}
+
+/// A write that may join a pipelined run: plain (not in MULTI), known, well-formed, and
+/// this node leads.
+fn pipelinable(c: &Conn, node: &Node, argv: &[Vec<u8>]) -> bool {
+    if !c.authed || c.multi.is_some() || node.is_witness() {
+        return false;
+    }
+    let name = upper(&argv[0]);
+    matches!(classify(&name), Some((Class::Write, _)))
+        && name != "FLUSHDB"
+        && check_arity(&name, argv.len())
+        && node.is_leader()
+}
+
+fn upper(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_ascii_uppercase()
+}
+
+fn lower(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_ascii_lowercase()
+}
+
+fn unknown(argv: &[Vec<u8>]) -> Reply {
+    let args: Vec<String> = argv[1..]
+        .iter()
+        .take(8)
+        .map(|a| format!("'{}'", String::from_utf8_lossy(a)))
+        .collect();
+    Reply::err(format!(
+        "ERR unknown command '{}', with args beginning with: {}",
+        String::from_utf8_lossy(&argv[0]),
+        args.join(" ")
+    ))
+}
+
+fn check_auth(node: &Node, user: &[u8], pass: &[u8]) -> Option<bool> {
+    // Returns Some(admin?) on success.
+    let cfg = &node.cfg;
+    if user.eq_ignore_ascii_case(b"admin") {
+        return cfg
+            .admin_password
+            .as_ref()
+            .filter(|p| p.as_bytes() == pass)
+            .map(|_| true);
+    }
+    if user.eq_ignore_ascii_case(b"default") {
+        return match &cfg.password {
+            Some(p) if p.as_bytes() == pass => Some(false),
+            None => Some(false),
+            _ => None,
+        };
+    }
+    None
+}
+
+async fn command(c: &mut Conn, node: &Arc<Node>, argv: Vec<Vec<u8>>) -> Reply {
+    let name = upper(&argv[0]);
+    if !c.authed && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
+        return Reply::err("NOAUTH Authentication required.");
+    }
+    if c.multi.is_some()
+        && !matches!(
+            name.as_str(),
+            "EXEC" | "DISCARD" | "MULTI" | "WATCH" | "QUIT" | "RESET"
+        )
+    {
+        return queue(c, name, argv);
+    }
+    match name.as_str() {
+        "PING" => match argv.len() {
+            1 => Reply::Simple("PONG".into()),
+            2 => Reply::bulk(&argv[1]),
+            _ => arity_err("ping"),
+        },
+        "ECHO" if argv.len() == 2 => Reply::bulk(&argv[1]),
+        "QUIT" => Reply::ok(),
+        "AUTH" => {
+            let (user, pass): (&[u8], &[u8]) = match argv.len() {
+                2 => (b"default", &argv[1]),
+                3 => (&argv[1], &argv[2]),
+                _ => return arity_err("auth"),
+            };
+            if node.cfg.password.is_none() && node.cfg.admin_password.is_none() {
+                return Reply::err(
+                    "ERR AUTH <password> called without any password configured for the default user.",
+                );
+            }
+            match check_auth(node, user, pass) {
+                Some(admin) => {
+                    c.authed = true;
+                    c.admin = admin;
+                    Reply::ok()
+                }
+                None => Reply::err("WRONGPASS invalid username-password pair or user is disabled."),
+            }
+        }
+        "HELLO" => hello(c, node, &argv),
+        "CLIENT" => client_cmd(c, &argv),
+        "COMMAND" => match argv.get(1).map(|a| upper(a)).as_deref() {
+            Some("COUNT") => Reply::Int(0),
+            Some("DOCS") => Reply::Map(Vec::new()),
+            _ => Reply::Array(Vec::new()),
+        },
+        "SELECT" => select(c, &argv),
+        "READONLY" => {
+            c.readonly = true;
+            Reply::ok()
+        }
+        "READWRITE" => {
+            c.readonly = false;
+            Reply::ok()
+        }
+        "RESET" => {
+            c.multi = None;
+            c.multi_dirty = false;
+            c.watches.clear();
+            c.db = 0;
+            c.readonly = false;
+            c.proto = 2;
+            Reply::Simple("RESET".into())
+        }
+        "INFO" => info(node),
+        "MULTI" => {
+            if c.multi.is_some() {
+                return Reply::err("ERR MULTI calls can not be nested");
+            }
+            c.multi = Some(Vec::new());
+            c.multi_dirty = false;
+            Reply::ok()
+        }
+        "DISCARD" => {
+            if c.multi.take().is_none() {
+                return Reply::err("ERR DISCARD without MULTI");
+            }
+            c.watches.clear();
+            Reply::ok()
+        }
+        "EXEC" => exec(c, node).await,
+        "WATCH" => {
+            if c.multi.is_some() {
+                return Reply::err("ERR WATCH inside MULTI is not allowed");
+            }
+            if argv.len() < 2 {
+                return arity_err("watch");
+            }
+            watch(c, node, &argv[1..]).await
+        }
+        "UNWATCH" => {
+            c.watches.clear();
+            Reply::ok()
+        }
+        _ => data_cmd(c, node, name, argv).await,
+    }
+}
+
+fn queue(c: &mut Conn, name: String, argv: Vec<Vec<u8>>) -> Reply {
+    if name == "SELECT" {
+        // Applied at once: later queued commands carry the new database.
+        return match select(c, &argv) {
+            Reply::Error(e) => Reply::Error(e),
+            _ => Reply::Simple("QUEUED".into()),
+        };
+    }
+    let err = match classify(&name) {
+        None => Some(unknown(&argv)),
+        Some(_) if !check_arity(&name, argv.len()) => Some(arity_err(&name)),
+        Some(_) if name == "FLUSHDB" && !c.admin => Some(noperm()),
+        Some(_) => None,
+    };
+    if let Some(e) = err {
+        c.multi_dirty = true;
+        return e;
+    }
+    if let Some(q) = c.multi.as_mut() {
+        q.push((c.db, argv));
+    }
+    Reply::Simple("QUEUED".into())
+}
+
+fn noperm() -> Reply {
+    Reply::err("NOPERM this user has no permissions to run the 'flushdb' command")
+}
+
+fn select(c: &mut Conn, argv: &[Vec<u8>]) -> Reply {
+    if argv.len() != 2 {
+        return arity_err("select");
+    }
+    match std::str::from_utf8(&argv[1])
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+    {
+        Some(n) if (n as usize) < NUM_DBS => {
+            c.db = n;
+            Reply::ok()
+        }
+        Some(_) => Reply::err("ERR DB index is out of range"),
+        None => Reply::err("ERR value is not an integer or out of range"),
+    }
+}
+
+fn hello(c: &mut Conn, node: &Node, argv: &[Vec<u8>]) -> Reply {
+    let mut proto = c.proto;
+    let mut i = 1;
+    if argv.len() > 1 {
+        match std::str::from_utf8(&argv[1])
+            .ok()
+            .and_then(|s| s.parse::<u8>().ok())
+        {
+            Some(p @ (2 | 3)) => proto = p,
+            Some(_) => return Reply::err("NOPROTO unsupported protocol version"),
+            None => return Reply::err("ERR Protocol version is not an integer or out of range"),
+        }
+        i = 2;
+    }
+    let mut authed = c.authed;
+    let mut admin = c.admin;
+    while i < argv.len() {
+        match upper(&argv[i]).as_str() {
+            "AUTH" if i + 2 < argv.len() => {
+                match check_auth(node, &argv[i + 1], &argv[i + 2]) {
+                    Some(a) => {
+                        authed = true;
+                        admin = a;
+                    }
+                    None => {
+                        return Reply::err(
+                            "WRONGPASS invalid username-password pair or user is disabled.",
+                        );
+                    }
+                }
+                i += 3;
+            }
+            "SETNAME" if i + 1 < argv.len() => {
+                c.name = Some(String::from_utf8_lossy(&argv[i + 1]).into_owned());
+                i += 2;
+            }
+            _ => return Reply::err("ERR Syntax error in HELLO option"),
+        }
+    }
+    if !authed {
+        return Reply::err(
+            "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+        );
+    }
+    c.authed = authed;
+    c.admin = admin;
+    c.proto = proto;
+    let role = if node.raft.metrics().borrow().current_leader == Some(node.id()) {
+        "master"
+    } else {
+        "replica"
+    };
+    Reply::Map(vec![
+        (Reply::bulk("server"), Reply::bulk("redis")),
+        (Reply::bulk("version"), Reply::bulk("7.2.0")),
+        (Reply::bulk("proto"), Reply::Int(proto as i64)),
+        (Reply::bulk("id"), Reply::Int(c.id as i64)),
+        (Reply::bulk("mode"), Reply::bulk("standalone")),
+        (Reply::bulk("role"), Reply::bulk(role)),
+        (Reply::bulk("modules"), Reply::Array(Vec::new())),
+    ])
+}
+
+fn client_cmd(c: &mut Conn, argv: &[Vec<u8>]) -> Reply {
+    match argv.get(1).map(|a| upper(a)).as_deref() {
+        Some("SETNAME") if argv.len() == 3 => {
+            c.name = Some(String::from_utf8_lossy(&argv[2]).into_owned());
+            Reply::ok()
+        }
+        Some("GETNAME") => c.name.as_ref().map(Reply::bulk).unwrap_or(Reply::Nil),
+        Some("SETINFO") => Reply::ok(),
+        Some("ID") => Reply::Int(c.id as i64),
+        Some("INFO") => Reply::bulk(format!(
+            "id={} name={} db={} resp={}\n",
+            c.id,
+            c.name.as_deref().unwrap_or(""),
+            c.db,
+            c.proto
+        )),
+        Some(_) => Reply::err(format!(
+            "ERR unknown subcommand '{}'. Try CLIENT HELP.",
+            lower(&argv[1])
+        )),
+        None => arity_err("client"),
+    }
+}
+
+fn info(node: &Node) -> Reply {
+    let st = node.status();
+    let role = if st.leader == Some(st.id) {
+        "master"
+    } else {
+        "slave"
+    };
+    let now = now_ms();
+    let mut s = String::new();
+    s.push_str("# Server\r\nredis_version:7.2.0\r\nredis_mode:standalone\r\ncitadel_db:1\r\n");
+    s.push_str(&format!("# Replication\r\nrole:{role}\r\n"));
+    s.push_str(&format!(
+        "# Raft\r\nraft_id:{}\r\nraft_state:{}\r\nraft_leader:{}\r\nraft_term:{}\r\nraft_last_log_index:{}\r\nraft_applied_index:{}\r\nraft_snapshot_index:{}\r\ndisk_bytes:{}\r\n",
+        st.id,
+        st.state,
+        st.leader.map(|l| l.to_string()).unwrap_or_default(),
+        st.term,
+        st.last_log_index.unwrap_or(0),
+        st.applied_index.unwrap_or(0),
+        st.snapshot_index.unwrap_or(0),
+        st.disk_bytes
+    ));
+    s.push_str("# Keyspace\r\n");
+    node.sm.read(|g| {
+        for (i, db) in g.tables.dbs.iter().enumerate() {
+            let n = db.live_len(now);
+            if n > 0 {
+                s.push_str(&format!("db{i}:keys={n},expires=0,avg_ttl=0\r\n"));
+            }
+        }
+    });
+    Reply::Bulk(s.into_bytes())
+}
+
+async fn exec(c: &mut Conn, node: &Arc<Node>) -> Reply {
+    let Some(cmds) = c.multi.take() else {
+        return Reply::err("ERR EXEC without MULTI");
+    };
+    let watches = std::mem::take(&mut c.watches);
+    if c.multi_dirty {
+        c.multi_dirty = false;
+        return Reply::err("EXECABORT Transaction discarded because of previous errors.");
+    }
+    let req = WriteReq {
+        rid: 0,
+        now_ms: 0,
+        watches,
+        cmds,
+        multi: true,
+    };
+    match node.write(req).await {
+        Ok(r) => r,
+        Err(e) => Reply::Error(e),
+    }
+}
+
+async fn watch(c: &mut Conn, node: &Arc<Node>, keys: &[Vec<u8>]) -> Reply {
+    if node.is_witness() {
+        return Reply::err("ERR a witness serves no data");
+    }
+    let at = if c.readonly {
+        node.sm
+            .read(|g| g.last_applied.map(|l| l.index).unwrap_or(0))
+    } else {
+        match node.linearize().await {
+            Ok(_) => node
+                .sm
+                .read(|g| g.last_applied.map(|l| l.index).unwrap_or(0)),
+            Err(e) => return Reply::Error(e),
+        }
+    };
+    let now = now_ms();
+    let db = c.db;
+    node.sm.read(|g| {
+        for k in keys {
+            let ver = g.tables.dbs[db as usize].version(k, now);
+            c.watches.push(Watch {
+                db,
+                key: k.clone(),
+                ver,
+                at,
+            });
+        }
+    });
+    Reply::ok()
+}
+
+async fn data_cmd(c: &mut Conn, node: &Arc<Node>, name: String, argv: Vec<Vec<u8>>) -> Reply {
+    let Some((class, _)) = classify(&name) else {
+        return unknown(&argv);
+    };
+    if !check_arity(&name, argv.len()) {
+        return arity_err(&name);
+    }
+    if node.is_witness() {
+        return Reply::err("ERR a witness serves no data");
+    }
+    match class {
+        Class::Read => {
+            if !c.readonly
+                && !node.unsafe_local_reads
+                && let Err(e) = node.linearize().await
+            {
+                return Reply::Error(e);
+            }
+            let now = now_ms();
+            let db = c.db as usize;
+            node.sm.read(|g| g.tables.dbs[db].read(&argv, now))
+        }
+        Class::Write => {
+            if name == "FLUSHDB" && !c.admin {
+                return noperm();
+            }
+            let req = WriteReq {
+                rid: 0,
+                now_ms: 0,
+                watches: Vec::new(),
+                cmds: vec![(c.db, argv)],
+                multi: false,
+            };
+            match node.write(req).await {
+                Ok(r) => r,
+                Err(e) => Reply::Error(e),
+            }
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Test harness: real `citadel-db` processes on loopback addresses 127.60-79.x.x.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub mod lin;
+
+pub struct Member {
+    pub id: u64,
+    pub witness: bool,
+    pub peer: SocketAddr,
+    pub redis: SocketAddr,
+}
+
+/// A group of nodes, each a child process. Dropping it kills every process it started.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub members: Vec<Member>,
+    pub procs: BTreeMap<u64, Child>,
+    pub extra: String,
+    /// Extra environment for the processes.
+    pub env: Vec<(String, String)>,
+}
+
+impl Cluster {
+    /// `net` is the /24 to use, e.g. "127.60.1"; `kinds` lists members (true = witness).
+    pub fn new(net: &str, kinds: &[bool]) -> Cluster {
+        let members = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let ip = format!("{net}.{}", i + 1);
+                Member {
+                    id: i as u64 + 1,
+                    witness: *w,
+                    peer: format!("{ip}:7000").parse().expect("addr"),
+                    redis: format!("{ip}:6379").parse().expect("addr"),
+                }
+            })
+            .collect();
+        Cluster {
+            dir: tempfile::tempdir().expect("tempdir"),
+            members,
+            procs: BTreeMap::new(),
+            extra: String::new(),
+            env: Vec::new(),
+        }
+    }
+
+    fn config(&self, id: u64) -> PathBuf {
+        let mut s = format!(
+            "id = {id}\ndata_dir = {:?}\n{}\n",
+            self.dir.path().join(format!("n{id}")),
+            self.extra
+        );
+        s.push_str("[tunables]\nheartbeat_ms = 50\nelection_min_ms = 300\nelection_max_ms = 600\nwrite_wait_ms = 2000\nrpc_timeout_ms = 500\nsnapshot_every = 50\nkeep_after_snapshot = 20\nwitness_purge_ms = 300\n");
+        for m in &self.members {
+            s.push_str(&format!(
+                "[[members]]\nid = {}\nname = \"m{}\"\nkind = \"{}\"\npeer = \"{}\"\n",
+                m.id,
+                m.id,
+                if m.witness { "witness" } else { "data" },
+                m.peer
+            ));
+            if !m.witness {
+                s.push_str(&format!("redis = \"{}\"\n", m.redis));
+            }
+        }
+        let p = self.dir.path().join(format!("n{id}.toml"));
+        std::fs::write(&p, s).expect("write config");
+        p
+    }
+
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("n{id}.log"))
+    }
+
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+
+    pub fn start(&mut self, id: u64) {
+        let cfg = self.config(id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_citadel-db"))
+            .arg("--config")
+            .arg(&cfg)
+            .env("RUST_LOG", "info,openraft=warn")
+            .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn citadel-db");
+        self.procs.insert(id, child);
+    }
+
+    pub fn start_all(&mut self) {
+        let ids: Vec<u64> = self.members.iter().map(|m| m.id).collect();
+        for id in ids {
+            self.start(id);
+        }
+    }
+
+    fn signal(&self, id: u64, sig: nix::sys::signal::Signal) {
+        if let Some(c) = self.procs.get(&id) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
+        }
+    }
+
+    /// kill -9, and reap.
+    pub fn kill(&mut self, id: u64) {
+        self.signal(id, nix::sys::signal::Signal::SIGKILL);
+        if let Some(mut c) = self.procs.remove(&id) {
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pause(&self, id: u64) {
+        self.signal(id, nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    pub fn resume(&self, id: u64) {
+        self.signal(id, nix::sys::signal::Signal::SIGCONT);
+    }
+
+    pub fn member(&self, id: u64) -> &Member {
+        self.members.iter().find(|m| m.id == id).expect("member")
+    }
+
+    pub fn url(&self, id: u64) -> String {
+        format!("redis://{}/", self.member(id).redis)
+    }
+
+    pub fn conn(&self, id: u64) -> redis::Connection {
+        let client = redis::Client::open(self.url(id)).expect("client");
+        let c = client
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        c
+    }
+
+    pub fn try_conn(&self, id: u64) -> Option<redis::Connection> {
+        let client = redis::Client::open(self.url(id)).ok()?;
+        let c = client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        Some(c)
+    }
+
+    /// INFO field from a data member, if it answers.
+    pub fn info(&self, id: u64, field: &str) -> Option<String> {
+        let mut c = self.try_conn(id)?;
+        let info: String = redis::cmd("INFO").query(&mut c).ok()?;
+        info.lines().find_map(|l| {
+            l.strip_prefix(&format!("{field}:"))
+                .map(|v| v.trim().to_string())
+        })
+    }
+
+    /// Waits until every listed data member reports the same leader, one of them, and
+    /// returns it.
+    pub fn wait_leader(&self, data_ids: &[u64], timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let leaders: Vec<Option<String>> = data_ids
+                .iter()
+                .map(|id| self.info(*id, "raft_leader"))
+                .collect();
+            if let Some(Some(l)) = leaders.first()
+                && !l.is_empty()
+                && leaders.iter().all(|x| x.as_deref() == Some(l.as_str()))
+                && let Ok(l) = l.parse::<u64>()
+                && data_ids.contains(&l)
+            {
+                return l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no common leader among {data_ids:?}: {leaders:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until a data leader is elected (a data member leads) and returns it.
+    pub fn wait_data_leader(&self, data_ids: &[u64], timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for id in data_ids {
+                if self.info(*id, "raft_state").as_deref() == Some("Leader") {
+                    return *id;
+                }
+            }
+            assert!(Instant::now() < deadline, "no data member became leader");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Retries a write until it is acknowledged or the timeout passes.
+    pub fn set_retry(&self, ids: &[u64], key: &str, val: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            for id in ids {
+                if let Some(mut c) = self.try_conn(*id) {
+                    let r: redis::RedisResult<String> =
+                        redis::cmd("SET").arg(key).arg(val).query(&mut c);
+                    if r.is_ok() {
+                        return true;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.procs.keys().copied().collect();
+        for id in ids {
+            self.resume(id);
+            self.kill(id);
+        }
+        // CITADEL_TEST_KEEP_LOGS=DIR keeps every member's log for a look afterwards.
+        if let Ok(dir) = std::env::var("CITADEL_TEST_KEEP_LOGS") {
+            let sub = format!("{dir}/{}", self.members[0].peer.ip());
+            let _ = std::fs::create_dir_all(&sub);
+            for m in &self.members {
+                let _ = std::fs::copy(self.log_path(m.id), format!("{sub}/n{}.log", m.id));
+            }
+        }
+        if std::thread::panicking() {
+            for m in &self.members {
+                let log = self.log(m.id);
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("---- log of member {} (last 40 lines) ----", m.id);
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+/// Waits until a TCP port accepts connections.
+pub fn wait_port(addr: SocketAddr, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "{addr} does not answer");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Sends raw bytes and reads what comes back until the server closes or goes quiet.
+pub fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_millis(1500)))
+        .expect("timeout");
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    out
+}

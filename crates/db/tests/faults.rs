@@ -1,0 +1,213 @@
+//! Faults with real processes: kill -9 of the leader under load, SIGSTOP partitions.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Cluster, wait_port};
+
+const A: u64 = 1;
+const B: u64 = 2;
+const W: u64 = 3;
+
+fn trio(net: &str) -> Cluster {
+    let mut c = Cluster::new(net, &[false, false, true]);
+    c.start_all();
+    wait_port(c.member(A).redis, Duration::from_secs(20));
+    wait_port(c.member(B).redis, Duration::from_secs(20));
+    c
+}
+
+fn values(c: &Cluster, id: u64, keys: &[String], readonly: bool) -> Vec<Option<String>> {
+    let mut con = c.conn(id);
+    if readonly {
+        let _: () = redis::cmd("READONLY").query(&mut con).unwrap();
+    }
+    let mut out = Vec::new();
+    for chunk in keys.chunks(500) {
+        let v: Vec<Option<String>> = redis::cmd("MGET").arg(chunk).query(&mut con).unwrap();
+        out.extend(v);
+    }
+    out
+}
+
+#[test]
+fn kill9_leader_under_load_loses_no_acknowledged_write() {
+    let mut c = trio("127.60.4");
+    let leader = c.wait_leader(&[A, B], Duration::from_secs(20));
+    let other = if leader == A { B } else { A };
+    let urls = Arc::new(vec![c.url(A), c.url(B)]);
+    let stop = Arc::new(AtomicBool::new(false));
+    // (key, when the write was sent, when it was acknowledged)
+    type Acks = Arc<Mutex<Vec<(String, Instant, Instant)>>>;
+    let acked: Acks = Arc::new(Mutex::new(Vec::new()));
+    let mut threads = Vec::new();
+    for t in 0..4 {
+        let (urls, stop, acked) = (urls.clone(), stop.clone(), acked.clone());
+        threads.push(std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut con: Option<redis::Connection> = None;
+            let mut target = t % 2;
+            for i in 0..20_000 {
+                if stop.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(40) {
+                    break;
+                }
+                if con.is_none() {
+                    let client = redis::Client::open(urls[target].as_str()).unwrap();
+                    con = client
+                        .get_connection_with_timeout(Duration::from_millis(300))
+                        .ok();
+                    if let Some(cn) = &con {
+                        let _ = cn.set_read_timeout(Some(Duration::from_secs(5)));
+                    } else {
+                        target = 1 - target;
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                }
+                let key = format!("t{t}-{i}");
+                let sent = Instant::now();
+                let r: redis::RedisResult<String> = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&key)
+                    .query(con.as_mut().unwrap());
+                match r {
+                    Ok(_) => acked.lock().unwrap().push((key, sent, Instant::now())),
+                    Err(_) => {
+                        con = None;
+                        target = 1 - target;
+                    }
+                }
+            }
+        }));
+    }
+    // Let the load run, then kill the leader.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.lock().unwrap().len() < 300 {
+        assert!(Instant::now() < deadline, "load never got going");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed_at = Instant::now();
+    c.kill(leader);
+    // Wait for writes to resume.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let resumed = loop {
+        if let Some(t) = acked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, sent, _)| *sent > killed_at)
+            .map(|(_, _, acked_at)| *acked_at)
+            .min()
+        {
+            break t - killed_at;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes never resumed after killing the leader"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    eprintln!("writes resumed {resumed:?} after kill -9 of leader {leader}");
+    // A bit more load on the survivor, then bring the old leader back.
+    let n = acked.lock().unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.lock().unwrap().len() < n + 200 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.start(leader);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let keys: Vec<String> = acked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, _, _)| k.clone())
+        .collect();
+    eprintln!("{} acknowledged writes", keys.len());
+    wait_port(c.member(leader).redis, Duration::from_secs(20));
+    for id in [other, leader] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let vals = values(&c, id, &keys, false);
+            let missing = keys
+                .iter()
+                .zip(&vals)
+                .filter(|(k, v)| v.as_deref() != Some(k.as_str()))
+                .count();
+            if missing == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {id} misses {missing} acknowledged writes"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    assert!(
+        resumed < Duration::from_secs(5),
+        "writes took {resumed:?} to resume"
+    );
+}
+
+#[test]
+fn minority_never_acknowledges_and_members_converge() {
+    let c = trio("127.60.6");
+    let leader = c.wait_leader(&[A, B], Duration::from_secs(20));
+    let other = if leader == A { B } else { A };
+    assert!(c.set_retry(&[leader], "base", "0", Duration::from_secs(10)));
+    // Cut the leader off from both others (SIGSTOP): it is a minority of one.
+    c.pause(other);
+    c.pause(W);
+    let mut con = c.conn(leader);
+    let mut cut_keys = Vec::new();
+    for i in 0..3 {
+        let k = format!("cut{i}");
+        let r: redis::RedisResult<String> = redis::cmd("SET").arg(&k).arg("x").query(&mut con);
+        assert!(r.is_err(), "a minority acknowledged a write: {r:?}");
+        cut_keys.push(k);
+    }
+    let r: redis::RedisResult<Option<String>> = redis::cmd("GET").arg("base").query(&mut con);
+    assert!(r.is_err(), "a minority served a linearizable read: {r:?}");
+    c.resume(other);
+    c.resume(W);
+    // Now cut the leader itself off: the majority elects a new leader and takes writes.
+    c.wait_leader(&[A, B], Duration::from_secs(20));
+    let leader = c.wait_data_leader(&[A, B], Duration::from_secs(20));
+    let other = if leader == A { B } else { A };
+    c.pause(leader);
+    let t0 = Instant::now();
+    assert!(
+        c.set_retry(&[other], "majority", "1", Duration::from_secs(20)),
+        "majority takes writes"
+    );
+    eprintln!(
+        "majority took a write {:?} after the leader was stopped",
+        t0.elapsed()
+    );
+    c.resume(leader);
+    // Everyone converges on the same data.
+    let mut keys = cut_keys;
+    keys.push("base".into());
+    keys.push("majority".into());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let va = values(&c, A, &keys, false);
+        let vb = values(&c, B, &keys, false);
+        if va == vb && va.last() == Some(&Some("1".to_string())) {
+            assert_eq!(va[keys.len() - 2].as_deref(), Some("0"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "members did not converge: {va:?} vs {vb:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
