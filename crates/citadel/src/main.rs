@@ -90,6 +90,16 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// A data member of the replicated db (run inside a db jail).
+    Db {
+        #[command(subcommand)]
+        verb: DbVerb,
+    },
+    /// A vote-only member of the db's Raft group (run inside a witness jail).
+    Witness {
+        #[command(subcommand)]
+        verb: DbVerb,
+    },
     /// Serve a directory over HTTP (what the built-in cluster's command jails run).
     Serve(serve::ServeArgs),
     /// The watchdog that kills every jail when `citadel up` dies (started by `up`).
@@ -104,8 +114,18 @@ fn default_log_filter(command: &Command) -> &'static str {
             verb: gatectl::GateVerb::Run { .. },
             ..
         } => "info,hickory_server=warn",
+        Command::Db { .. } | Command::Witness { .. } => "info,openraft=warn",
         _ => "warn",
     }
+}
+
+#[derive(Subcommand)]
+enum DbVerb {
+    /// Run the member (`citadel up` writes its config from the cluster file).
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 fn main() {
@@ -139,6 +159,15 @@ fn main() {
             Command::Status { state, json } => ops::status(&state.state, json).await,
             Command::Jail { verb, state, json } => ops::jail(verb, &state.state, json).await,
             Command::Serve(args) => serve::run(args).await,
+            Command::Db {
+                verb: DbVerb::Run { config },
+            }
+            | Command::Witness {
+                verb: DbVerb::Run { config },
+            } => {
+                citadel_db::run(citadel_db::DbConfig::load(&config)?).await?;
+                Ok(0)
+            }
             Command::Gate {
                 verb,
                 state,

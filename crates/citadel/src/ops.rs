@@ -18,8 +18,11 @@ use comfy_table::{Table, presets::NOTHING};
 /// What this build of citadel can run. Roles get their built-in programs as they land.
 pub fn capabilities() -> Capabilities {
     Capabilities {
-        sections: vec![("gate", crate::roles::gate::check)],
-        builtin_roles: vec![Role::Gate],
+        sections: vec![
+            ("gate", crate::roles::gate::check),
+            ("db", crate::roles::db::check),
+        ],
+        builtin_roles: vec![Role::Gate, Role::Db, Role::Witness],
         backends: vec![Backend::Process],
     }
 }

@@ -44,7 +44,16 @@ fn the_builtin_cluster_runs_the_source_diagram() {
     let all = ["witness", "db-1", "db-2", "app-1", "app-2", "gate"];
     up.wait_healthy(&all, Duration::from_secs(60));
 
-    // Through the gate's public listener, both app jails answer.
+    // Through the gate's public listener, both app jails answer, once the gate's own health
+    // checks have taken them into rotation (the gate starts before the services it balances).
+    wait_for(
+        "the gate to see both app jails",
+        Duration::from_secs(10),
+        || {
+            let backends = up.ok(&["gate", "backends"]);
+            (backends.matches("\"up\": true").count() >= 4).then_some(())
+        },
+    );
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..8 {
         let body = curl("http://127.0.0.1:8080/").expect("the gate answers");
@@ -54,6 +63,21 @@ fn the_builtin_cluster_runs_the_source_diagram() {
         seen.into_iter().collect::<Vec<_>>(),
         ["jail app-1: /", "jail app-2: /"]
     );
+
+    // The replicated db: a write on db-1 is read back from db-2 (reads are linearizable).
+    let redis = |addr: &str, args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["-h", addr])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    wait_for("the db to take a write", Duration::from_secs(20), || {
+        (redis("127.10.0.12", &["SET", "diagram", "works"]) == "OK").then_some(())
+    });
+    assert_eq!(redis("127.20.0.22", &["GET", "diagram"]), "works");
+    assert_eq!(dig("db.citadel.internal"), ["127.10.0.12", "127.10.0.22"]);
 
     // The gate's DNS knows every jail and lists the service's healthy members.
     assert_eq!(dig("app.citadel.internal"), ["127.10.0.11", "127.10.0.21"]);

@@ -86,6 +86,10 @@ pub struct DbConfig {
     /// Address the Redis listener binds; defaults to this member's `redis`.
     #[serde(default)]
     pub redis_listen: Option<SocketAddr>,
+    /// Further addresses of this node (e.g. its other network segments): the peer and Redis
+    /// listeners bind each of them too, on the same ports.
+    #[serde(default)]
+    pub also_listen: Vec<std::net::IpAddr>,
     /// Password clients must give with AUTH, if any.
     #[serde(default)]
     pub password: Option<String>,

@@ -30,9 +30,15 @@ pub async fn run(cfg: DbConfig) -> Result<(), DbError> {
             .redis_listen
             .or(me.redis)
             .ok_or_else(|| DbError::Config("no redis address".into()))?;
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        tracing::info!(%addr, id = cfg.id, "serving the Redis protocol");
-        tokio::spawn(server::serve(listener, node.clone()));
+        let also = cfg
+            .also_listen
+            .iter()
+            .map(|ip| std::net::SocketAddr::new(*ip, addr.port()));
+        for addr in std::iter::once(addr).chain(also) {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            tracing::info!(%addr, id = cfg.id, "serving the Redis protocol");
+            tokio::spawn(server::serve(listener, node.clone()));
+        }
     } else {
         tracing::info!(id = cfg.id, "running as witness");
     }

@@ -2,6 +2,7 @@
 //! write/read paths the Redis server uses.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -737,6 +738,10 @@ pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
     let peers = Peers::new(&cfg);
     let peer_listen = cfg.peer_listen.unwrap_or(me.peer);
     let listener = TcpListener::bind(peer_listen).await?;
+    let mut also = Vec::new();
+    for ip in &cfg.also_listen {
+        also.push(TcpListener::bind(SocketAddr::new(*ip, peer_listen.port())).await?);
+    }
     let raft = Raft::new(
         cfg.id,
         rc,
@@ -778,6 +783,9 @@ pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
         takeover_sent: Mutex::new(None),
     });
     tokio::spawn(serve_peers(listener, node.clone()));
+    for listener in also {
+        tokio::spawn(serve_peers(listener, node.clone()));
+    }
     // Every data member initializes with the same membership; only an empty log takes it.
     // initialize() starts an election at once, so the witness leaves it to data members.
     if !witness

@@ -109,12 +109,13 @@ impl Role {
     }
 
     /// Start order: a tier starts once every jail of the tiers before it is up.
-    /// Data first (everything else needs it), then services, then the door that sends them work.
+    /// Data first (everything needs it), then the gate (its DNS is how the services find the
+    /// data; it takes services into rotation as their health checks pass), then the services.
     pub fn start_tier(self) -> u8 {
         match self {
             Role::Db | Role::Witness => 0,
-            Role::App | Role::Command => 1,
-            Role::Gate => 2,
+            Role::Gate => 1,
+            Role::App | Role::Command => 2,
         }
     }
 

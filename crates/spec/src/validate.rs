@@ -26,7 +26,11 @@ impl Capabilities {
     /// Everything the spec knows of, for checking a file without running it.
     pub fn all() -> Self {
         Capabilities {
-            sections: vec![("gate", |_, _| Vec::new())],
+            sections: vec![
+                ("gate", |_, _| Vec::new()),
+                ("db", |_, _| Vec::new()),
+                ("app", |_, _| Vec::new()),
+            ],
             builtin_roles: vec![Role::App, Role::Db, Role::Witness, Role::Gate],
             backends: vec![Backend::Process, Backend::Netns],
         }

@@ -2,6 +2,7 @@
 //! config file is derived from the cluster file and written into the jail's directory, and the
 //! jail runs `citadel <role> --config <file> …`.
 
+pub mod db;
 pub mod gate;
 
 use citadel_agent::{BoxFuture, Roles};
@@ -22,6 +23,7 @@ impl Roles for BuiltinRoles {
     ) -> Result<Vec<String>, String> {
         match jail.role {
             Role::Gate => gate::prepare(cluster, jail, paths),
+            Role::Db | Role::Witness => db::prepare(cluster, jail, paths),
             role => Err(format!(
                 "the {role} role is not built into this citadel; give the jail a `command`"
             )),

@@ -1,0 +1,138 @@
+//! The db and witness roles in a cluster: every `db` jail is a data member and every
+//! `witness` jail a vote-only member of one Raft group. Each member's config is derived from
+//! the cluster, seen from that member: the address it reaches each peer on, its own other
+//! addresses to listen on too, and the `[db]` section (passwords, tunables).
+
+use std::net::{IpAddr, SocketAddr};
+
+use citadel_db::{DbConfig, Kind, Member, Tunables};
+use citadel_jail::JailPaths;
+use citadel_spec::{Cluster, Diagnostic, Jail, Role};
+use serde::Deserialize;
+
+use super::{locate, write_config};
+
+pub const REDIS_PORT: u16 = 6379;
+pub const PEER_PORT: u16 = 7000;
+
+/// The `[db]` section of a cluster file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbSection {
+    /// Password every client gives with AUTH (none: no AUTH needed).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Password of the `admin` user, needed for FLUSHDB.
+    #[serde(default)]
+    pub admin_password: Option<String>,
+    /// Raft timings and snapshot policy; see `citadel_db::Tunables` for the defaults.
+    #[serde(default)]
+    pub tunables: Tunables,
+}
+
+#[derive(Deserialize)]
+struct FileWithDb {
+    #[expect(dead_code, reason = "read only to check the section's shape")]
+    db: Option<DbSection>,
+}
+
+pub fn section(cluster: &Cluster) -> Result<DbSection, String> {
+    match cluster.sections.get("db") {
+        Some(raw) => toml::Value::Table(raw.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string()),
+        None => Ok(DbSection::default()),
+    }
+}
+
+pub fn check(source: &str, cluster: &Cluster) -> Vec<Diagnostic> {
+    if let Err(e) = toml::from_str::<FileWithDb>(source) {
+        return vec![Diagnostic::error(
+            e.span(),
+            format!("[db]: {}", e.message().trim_end()),
+        )];
+    }
+    let mut diags = Vec::new();
+    for jail in cluster
+        .jails
+        .iter()
+        .filter(|j| j.role.is_voter() && j.command.is_none())
+    {
+        if let Err(e) = resolve(cluster, jail).and_then(|c| c.validate().map_err(|e| e.to_string()))
+        {
+            diags.push(Diagnostic::error(
+                jail.spans.get("role"),
+                format!("db jail `{}`: {e}", jail.name),
+            ));
+        }
+    }
+    if cluster.sections.contains_key("db") && !cluster.jails.iter().any(|j| j.role == Role::Db) {
+        diags.push(Diagnostic::warning(
+            locate(source, "[db", "[db"),
+            "a [db] section, but no jail has role \"db\"",
+        ));
+    }
+    diags
+}
+
+/// A member's Raft id: derived from its jail name, so it stays the same however the file is
+/// reordered (an id is a member's identity in the log for its whole life).
+pub fn member_id(name: &str) -> u64 {
+    // FNV-1a, 64-bit; 0 is reserved by the db.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h.max(1)
+}
+
+pub fn resolve(cluster: &Cluster, me: &Jail) -> Result<DbConfig, String> {
+    let section = section(cluster)?;
+    let mut members = Vec::new();
+    for jail in cluster.jails.iter().filter(|j| j.role.is_voter()) {
+        let ip = cluster.reach(me, jail).ok_or_else(|| {
+            format!(
+                "it shares no segment with `{}`; give both an address on one segment",
+                jail.name
+            )
+        })?;
+        let kind = if jail.role == Role::Db {
+            Kind::Data
+        } else {
+            Kind::Witness
+        };
+        members.push(Member {
+            id: member_id(&jail.name),
+            name: jail.name.clone(),
+            kind,
+            peer: SocketAddr::new(IpAddr::V4(ip), PEER_PORT),
+            redis: (kind == Kind::Data).then(|| SocketAddr::new(IpAddr::V4(ip), REDIS_PORT)),
+        });
+    }
+    let own = cluster.reach(me, me);
+    Ok(DbConfig {
+        id: member_id(&me.name),
+        data_dir: std::path::PathBuf::new(),
+        peer_listen: None,
+        redis_listen: None,
+        also_listen: me
+            .addresses
+            .iter()
+            .filter(|a| Some(a.addr) != own)
+            .map(|a| IpAddr::V4(a.addr))
+            .collect(),
+        password: section.password,
+        admin_password: section.admin_password,
+        members,
+        tunables: section.tunables,
+    })
+}
+
+pub fn prepare(cluster: &Cluster, jail: &Jail, paths: &JailPaths) -> Result<Vec<String>, String> {
+    let mut config = resolve(cluster, jail)?;
+    config.data_dir = paths.data().join("db");
+    config.validate().map_err(|e| e.to_string())?;
+    let file = write_config(paths, "db.toml", &config)?;
+    Ok(vec!["run".into(), "--config".into(), file])
+}
