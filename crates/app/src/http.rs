@@ -163,10 +163,17 @@ async fn openapi() -> Response {
 
 // ---------------------------------------------------------------- helpers
 
-fn read_mode(h: &HeaderMap) -> ReadMode {
-    match h.get(READ_HEADER).and_then(|v| v.to_str().ok()) {
-        Some(v) if v.trim().eq_ignore_ascii_case("stale") => ReadMode::Stale,
-        _ => ReadMode::Linearizable,
+fn read_mode(h: &HeaderMap) -> Result<ReadMode, ApiError> {
+    let Some(v) = h.get(READ_HEADER) else {
+        return Ok(ReadMode::Linearizable);
+    };
+    match v.to_str().map(str::trim) {
+        Ok("stale") => Ok(ReadMode::Stale),
+        Ok("linearizable") => Ok(ReadMode::Linearizable),
+        _ => Err(ApiError::bad(
+            "invalid_header",
+            "X-Citadel-Read must be `stale` or `linearizable`",
+        )),
     }
 }
 
@@ -307,33 +314,28 @@ async fn read_doc_body(body: Body, limits: &Limits) -> Result<(Value, String), A
     Ok((v, s))
 }
 
-fn preconditions(h: &HeaderMap) -> Result<Preconditions, ApiError> {
-    let one = |name: header::HeaderName| -> Result<Option<Tags>, ApiError> {
-        let vals: Vec<&HeaderValue> = h.get_all(&name).iter().collect();
-        if vals.is_empty() {
-            return Ok(None);
-        }
+/// Reads `If-Match` / `If-None-Match`. A value that is not `*` nor a list of entity tags
+/// matches nothing (so a malformed `If-Match` fails with 412, a malformed `If-None-Match`
+/// passes).
+fn preconditions(h: &HeaderMap) -> Preconditions {
+    let one = |name: header::HeaderName| -> Option<Tags> {
         let mut joined = String::new();
-        for v in vals {
-            let s = v.to_str().map_err(|_| {
-                ApiError::bad("invalid_header", format!("{name} is not visible ASCII"))
-            })?;
-            if !joined.is_empty() {
-                joined.push(',');
+        let mut any = false;
+        for v in h.get_all(&name) {
+            any = true;
+            if let Ok(s) = v.to_str() {
+                if !joined.is_empty() {
+                    joined.push(',');
+                }
+                joined.push_str(s);
             }
-            joined.push_str(s);
         }
-        Tags::parse(&joined).map(Some).ok_or_else(|| {
-            ApiError::bad(
-                "invalid_header",
-                format!("{name} must be * or a list of quoted entity tags"),
-            )
-        })
+        any.then(|| Tags::parse(&joined).unwrap_or(Tags::List(Vec::new())))
     };
-    Ok(Preconditions {
-        if_match: one(header::IF_MATCH)?,
-        if_none_match: one(header::IF_NONE_MATCH)?,
-    })
+    Preconditions {
+        if_match: one(header::IF_MATCH),
+        if_none_match: one(header::IF_NONE_MATCH),
+    }
 }
 
 fn etag(version: &str) -> HeaderValue {
@@ -406,8 +408,8 @@ async fn get_doc(
     let Path((coll, id)) = path.map_err(path_err)?;
     check_name("collection", &coll, &st.config.limits)?;
     check_name("id", &id, &st.config.limits)?;
-    let pre = preconditions(&h)?;
-    let doc = store::get(&st.db, read_mode(&h), &coll, &id).await?;
+    let pre = preconditions(&h);
+    let doc = store::get(&st.db, read_mode(&h)?, &coll, &id).await?;
     if !pre.if_match_ok(doc.as_ref().map(|d| d.version.as_str())) {
         return Err(precondition_failed());
     }
@@ -435,7 +437,7 @@ async fn put_doc(
     let limits = &st.config.limits;
     check_name("collection", &coll, limits)?;
     check_name("id", &id, limits)?;
-    let pre = preconditions(&h)?;
+    let pre = preconditions(&h);
     let (_, s) = read_doc_body(body, limits).await?;
     let r = store::put(&st.db, &coll, &id, s, &pre).await?;
     write_answer(r, &coll, &id)
@@ -473,9 +475,17 @@ async fn patch_doc(
     let limits = &st.config.limits;
     check_name("collection", &coll, limits)?;
     check_name("id", &id, limits)?;
-    let pre = preconditions(&h)?;
+    let pre = preconditions(&h);
     let bytes = read_body(body, limits).await?;
     let patch = parse_json(&bytes, limits)?;
+    if !patch.is_object() {
+        // RFC 7386 lets a non-object patch replace the whole target, which would no longer
+        // be a document.
+        return Err(ApiError::bad(
+            "not_an_object",
+            "a merge patch of a document must be a JSON object",
+        ));
+    }
     let check = |v: &Value, s: &str| check_doc(v, s, limits);
     let r = store::patch(&st.db, &coll, &id, &patch, &pre, &check).await?;
     write_answer(r, &coll, &id)
@@ -490,7 +500,7 @@ async fn delete_doc(
     let Path((coll, id)) = path.map_err(path_err)?;
     check_name("collection", &coll, &st.config.limits)?;
     check_name("id", &id, &st.config.limits)?;
-    let pre = preconditions(&h)?;
+    let pre = preconditions(&h);
     match store::delete(&st.db, &coll, &id, &pre).await? {
         Write::Done { .. } => Ok(StatusCode::NO_CONTENT.into_response()),
         other => write_answer(other, &coll, &id),
@@ -536,7 +546,7 @@ async fn list_docs(
             _ => filters.push((k, v)),
         }
     }
-    let page = store::list(&st.db, read_mode(&h), &coll, cursor, limit, &filters).await?;
+    let page = store::list(&st.db, read_mode(&h)?, &coll, cursor, limit, &filters).await?;
     let items: Vec<Value> = page
         .items
         .into_iter()

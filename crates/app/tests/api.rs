@@ -206,6 +206,25 @@ async fn crud_etag_and_merge_patch() {
         assert_eq!(r.status, 404, "{m}: {}", r.body);
         assert_eq!(err_code(&r), "not_found");
     }
+    // A malformed If-Match matches nothing (412); a malformed If-None-Match passes.
+    let r = s
+        .call(
+            "PUT",
+            "/v1/notes/my-note_1",
+            &[("if-match", "no-quotes")],
+            Some("{}"),
+        )
+        .await;
+    assert_eq!(r.status, 412);
+    let r = s
+        .call(
+            "GET",
+            "/v1/notes/my-note_1",
+            &[("if-none-match", "no-quotes")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
     // PATCH on a missing document with If-Match: 412.
     let r = s
         .call(
@@ -366,7 +385,7 @@ async fn limits_answer_400_with_json_errors() {
     ];
     for (m, path, body, code) in &cases {
         let hdrs: &[(&str, &str)] = if *code == "invalid_header" {
-            &[("if-match", "no-quotes")]
+            &[("x-citadel-read", "sometimes")]
         } else {
             &[]
         };
