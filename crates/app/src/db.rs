@@ -309,7 +309,7 @@ impl Db {
         let mut outcome = Outcome::Clean;
         loop {
             let err = match self.slot_conn(mode).await {
-                Ok((g, conn)) => match op(conn, outcome).await {
+                Ok((g, conn)) => match within(deadline, op(conn, outcome)).await {
                     Ok(v) => return Ok(v),
                     Err(e) if is_retryable(&e) => {
                         self.drop_slot(mode, g).await;
@@ -386,22 +386,29 @@ impl Db {
         loop {
             let err = match self.take_tx().await {
                 Ok(conn) => {
-                    let (tx, res) = op(TxConn { conn }, outcome).await;
-                    match res {
-                        Ok(v) => {
+                    let e = match tokio::time::timeout_at(
+                        deadline.into(),
+                        op(TxConn { conn }, outcome),
+                    )
+                    .await
+                    {
+                        Ok((tx, Ok(v))) => {
                             self.give_tx(tx.conn);
                             return Ok(v);
                         }
-                        Err(e) if is_retryable(&e) => {
-                            // The member may be gone: drop every idle connection too.
-                            self.clear_tx();
-                            if may_have_run(&e) {
-                                outcome = Outcome::Unknown;
-                            }
-                            e.to_string()
-                        }
-                        Err(e) => return Err(DbError::Redis(e)),
+                        Ok((_, Err(e))) => e,
+                        // The connection is dropped with the future: its WATCH dies with it.
+                        Err(_) => budget_spent(),
+                    };
+                    if !is_retryable(&e) {
+                        return Err(DbError::Redis(e));
                     }
+                    // The member may be gone: drop every idle connection too.
+                    self.clear_tx();
+                    if may_have_run(&e) {
+                        outcome = Outcome::Unknown;
+                    }
+                    e.to_string()
                 }
                 Err(msg) => msg,
             };
@@ -419,6 +426,24 @@ impl Db {
             self.drop_slot(ReadMode::Linearizable, g).await;
         }
         r.is_ok()
+    }
+}
+
+fn budget_spent() -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "retry budget spent waiting for the db",
+    ))
+}
+
+/// Runs one attempt, giving up (as a timed-out I/O error: outcome unknown) at the deadline.
+async fn within<T>(
+    deadline: Instant,
+    fut: impl Future<Output = Result<T, RedisError>>,
+) -> Result<T, RedisError> {
+    match tokio::time::timeout_at(deadline.into(), fut).await {
+        Ok(r) => r,
+        Err(_) => Err(budget_spent()),
     }
 }
 
