@@ -55,6 +55,9 @@ pub struct DbConfig {
     pub retry_budget_ms: u64,
     /// Idle dedicated connections kept for WATCH/MULTI transactions. Default 16.
     pub tx_pool_idle: usize,
+    /// Most WATCH/MULTI/EXEC transactions in flight at once (each holds a connection of its
+    /// own); more wait their turn. Default 64.
+    pub tx_max: usize,
 }
 
 impl Default for DbConfig {
@@ -68,6 +71,7 @@ impl Default for DbConfig {
             response_timeout_ms: 2000,
             retry_budget_ms: 5000,
             tx_pool_idle: 16,
+            tx_max: 64,
         }
     }
 }

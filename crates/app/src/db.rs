@@ -131,6 +131,7 @@ struct Inner {
     connect_timeout: Duration,
     budget: Duration,
     tx_idle_max: usize,
+    tx_permits: tokio::sync::Semaphore,
     rotation: AtomicUsize,
     generation: AtomicU64,
     shared: Mutex<Slot>,
@@ -205,6 +206,7 @@ impl Db {
                 connect_timeout: cfg.connect_timeout(),
                 budget: cfg.retry_budget(),
                 tx_idle_max: cfg.tx_pool_idle,
+                tx_permits: tokio::sync::Semaphore::new(cfg.tx_max.max(1)),
                 rotation: AtomicUsize::new(start),
                 generation: AtomicU64::new(1),
                 shared: Mutex::new(Slot { conn: None }),
@@ -381,6 +383,11 @@ impl Db {
         Fut: Future<Output = (TxConn, Result<T, RedisError>)>,
     {
         let deadline = Instant::now() + self.inner.budget;
+        let _permit =
+            match tokio::time::timeout_at(deadline.into(), self.inner.tx_permits.acquire()).await {
+                Ok(Ok(p)) => p,
+                _ => return Err(DbError::Unavailable("no transaction slot free".into())),
+            };
         let mut attempt = 0u32;
         let mut outcome = Outcome::Clean;
         loop {
