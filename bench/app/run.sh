@@ -3,6 +3,7 @@
 # without persistence. Everything (wrk, app, redis) shares this machine's cores.
 #   bench/app/run.sh            # 10 s per run
 #   DUR=30s CONNS=64 bench/app/run.sh
+#   PROFILE=1 bench/app/run.sh  # also perf-profile the app during the keep-alive GET run
 # Needs: redis-server, wrk, curl (Debian packages of those names).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -40,7 +41,20 @@ run() { # name, wrk args...
     grep -E "Requests/sec|^ +99%|Non-2xx|Socket errors" || true
 }
 run "PUT keep-alive" -s "$here/put.lua"
+app_pid=${pids[1]}
+if [ "${PROFILE:-0}" = 1 ]; then
+  perf record -q -F 499 -g -p "$app_pid" -o "$tmp/perf.data" -- sleep 5 >/dev/null 2>&1 &
+  perf_pid=$!
+fi
 run "GET keep-alive" -s "$here/get.lua"
+if [ "${PROFILE:-0}" = 1 ]; then
+  wait "$perf_pid" || true
+  echo "== profile of the app during GET keep-alive (self time, top symbols)"
+  perf report -i "$tmp/perf.data" --stdio --no-children --sort dso,symbol --percent-limit 1.5 2>/dev/null |
+    grep -E "^ +[0-9]" | cut -c1-110 | head -40
+  echo "== by shared object"
+  perf report -i "$tmp/perf.data" --stdio --no-children --sort dso 2>/dev/null | grep -E "^ +[0-9]" | head -10
+fi
 STALE=1 run "GET keep-alive, X-Citadel-Read: stale" -s "$here/get.lua"
 CLOSE=1 run "GET new connection per request" -s "$here/get.lua"
 echo "== app metrics"
