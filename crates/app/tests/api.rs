@@ -381,6 +381,12 @@ async fn limits_answer_400_with_json_errors() {
         ("GET", "/v1/c?limit=0".into(), None, "invalid_limit"),
         ("GET", "/v1/c?limit=51".into(), None, "invalid_limit"),
         ("GET", "/v1/c?cursor=abc".into(), None, "invalid_cursor"),
+        (
+            "GET",
+            "/v1/c?cursor=99999999999999999999".into(),
+            None,
+            "invalid_cursor",
+        ),
         ("GET", "/v1/c/x".into(), None, "invalid_header"),
     ];
     for (m, path, body, code) in &cases {
@@ -575,4 +581,30 @@ async fn concurrent_if_match_updates_lose_nothing() {
     let r = s.call("GET", "/v1/ctr/c", &[], None).await;
     assert_eq!(r.json()["n"].as_u64(), Some(total));
     assert!(total > 0);
+}
+
+/// SIGTERM (what the jail supervisor sends) stops the app promptly with exit status 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_app_cleanly() {
+    let mut s = setup("127.40.11", "");
+    let r = s.call("PUT", "/v1/c/x", &[], Some("{}")).await;
+    assert_eq!(r.status, 201);
+    let pid = s.app.proc.pid().to_string();
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = s.app.proc.child.try_wait().expect("try_wait") {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "app did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit status {status}");
 }
