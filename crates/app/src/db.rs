@@ -149,6 +149,8 @@ pub struct Db {
 /// A dedicated connection for one WATCH/MULTI/EXEC transaction.
 pub struct TxConn {
     pub conn: MultiplexedConnection,
+    /// False if the connection may still hold a WATCH: it is then closed, not pooled.
+    pub reusable: bool,
 }
 
 /// Whether a failed attempt may have been carried out by the db.
@@ -189,7 +191,10 @@ impl Db {
                 Members::Static(list)
             }
         };
-        let mut redis = RedisConnectionInfo::default().set_db(cfg.database);
+        // No CLIENT SETINFO on connect: keep to the db's command subset.
+        let mut redis = RedisConnectionInfo::default()
+            .set_db(cfg.database)
+            .set_skip_set_lib_name();
         if let Some(pw) = &cfg.password {
             redis = redis.set_password(pw);
         }
@@ -395,12 +400,20 @@ impl Db {
                 Ok(conn) => {
                     let e = match tokio::time::timeout_at(
                         deadline.into(),
-                        op(TxConn { conn }, outcome),
+                        op(
+                            TxConn {
+                                conn,
+                                reusable: true,
+                            },
+                            outcome,
+                        ),
                     )
                     .await
                     {
                         Ok((tx, Ok(v))) => {
-                            self.give_tx(tx.conn);
+                            if tx.reusable {
+                                self.give_tx(tx.conn);
+                            }
                             return Ok(v);
                         }
                         Ok((_, Err(e))) => e,

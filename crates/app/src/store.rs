@@ -167,8 +167,13 @@ enum Tx<T> {
     Conflict,
 }
 
-async fn unwatch(c: &mut MultiplexedConnection) -> Result<(), RedisError> {
-    redis::cmd("UNWATCH").query_async::<()>(c).await
+/// Drops the WATCH of a transaction that will not EXEC. If the db does not know UNWATCH (it
+/// is outside the command subset we rely on), the connection is not reused instead: its
+/// WATCH dies with it.
+async fn unwatch(c: &mut MultiplexedConnection, reusable: &mut bool) {
+    if redis::cmd("UNWATCH").query_async::<()>(c).await.is_err() {
+        *reusable = false;
+    }
 }
 
 async fn read_doc(
@@ -250,6 +255,7 @@ pub async fn put(
     let created = &created;
     cas_loop(db, key, |tx, _| async move {
         let mut c = tx.conn;
+        let mut reusable = true;
         let r = async {
             redis::cmd("WATCH")
                 .arg(key)
@@ -261,7 +267,7 @@ pub async fn put(
                 .query_async(&mut c)
                 .await?;
             if cur.as_deref() == Some(version.as_str()) {
-                unwatch(&mut c).await?;
+                unwatch(&mut c, &mut reusable).await;
                 return Ok(Tx::Finished(Write::Done {
                     created: created.load(Ordering::Relaxed),
                     version: version.clone(),
@@ -269,7 +275,7 @@ pub async fn put(
                 }));
             }
             if !pre.ok(cur.as_deref()) {
-                unwatch(&mut c).await?;
+                unwatch(&mut c, &mut reusable).await;
                 return Ok(Tx::Finished(Write::PreconditionFailed));
             }
             created.store(cur.is_none(), Ordering::Relaxed);
@@ -294,7 +300,7 @@ pub async fn put(
             })
         }
         .await;
-        (TxConn { conn: c }, r)
+        (TxConn { conn: c, reusable }, r)
     })
     .await
 }
@@ -316,6 +322,7 @@ pub async fn patch(
     let written = &written;
     cas_loop(db, key, |tx, _| async move {
         let mut c = tx.conn;
+        let mut reusable = true;
         let r = async {
             redis::cmd("WATCH")
                 .arg(key)
@@ -323,7 +330,7 @@ pub async fn patch(
                 .await?;
             let cur = read_doc(&mut c, key).await?;
             let Some((cur_v, cur_b)) = cur else {
-                unwatch(&mut c).await?;
+                unwatch(&mut c, &mut reusable).await;
                 let failed = !pre.ok(None);
                 return Ok(Tx::Finished(if failed {
                     Write::PreconditionFailed
@@ -335,7 +342,7 @@ pub async fn patch(
             if &cur_v == version
                 && let Some(body) = earlier
             {
-                unwatch(&mut c).await?;
+                unwatch(&mut c, &mut reusable).await;
                 return Ok(Tx::Finished(Write::Done {
                     created: false,
                     version: version.clone(),
@@ -343,13 +350,13 @@ pub async fn patch(
                 }));
             }
             if !pre.ok(Some(&cur_v)) {
-                unwatch(&mut c).await?;
+                unwatch(&mut c, &mut reusable).await;
                 return Ok(Tx::Finished(Write::PreconditionFailed));
             }
             let mut doc: Value = match serde_json::from_str(&cur_b) {
                 Ok(d) => d,
                 Err(e) => {
-                    unwatch(&mut c).await?;
+                    unwatch(&mut c, &mut reusable).await;
                     return Err(RedisError::from((
                         redis::ErrorKind::Client,
                         "stored document is not JSON",
@@ -360,7 +367,7 @@ pub async fn patch(
             merge_patch(&mut doc, patch);
             let body = serde_json::to_string(&doc).unwrap_or_default();
             if let Err((code, msg)) = check(&doc, &body) {
-                unwatch(&mut c).await?;
+                unwatch(&mut c, &mut reusable).await;
                 return Ok(Tx::Finished(Write::Invalid { code, msg }));
             }
             if let Ok(mut w) = written.lock() {
@@ -387,7 +394,7 @@ pub async fn patch(
             })
         }
         .await;
-        (TxConn { conn: c }, r)
+        (TxConn { conn: c, reusable }, r)
     })
     .await
 }
@@ -413,6 +420,7 @@ pub async fn delete(db: &Db, coll: &str, id: &str, pre: &Preconditions) -> Resul
     }
     cas_loop(db, key, |tx, outcome| async move {
         let mut c = tx.conn;
+        let mut reusable = true;
         let r = async {
             redis::cmd("WATCH")
                 .arg(key)
@@ -424,7 +432,7 @@ pub async fn delete(db: &Db, coll: &str, id: &str, pre: &Preconditions) -> Resul
                 .query_async(&mut c)
                 .await?;
             let Some(cur) = cur else {
-                unwatch(&mut c).await?;
+                unwatch(&mut c, &mut reusable).await;
                 return Ok(Tx::Finished(if outcome == Outcome::Unknown {
                     done()
                 } else if !pre.ok(None) {
@@ -434,7 +442,7 @@ pub async fn delete(db: &Db, coll: &str, id: &str, pre: &Preconditions) -> Resul
                 }));
             };
             if !pre.ok(Some(&cur)) {
-                unwatch(&mut c).await?;
+                unwatch(&mut c, &mut reusable).await;
                 return Ok(Tx::Finished(Write::PreconditionFailed));
             }
             let r: Option<RValue> = redis::pipe()
@@ -450,7 +458,7 @@ pub async fn delete(db: &Db, coll: &str, id: &str, pre: &Preconditions) -> Resul
             })
         }
         .await;
-        (TxConn { conn: c }, r)
+        (TxConn { conn: c, reusable }, r)
     })
     .await
 }
