@@ -463,3 +463,192 @@ async fn db_down_longer_than_budget_is_503_then_recovers() {
         .await;
     assert_eq!(r.status, 201);
 }
+
+fn redis_cli(at: SocketAddr, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", &at.ip().to_string(), "-p", &at.port().to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli (Debian package redis-tools, installed with redis-server)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Two members: a primary and its replica. The primary is SIGKILLed and the test (standing in
+/// for the db's own failover) promotes the replica. Until then the replica answers writes with
+/// `READONLY` (a retryable error) and the dead member refuses connections; the app rotates
+/// between members and retries, so no request fails. Writes acknowledged after the kill are
+/// all on the new primary (redis replication is asynchronous, so writes acknowledged just
+/// before the kill may be lost: that is redis-server's limit, not the app's; the count is
+/// printed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_to_a_promoted_replica() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p_addr = addr("127.40.12.1:6379");
+    let r_addr = addr("127.40.12.3:6379");
+    let mut primary = Redis::start(
+        p_addr,
+        RedisOpts {
+            password: None,
+            aof_dir: None,
+        },
+    );
+    let replica = Redis::start(
+        r_addr,
+        RedisOpts {
+            password: None,
+            aof_dir: None,
+        },
+    );
+    redis_cli(p_addr, &["CONFIG", "SET", "repl-diskless-sync-delay", "0"]);
+    assert!(redis_cli(r_addr, &["REPLICAOF", "127.40.12.1", "6379"]).contains("OK"));
+    let app = App::start(
+        dir.path(),
+        addr("127.40.12.2:8000"),
+        addr("127.40.12.2:9100"),
+        "addrs = [\"127.40.12.1:6379\", \"127.40.12.3:6379\"]\nretry_budget_ms = 5000\nconnect_timeout_ms = 300",
+        "[auth]\nrequired = false",
+    );
+    let http = Http::new();
+    let base = app.base.clone();
+    for i in 0..10 {
+        let r = http
+            .must(
+                "PUT",
+                &format!("{base}/v1/r/d{i}"),
+                &[],
+                Some(&json!({"i": i}).to_string()),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    wait_until_async(
+        "the replica to catch up",
+        Duration::from_secs(10),
+        || async { redis_cli(r_addr, &["HGET", "doc:r:d9", "v"]).trim().len() == 16 },
+    )
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let acked: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for t in 0..2u64 {
+        let (http, base, stop, tally, acked) = (
+            http.clone(),
+            base.clone(),
+            stop.clone(),
+            tally.clone(),
+            acked.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            for k in 0..3000u64 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let id = format!("w{t}-{k}");
+                let w = http
+                    .req("PUT", &format!("{base}/v1/w/{id}"), &[], Some("{}"))
+                    .await;
+                match w {
+                    Ok(r) if r.status == 201 || r.status == 200 => {
+                        tally.write_ok.fetch_add(1, Ordering::Relaxed);
+                        acked.lock().expect("lock").push((id, Instant::now()));
+                    }
+                    other => {
+                        eprintln!("write failed: {other:?}");
+                        tally.write_fail.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                let i = k % 10;
+                match http
+                    .req("GET", &format!("{base}/v1/r/d{i}"), &[], None)
+                    .await
+                {
+                    Ok(r) if r.status == 200 => tally.read_ok.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        eprintln!("read failed: {other:?}");
+                        tally.read_fail.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                tally.ops.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let ops = || tally.ops.load(Ordering::Relaxed);
+    wait_until_async("load to warm up", Duration::from_secs(30), || async {
+        ops() >= 100
+    })
+    .await;
+    let killed_at = Instant::now();
+    primary.proc.kill();
+    // The orchestrator notices (here: once the app has had to retry) and promotes the replica.
+    let retries = || async {
+        http.req("GET", "http://127.40.12.2:9100/metrics", &[], None)
+            .await
+            .ok()
+            .and_then(|m| {
+                m.body
+                    .lines()
+                    .find_map(|l| l.strip_prefix("citadel_app_db_retries_total "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    // Enough retries that writes have met the replica's READONLY answer (checked below).
+    wait_until_async("the app to retry", Duration::from_secs(4), || async {
+        retries().await >= 10
+    })
+    .await;
+    assert!(redis_cli(r_addr, &["REPLICAOF", "NO", "ONE"]).contains("OK"));
+    let promoted_at = Instant::now();
+    let after = ops();
+    wait_until_async(
+        "load to go on after the promotion",
+        Duration::from_secs(30),
+        || async { ops() >= after + 300 },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("load ends")
+            .expect("task");
+    }
+    let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    assert_eq!(
+        g(&tally.read_fail),
+        0,
+        "reads must not fail within the retry budget"
+    );
+    assert_eq!(
+        g(&tally.write_fail),
+        0,
+        "writes must not fail within the retry budget"
+    );
+    let acked = acked.lock().expect("lock").clone();
+    let mut lost_before_kill = 0;
+    for (id, at) in &acked {
+        let present = redis_cli(r_addr, &["EXISTS", &format!("doc:w:{id}")]).trim() == "1";
+        if !present {
+            assert!(
+                *at < killed_at,
+                "write {id} acknowledged after the kill is lost"
+            );
+            lost_before_kill += 1;
+        }
+    }
+    eprintln!(
+        "failover: promoted {:?} after the kill; {} writes acknowledged, {lost_before_kill} \
+         acknowledged before the kill not replicated; {} reads",
+        promoted_at - killed_at,
+        acked.len(),
+        g(&tally.read_ok)
+    );
+    let log = std::fs::read_to_string(dir.path().join("app-127.40.12.2.log")).unwrap_or_default();
+    assert!(
+        log.contains("read only replica"),
+        "writes never met the replica's READONLY answer"
+    );
+    drop(replica);
+}

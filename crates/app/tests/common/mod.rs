@@ -63,6 +63,8 @@ impl Drop for Proc {
 pub struct Redis {
     pub proc: Proc,
     pub addr: SocketAddr,
+    /// Working directory (so no dump file lands in the source tree), when not given.
+    _dir: Option<tempfile::TempDir>,
 }
 
 pub struct RedisOpts<'a> {
@@ -82,6 +84,7 @@ impl Redis {
             .arg("")
             .arg("--protected-mode")
             .arg("no");
+        let mut own_dir = None;
         match opts.aof_dir {
             Some(dir) => {
                 cmd.arg("--appendonly")
@@ -92,7 +95,9 @@ impl Redis {
                     .arg(dir);
             }
             None => {
-                cmd.arg("--appendonly").arg("no");
+                let d = tempfile::tempdir().expect("redis dir");
+                cmd.arg("--appendonly").arg("no").arg("--dir").arg(d.path());
+                own_dir = Some(d);
             }
         }
         if let Some(pw) = opts.password {
@@ -108,6 +113,7 @@ impl Redis {
                 name: format!("redis {addr}"),
             },
             addr,
+            _dir: own_dir,
         };
         let pw = opts.password.map(str::to_string);
         wait_until(
