@@ -39,9 +39,6 @@ pub enum DbError {
     /// The db answered with an error that retrying will not fix.
     #[error("db error: {0}")]
     Redis(#[from] RedisError),
-    /// The stored data is not what this program writes.
-    #[error("corrupt record {key}: {msg}")]
-    Corrupt { key: String, msg: String },
     /// WATCH/EXEC kept losing to concurrent writers.
     #[error("too much contention on {0}")]
     Contention(String),

@@ -608,3 +608,55 @@ async fn sigterm_stops_the_app_cleanly() {
     };
     assert!(status.success(), "exit status {status}");
 }
+
+/// Stale-ok reads use their own connection, opened to the next member in rotation: with two
+/// members, linearizable and stale reads are served by different members. (Two independent
+/// redis-servers here, each holding its own version of one document, show which one answered.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_reads_go_to_another_member() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = || RedisOpts {
+        password: None,
+        aof_dir: None,
+    };
+    let a = Redis::start(addr("127.40.13.1:6379"), opts());
+    let b = Redis::start(addr("127.40.13.3:6379"), opts());
+    for (r, who) in [(&a, "a"), (&b, "b")] {
+        let out = std::process::Command::new("redis-cli")
+            .args([
+                "-h",
+                &r.addr.ip().to_string(),
+                "HSET",
+                "doc:c:x",
+                "v",
+                "0000000000000000",
+            ])
+            .args(["b", &format!("{{\"on\":\"{who}\"}}")])
+            .output()
+            .expect("redis-cli");
+        assert!(out.status.success());
+    }
+    let app = App::start(
+        dir.path(),
+        addr("127.40.13.2:8000"),
+        addr("127.40.13.2:9100"),
+        "addrs = [\"127.40.13.1:6379\", \"127.40.13.3:6379\"]",
+        "[auth]\nrequired = false",
+    );
+    let http = Http::new();
+    let url = format!("{}/v1/c/x", app.base);
+    let lin = http.must("GET", &url, &[], None).await.json();
+    let stale = http
+        .must("GET", &url, &[("x-citadel-read", "stale")], None)
+        .await
+        .json();
+    assert_ne!(lin, stale, "both reads were served by the same member");
+    for _ in 0..5 {
+        assert_eq!(http.must("GET", &url, &[], None).await.json(), lin);
+        let s = http
+            .must("GET", &url, &[("x-citadel-read", "stale")], None)
+            .await
+            .json();
+        assert_eq!(s, stale);
+    }
+}
