@@ -399,15 +399,25 @@ fn write_answer(r: Write, coll: &str, id: &str) -> ApiResult {
 
 // ---------------------------------------------------------------- handlers
 
+/// The common start of every `/v1/{collection}/{id}` handler: the key, then the names.
+async fn doc_target(
+    st: &AppState,
+    h: &HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(String, String), ApiError> {
+    authorize(st, h).await?;
+    let Path((coll, id)) = path.map_err(path_err)?;
+    check_name("collection", &coll, &st.config.limits)?;
+    check_name("id", &id, &st.config.limits)?;
+    Ok((coll, id))
+}
+
 async fn get_doc(
     State(st): State<Arc<AppState>>,
     path: Result<Path<(String, String)>, PathRejection>,
     h: HeaderMap,
 ) -> ApiResult {
-    authorize(&st, &h).await?;
-    let Path((coll, id)) = path.map_err(path_err)?;
-    check_name("collection", &coll, &st.config.limits)?;
-    check_name("id", &id, &st.config.limits)?;
+    let (coll, id) = doc_target(&st, &h, path).await?;
     let pre = preconditions(&h);
     let doc = store::get(&st.db, read_mode(&h)?, &coll, &id).await?;
     if !pre.if_match_ok(doc.as_ref().map(|d| d.version.as_str())) {
@@ -432,11 +442,8 @@ async fn put_doc(
     h: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    authorize(&st, &h).await?;
-    let Path((coll, id)) = path.map_err(path_err)?;
+    let (coll, id) = doc_target(&st, &h, path).await?;
     let limits = &st.config.limits;
-    check_name("collection", &coll, limits)?;
-    check_name("id", &id, limits)?;
     let pre = preconditions(&h);
     let (_, s) = read_doc_body(body, limits).await?;
     let r = store::put(&st.db, &coll, &id, s, &pre).await?;
@@ -470,11 +477,8 @@ async fn patch_doc(
     h: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    authorize(&st, &h).await?;
-    let Path((coll, id)) = path.map_err(path_err)?;
+    let (coll, id) = doc_target(&st, &h, path).await?;
     let limits = &st.config.limits;
-    check_name("collection", &coll, limits)?;
-    check_name("id", &id, limits)?;
     let pre = preconditions(&h);
     let bytes = read_body(body, limits).await?;
     let patch = parse_json(&bytes, limits)?;
@@ -496,10 +500,7 @@ async fn delete_doc(
     path: Result<Path<(String, String)>, PathRejection>,
     h: HeaderMap,
 ) -> ApiResult {
-    authorize(&st, &h).await?;
-    let Path((coll, id)) = path.map_err(path_err)?;
-    check_name("collection", &coll, &st.config.limits)?;
-    check_name("id", &id, &st.config.limits)?;
+    let (coll, id) = doc_target(&st, &h, path).await?;
     let pre = preconditions(&h);
     match store::delete(&st.db, &coll, &id, &pre).await? {
         Write::Done { .. } => Ok(StatusCode::NO_CONTENT.into_response()),

@@ -192,6 +192,15 @@ async fn read_doc(
     })
 }
 
+/// `WATCH key`, then the stored version.
+async fn watch_version(
+    c: &mut MultiplexedConnection,
+    key: &str,
+) -> Result<Option<String>, RedisError> {
+    redis::cmd("WATCH").arg(key).query_async::<()>(c).await?;
+    redis::cmd("HGET").arg(key).arg("v").query_async(c).await
+}
+
 /// Runs a CAS transaction again while EXEC is aborted by concurrent writers (bounded).
 async fn cas_loop<T, F, Fut>(db: &Db, key: &str, mut op: F) -> Result<T, DbError>
 where
@@ -253,26 +262,19 @@ pub async fn put(
     }
     let created = AtomicBool::new(false);
     let created = &created;
+    let done = || Write::Done {
+        created: created.load(Ordering::Relaxed),
+        version: version.clone(),
+        body: body.clone(),
+    };
     cas_loop(db, key, |tx, _| async move {
         let mut c = tx.conn;
         let mut reusable = true;
         let r = async {
-            redis::cmd("WATCH")
-                .arg(key)
-                .query_async::<()>(&mut c)
-                .await?;
-            let cur: Option<String> = redis::cmd("HGET")
-                .arg(key)
-                .arg("v")
-                .query_async(&mut c)
-                .await?;
+            let cur = watch_version(&mut c, key).await?;
             if cur.as_deref() == Some(version.as_str()) {
                 unwatch(&mut c, &mut reusable).await;
-                return Ok(Tx::Finished(Write::Done {
-                    created: created.load(Ordering::Relaxed),
-                    version: version.clone(),
-                    body: body.clone(),
-                }));
+                return Ok(Tx::Finished(done()));
             }
             if !pre.ok(cur.as_deref()) {
                 unwatch(&mut c, &mut reusable).await;
@@ -292,11 +294,7 @@ pub async fn put(
                 .await?;
             Ok(match r {
                 None => Tx::Conflict,
-                Some(_) => Tx::Finished(Write::Done {
-                    created: created.load(Ordering::Relaxed),
-                    version: version.clone(),
-                    body: body.clone(),
-                }),
+                Some(_) => Tx::Finished(done()),
             })
         }
         .await;
@@ -422,15 +420,7 @@ pub async fn delete(db: &Db, coll: &str, id: &str, pre: &Preconditions) -> Resul
         let mut c = tx.conn;
         let mut reusable = true;
         let r = async {
-            redis::cmd("WATCH")
-                .arg(key)
-                .query_async::<()>(&mut c)
-                .await?;
-            let cur: Option<String> = redis::cmd("HGET")
-                .arg(key)
-                .arg("v")
-                .query_async(&mut c)
-                .await?;
+            let cur = watch_version(&mut c, key).await?;
             let Some(cur) = cur else {
                 unwatch(&mut c, &mut reusable).await;
                 return Ok(Tx::Finished(if outcome == Outcome::Unknown {
