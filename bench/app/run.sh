@@ -56,6 +56,7 @@ if [ "${PROFILE:-0}" = 1 ]; then
   perf report -i "$tmp/perf.data" --stdio --no-children --sort dso 2>/dev/null | grep -E "^ +[0-9]" | head -10
 fi
 STALE=1 run "GET keep-alive, X-Citadel-Read: stale" -s "$here/get.lua"
+run "PATCH keep-alive (compare-and-set)" -s "$here/patch.lua"
 CLOSE=1 run "GET new connection per request" -s "$here/get.lua"
 echo "== app metrics"
 curl -s "http://$NET.2:9100/metrics" | grep -E "^citadel_app_(requests_total|db_)" || true

@@ -154,6 +154,24 @@ impl Default for AuthConfig {
 }
 
 impl AppConfig {
+    /// An app jail in a Citadel cluster: the API on `addr:8000`, admin on `addr:9100`, the
+    /// db found as `db.<zone>` (port 6379) through the DNS server `dns` (the gate's).
+    pub fn for_cluster(addr: std::net::IpAddr, zone: &str, dns: SocketAddr) -> AppConfig {
+        AppConfig {
+            listen: SocketAddr::new(addr, 8000),
+            admin_listen: Some(SocketAddr::new(addr, 9100)),
+            db: DbConfig {
+                dns: Some(DnsConfig {
+                    name: format!("db.{}", zone.trim_end_matches('.')),
+                    server: dns,
+                    port: default_db_port(),
+                }),
+                ..DbConfig::default()
+            },
+            ..AppConfig::default()
+        }
+    }
+
     /// Reads and checks a TOML file.
     pub fn from_file(path: &Path) -> Result<AppConfig, Error> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
@@ -199,5 +217,44 @@ impl AppConfig {
             return bad("limits: default_page is larger than max_page");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_defaults_and_checks() {
+        let c = AppConfig::from_toml("[db]\naddrs = [\"127.0.0.1:6379\"]").expect("parse");
+        assert!(c.validate().is_ok());
+        assert_eq!(c.listen.port(), 8000);
+        assert_eq!(c.limits.max_depth, 32);
+        assert!(
+            AppConfig::from_toml("nope = 1").is_err(),
+            "unknown keys are refused"
+        );
+        let none = AppConfig::from_toml("").expect("parse");
+        assert!(none.validate().is_err(), "a db location is required");
+        let both = AppConfig::from_toml(
+            "[db]\naddrs = [\"a:1\"]\ndns = { name = \"db.x\", server = \"127.0.0.1:53\" }",
+        )
+        .expect("parse");
+        assert!(both.validate().is_err());
+        let bad = AppConfig::from_toml("[db]\naddrs = [\"no-port\"]").expect("parse");
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn cluster_config_finds_the_db_by_name() {
+        let c = AppConfig::for_cluster(
+            "127.10.0.11".parse().expect("ip"),
+            "citadel.internal",
+            "127.10.0.1:5353".parse().expect("addr"),
+        );
+        assert!(c.validate().is_ok());
+        assert_eq!(c.listen.to_string(), "127.10.0.11:8000");
+        let dns = c.db.dns.expect("dns");
+        assert_eq!((dns.name.as_str(), dns.port), ("db.citadel.internal", 6379));
     }
 }
