@@ -59,4 +59,4 @@ STALE=1 run "GET keep-alive, X-Citadel-Read: stale" -s "$here/get.lua"
 run "PATCH keep-alive (compare-and-set)" -s "$here/patch.lua"
 CLOSE=1 run "GET new connection per request" -s "$here/get.lua"
 echo "== app metrics"
-curl -s "http://$NET.2:9100/metrics" | grep -E "^citadel_app_(requests_total|db_)" || true
+curl -s "http://$NET.2:9100/metrics" | grep -E "^citadel_app_(requests_total|db_|cas_)" || true

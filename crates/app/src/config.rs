@@ -70,7 +70,7 @@ impl Default for DbConfig {
             connect_timeout_ms: 1000,
             response_timeout_ms: 2000,
             retry_budget_ms: 5000,
-            tx_pool_idle: 16,
+            tx_pool_idle: 64,
             tx_max: 64,
         }
     }

@@ -197,8 +197,35 @@ async fn watch_version(
     c: &mut MultiplexedConnection,
     key: &str,
 ) -> Result<Option<String>, RedisError> {
-    redis::cmd("WATCH").arg(key).query_async::<()>(c).await?;
-    redis::cmd("HGET").arg(key).arg("v").query_async(c).await
+    // One round trip: WATCH is in force before HGET runs on the same connection.
+    let (v,): (Option<String>,) = redis::pipe()
+        .cmd("WATCH")
+        .arg(key)
+        .ignore()
+        .cmd("HGET")
+        .arg(key)
+        .arg("v")
+        .query_async(c)
+        .await?;
+    Ok(v)
+}
+
+/// `WATCH key`, then the stored version and body.
+async fn watch_doc(
+    c: &mut MultiplexedConnection,
+    key: &str,
+) -> Result<Option<(String, String)>, RedisError> {
+    let ((v, b),): ((Option<String>, Option<String>),) = redis::pipe()
+        .cmd("WATCH")
+        .arg(key)
+        .ignore()
+        .cmd("HMGET")
+        .arg(key)
+        .arg("v")
+        .arg("b")
+        .query_async(c)
+        .await?;
+    Ok(v.zip(b))
 }
 
 /// Runs a CAS transaction again while EXEC is aborted by concurrent writers (bounded).
@@ -322,11 +349,7 @@ pub async fn patch(
         let mut c = tx.conn;
         let mut reusable = true;
         let r = async {
-            redis::cmd("WATCH")
-                .arg(key)
-                .query_async::<()>(&mut c)
-                .await?;
-            let cur = read_doc(&mut c, key).await?;
+            let cur = watch_doc(&mut c, key).await?;
             let Some((cur_v, cur_b)) = cur else {
                 unwatch(&mut c, &mut reusable).await;
                 let failed = !pre.ok(None);
