@@ -186,9 +186,10 @@ fn token(h: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
-async fn authorize(st: &AppState, h: &HeaderMap) -> Result<(), ApiError> {
+/// Checks the API key; returns its id (empty when keys are not required).
+async fn authorize(st: &AppState, h: &HeaderMap) -> Result<String, ApiError> {
     if !st.config.auth.required {
-        return Ok(());
+        return Ok(String::new());
     }
     let Some(tok) = token(h) else {
         return Err(ApiError::new(
@@ -198,7 +199,7 @@ async fn authorize(st: &AppState, h: &HeaderMap) -> Result<(), ApiError> {
         ));
     };
     match st.keys.check(&st.db, tok).await? {
-        KeyStatus::Valid { .. } => Ok(()),
+        KeyStatus::Valid { id } => Ok(id),
         KeyStatus::Revoked { .. } => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "key_revoked",
@@ -456,18 +457,72 @@ async fn create_doc(
     h: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    authorize(&st, &h).await?;
+    let key_id = authorize(&st, &h).await?;
     let Path(coll) = path.map_err(path_err)?;
     let limits = &st.config.limits;
     check_name("collection", &coll, limits)?;
+    let idem = idempotency_key(&h)?;
     let (_, s) = read_doc_body(body, limits).await?;
-    let id = store::new_id();
-    // A fresh id: no precondition needed; a retried HSET is harmless.
-    match store::put(&st.db, &coll, &id, s, &Preconditions::default()).await? {
+    let Some(idem) = idem else {
+        let id = store::new_id();
+        // A fresh id: no precondition needed; a retried HSET is harmless.
+        return match store::put(&st.db, &coll, &id, s, &Preconditions::default()).await? {
+            Write::Done { version, body, .. } => {
+                Ok(written(StatusCode::CREATED, &coll, &id, &version, &body))
+            }
+            other => write_answer(other, &coll, &id),
+        };
+    };
+    // With an Idempotency-Key the id is derived from (API key, collection, idempotency key):
+    // a repeated POST finds the document its first attempt made.
+    let id = store::derived_id(&[&key_id, &coll, &idem]);
+    let create_only = Preconditions {
+        if_match: None,
+        if_none_match: Some(Tags::Any),
+    };
+    match store::put(&st.db, &coll, &id, s.clone(), &create_only).await? {
         Write::Done { version, body, .. } => {
             Ok(written(StatusCode::CREATED, &coll, &id, &version, &body))
         }
+        Write::PreconditionFailed => {
+            let current = store::get(&st.db, ReadMode::Linearizable, &coll, &id).await?;
+            match current {
+                Some(doc) if doc.body == s => {
+                    let mut r = written(StatusCode::CREATED, &coll, &id, &doc.version, &doc.body);
+                    r.headers_mut()
+                        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                    Ok(r)
+                }
+                Some(_) => Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key already made a document with another body",
+                )),
+                // Deleted in between: the first POST's document existed and is gone.
+                None => Err(not_found()),
+            }
+        }
         other => write_answer(other, &coll, &id),
+    }
+}
+
+/// `Idempotency-Key`: `[A-Za-z0-9_-]{1,64}`.
+fn idempotency_key(h: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = h.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let ok = v.to_str().ok().filter(|s| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    });
+    match ok {
+        Some(s) => Ok(Some(s.to_string())),
+        None => Err(ApiError::bad(
+            "invalid_header",
+            "Idempotency-Key must be 1 to 64 of [A-Za-z0-9_-]",
+        )),
     }
 }
 

@@ -54,6 +54,20 @@ pub fn new_id() -> String {
     random_hex(12)
 }
 
+/// A document id derived from parts (24 hex digits of SHA-256), for idempotent POSTs.
+pub fn derived_id(parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0u8]);
+    }
+    h.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// One entity tag of an `If-Match` / `If-None-Match` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tag {

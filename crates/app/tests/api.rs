@@ -82,6 +82,35 @@ async fn crud_etag_and_merge_patch() {
     );
     assert_eq!(r.json()["doc"], json!({"title": "a", "n": 1}));
 
+    // POST with an Idempotency-Key: a repeat finds the first document; another body is 409.
+    let ik = [("idempotency-key", "order-42")];
+    let first = s.call("POST", "/v1/notes", &ik, Some(r#"{"x":1}"#)).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let again = s
+        .call("POST", "/v1/notes", &ik, Some(r#"{ "x" : 1 }"#))
+        .await;
+    assert_eq!(again.status, 201, "{}", again.body);
+    assert_eq!(again.json()["id"], first.json()["id"]);
+    assert_eq!(again.header("etag"), first.header("etag"));
+    assert_eq!(again.header("idempotent-replayed").as_deref(), Some("true"));
+    let other = s.call("POST", "/v1/notes", &ik, Some(r#"{"x":2}"#)).await;
+    assert_eq!(
+        (other.status, err_code(&other).as_str()),
+        (409, "idempotency_key_reused")
+    );
+    let bad = s
+        .call(
+            "POST",
+            "/v1/notes",
+            &[("idempotency-key", "a b")],
+            Some("{}"),
+        )
+        .await;
+    assert_eq!(
+        (bad.status, err_code(&bad).as_str()),
+        (400, "invalid_header")
+    );
+
     // GET returns the document and the same ETag; If-None-Match gives 304.
     let r = s.call("GET", &format!("/v1/notes/{id}"), &[], None).await;
     assert_eq!(r.status, 200);
