@@ -7,6 +7,7 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod keys;
+pub mod load;
 pub mod metrics;
 pub mod store;
 

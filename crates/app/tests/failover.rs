@@ -652,3 +652,83 @@ async fn failover_to_a_promoted_replica() {
     );
     drop(replica);
 }
+
+/// The load checker (library and `citadel-app load`) across a db restart: a timeline of
+/// errors per second, every acknowledged write verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_checker_across_a_db_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let aof = dir.path().join("redis");
+    std::fs::create_dir_all(&aof).expect("aof dir");
+    let raddr = addr("127.40.14.1:6379");
+    let ropts = || RedisOpts {
+        password: None,
+        aof_dir: Some(&aof),
+    };
+    let mut redis = Redis::start(raddr, ropts());
+    let app = App::start(
+        dir.path(),
+        addr("127.40.14.2:8000"),
+        addr("127.40.14.2:9100"),
+        "addrs = [\"127.40.14.1:6379\"]\nretry_budget_ms = 5000",
+        "",
+    );
+    let (_, token) = app.create_key("load");
+    let opts = citadel_app::load::LoadOptions {
+        base: app.base.clone(),
+        token: Some(token.clone()),
+        duration: Duration::from_secs(3),
+        concurrency: 4,
+        ..Default::default()
+    };
+    let load = tokio::spawn(citadel_app::load::run(opts));
+    let http = Http::new();
+    wait_until_async("load to start", Duration::from_secs(10), || async {
+        http.req("GET", "http://127.40.14.2:9100/metrics", &[], None)
+            .await
+            .is_ok_and(|m| !m.body.contains("class=\"2xx\"} 0\n"))
+    })
+    .await;
+    redis.proc.kill();
+    drop(redis);
+    let _redis = Redis::start(raddr, ropts());
+    let report = tokio::time::timeout(Duration::from_secs(60), load)
+        .await
+        .expect("load ends")
+        .expect("task")
+        .expect("report");
+    let text = report.timeline();
+    eprintln!("{text}");
+    assert!(report.seconds.len() >= 3, "{text}");
+    assert!(report.acknowledged > 0 && report.reads_ok > 0, "{text}");
+    assert!(
+        report.lost.is_empty() && report.unverified.is_empty(),
+        "{text}"
+    );
+    assert_eq!(report.reads_err + report.writes_err, 0, "{text}");
+
+    // The same through the binary.
+    let out = std::process::Command::new(common::APP_BIN)
+        .args([
+            "load",
+            "--url",
+            &app.base,
+            "--seconds",
+            "1",
+            "--concurrency",
+            "2",
+        ])
+        .env("CITADEL_API_KEY", &token)
+        .output()
+        .expect("citadel-app load");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("acknowledged writes:") && stdout.contains("lost: 0"),
+        "{stdout}"
+    );
+}

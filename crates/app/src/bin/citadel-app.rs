@@ -57,6 +57,27 @@ enum Cmd {
         #[command(subcommand)]
         cmd: KeyCmd,
     },
+    /// Mixed read/write load with a per-second error timeline; afterwards checks that every
+    /// acknowledged write is there (exit status 1 if one is lost).
+    Load {
+        /// Base URL of an app node or the gate.
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        url: String,
+        /// API key token.
+        #[arg(long, env = "CITADEL_API_KEY", hide_env_values = true)]
+        key: Option<String>,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(0..=100))]
+        write_percent: u32,
+        #[arg(long, default_value = "loadcheck")]
+        collection: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -117,9 +138,44 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Some(Cmd::Load {
+        url,
+        key,
+        seconds,
+        concurrency,
+        write_percent,
+        collection,
+        json,
+    }) = &cli.cmd
+    {
+        let opts = citadel_app::load::LoadOptions {
+            base: url.trim_end_matches('/').to_string(),
+            token: key.clone(),
+            collection: collection.clone(),
+            duration: std::time::Duration::from_secs(*seconds),
+            concurrency: *concurrency,
+            write_percent: *write_percent,
+            ..Default::default()
+        };
+        let report = citadel_app::load::run(opts).await?;
+        if *json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.timeline());
+        }
+        if !report.lost.is_empty() {
+            anyhow::bail!(
+                "{} acknowledged writes lost: {:?}",
+                report.lost.len(),
+                report.lost
+            );
+        }
+        return Ok(());
+    }
     let cfg = config(&cli)?;
     match &cli.cmd {
         None | Some(Cmd::Serve) => citadel_app::run(cfg).await,
+        Some(Cmd::Load { .. }) => Ok(()), // handled above
         Some(Cmd::Key { cmd }) => {
             let db = citadel_app::connect_db(&cfg)?;
             match cmd {
