@@ -312,7 +312,8 @@ impl Db {
         let mut attempt = 0u32;
         let mut outcome = Outcome::Clean;
         loop {
-            let err = match self.slot_conn(mode).await {
+            let conn = tokio::time::timeout_at(deadline.into(), self.slot_conn(mode)).await;
+            let err = match conn.unwrap_or_else(|_| Err("connecting: retry budget spent".into())) {
                 Ok((g, conn)) => match within(deadline, op(conn, outcome)).await {
                     Ok(v) => return Ok(v),
                     Err(e) if is_retryable(&e) => {
@@ -393,7 +394,8 @@ impl Db {
         let mut attempt = 0u32;
         let mut outcome = Outcome::Clean;
         loop {
-            let err = match self.take_tx().await {
+            let conn = tokio::time::timeout_at(deadline.into(), self.take_tx()).await;
+            let err = match conn.unwrap_or_else(|_| Err("connecting: retry budget spent".into())) {
                 Ok(conn) => {
                     let e = match tokio::time::timeout_at(
                         deadline.into(),

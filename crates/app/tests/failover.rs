@@ -732,3 +732,62 @@ async fn load_checker_across_a_db_restart() {
         "{stdout}"
     );
 }
+
+/// A member that hangs (SIGSTOP: it holds connections but never answers) is left after the
+/// response timeout for another member, within the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_member_is_left_for_another() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = || RedisOpts {
+        password: None,
+        aof_dir: None,
+    };
+    let good = Redis::start(addr("127.40.15.1:6379"), opts());
+    let hung = Redis::start(addr("127.40.15.3:6379"), opts());
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &hung.proc.pid().to_string()])
+        .status()
+        .expect("kill -STOP");
+    assert!(stopped.success());
+    let app = App::start(
+        dir.path(),
+        addr("127.40.15.2:8000"),
+        addr("127.40.15.2:9100"),
+        "addrs = [\"127.40.15.1:6379\", \"127.40.15.3:6379\"]\nretry_budget_ms = 4000\nconnect_timeout_ms = 300\nresponse_timeout_ms = 300",
+        "[auth]\nrequired = false",
+    );
+    let http = Http::new();
+    let base = app.base.clone();
+    let t = Instant::now();
+    let r = http
+        .must("PUT", &format!("{base}/v1/c/x"), &[], Some(r#"{"a":1}"#))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    // The shared and the stale connection go to different members: one of them meets the
+    // hung one.
+    for mode in ["linearizable", "stale", "linearizable", "stale"] {
+        let r = http
+            .must(
+                "GET",
+                &format!("{base}/v1/c/x"),
+                &[("x-citadel-read", mode)],
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{mode}: {}", r.body);
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        t.elapsed()
+    );
+    let m = http
+        .must("GET", "http://127.40.15.2:9100/metrics", &[], None)
+        .await;
+    assert!(
+        !m.body.contains("citadel_app_db_retries_total 0\n"),
+        "the hung member was never met"
+    );
+    drop(hung); // SIGKILL works on a stopped process
+    drop(good);
+}
