@@ -246,6 +246,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_in_notes_parses() {
+        let notes = include_str!("../NOTES.md");
+        let start = notes.find("```toml\n").expect("toml block") + 8;
+        let len = notes[start..].find("```").expect("end of block");
+        let c = AppConfig::from_toml(&notes[start..start + len]).expect("example parses");
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
     fn cluster_config_finds_the_db_by_name() {
         let c = AppConfig::for_cluster(
             "127.10.0.11".parse().expect("ip"),
