@@ -1,0 +1,504 @@
+//! The db client: finds the members (static list or DNS through the gate), keeps connections,
+//! and retries idempotent operations across a failover within a time budget.
+//!
+//! Three kinds of connection:
+//! - one shared multiplexed connection for linearizable reads and single-command writes;
+//! - one shared multiplexed connection that sent `READONLY`, for stale-ok reads (a member
+//!   that does not know `READONLY`, such as a plain redis-server, serves it as an ordinary
+//!   connection: stale-ok then simply reads linearizably);
+//! - a small pool of dedicated connections for WATCH/MULTI/EXEC, which need a connection of
+//!   their own for the duration of one transaction.
+//!
+//! Every (re)connect starts at the next member in rotation, so after a failure the next try
+//! goes to another member; with DNS the name is resolved again on every (re)connect.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use redis::aio::MultiplexedConnection;
+use redis::{
+    AsyncConnectionConfig, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisConnectionInfo,
+    RedisError, ServerErrorKind,
+};
+use tokio::sync::Mutex;
+
+use crate::config::DbConfig;
+use crate::metrics::Metrics;
+
+/// Errors of the db layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// No member answered within the retry budget.
+    #[error("db unavailable: {0}")]
+    Unavailable(String),
+    /// The db answered with an error that retrying will not fix.
+    #[error("db error: {0}")]
+    Redis(#[from] RedisError),
+    /// WATCH/EXEC kept losing to concurrent writers.
+    #[error("too much contention on {0}")]
+    Contention(String),
+}
+
+/// How a read may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Linearizable (the default).
+    Linearizable,
+    /// Any member's local state, possibly stale.
+    Stale,
+}
+
+/// Splits `host:port` (also `[v6]:port`).
+pub fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.to_string(), port))
+}
+
+enum Members {
+    Static(Vec<(String, u16)>),
+    Dns {
+        resolver: Box<TokioResolver>,
+        name: String,
+        port: u16,
+    },
+}
+
+impl Members {
+    async fn resolve(&self) -> Result<Vec<(String, u16)>, String> {
+        match self {
+            Members::Static(list) => Ok(list.clone()),
+            Members::Dns {
+                resolver,
+                name,
+                port,
+            } => {
+                let answer = resolver
+                    .lookup_ip(name.as_str())
+                    .await
+                    .map_err(|e| format!("resolving {name}: {e}"))?;
+                let mut out: Vec<(String, u16)> =
+                    answer.iter().map(|ip| (ip.to_string(), *port)).collect();
+                out.sort();
+                out.dedup();
+                if out.is_empty() {
+                    return Err(format!("{name} has no addresses"));
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+fn build_resolver(server: SocketAddr) -> Result<TokioResolver, String> {
+    let mut udp = ConnectionConfig::udp();
+    udp.port = server.port();
+    let mut tcp = ConnectionConfig::tcp();
+    tcp.port = server.port();
+    let ns = NameServerConfig::new(server.ip(), true, vec![udp, tcp]);
+    let config = ResolverConfig::from_parts(None, vec![], vec![ns]);
+    let mut builder = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
+    let opts = builder.options_mut();
+    // The gate's answers follow health: never keep them long.
+    opts.positive_max_ttl = Some(Duration::from_secs(1));
+    opts.negative_max_ttl = Some(Duration::from_secs(1));
+    opts.timeout = Duration::from_millis(500);
+    opts.attempts = 2;
+    opts.ndots = 0;
+    builder.build().map_err(|e| e.to_string())
+}
+
+struct Slot {
+    conn: Option<(u64, MultiplexedConnection)>,
+}
+
+struct Inner {
+    members: Members,
+    redis: RedisConnectionInfo,
+    conn_config: AsyncConnectionConfig,
+    connect_timeout: Duration,
+    budget: Duration,
+    tx_idle_max: usize,
+    tx_permits: tokio::sync::Semaphore,
+    rotation: AtomicUsize,
+    generation: AtomicU64,
+    shared: Mutex<Slot>,
+    stale: Mutex<Slot>,
+    tx_idle: std::sync::Mutex<Vec<MultiplexedConnection>>,
+    metrics: Arc<Metrics>,
+}
+
+/// A handle to the db; cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+/// A dedicated connection for one WATCH/MULTI/EXEC transaction.
+pub struct TxConn {
+    pub conn: MultiplexedConnection,
+    /// False if the connection may still hold a WATCH: it is then closed, not pooled.
+    pub reusable: bool,
+}
+
+/// Whether a failed attempt may have been carried out by the db.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// This is the first attempt, or earlier attempts surely did nothing.
+    Clean,
+    /// An earlier attempt failed after its commands may have reached the db.
+    Unknown,
+}
+
+impl Db {
+    /// Builds the client; connects lazily (the first request connects).
+    pub fn new(cfg: &DbConfig, metrics: Arc<Metrics>) -> Result<Db, crate::Error> {
+        let members = match &cfg.dns {
+            Some(dns) => Members::Dns {
+                resolver: build_resolver(dns.server).map(Box::new).map_err(|msg| {
+                    crate::Error::Config {
+                        msg: format!("db.dns: {msg}"),
+                    }
+                })?,
+                name: dns.name.clone(),
+                port: dns.port,
+            },
+            None => {
+                let mut list = Vec::new();
+                for a in &cfg.addrs {
+                    let hp = split_host_port(a).ok_or_else(|| crate::Error::Config {
+                        msg: format!("db.addrs: `{a}` is not host:port"),
+                    })?;
+                    list.push(hp);
+                }
+                if list.is_empty() {
+                    return Err(crate::Error::Config {
+                        msg: "db: no members given".into(),
+                    });
+                }
+                Members::Static(list)
+            }
+        };
+        // No CLIENT SETINFO on connect: keep to the db's command subset.
+        let mut redis = RedisConnectionInfo::default()
+            .set_db(cfg.database)
+            .set_skip_set_lib_name();
+        if let Some(pw) = &cfg.password {
+            redis = redis.set_password(pw);
+        }
+        let conn_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(cfg.connect_timeout()))
+            .set_response_timeout(Some(cfg.response_timeout()));
+        // Start each app node at a different member so load spreads.
+        let start = std::process::id() as usize;
+        Ok(Db {
+            inner: Arc::new(Inner {
+                members,
+                redis,
+                conn_config,
+                connect_timeout: cfg.connect_timeout(),
+                budget: cfg.retry_budget(),
+                tx_idle_max: cfg.tx_pool_idle,
+                tx_permits: tokio::sync::Semaphore::new(cfg.tx_max.max(1)),
+                rotation: AtomicUsize::new(start),
+                generation: AtomicU64::new(1),
+                shared: Mutex::new(Slot { conn: None }),
+                stale: Mutex::new(Slot { conn: None }),
+                tx_idle: std::sync::Mutex::new(Vec::new()),
+                metrics,
+            }),
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Opens one new connection to the next member in rotation, trying each member once.
+    async fn connect(&self, readonly: bool) -> Result<MultiplexedConnection, String> {
+        let inner = &self.inner;
+        let members = inner.members.resolve().await?;
+        let n = members.len();
+        let first = inner.rotation.fetch_add(1, Ordering::Relaxed);
+        let mut last_err = String::from("no members");
+        for i in 0..n {
+            let (host, port) = &members[(first + i) % n];
+            let info = match ConnectionAddr::Tcp(host.clone(), *port).into_connection_info() {
+                Ok(info) => info.set_redis_settings(inner.redis.clone()),
+                Err(e) => {
+                    last_err = format!("{host}:{port}: {e}");
+                    continue;
+                }
+            };
+            let client = match redis::Client::open(info) {
+                Ok(c) => c,
+                Err(e) => {
+                    last_err = format!("{host}:{port}: {e}");
+                    continue;
+                }
+            };
+            let fut = client.get_multiplexed_async_connection_with_config(&inner.conn_config);
+            // The handshake (AUTH, SELECT) also counts against the connect timeout.
+            match tokio::time::timeout(inner.connect_timeout * 2, fut).await {
+                Ok(Ok(mut conn)) => {
+                    if readonly {
+                        let r: Result<(), RedisError> =
+                            redis::cmd("READONLY").query_async(&mut conn).await;
+                        if let Err(e) = r {
+                            tracing::debug!(member = %format!("{host}:{port}"), error = %e,
+                                "READONLY refused; stale reads on this member are linearizable");
+                        }
+                    }
+                    inner.metrics.db_connects.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(member = %format!("{host}:{port}"), readonly, "db connected");
+                    return Ok(conn);
+                }
+                Ok(Err(e)) => last_err = format!("{host}:{port}: {e}"),
+                Err(_) => last_err = format!("{host}:{port}: connect timed out"),
+            }
+            inner.rotation.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(last_err)
+    }
+
+    async fn slot_conn(&self, mode: ReadMode) -> Result<(u64, MultiplexedConnection), String> {
+        let slot = match mode {
+            ReadMode::Linearizable => &self.inner.shared,
+            ReadMode::Stale => &self.inner.stale,
+        };
+        let mut guard = slot.lock().await;
+        if let Some((g, c)) = &guard.conn {
+            return Ok((*g, c.clone()));
+        }
+        let conn = self.connect(mode == ReadMode::Stale).await?;
+        let g = self.inner.generation.fetch_add(1, Ordering::Relaxed);
+        guard.conn = Some((g, conn.clone()));
+        Ok((g, conn))
+    }
+
+    async fn drop_slot(&self, mode: ReadMode, generation: u64) {
+        let slot = match mode {
+            ReadMode::Linearizable => &self.inner.shared,
+            ReadMode::Stale => &self.inner.stale,
+        };
+        let mut guard = slot.lock().await;
+        if matches!(&guard.conn, Some((g, _)) if *g == generation) {
+            guard.conn = None;
+        }
+    }
+
+    fn backoff(attempt: u32) -> Duration {
+        Duration::from_millis((10u64 << attempt.min(5)).min(250))
+    }
+
+    /// Runs `op` on a shared connection, reconnecting (to another member) and retrying on a
+    /// retryable failure until the budget is spent. `op` must be safe to repeat; it is told
+    /// whether an earlier attempt may have been carried out.
+    pub async fn run<T, F, Fut>(&self, mode: ReadMode, mut op: F) -> Result<T, DbError>
+    where
+        F: FnMut(MultiplexedConnection, Outcome) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let deadline = Instant::now() + self.inner.budget;
+        let mut attempt = 0u32;
+        let mut outcome = Outcome::Clean;
+        loop {
+            let conn = tokio::time::timeout_at(deadline.into(), self.slot_conn(mode)).await;
+            let err = match conn.unwrap_or_else(|_| Err("connecting: retry budget spent".into())) {
+                Ok((g, conn)) => match within(deadline, op(conn, outcome)).await {
+                    Ok(v) => return Ok(v),
+                    Err(e) if is_retryable(&e) => {
+                        self.drop_slot(mode, g).await;
+                        if may_have_run(&e) {
+                            outcome = Outcome::Unknown;
+                        }
+                        e.to_string()
+                    }
+                    Err(e) => return Err(DbError::Redis(e)),
+                },
+                Err(msg) => msg,
+            };
+            self.retry_wait(&mut attempt, deadline, &err).await?;
+        }
+    }
+
+    async fn retry_wait(
+        &self,
+        attempt: &mut u32,
+        deadline: Instant,
+        err: &str,
+    ) -> Result<(), DbError> {
+        let wait = Self::backoff(*attempt);
+        *attempt += 1;
+        if Instant::now() + wait >= deadline {
+            self.inner
+                .metrics
+                .db_unavailable
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %err, attempts = *attempt, "db unavailable within the retry budget");
+            return Err(DbError::Unavailable(err.to_string()));
+        }
+        self.inner
+            .metrics
+            .db_retries
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(error = %err, attempt = *attempt, "db retry");
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+
+    async fn take_tx(&self) -> Result<MultiplexedConnection, String> {
+        let idle = self.inner.tx_idle.lock().ok().and_then(|mut v| v.pop());
+        match idle {
+            Some(c) => Ok(c),
+            None => self.connect(false).await,
+        }
+    }
+
+    fn give_tx(&self, conn: MultiplexedConnection) {
+        if let Ok(mut v) = self.inner.tx_idle.lock()
+            && v.len() < self.inner.tx_idle_max
+        {
+            v.push(conn);
+        }
+    }
+
+    fn clear_tx(&self) {
+        if let Ok(mut v) = self.inner.tx_idle.lock() {
+            v.clear();
+        }
+    }
+
+    /// Like [`Db::run`], on a dedicated connection, for WATCH/MULTI/EXEC. `op` must leave the
+    /// connection without a pending WATCH when it returns `Ok` (EXEC, DISCARD or UNWATCH).
+    pub async fn run_tx<T, F, Fut>(&self, mut op: F) -> Result<T, DbError>
+    where
+        F: FnMut(TxConn, Outcome) -> Fut,
+        Fut: Future<Output = (TxConn, Result<T, RedisError>)>,
+    {
+        let deadline = Instant::now() + self.inner.budget;
+        let _permit =
+            match tokio::time::timeout_at(deadline.into(), self.inner.tx_permits.acquire()).await {
+                Ok(Ok(p)) => p,
+                _ => return Err(DbError::Unavailable("no transaction slot free".into())),
+            };
+        let mut attempt = 0u32;
+        let mut outcome = Outcome::Clean;
+        loop {
+            let conn = tokio::time::timeout_at(deadline.into(), self.take_tx()).await;
+            let err = match conn.unwrap_or_else(|_| Err("connecting: retry budget spent".into())) {
+                Ok(conn) => {
+                    let e = match tokio::time::timeout_at(
+                        deadline.into(),
+                        op(
+                            TxConn {
+                                conn,
+                                reusable: true,
+                            },
+                            outcome,
+                        ),
+                    )
+                    .await
+                    {
+                        Ok((tx, Ok(v))) => {
+                            if tx.reusable {
+                                self.give_tx(tx.conn);
+                            }
+                            return Ok(v);
+                        }
+                        Ok((_, Err(e))) => e,
+                        // The connection is dropped with the future: its WATCH dies with it.
+                        Err(_) => budget_spent(),
+                    };
+                    if !is_retryable(&e) {
+                        return Err(DbError::Redis(e));
+                    }
+                    // The member may be gone: drop every idle connection too.
+                    self.clear_tx();
+                    if may_have_run(&e) {
+                        outcome = Outcome::Unknown;
+                    }
+                    e.to_string()
+                }
+                Err(msg) => msg,
+            };
+            self.retry_wait(&mut attempt, deadline, &err).await?;
+        }
+    }
+
+    /// One PING through the shared connection, without retries beyond one reconnect.
+    pub async fn ping(&self) -> bool {
+        let Ok((g, mut conn)) = self.slot_conn(ReadMode::Linearizable).await else {
+            return false;
+        };
+        let r: Result<String, RedisError> = redis::cmd("PING").query_async(&mut conn).await;
+        if r.is_err() {
+            self.drop_slot(ReadMode::Linearizable, g).await;
+        }
+        r.is_ok()
+    }
+}
+
+fn budget_spent() -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "retry budget spent waiting for the db",
+    ))
+}
+
+/// Runs one attempt, giving up (as a timed-out I/O error: outcome unknown) at the deadline.
+async fn within<T>(
+    deadline: Instant,
+    fut: impl Future<Output = Result<T, RedisError>>,
+) -> Result<T, RedisError> {
+    match tokio::time::timeout_at(deadline.into(), fut).await {
+        Ok(r) => r,
+        Err(_) => Err(budget_spent()),
+    }
+}
+
+/// Failures worth reconnecting (to another member) and retrying.
+pub fn is_retryable(e: &RedisError) -> bool {
+    match e.kind() {
+        ErrorKind::Io | ErrorKind::Parse => true,
+        ErrorKind::Server(k) => {
+            matches!(
+                k,
+                ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::BusyLoading
+                    | ServerErrorKind::ReadOnly
+                    | ServerErrorKind::Moved
+            ) || is_retryable_code(e.code())
+        }
+        _ => is_retryable_code(e.code()),
+    }
+}
+
+/// Error codes a Raft-backed Redis-protocol server may use while it has no leader.
+fn is_retryable_code(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some("TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "LOADING" | "NOLEADER" | "NOTLEADER")
+    )
+}
+
+/// Whether the commands of a failed attempt may have been carried out (reply lost). A refused
+/// connection or a server error reply means they were not.
+fn may_have_run(e: &RedisError) -> bool {
+    match e.kind() {
+        ErrorKind::Io => !e.is_connection_refusal(),
+        ErrorKind::Parse => true,
+        _ => false,
+    }
+}
