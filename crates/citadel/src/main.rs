@@ -1,6 +1,7 @@
 //! `citadel`: one binary for the whole cluster — the operator's commands, and the programs
 //! that run inside jails.
 
+mod appctl;
 mod gatectl;
 mod ops;
 mod roles;
@@ -90,6 +91,16 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// The app role (run inside an app jail), its API keys, and a load checker.
+    App {
+        #[command(subcommand)]
+        verb: appctl::AppVerb,
+        #[command(flatten)]
+        state: StateArg,
+        /// Machine-readable output.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// A data member of the replicated db (run inside a db jail).
     Db {
         #[command(subcommand)]
@@ -115,6 +126,10 @@ fn default_log_filter(command: &Command) -> &'static str {
             ..
         } => "info,hickory_server=warn",
         Command::Db { .. } | Command::Witness { .. } => "info,openraft=warn",
+        Command::App {
+            verb: appctl::AppVerb::Run { .. },
+            ..
+        } => "info",
         _ => "warn",
     }
 }
@@ -159,6 +174,7 @@ fn main() {
             Command::Status { state, json } => ops::status(&state.state, json).await,
             Command::Jail { verb, state, json } => ops::jail(verb, &state.state, json).await,
             Command::Serve(args) => serve::run(args).await,
+            Command::App { verb, state, json } => appctl::app(verb, &state.state, json).await,
             Command::Db {
                 verb: DbVerb::Run { config },
             }

@@ -21,8 +21,9 @@ pub fn capabilities() -> Capabilities {
         sections: vec![
             ("gate", crate::roles::gate::check),
             ("db", crate::roles::db::check),
+            ("app", crate::roles::app::check),
         ],
-        builtin_roles: vec![Role::Gate, Role::Db, Role::Witness],
+        builtin_roles: vec![Role::Gate, Role::Db, Role::Witness, Role::App],
         backends: vec![Backend::Process],
     }
 }

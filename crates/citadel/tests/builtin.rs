@@ -54,14 +54,65 @@ fn the_builtin_cluster_runs_the_source_diagram() {
             (backends.matches("\"up\": true").count() >= 4).then_some(())
         },
     );
-    let mut seen = std::collections::BTreeSet::new();
+    // The REST API through the gate, with an API key made by the operator.
+    let key: serde_json::Value =
+        serde_json::from_str(&up.ok(&["app", "key", "create", "e2e", "--json"])).expect("key json");
+    let token = key["token"].as_str().expect("token").to_string();
+    let api = |method: &str, path: &str, body: Option<&str>| -> (u16, String) {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-s",
+            "--max-time",
+            "5",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            method,
+        ]);
+        cmd.args(["-H", &format!("X-Api-Key: {token}")]);
+        if let Some(b) = body {
+            cmd.args(["-H", "Content-Type: application/json", "-d", b]);
+        }
+        let out = cmd
+            .arg(format!("http://127.0.0.1:8080{path}"))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.parse().unwrap_or(0), body.to_string())
+    };
+    let (code, created) = api("POST", "/v1/patients", Some(r#"{"name":"Ada","ward":3}"#));
+    assert_eq!(code, 201, "{created}");
+    let id = serde_json::from_str::<serde_json::Value>(&created).expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     for _ in 0..8 {
-        let body = curl("http://127.0.0.1:8080/").expect("the gate answers");
-        seen.insert(body.lines().next().unwrap_or_default().to_string());
+        let (code, doc) = api("GET", &format!("/v1/patients/{id}"), None);
+        assert_eq!((code, doc.contains("Ada")), (200, true), "{doc}");
+    }
+    let (code, _) = api(
+        "PATCH",
+        &format!("/v1/patients/{id}"),
+        Some(r#"{"ward":4}"#),
+    );
+    assert_eq!(code, 200);
+    let backends: serde_json::Value =
+        serde_json::from_str(&up.ok(&["gate", "backends"])).expect("json");
+    let app = backends
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "app"))
+        .expect("app service");
+    for member in app["members"].as_array().expect("members") {
+        assert!(
+            member["requests"].as_u64().unwrap_or(0) > 0,
+            "both app jails served: {member}"
+        );
     }
     assert_eq!(
-        seen.into_iter().collect::<Vec<_>>(),
-        ["jail app-1: /", "jail app-2: /"]
+        curl("http://127.0.0.1:8080/v1/patients"),
+        None,
+        "no key, no data"
     );
 
     // The replicated db: a write on db-1 is read back from db-2 (reads are linearizable).
@@ -88,8 +139,12 @@ fn the_builtin_cluster_runs_the_source_diagram() {
     // rotation, and comes back when started.
     up.ok(&["jail", "stop", "app-1"]);
     for _ in 0..6 {
-        let body = curl("http://127.0.0.1:8080/").expect("the other app jail answers");
-        assert!(body.starts_with("jail app-2"), "{body}");
+        let (code, doc) = api("GET", &format!("/v1/patients/{id}"), None);
+        assert_eq!(
+            (code, doc.contains("\"ward\":4")),
+            (200, true),
+            "the other app jail answers: {doc}"
+        );
     }
     wait_for("app-1 out of DNS", Duration::from_secs(15), || {
         (dig("app.citadel.internal") == ["127.10.0.21"]).then_some(())
@@ -115,7 +170,7 @@ fn the_builtin_cluster_runs_the_source_diagram() {
         "a banned client gets nothing"
     );
     wait_for("the ban to expire", Duration::from_secs(10), || {
-        curl("http://127.0.0.1:8080/")
+        (api("GET", &format!("/v1/patients/{id}"), None).0 == 200).then_some(())
     });
     let backends = up.ok(&["gate", "backends"]);
     assert!(

@@ -104,8 +104,8 @@ pub fn identity_env(cluster: &Cluster, jail: &Jail, paths: &JailPaths) -> BTreeM
     env
 }
 
-/// Expands `$NAME` and `${NAME}` from `env`; `$$` is a literal `$`. Unknown names expand to
-/// nothing, as in a shell.
+/// Expands `$NAME` and `${NAME}` from `env`; `$$` is a literal `$`. A name the environment
+/// does not have is left as written, so a shell script in `args` keeps its own variables.
 pub fn expand_vars(text: &str, env: &BTreeMap<String, String>) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -118,7 +118,13 @@ pub fn expand_vars(text: &str, env: &BTreeMap<String, String>) -> String {
         } else if let Some(r) = rest.strip_prefix('{') {
             match r.find('}') {
                 Some(end) => {
-                    out.push_str(env.get(&r[..end]).map_or("", String::as_str));
+                    match env.get(&r[..end]) {
+                        Some(v) => out.push_str(v),
+                        None => {
+                            out.push('$');
+                            out.push_str(&rest[..end + 2]);
+                        }
+                    }
                     rest = &r[end + 1..];
                 }
                 None => {
@@ -130,10 +136,12 @@ pub fn expand_vars(text: &str, env: &BTreeMap<String, String>) -> String {
             let end = rest
                 .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                 .unwrap_or(rest.len());
-            if end == 0 {
-                out.push('$');
-            } else {
-                out.push_str(env.get(&rest[..end]).map_or("", String::as_str));
+            match env.get(&rest[..end]) {
+                Some(v) if end > 0 => out.push_str(v),
+                _ => {
+                    out.push('$');
+                    out.push_str(&rest[..end]);
+                }
             }
             rest = &rest[end..];
         }
@@ -189,7 +197,11 @@ mod tests {
             ("B_C".to_string(), "2".to_string()),
         ]
         .into();
-        assert_eq!(expand_vars("$A:${B_C}/$$x/$Z.$", &env), "1:2/$x/.$");
+        assert_eq!(expand_vars("$A:${B_C}/$$x/$Z.$", &env), "1:2/$x/$Z.$");
+        assert_eq!(
+            expand_vars("i=$((i+1)) ${nope} $1", &env),
+            "i=$((i+1)) ${nope} $1"
+        );
         assert_eq!(expand_vars("${A", &env), "${A");
         assert_eq!(addr_var("front-2"), "CITADEL_ADDR_FRONT_2");
     }

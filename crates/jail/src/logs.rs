@@ -114,12 +114,17 @@ pub async fn follow_log(path: &Path, mut out: impl Write) -> io::Result<()> {
             continue;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        if let Ok(meta) = std::fs::metadata(path)
-            && (meta.ino() != ino || meta.len() < pos)
-        {
-            file = File::open(path)?;
-            ino = file.metadata()?.ino();
-            pos = 0;
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.ino() != ino || meta.len() < pos => {
+                file = File::open(path)?;
+                ino = file.metadata()?.ino();
+                pos = 0;
+            }
+            Ok(_) => {}
+            // Between rotation's rename and create the file is briefly missing; a log whose
+            // directory is gone (its jail was destroyed) has nothing more to say.
+            Err(_) if path.parent().is_some_and(|dir| !dir.exists()) => return Ok(()),
+            Err(_) => {}
         }
     }
 }

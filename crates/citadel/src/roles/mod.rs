@@ -2,6 +2,7 @@
 //! config file is derived from the cluster file and written into the jail's directory, and the
 //! jail runs `citadel <role> --config <file> …`.
 
+pub mod app;
 pub mod db;
 pub mod gate;
 
@@ -24,9 +25,8 @@ impl Roles for BuiltinRoles {
         match jail.role {
             Role::Gate => gate::prepare(cluster, jail, paths),
             Role::Db | Role::Witness => db::prepare(cluster, jail, paths),
-            role => Err(format!(
-                "the {role} role is not built into this citadel; give the jail a `command`"
-            )),
+            Role::App => app::prepare(cluster, jail, paths),
+            Role::Command => Err("a command jail needs a `command`".into()),
         }
     }
 

@@ -245,3 +245,13 @@ pub fn pid_from_file(path: &Path) -> i32 {
         || std::fs::read_to_string(path).ok()?.trim().parse().ok(),
     )
 }
+
+/// A child process killed when the test is done with it, passed or failed.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
