@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 
 #[derive(Parser)]
