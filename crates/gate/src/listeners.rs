@@ -161,9 +161,15 @@ async fn accept_loop(
     kind: ListenerKind,
     tls: Option<TlsSlot>,
 ) {
+    let accepted = gate
+        .metrics
+        .counter("gate_connections_total", &[("listener", &name)]);
     loop {
         let (sock, peer) = match l.accept().await {
-            Ok(x) => x,
+            Ok(x) => {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                x
+            }
             Err(e) => {
                 // Out of descriptors and the like: back off briefly rather than spin.
                 tracing::warn!(listener = %name, error = %e, "accept failed");
@@ -189,8 +195,6 @@ async fn handle_conn(
     let _ = sock.set_nodelay(true);
     let _open = OpenConn::new(&gate);
     let rt = gate.runtime.load_full();
-    gate.metrics
-        .inc("gate_connections_total", &[("listener", &name)], 1);
     let slot = match gate.firewall.admit_conn(&rt.cfg.firewall, &name, peer.ip()) {
         Ok(s) => s,
         Err(r) => {
