@@ -43,7 +43,7 @@ cpu_ticks() { # pids... -> utime+stime summed
     [ -r "/proc/$p/stat" ] && s=$((s + $(awk '{print $14+$15}' "/proc/$p/stat")))
   done; echo "$s"
 }
-children() { pgrep -P "$1" | tr '\n' ' '; }
+descendants() { local c; for c in $(pgrep -P "$1"); do echo -n "$c "; descendants "$c"; done; }
 
 # --- the upstream: nginx, one worker, a tiny fixed answer -------------------------------
 mkdir -p "$W/up" "$W/px"
@@ -131,7 +131,7 @@ run_wrk() { # name url pids extra-args...
     RPS[$name]=$rps; P99[$name]=$p99; CPU[$name]=$cpu; US[$name]=$us
   fi
 }
-NGP="$NPID $(children $NPID)"
+NGP="$NPID $(descendants $NPID)"
 for round in $(seq 1 "$ROUNDS"); do
   for mode in keepalive close; do
     extra=(); [ "$mode" = close ] && extra=(-H "Connection: close")
@@ -191,7 +191,7 @@ run_dnsperf() { # name server pids
     CPU[$1]=$(awk -v a="$c0" -v b="$c1" -v hz="$HZ" -v d="$(echo "$t1 - $t0" | bc)" 'BEGIN {printf "%.0f", (b-a)/hz/d*100}')
   fi
 }
-NSP="$NSPID $(children $NSPID)"
+NSP="$NSPID $(descendants $NSPID)"
 for round in $(seq 1 "$ROUNDS"); do
   run_dnsperf gate-dns $GATE_DNS "$GPID"
   run_dnsperf nsd $NSD_DNS "$NSP"

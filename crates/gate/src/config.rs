@@ -436,6 +436,15 @@ mod tests {
     }
 
     #[test]
+    fn example_config_for_the_builtin_cluster_parses() {
+        let cfg = GateConfig::from_toml(include_str!("../gate.example.toml")).expect("parses");
+        assert_eq!(cfg.services.len(), 2);
+        let dns = cfg.dns.expect("dns section");
+        assert_eq!(dns.zone, "citadel.internal");
+        assert!(crate::dns::Zone::build(&dns).is_ok());
+    }
+
+    #[test]
     fn unknown_service_is_rejected() {
         let err = GateConfig::from_toml(
             r#"
