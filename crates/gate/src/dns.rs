@@ -103,6 +103,12 @@ pub struct Handler {
     gate: Arc<Gate>,
 }
 
+impl Handler {
+    pub fn new(gate: Arc<Gate>) -> Self {
+        Self { gate }
+    }
+}
+
 fn addr_record(name: &Name, ttl: u32, ip: IpAddr) -> Record {
     match ip {
         IpAddr::V4(v4) => Record::from_rdata(name.clone(), ttl, RData::A(A(v4))),

@@ -42,6 +42,8 @@ pub async fn serve<S>(
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(hc.header_read_timeout_ms))
         .max_buf_size(hc.max_header_bytes.max(8192))
+        // A client that shuts its write side after the request still gets the answer.
+        .half_close(true)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())

@@ -12,6 +12,8 @@ pub mod config;
 pub mod dns;
 pub mod error;
 pub mod firewall;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod http;
 pub mod l4;
 pub mod listeners;
@@ -75,6 +77,28 @@ pub struct RunOptions {
 }
 
 impl Gate {
+    /// Builds the gate's state (firewall with persisted bans, services, DNS zone) without
+    /// binding anything or starting health checks; [`Gate::apply`] does that.
+    pub fn new(config: &GateConfig, opts: &RunOptions) -> Result<Arc<Self>, GateError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        std::fs::create_dir_all(&opts.state_dir)
+            .map_err(|e| GateError::io(format!("creating {}", opts.state_dir.display()), e))?;
+        config.validate()?;
+        let rt = Self::build_runtime(config.clone(), None)?;
+        let gate = Arc::new(Gate {
+            runtime: ArcSwap::from_pointee(rt),
+            firewall: Firewall::open(&opts.state_dir)?,
+            metrics: Registry::default(),
+            state_dir: opts.state_dir.clone(),
+            config_path: opts.config_path.clone(),
+            listeners: AsyncMutex::new(listeners::Listeners::default()),
+            open_conns: AtomicUsize::new(0),
+            stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
+        });
+        gate.firewall.configure(&config.firewall);
+        Ok(gate)
+    }
+
     /// The DNS zone in force.
     pub fn dns_zone(&self) -> Option<Arc<dns::Zone>> {
         self.runtime.load().dns.clone()
@@ -126,28 +150,7 @@ impl Gate {
 
 /// Runs the gate until SIGTERM or SIGINT.
 pub async fn run(config: GateConfig, opts: RunOptions) -> Result<(), GateError> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    std::fs::create_dir_all(&opts.state_dir)
-        .map_err(|e| GateError::io(format!("creating {}", opts.state_dir.display()), e))?;
-    config.validate()?;
-    let gate = Arc::new(Gate {
-        runtime: ArcSwap::from_pointee(Runtime {
-            cfg: GateConfig {
-                listeners: Vec::new(),
-                services: Vec::new(),
-                ..config.clone()
-            },
-            services: HashMap::new(),
-            dns: None,
-        }),
-        firewall: Firewall::open(&opts.state_dir)?,
-        metrics: Registry::default(),
-        state_dir: opts.state_dir.clone(),
-        config_path: opts.config_path.clone(),
-        listeners: AsyncMutex::new(listeners::Listeners::default()),
-        open_conns: AtomicUsize::new(0),
-        stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
-    });
+    let gate = Gate::new(&config, &opts)?;
     gate.apply(config.clone()).await?;
 
     let admin = admin::start(gate.clone(), config.admin).await?;
