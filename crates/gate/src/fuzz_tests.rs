@@ -68,12 +68,18 @@ fn rt() -> tokio::runtime::Runtime {
 async fn http_case(g: Arc<Gate>, input: Vec<u8>) -> Vec<u8> {
     let (mut client, server) = tokio::io::duplex(64 * 1024);
     let peer: SocketAddr = "127.85.0.50:4000".parse().expect("addr");
+    let proto = if input.starts_with(b"PRI * HTTP/2.0") {
+        crate::http::Proto::Http2
+    } else {
+        crate::http::Proto::Http1
+    };
     let task = tokio::spawn(crate::http::serve(
         g,
         server,
         peer,
         Arc::from("web"),
         "http",
+        proto,
     ));
     let _ = client.write_all(&input).await;
     let _ = client.shutdown().await;

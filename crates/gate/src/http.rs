@@ -14,7 +14,6 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::Gate;
@@ -23,6 +22,43 @@ use crate::config::Policy;
 use crate::firewall::Refusal;
 use crate::metrics::HttpStats;
 
+/// Which HTTP version a connection speaks, decided before serving it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Http1,
+    Http2,
+}
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Decides h1 or h2c from the first bytes of a plain connection without consuming them.
+/// Returns None when the client closes or sends nothing decisive within `within` (a client
+/// that connects and stays silent is dropped at the header timeout).
+pub async fn sniff(sock: &tokio::net::TcpStream, within: Duration) -> Option<Proto> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = [0u8; 24];
+    loop {
+        let n = tokio::time::timeout_at(deadline, sock.peek(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(Proto::Http1);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(Proto::Http2);
+        }
+        // A partial preface: wait for more bytes (rare; h2c clients send it in one packet).
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+    }
+}
+
 /// Serves one accepted connection (plain or TLS) until it closes.
 pub async fn serve<S>(
     gate: Arc<Gate>,
@@ -30,27 +66,14 @@ pub async fn serve<S>(
     peer: SocketAddr,
     listener: Arc<str>,
     scheme: &'static str,
+    proto: Proto,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let hc = gate.runtime.load().cfg.http.clone();
-    let gate_stop = gate.stopping.clone();
+    let mut stopping = gate.stopping.subscribe();
     let stats = gate.metrics.http_stats(&listener);
     let info = Arc::new(Peer::new(peer, scheme));
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(hc.header_read_timeout_ms))
-        .max_buf_size(hc.max_header_bytes.max(8192))
-        // A client that shuts its write side after the request still gets the answer.
-        .half_close(true)
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(hc.max_header_bytes.min(u32::MAX as usize) as u32)
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_millis(hc.keepalive_idle_ms)))
-        .keep_alive_timeout(Duration::from_secs(20));
     let svc = hyper::service::service_fn(move |req| {
         let gate = gate.clone();
         let listener = listener.clone();
@@ -58,15 +81,40 @@ pub async fn serve<S>(
         let info = info.clone();
         async move { Ok::<_, Infallible>(handle(gate, req, &info, listener, &stats).await) }
     });
-    let mut stopping = gate_stop.subscribe();
-    let conn = b.serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    let res = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = async { stopping.wait_for(|s| *s).await.map(|_| ()) } => {
-            // Process shutdown: finish the request in flight, then close (GOAWAY on h2).
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    // Serves `conn` until it ends; on process shutdown, lets the request in flight finish and
+    // closes (GOAWAY on h2).
+    macro_rules! drive {
+        ($conn:expr) => {{
+            let conn = $conn;
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = async { stopping.wait_for(|s| *s).await.map(|_| ()) } => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }};
+    }
+    let res = match proto {
+        Proto::Http1 => {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_millis(hc.header_read_timeout_ms))
+                .max_buf_size(hc.max_header_bytes.max(8192))
+                // A client that shuts its write side after the request still gets the answer.
+                .half_close(true)
+                .keep_alive(true);
+            drive!(b.serve_connection(TokioIo::new(io), svc))
+        }
+        Proto::Http2 => {
+            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new())
+                .max_header_list_size(hc.max_header_bytes.min(u32::MAX as usize) as u32)
+                .max_concurrent_streams(256)
+                .keep_alive_interval(Some(Duration::from_millis(hc.keepalive_idle_ms)))
+                .keep_alive_timeout(Duration::from_secs(20));
+            drive!(b.serve_connection(TokioIo::new(io), svc))
         }
     };
     if let Err(e) = res {

@@ -206,12 +206,24 @@ async fn handle_conn(
     let header_timeout = std::time::Duration::from_millis(rt.cfg.http.header_read_timeout_ms);
     drop(rt);
     match kind {
-        ListenerKind::Http => crate::http::serve(gate, sock, peer, name, "http").await,
+        ListenerKind::Http => {
+            // A client that stays silent is dropped at the header timeout.
+            let Some(proto) = crate::http::sniff(&sock, header_timeout).await else {
+                return;
+            };
+            crate::http::serve(gate, sock, peer, name, "http", proto).await
+        }
         ListenerKind::Https => {
             let Some(cfg) = tls else { return };
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
             match tokio::time::timeout(header_timeout, acceptor.accept(sock)).await {
-                Ok(Ok(s)) => crate::http::serve(gate, s, peer, name, "https").await,
+                Ok(Ok(s)) => {
+                    let proto = match s.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => crate::http::Proto::Http2,
+                        _ => crate::http::Proto::Http1,
+                    };
+                    crate::http::serve(gate, s, peer, name, "https", proto).await
+                }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
                 Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
             }
