@@ -40,7 +40,9 @@ wait_port() { # host port
 }
 cpu_ticks() { # pids... -> utime+stime summed
   local s=0; for p in "$@"; do
-    [ -r "/proc/$p/stat" ] && s=$((s + $(awk '{print $14+$15}' "/proc/$p/stat")))
+    # utime+stime: fields 14 and 15, counted after the ")" closing the command name (which may
+    # hold spaces, as NSD's "nsd: server 1" does).
+    [ -r "/proc/$p/stat" ] && s=$((s + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12+$13}')))
   done; echo "$s"
 }
 descendants() { local c; for c in $(pgrep -P "$1"); do echo -n "$c "; descendants "$c"; done; }

@@ -23,7 +23,7 @@
 //! | `services[].pool_idle_per_member` | 64 pooled keep-alive connections |
 //! | `http.header_read_timeout_ms` | 10000 (slow clients get dropped) |
 //! | `http.max_header_bytes` | 16384 (larger heads get 431) |
-//! | `http.keepalive_idle_ms` | 60000 |
+//! | `http.keepalive_idle_ms` | 60000 (h2 ping interval; idle HTTP/1 keep-alive connections close at `header_read_timeout_ms`) |
 //! | `firewall.default_action` | `allow` |
 //! | `firewall.rate_per_sec` | 0 = no per-client rate limit |
 //! | `firewall.burst` | equal to `rate_per_sec` |

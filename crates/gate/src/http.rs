@@ -31,31 +31,102 @@ pub enum Proto {
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Decides h1 or h2c from the first bytes of a plain connection without consuming them.
-/// Returns None when the client closes or sends nothing decisive within `within` (a client
-/// that connects and stays silent is dropped at the header timeout).
-pub async fn sniff(sock: &tokio::net::TcpStream, within: Duration) -> Option<Proto> {
+/// Reads the first bytes of a plain connection and decides h1 or h2c from them. Returns the
+/// connection with those bytes put back in front, or None when the client closes or sends
+/// nothing decisive within `within` (a silent client is dropped at the header timeout).
+pub async fn sniff(
+    mut sock: tokio::net::TcpStream,
+    within: Duration,
+) -> Option<(Proto, Prefixed<tokio::net::TcpStream>)> {
+    use tokio::io::AsyncReadExt;
     let deadline = tokio::time::Instant::now() + within;
-    let mut buf = [0u8; 24];
+    let mut buf = vec![0u8; 2048];
+    let mut filled = 0;
     loop {
-        let n = tokio::time::timeout_at(deadline, sock.peek(&mut buf))
+        let n = tokio::time::timeout_at(deadline, sock.read(&mut buf[filled..]))
             .await
             .ok()?
             .ok()?;
         if n == 0 {
             return None;
         }
-        if buf[..n] != H2_PREFACE[..n] {
-            return Some(Proto::Http1);
+        filled += n;
+        let k = filled.min(H2_PREFACE.len());
+        let proto = if buf[..k] != H2_PREFACE[..k] {
+            Proto::Http1
+        } else if k == H2_PREFACE.len() {
+            Proto::Http2
+        } else {
+            // A partial preface: read on.
+            continue;
+        };
+        buf.truncate(filled);
+        return Some((
+            proto,
+            Prefixed {
+                prefix: buf,
+                pos: 0,
+                inner: sock,
+            },
+        ));
+    }
+}
+
+/// A stream that first yields bytes already read from it.
+pub struct Prefixed<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
         }
-        if n == H2_PREFACE.len() {
-            return Some(Proto::Http2);
-        }
-        // A partial preface: wait for more bytes (rare; h2c clients send it in one packet).
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

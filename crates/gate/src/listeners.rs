@@ -208,7 +208,7 @@ async fn handle_conn(
     match kind {
         ListenerKind::Http => {
             // A client that stays silent is dropped at the header timeout.
-            let Some(proto) = crate::http::sniff(&sock, header_timeout).await else {
+            let Some((proto, sock)) = crate::http::sniff(sock, header_timeout).await else {
                 return;
             };
             crate::http::serve(gate, sock, peer, name, "http", proto).await
