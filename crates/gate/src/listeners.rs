@@ -211,7 +211,8 @@ async fn handle_conn(
             let Some((proto, sock)) = crate::http::sniff(sock, header_timeout).await else {
                 return;
             };
-            crate::http::serve(gate, sock, peer, name, "http", proto).await
+            // Boxed: the connection's future is large, and spawning moves it by value.
+            Box::pin(crate::http::serve(gate, sock, peer, name, "http", proto)).await
         }
         ListenerKind::Https => {
             let Some(cfg) = tls else { return };
@@ -222,13 +223,13 @@ async fn handle_conn(
                         Some(b"h2") => crate::http::Proto::Http2,
                         _ => crate::http::Proto::Http1,
                     };
-                    crate::http::serve(gate, s, peer, name, "https", proto).await
+                    Box::pin(crate::http::serve(gate, s, peer, name, "https", proto)).await
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
                 Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
             }
         }
-        ListenerKind::Tcp => crate::l4::proxy_tcp(gate, sock, peer, name).await,
+        ListenerKind::Tcp => Box::pin(crate::l4::proxy_tcp(gate, sock, peer, name)).await,
         ListenerKind::Udp => {}
     }
     drop(slot);
