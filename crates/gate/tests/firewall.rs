@@ -31,23 +31,6 @@ health = {{ path = "/", interval_ms = 200, timeout_ms = 200 }}
     )
 }
 
-/// One raw HTTP/1.1 request on a fresh connection from `source`: Some(status) or None when
-/// the gate refused the connection (closed without an answer).
-fn raw_get(source: IpAddr, to: SocketAddr) -> Option<u16> {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
-    sock.bind(&SocketAddr::new(source, 0).into()).ok()?;
-    sock.connect_timeout(&to.into(), Duration::from_secs(2))
-        .ok()?;
-    let mut s: std::net::TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    s.write_all(format!("GET / HTTP/1.1\r\nhost: {to}\r\nconnection: close\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf);
-    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
-}
-
 #[tokio::test]
 async fn deny_rule_and_rate_limit_per_client() {
     let net = "127.80.3";

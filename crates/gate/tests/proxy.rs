@@ -185,6 +185,12 @@ members = [{{ name = "ghost", address = "{net}.14" }}]
 health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 100 }}
 
 [[services]]
+name = "sluggish"
+port = 8000
+members = [{{ name = "s", address = "{net}.11" }}]
+health = {{ path = "/slow?ms=1000", interval_ms = 200, timeout_ms = 150 }}
+
+[[services]]
 name = "broken"
 port = 8000
 passive_fail = 0
@@ -204,6 +210,8 @@ health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 100 }}
         .await
     );
     let c = client(Some(format!("{net}.50").parse().unwrap()));
+    // A member whose health check answers after the check's timeout never comes up.
+    assert!(!member_up(&ac, admin, "sluggish", "s").await);
 
     let (code, body) = get(&c, &format!("http://{net}.1:8080/x?y=1"))
         .await

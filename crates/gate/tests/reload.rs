@@ -186,6 +186,39 @@ async fn reload_under_load_drops_nothing_and_keeps_bans() {
     assert_eq!(&buf, b"still here", "established TCP stream survived");
     let (_, bans) = curl("GET", &format!("http://{admin}/bans"), None);
     assert!(bans.contains(&format!("{net}.77/32")), "ban kept: {bans}");
+
+    // Rules change on reload too.
+    let to = sa(&format!("{net}.1:8080"));
+    let (a, b): (std::net::IpAddr, std::net::IpAddr) = (
+        format!("{net}.90").parse().unwrap(),
+        format!("{net}.91").parse().unwrap(),
+    );
+    assert_eq!(
+        tokio::task::spawn_blocking(move || raw_get(a, to))
+            .await
+            .unwrap(),
+        Some(200)
+    );
+    let with_rule = format!(
+        "{}\n[firewall]\nrules = [{{ action = \"deny\", source = \"{net}.90/32\" }}]\n",
+        reload_config(net, true)
+    );
+    std::fs::write(&gate.config, with_rule).unwrap();
+    let (code, body) = curl("POST", &format!("http://{admin}/reload"), None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        tokio::task::spawn_blocking(move || raw_get(a, to))
+            .await
+            .unwrap(),
+        None,
+        "new rule denies"
+    );
+    assert_eq!(
+        tokio::task::spawn_blocking(move || raw_get(b, to))
+            .await
+            .unwrap(),
+        Some(200)
+    );
 }
 
 fn two_member_config(net: &str) -> String {
