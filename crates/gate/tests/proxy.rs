@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -50,51 +48,14 @@ async fn kill9_backend_under_load_fails_no_request() {
     );
 
     let url = format!("http://{net}.1:8080/hello");
-    let done = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let seen2 = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut tasks = Vec::new();
-    for w in 0..4u8 {
-        let c = client(Some(format!("{net}.{}", 100 + w).parse().unwrap()));
-        let (url, done, failed, seen2, stop) = (
-            url.clone(),
-            done.clone(),
-            failed.clone(),
-            seen2.clone(),
-            stop.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            // Bounded in count and in time.
-            for _ in 0..20_000 {
-                if Instant::now() > deadline || stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                match get(&c, &url).await {
-                    Ok((200, body)) => {
-                        if body.starts_with("app2") {
-                            seen2.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    other => {
-                        eprintln!("failed request: {other:?}");
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
+    let sources: Vec<std::net::IpAddr> = (0..4u8)
+        .map(|w| format!("{net}.{}", 100 + w).parse().unwrap())
+        .collect();
+    let load = Load::start(&sources, &url, 20_000, Duration::from_secs(30));
     // Kill app2 once the load is flowing.
+    assert!(load.wait_more(300, Duration::from_secs(10)).await);
     assert!(
-        wait_until(Duration::from_secs(10), || async {
-            done.load(Ordering::Relaxed) >= 300
-        })
-        .await
-    );
-    assert!(
-        seen2.load(Ordering::Relaxed) > 0,
+        load.seen("app2") > 0,
         "round robin reached app2 before the kill"
     );
     let killed_at = Instant::now();
@@ -108,26 +69,12 @@ async fn kill9_backend_under_load_fails_no_request() {
         "app2 should be marked down"
     );
     eprintln!("app2 down after {:?}", killed_at.elapsed());
-    // Keep the load on for a while with app2 gone (past several health intervals), then
+    // Keep the load on with app2 gone for several health intervals (1.5 s of load), then
     // stop it.
-    let at_down = done.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(
-        wait_until(Duration::from_secs(10), || async {
-            done.load(Ordering::Relaxed) >= at_down + 500
-        })
-        .await
-    );
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let total = done.load(Ordering::Relaxed);
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "no client request may fail ({total} sent)"
-    );
+    assert!(load.wait_more(500, Duration::from_secs(10)).await);
+    let (total, failed) = load.finish().await;
+    assert_eq!(failed, 0, "no client request may fail ({total} sent)");
     assert!(total >= 800, "load should be steady: only {total} requests");
 
     // Back in rotation when healthy again.

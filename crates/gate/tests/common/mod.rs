@@ -292,3 +292,92 @@ pub fn raw_get(source: IpAddr, to: SocketAddr) -> Option<u16> {
     let text = String::from_utf8_lossy(&buf);
     text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
+
+/// A steady keep-alive GET load: one client (with its own source address) per task, each
+/// bounded in count and in time. Counts answers by the backend named on their first line.
+pub struct Load {
+    done: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    seen: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(sources: &[IpAddr], url: &str, max_each: usize, max_time: Duration) -> Load {
+        use std::sync::Arc;
+        use std::sync::atomic::Ordering;
+        let load = Load {
+            done: Arc::default(),
+            failed: Arc::default(),
+            seen: Arc::default(),
+            stop: Arc::default(),
+            tasks: Vec::new(),
+        };
+        let end = Instant::now() + max_time;
+        let tasks = sources
+            .iter()
+            .map(|src| {
+                let c = client(Some(*src));
+                let url = url.to_string();
+                let (done, failed, seen, stop) = (
+                    load.done.clone(),
+                    load.failed.clone(),
+                    load.seen.clone(),
+                    load.stop.clone(),
+                );
+                tokio::spawn(async move {
+                    for _ in 0..max_each {
+                        if stop.load(Ordering::Relaxed) || Instant::now() > end {
+                            break;
+                        }
+                        match get(&c, &url).await {
+                            Ok((200, body)) => {
+                                let who = body.lines().next().unwrap_or("").to_string();
+                                if let Ok(mut m) = seen.lock() {
+                                    *m.entry(who).or_default() += 1;
+                                }
+                            }
+                            other => {
+                                eprintln!("failed request: {other:?}");
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Load { tasks, ..load }
+    }
+
+    pub fn done(&self) -> usize {
+        self.done.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Answers that came from backend `name`.
+    pub fn seen(&self, name: &str) -> usize {
+        self.seen
+            .lock()
+            .map(|m| m.get(name).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Waits until `n` more requests than now have been made (at most `within`).
+    pub async fn wait_more(&self, n: usize, within: Duration) -> bool {
+        let target = self.done() + n;
+        wait_until(within, || async { self.done() >= target }).await
+    }
+
+    /// Stops the load: (requests made, requests failed).
+    pub async fn finish(self) -> (usize, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        (
+            self.done.load(std::sync::atomic::Ordering::Relaxed),
+            self.failed.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+}
