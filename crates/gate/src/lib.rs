@@ -148,6 +148,31 @@ impl Gate {
     }
 }
 
+/// Builds a tokio runtime and runs the gate on it until SIGTERM or SIGINT: the entry point for
+/// a process whose only job is the gate (`citadel-gate`, or `citadel gate` in the gate jail).
+/// `threads` of 1 uses tokio's current-thread scheduler, which costs measurably less CPU per
+/// proxied request than a one-worker multi-thread runtime; None means one worker per core.
+pub fn run_blocking(
+    config: GateConfig,
+    opts: RunOptions,
+    threads: Option<usize>,
+) -> Result<(), GateError> {
+    let mut b = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let rt = b
+        .enable_all()
+        .build()
+        .map_err(|e| GateError::io("starting the tokio runtime", e))?;
+    rt.block_on(run(config, opts))
+}
+
 /// Runs the gate until SIGTERM or SIGINT.
 pub async fn run(config: GateConfig, opts: RunOptions) -> Result<(), GateError> {
     let gate = Gate::new(&config, &opts)?;
