@@ -12,7 +12,6 @@
 //! | `POST /reload` | re-read the config file and swap it in |
 //! | `GET /metrics` | Prometheus text |
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -28,17 +27,12 @@ use serde::{Deserialize, Serialize};
 use crate::Gate;
 use crate::balancer::MemberView;
 use crate::config::Policy;
-use crate::error::GateError;
 
 type St = State<Arc<Gate>>;
 
-pub async fn start(gate: Arc<Gate>, addr: SocketAddr) -> Result<SocketAddr, GateError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| GateError::Bind { addr, source })?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| GateError::io("admin address", e))?;
+/// Serves the admin API on an already bound listener (see [`crate::listeners::bind_tcp`]).
+/// Aborting the returned task stops accepting; requests in flight finish.
+pub fn start(gate: Arc<Gate>, listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
     let app = Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/backends", get(backends))
@@ -52,8 +46,7 @@ pub async fn start(gate: Arc<Gate>, addr: SocketAddr) -> Result<SocketAddr, Gate
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "admin server stopped");
         }
-    });
-    Ok(local)
+    })
 }
 
 #[derive(Serialize)]

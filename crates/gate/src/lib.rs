@@ -67,6 +67,14 @@ pub struct Gate {
     pub open_conns: AtomicUsize,
     /// Becomes true when the process is shutting down.
     pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    net: AsyncMutex<NetServices>,
+}
+
+/// The admin API and DNS servers, rebound by a reload that moves them.
+#[derive(Default)]
+struct NetServices {
+    admin: Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>,
+    dns: Option<(Vec<std::net::SocketAddr>, dns::DnsHandle)>,
 }
 
 /// Where the gate keeps its state and finds its config file for reloads.
@@ -94,6 +102,7 @@ impl Gate {
             listeners: AsyncMutex::new(listeners::Listeners::default()),
             open_conns: AtomicUsize::new(0),
             stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
+            net: AsyncMutex::new(NetServices::default()),
         });
         gate.firewall.configure(&config.firewall);
         Ok(gate)
@@ -127,6 +136,7 @@ impl Gate {
         let old = self.runtime.load_full();
         let rt = Arc::new(Self::build_runtime(cfg, Some(&old))?);
         let plan = ls.prepare(&rt.cfg.listeners).await?;
+        self.rebind_net(&rt.cfg).await?;
         self.firewall.configure(&rt.cfg.firewall);
         for s in rt.services.values() {
             s.start_health();
@@ -134,6 +144,32 @@ impl Gate {
         self.runtime.store(rt);
         ls.commit(self, plan);
         tracing::info!("configuration applied");
+        Ok(())
+    }
+
+    /// Binds the admin API and the DNS servers where the config moved them (new sockets first,
+    /// then the old ones close).
+    async fn rebind_net(self: &Arc<Self>, cfg: &GateConfig) -> Result<(), GateError> {
+        let mut net = self.net.lock().await;
+        if net.admin.as_ref().map(|a| a.0) != Some(cfg.admin) {
+            let l = listeners::bind_tcp(cfg.admin)?;
+            let task = admin::start(self.clone(), l);
+            if let Some((_, old)) = net.admin.replace((cfg.admin, task)) {
+                old.abort();
+            }
+            tracing::info!(admin = %cfg.admin, "admin API listening");
+        }
+        let want: Vec<std::net::SocketAddr> = cfg
+            .dns
+            .as_ref()
+            .map(|d| d.listen.clone())
+            .unwrap_or_default();
+        if net.dns.as_ref().map(|d| &d.0) != Some(&want) {
+            net.dns = match &cfg.dns {
+                Some(d) if !want.is_empty() => Some((want, dns::start(self.clone(), d).await?)),
+                _ => None,
+            };
+        }
         Ok(())
     }
 
@@ -178,12 +214,6 @@ pub async fn run(config: GateConfig, opts: RunOptions) -> Result<(), GateError> 
     let gate = Gate::new(&config, &opts)?;
     gate.apply(config.clone()).await?;
 
-    let admin = admin::start(gate.clone(), config.admin).await?;
-    let dns = match &config.dns {
-        Some(d) => Some(dns::start(gate.clone(), d).await?),
-        None => None,
-    };
-
     {
         let g = gate.clone();
         tokio::spawn(async move {
@@ -201,7 +231,7 @@ pub async fn run(config: GateConfig, opts: RunOptions) -> Result<(), GateError> 
         signal(SignalKind::terminate()).map_err(|e| GateError::io("SIGTERM handler", e))?;
     let mut int =
         signal(SignalKind::interrupt()).map_err(|e| GateError::io("SIGINT handler", e))?;
-    tracing::info!(admin = %admin, "gate running");
+    tracing::info!("gate running");
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -214,7 +244,14 @@ pub async fn run(config: GateConfig, opts: RunOptions) -> Result<(), GateError> 
             _ = int.recv() => break,
         }
     }
-    drop(dns);
+    // Stop answering DNS and admin requests (the DNS server's tasks end with its handle).
+    {
+        let mut net = gate.net.lock().await;
+        net.dns = None;
+        if let Some((_, a)) = net.admin.take() {
+            a.abort();
+        }
+    }
     // Graceful stop: no new connections; HTTP connections finish their request in flight and
     // close; wait for open connections up to the grace period.
     let grace = Duration::from_millis(gate.runtime.load().cfg.shutdown_grace_ms);

@@ -57,9 +57,18 @@ pub fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, GateError> {
 
 pub fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, GateError> {
     let e = |source| GateError::Bind { addr, source };
-    let std = std::net::UdpSocket::bind(addr).map_err(e)?;
-    std.set_nonblocking(true).map_err(e)?;
-    UdpSocket::from_std(std).map_err(e)
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
+        .map_err(e)?;
+    sock.set_reuse_address(true).map_err(e)?;
+    sock.set_reuse_port(true).map_err(e)?;
+    sock.set_nonblocking(true).map_err(e)?;
+    sock.bind(&addr.into()).map_err(e)?;
+    UdpSocket::from_std(sock.into()).map_err(e)
 }
 
 /// Counts an open client connection for graceful shutdown.
