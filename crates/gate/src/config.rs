@@ -18,7 +18,7 @@
 //! | `services[].passive_fail` | 3 consecutive failed requests eject a member (0 = off) |
 //! | `services[].connect_timeout_ms` | 1000 |
 //! | `services[].response_timeout_ms` | 30000 (time to the backend's response head) |
-//! | `services[].idle_timeout_ms` | 60000 (TCP idle; UDP flow idle) |
+//! | `services[].idle_timeout_ms` | 60000 (TCP idle; UDP flow idle; a pause inside an HTTP response body) |
 //! | `services[].retries` | 1 (extra attempts on another member, idempotent requests only) |
 //! | `services[].pool_idle_per_member` | 64 pooled keep-alive connections |
 //! | `http.header_read_timeout_ms` | 10000 (slow clients get dropped) |

@@ -2,6 +2,7 @@
 //! HTTP/1.1 to the backends.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::Gate;
-use crate::balancer::{ActiveGuard, ProxyBody};
+use crate::balancer::{ActiveGuard, BoxError, ProxyBody};
 use crate::config::Policy;
 use crate::firewall::Refusal;
 use crate::metrics::HttpStats;
@@ -418,7 +419,7 @@ async fn proxy(
             Empty::<Bytes>::new().map_err(|n| match n {}).boxed()
         } else {
             match body.take() {
-                Some(b) => b.boxed(),
+                Some(b) => b.map_err(BoxError::from).boxed(),
                 None => Empty::<Bytes>::new().map_err(|n| match n {}).boxed(),
             }
         };
@@ -432,6 +433,8 @@ async fn proxy(
                 let (mut rp, rb) = resp.into_parts();
                 strip_hop_by_hop(&mut rp.headers);
                 let body = GuardedBody {
+                    idle: Duration::from_millis(svc.cfg.idle_timeout_ms),
+                    timer: None,
                     inner: rb,
                     _guard: guard,
                 }
@@ -458,21 +461,44 @@ async fn proxy(
 }
 
 /// A backend response body that keeps its member's in-flight count until it ends, so
-/// least-connections and draining see streaming responses.
+/// least-connections and draining see streaming responses, and that gives up when the
+/// backend sends nothing for `idle` (the client's connection is then closed, not held).
 struct GuardedBody {
     inner: Incoming,
     _guard: ActiveGuard,
+    idle: Duration,
+    /// Armed only while the body waits on the backend.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("backend sent no body data for {0:?}")]
+struct BodyIdle(Duration);
 
 impl Body for GuardedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(r) => {
+                self.timer = None;
+                Poll::Ready(r.map(|f| f.map_err(BoxError::from)))
+            }
+            Poll::Pending => {
+                let idle = self.idle;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(idle))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {

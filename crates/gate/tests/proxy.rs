@@ -114,6 +114,7 @@ async fn forwarding_headers_and_error_answers() {
     let extra = format!(
         r#"
 response_timeout_ms = 300
+idle_timeout_ms = 500
 
 [[listeners]]
 name = "empty"
@@ -184,6 +185,24 @@ health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 100 }}
         (504, "504 gateway timeout: backend too slow\n")
     );
 
+    // A body that pauses less than the idle timeout passes whole; a backend that stalls
+    // mid-body is cut at the idle timeout instead of holding the client.
+    let (code, body) = get(&c, &format!("http://{net}.1:8080/stall?ms=100"))
+        .await
+        .unwrap();
+    assert_eq!((code, body.as_str()), (200, "partial\nrest\n"));
+    let t = std::time::Instant::now();
+    let stalled = get(&c, &format!("http://{net}.1:8080/stall?ms=4000")).await;
+    assert!(
+        stalled.is_err(),
+        "a stalled body ends in an error: {stalled:?}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "cut after {:?}",
+        t.elapsed()
+    );
+
     let (code, body) = get(&c, &format!("http://{net}.1:8081/")).await.unwrap();
     assert_eq!((code, body.as_str()), (503, "503 no healthy backend\n"));
 
@@ -194,11 +213,11 @@ health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 100 }}
     // Metrics: requests by status, latency histogram, backend gauges.
     let (_, m) = get(&ac, &format!("http://{admin}/metrics")).await.unwrap();
     for series in [
-        "gate_http_requests_total{listener=\"web\",code=\"200\"} 1",
+        "gate_http_requests_total{listener=\"web\",code=\"200\"} 3",
         "gate_http_requests_total{listener=\"web\",code=\"504\"} 1",
         "gate_http_requests_total{listener=\"empty\",code=\"503\"} 1",
         "gate_http_requests_total{listener=\"broken\",code=\"502\"} 1",
-        "gate_http_request_duration_seconds_count{listener=\"web\"} 2",
+        "gate_http_request_duration_seconds_count{listener=\"web\"} 4",
         "gate_backend_up{service=\"app\",member=\"app1\"} 1",
         "gate_backend_up{service=\"nobody\",member=\"ghost\"} 0",
     ] {

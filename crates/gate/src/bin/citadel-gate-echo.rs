@@ -6,13 +6,17 @@
 //! With `--udp`: answers each datagram with `NAME:` + the datagram on ADDR (UDP).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
+use hyper::body::{Body, Frame};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn main() -> anyhow::Result<()> {
@@ -65,13 +69,15 @@ fn main() -> anyhow::Result<()> {
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     let name = name.clone();
                     async move {
+                        if req.uri().path() == "/stall" {
+                            let ms = query_ms(&req);
+                            return Ok::<_, Infallible>(Response::new(Either::Right(Stall {
+                                step: 0,
+                                sleep: Box::pin(tokio::time::sleep(Duration::from_millis(ms))),
+                            })));
+                        }
                         if req.uri().path() == "/slow" {
-                            let ms: u64 = req
-                                .uri()
-                                .query()
-                                .and_then(|q| q.strip_prefix("ms="))
-                                .and_then(|v| v.parse().ok())
-                                .unwrap_or(1000);
+                            let ms = query_ms(&req);
                             tokio::time::sleep(Duration::from_millis(ms)).await;
                         }
                         let h = |k: &str| {
@@ -88,7 +94,9 @@ fn main() -> anyhow::Result<()> {
                             h("x-forwarded-for"),
                             h("forwarded")
                         );
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                        Ok::<_, Infallible>(Response::new(Either::Left(Full::new(Bytes::from(
+                            body,
+                        )))))
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -97,4 +105,43 @@ fn main() -> anyhow::Result<()> {
             });
         }
     })
+}
+
+fn query_ms(req: &Request<hyper::body::Incoming>) -> u64 {
+    req.uri()
+        .query()
+        .and_then(|q| q.strip_prefix("ms="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+}
+
+/// A body that sends `partial\n`, stalls, then sends `rest\n`.
+struct Stall {
+    step: u8,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Body for Stall {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.step {
+            0 => {
+                self.step = 1;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"partial\n")))))
+            }
+            1 => match self.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    self.step = 2;
+                    Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"rest\n")))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            _ => Poll::Ready(None),
+        }
+    }
 }
