@@ -152,6 +152,7 @@ impl Gate {
     async fn rebind_net(self: &Arc<Self>, cfg: &GateConfig) -> Result<(), GateError> {
         let mut net = self.net.lock().await;
         if net.admin.as_ref().map(|a| a.0) != Some(cfg.admin) {
+            listeners::ensure_free(cfg.admin, false)?;
             let l = listeners::bind_tcp(cfg.admin)?;
             let task = admin::start(self.clone(), l);
             if let Some((_, old)) = net.admin.replace((cfg.admin, task)) {
@@ -166,7 +167,14 @@ impl Gate {
             .unwrap_or_default();
         if net.dns.as_ref().map(|d| &d.0) != Some(&want) {
             net.dns = match &cfg.dns {
-                Some(d) if !want.is_empty() => Some((want, dns::start(self.clone(), d).await?)),
+                Some(d) if !want.is_empty() => {
+                    let ours = net.dns.as_ref().map(|x| x.0.clone()).unwrap_or_default();
+                    for a in want.iter().filter(|a| !ours.contains(a)) {
+                        listeners::ensure_free(*a, true)?;
+                        listeners::ensure_free(*a, false)?;
+                    }
+                    Some((want, dns::start(self.clone(), d).await?))
+                }
                 _ => None,
             };
         }

@@ -71,6 +71,19 @@ pub fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, GateError> {
     UdpSocket::from_std(sock.into()).map_err(e)
 }
 
+/// Fails with "address in use" when a socket this process does not own holds `addr`, so that
+/// SO_REUSEPORT (used so that reloads can bind before closing) never silently shares a port
+/// with another process, such as a stale gate. A probe without SO_REUSEPORT conflicts with
+/// any socket already bound there.
+pub fn ensure_free(addr: SocketAddr, udp: bool) -> Result<(), GateError> {
+    let probe = if udp {
+        std::net::UdpSocket::bind(addr).map(drop)
+    } else {
+        std::net::TcpListener::bind(addr).map(drop)
+    };
+    probe.map_err(|source| GateError::Bind { addr, source })
+}
+
 /// Counts an open client connection for graceful shutdown.
 struct OpenConn(Arc<Gate>);
 
@@ -91,6 +104,13 @@ impl Drop for OpenConn {
 }
 
 impl Listeners {
+    /// Whether one of our listeners already has a socket on `addr` (UDP or TCP).
+    fn holds(&self, addr: SocketAddr, udp: bool) -> bool {
+        self.map
+            .values()
+            .any(|h| h.cfg.bind == addr && (h.cfg.kind == ListenerKind::Udp) == udp)
+    }
+
     /// Stops every accept loop (process shutdown); open connections carry on.
     pub fn close_all(&mut self) {
         for (_, h) in self.map.drain() {
@@ -117,8 +137,18 @@ impl Listeners {
                 continue;
             }
             let bound = match c.kind {
-                ListenerKind::Udp => Bound::Udp(bind_udp(c.bind)?),
-                _ => Bound::Tcp(bind_tcp(c.bind)?),
+                ListenerKind::Udp => {
+                    if !self.holds(c.bind, true) {
+                        ensure_free(c.bind, true)?;
+                    }
+                    Bound::Udp(bind_udp(c.bind)?)
+                }
+                _ => {
+                    if !self.holds(c.bind, false) {
+                        ensure_free(c.bind, false)?;
+                    }
+                    Bound::Tcp(bind_tcp(c.bind)?)
+                }
             };
             plan.fresh
                 .push((c.clone(), bound, tls.map(ArcSwap::new).map(Arc::new)));

@@ -428,3 +428,45 @@ async fn sigterm_lets_in_flight_requests_finish() {
         "gate exits after its connections"
     );
 }
+
+#[tokio::test]
+async fn a_second_gate_on_the_same_address_fails_instead_of_sharing() {
+    let net = "127.84.5";
+    let t = TwoMembers::start(net).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gate.toml");
+    std::fs::write(&cfg, two_member_config(net)).unwrap();
+    let mut second = die_with_parent(&mut std::process::Command::new(gate_bin()))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    for _ in 0..250 {
+        if let Ok(Some(s)) = second.try_wait() {
+            status = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = second.kill();
+    let out = second.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the second gate must exit with an error"
+    );
+    assert!(err.contains("in use"), "{err}");
+    // The first gate still serves.
+    let c = client(Some(format!("{net}.50").parse().unwrap()));
+    assert_eq!(
+        get(&c, &format!("http://{net}.1:8080/")).await.map(|r| r.0),
+        Ok(200)
+    );
+    drop(t);
+}

@@ -64,6 +64,21 @@ pub fn echo_bin() -> &'static str {
     env!("CARGO_BIN_EXE_citadel-gate-echo")
 }
 
+/// Makes the child get SIGKILL when the test process dies, even by SIGKILL (where drop guards
+/// do not run), so no stale gate or backend outlives a test run.
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 /// Polls `f` every 20 ms until it holds or `within` passes.
 pub async fn wait_until<F, Fut>(within: Duration, mut f: F) -> bool
 where
@@ -95,7 +110,7 @@ pub async fn port_open(addr: SocketAddr) -> bool {
 
 /// Starts the echo backend NAME on ADDR (HTTP; TCP echo on port+1) and waits for it.
 pub async fn spawn_echo(name: &str, addr: SocketAddr) -> Proc {
-    let child = Command::new(echo_bin())
+    let child = die_with_parent(&mut Command::new(echo_bin()))
         .arg(name)
         .arg(addr.to_string())
         .stdout(Stdio::null())
@@ -114,7 +129,7 @@ pub async fn spawn_echo(name: &str, addr: SocketAddr) -> Proc {
 }
 
 pub async fn spawn_echo_udp(name: &str, addr: SocketAddr) -> Proc {
-    let child = Command::new(echo_bin())
+    let child = die_with_parent(&mut Command::new(echo_bin()))
         .arg(name)
         .arg(addr.to_string())
         .arg("--udp")
@@ -145,7 +160,7 @@ pub async fn spawn_gate(dir: &Path, config: &str, admin: SocketAddr) -> GateProc
 }
 
 pub async fn start_gate(cfg: PathBuf, state: PathBuf, admin: SocketAddr) -> GateProc {
-    let child = Command::new(gate_bin())
+    let child = die_with_parent(&mut Command::new(gate_bin()))
         .arg("--config")
         .arg(&cfg)
         .arg("--state")
