@@ -151,7 +151,7 @@ pub async fn serve<S>(
         let listener = listener.clone();
         let stats = stats.clone();
         let info = info.clone();
-        async move { Ok::<_, Infallible>(handle(gate, req, &info, listener, &stats).await) }
+        async move { Ok::<_, Infallible>(handle(gate, req, &info, listener, stats).await) }
     });
     // Serves `conn` until it ends; on process shutdown, lets the request in flight finish and
     // closes (GOAWAY on h2).
@@ -220,13 +220,11 @@ async fn handle(
     req: Request<Incoming>,
     peer: &Peer,
     listener: Arc<str>,
-    stats: &HttpStats,
+    stats: Arc<HttpStats>,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
-    let req_bytes = req.body().size_hint().exact().unwrap_or(0);
-    let resp = proxy(&gate, req, peer, &listener).await;
-    let out = resp.body().size_hint().exact().unwrap_or(0);
-    stats.record(resp.status().as_u16(), start.elapsed(), req_bytes, out);
+    let resp = proxy(&gate, req, peer, &listener, &stats).await;
+    stats.record(resp.status().as_u16(), start.elapsed());
     resp
 }
 
@@ -331,6 +329,7 @@ async fn proxy(
     req: Request<Incoming>,
     peer: &Peer,
     listener: &str,
+    stats: &Arc<HttpStats>,
 ) -> Response<ProxyBody> {
     if let Err(r) = gate.firewall.admit_request(peer.addr.ip()) {
         gate.metrics.inc(r.metric(), &[("listener", listener)], 1);
@@ -419,7 +418,11 @@ async fn proxy(
             Empty::<Bytes>::new().map_err(|n| match n {}).boxed()
         } else {
             match body.take() {
-                Some(b) => b.map_err(BoxError::from).boxed(),
+                Some(b) => InCount {
+                    inner: b,
+                    stats: stats.clone(),
+                }
+                .boxed(),
                 None => Empty::<Bytes>::new().map_err(|n| match n {}).boxed(),
             }
         };
@@ -433,6 +436,7 @@ async fn proxy(
                 let (mut rp, rb) = resp.into_parts();
                 strip_hop_by_hop(&mut rp.headers);
                 let body = GuardedBody {
+                    stats: stats.clone(),
                     idle: Duration::from_millis(svc.cfg.idle_timeout_ms),
                     timer: None,
                     inner: rb,
@@ -466,9 +470,42 @@ async fn proxy(
 struct GuardedBody {
     inner: Incoming,
     _guard: ActiveGuard,
+    stats: Arc<HttpStats>,
     idle: Duration,
     /// Armed only while the body waits on the backend.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// A client request body on its way to a backend, counted.
+struct InCount {
+    inner: Incoming,
+    stats: Arc<HttpStats>,
+}
+
+impl Body for InCount {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r
+            && let Some(d) = f.data_ref()
+        {
+            self.stats.add_in(d.len() as u64);
+        }
+        r.map(|o| o.map(|f| f.map_err(BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -486,6 +523,11 @@ impl Body for GuardedBody {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(r) => {
                 self.timer = None;
+                if let Some(Ok(f)) = &r
+                    && let Some(d) = f.data_ref()
+                {
+                    self.stats.add_out(d.len() as u64);
+                }
                 Poll::Ready(r.map(|f| f.map_err(BoxError::from)))
             }
             Poll::Pending => {

@@ -210,14 +210,23 @@ health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 100 }}
     assert_eq!(code, 502, "{body}");
     assert!(body.starts_with("502 bad gateway"), "{body}");
 
+    // A POST body is streamed through (and counted).
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-m", "5", "--data-binary", "hello world"])
+        .arg(format!("http://{net}.1:8080/post"))
+        .output()
+        .expect("curl runs");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("POST /post"));
+
     // Metrics: requests by status, latency histogram, backend gauges.
     let (_, m) = get(&ac, &format!("http://{admin}/metrics")).await.unwrap();
     for series in [
-        "gate_http_requests_total{listener=\"web\",code=\"200\"} 3",
+        "gate_http_requests_total{listener=\"web\",code=\"200\"} 4",
+        "gate_bytes_total{listener=\"web\",dir=\"in\"} 11",
         "gate_http_requests_total{listener=\"web\",code=\"504\"} 1",
         "gate_http_requests_total{listener=\"empty\",code=\"503\"} 1",
         "gate_http_requests_total{listener=\"broken\",code=\"502\"} 1",
-        "gate_http_request_duration_seconds_count{listener=\"web\"} 4",
+        "gate_http_request_duration_seconds_count{listener=\"web\"} 5",
         "gate_backend_up{service=\"app\",member=\"app1\"} 1",
         "gate_backend_up{service=\"nobody\",member=\"ghost\"} 0",
     ] {
