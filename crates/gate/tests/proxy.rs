@@ -242,3 +242,52 @@ health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 100 }}
             >= 1
     );
 }
+
+/// The same failure with passive ejection off: only the active checks take the dead member
+/// out, within its fall time (2 × 200 ms, plus one check's timeout), while retries keep every
+/// client request whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_with_active_checks_only_leaves_rotation_within_fall_time() {
+    let net = "127.80.6";
+    let dir = tempfile::tempdir().unwrap();
+    let _b1 = spawn_echo("app1", sa(&format!("{net}.11:8000"))).await;
+    let mut b2 = spawn_echo("app2", sa(&format!("{net}.12:8000"))).await;
+    let admin = sa(&format!("{net}.1:9100"));
+    let cfg = two_backend_config(net, "passive_fail = 0");
+    let _gate = spawn_gate(dir.path(), &cfg, admin).await;
+    let ac = client(None);
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            member_up(&ac, admin, "app", "app1").await && member_up(&ac, admin, "app", "app2").await
+        })
+        .await
+    );
+    let sources: Vec<std::net::IpAddr> = (0..2u8)
+        .map(|w| format!("{net}.{}", 100 + w).parse().unwrap())
+        .collect();
+    let load = Load::start(
+        &sources,
+        &format!("http://{net}.1:8080/"),
+        20_000,
+        Duration::from_secs(20),
+    );
+    assert!(load.wait_more(200, Duration::from_secs(10)).await);
+    let killed = Instant::now();
+    b2.kill9();
+    assert!(
+        wait_until(Duration::from_secs(3), || async {
+            !member_up(&ac, admin, "app", "app2").await
+        })
+        .await
+    );
+    let took = killed.elapsed();
+    eprintln!("app2 out of rotation after {took:?}");
+    // fall × interval + a check's timeout + scheduling slack on a busy machine.
+    assert!(
+        took < Duration::from_millis(1500),
+        "out of rotation after {took:?}"
+    );
+    assert!(load.wait_more(300, Duration::from_secs(10)).await);
+    let (total, failed) = load.finish().await;
+    assert_eq!(failed, 0, "no client request may fail ({total} sent)");
+}
