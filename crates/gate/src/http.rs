@@ -177,7 +177,7 @@ pub async fn serve<S>(
                 // A client that shuts its write side after the request still gets the answer.
                 .half_close(true)
                 .keep_alive(true);
-            drive!(b.serve_connection(TokioIo::new(io), svc))
+            drive!(b.serve_connection(TokioIo::new(io), svc).with_upgrades())
         }
         Proto::Http2 => {
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -326,7 +326,7 @@ fn forwarded_headers(h: &mut HeaderMap, peer: &Peer, host: Option<&str>) {
 
 async fn proxy(
     gate: &Gate,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: &Peer,
     listener: &str,
     stats: &Arc<HttpStats>,
@@ -347,6 +347,9 @@ async fn proxy(
     };
     drop(rt);
 
+    // An HTTP/1.1 upgrade (WebSocket and the like): the Upgrade and Connection headers go
+    // through, and after a 101 the two connections are spliced.
+    let upgrade = upgrade_protocol(&req).map(|proto| (proto, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
     let host = parts
         .headers
@@ -356,6 +359,12 @@ async fn proxy(
         .or_else(|| parts.uri.authority().map(|a| a.to_string()));
     strip_hop_by_hop(&mut parts.headers);
     forwarded_headers(&mut parts.headers, peer, host.as_deref());
+    if let Some((proto, _)) = &upgrade {
+        parts.headers.insert(header::UPGRADE, proto.clone());
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     if !parts.headers.contains_key(header::HOST)
         && let Some(v) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
     {
@@ -431,8 +440,25 @@ async fn proxy(
         *out.uri_mut() = uri;
         *out.headers_mut() = parts.headers.clone();
         match tokio::time::timeout(timeout, svc.client.request(out)).await {
-            Ok(Ok(resp)) => {
+            Ok(Ok(mut resp)) => {
                 member.record_traffic(true, svc.cfg.passive_fail, &svc.cfg.name);
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && let Some((_, client_side)) = upgrade
+                {
+                    let backend_side = hyper::upgrade::on(&mut resp);
+                    let idle = Duration::from_millis(svc.cfg.idle_timeout_ms);
+                    tokio::spawn(splice(client_side, backend_side, idle, guard));
+                    let (mut rp, _) = resp.into_parts();
+                    let proto = rp.headers.get(header::UPGRADE).cloned();
+                    strip_hop_by_hop(&mut rp.headers);
+                    if let Some(p) = proto {
+                        rp.headers.insert(header::UPGRADE, p);
+                    }
+                    rp.headers
+                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    let empty = Empty::<Bytes>::new().map_err(|n| match n {}).boxed();
+                    return Response::from_parts(rp, empty);
+                }
                 let (mut rp, rb) = resp.into_parts();
                 strip_hop_by_hop(&mut rp.headers);
                 let body = GuardedBody {
@@ -462,6 +488,41 @@ async fn proxy(
         }
     }
     short(StatusCode::BAD_GATEWAY, "502 bad gateway: backend failed\n")
+}
+
+/// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` + `Upgrade`).
+fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != http::Version::HTTP_11 {
+        return None;
+    }
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if asks {
+        req.headers().get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Relays an upgraded connection both ways until both sides close or it idles out; the
+/// member counts it as in flight meanwhile.
+async fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    idle: Duration,
+    _guard: ActiveGuard,
+) {
+    match tokio::try_join!(client, backend) {
+        Ok((c, b)) => {
+            crate::l4::pipe_io(TokioIo::new(c), TokioIo::new(b), idle).await;
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
 }
 
 /// A backend response body that keeps its member's in-flight count until it ends, so

@@ -83,6 +83,21 @@ async fn pipe(a: &mut TcpStream, b: &mut TcpStream, idle: Duration) -> (u64, u64
     )
 }
 
+/// [`pipe`] for any pair of streams (upgraded HTTP connections).
+pub async fn pipe_io<A, B>(a: A, b: B, idle: Duration) -> (u64, u64)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    let last = AtomicU64::new(now_ms());
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    tokio::join!(
+        copy_idle(&mut ar, &mut bw, idle, &last),
+        copy_idle(&mut br, &mut aw, idle, &last)
+    )
+}
+
 async fn copy_idle<R, W>(r: &mut R, w: &mut W, idle: Duration, last: &AtomicU64) -> u64
 where
     R: tokio::io::AsyncRead + Unpin,

@@ -210,6 +210,33 @@ health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 100 }}
     assert_eq!(code, 502, "{body}");
     assert!(body.starts_with("502 bad gateway"), "{body}");
 
+    // An upgrade (WebSocket-style): 101 through the gate, then bytes both ways.
+    let to = sa(&format!("{net}.1:8080"));
+    let echoed = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(to).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.write_all(
+            b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_lowercase();
+        s.write_all(b"ping over the tunnel").unwrap();
+        let mut back = [0u8; 20];
+        s.read_exact(&mut back).unwrap();
+        (head, String::from_utf8_lossy(&back).into_owned())
+    })
+    .await
+    .unwrap();
+    assert!(echoed.0.starts_with("http/1.1 101"), "{}", echoed.0);
+    assert!(echoed.0.contains("upgrade: websocket"), "{}", echoed.0);
+    assert_eq!(echoed.1, "ping over the tunnel");
+
     // A POST body is streamed through (and counted).
     let out = std::process::Command::new("curl")
         .args(["-s", "-m", "5", "--data-binary", "hello world"])
@@ -222,11 +249,12 @@ health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 100 }}
     let (_, m) = get(&ac, &format!("http://{admin}/metrics")).await.unwrap();
     for series in [
         "gate_http_requests_total{listener=\"web\",code=\"200\"} 4",
+        "gate_http_requests_total{listener=\"web\",code=\"101\"} 1",
         "gate_bytes_total{listener=\"web\",dir=\"in\"} 11",
         "gate_http_requests_total{listener=\"web\",code=\"504\"} 1",
         "gate_http_requests_total{listener=\"empty\",code=\"503\"} 1",
         "gate_http_requests_total{listener=\"broken\",code=\"502\"} 1",
-        "gate_http_request_duration_seconds_count{listener=\"web\"} 5",
+        "gate_http_request_duration_seconds_count{listener=\"web\"} 6",
         "gate_backend_up{service=\"app\",member=\"app1\"} 1",
         "gate_backend_up{service=\"nobody\",member=\"ghost\"} 0",
     ] {
