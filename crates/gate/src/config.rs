@@ -5,6 +5,7 @@
 //! | field | default |
 //! |---|---|
 //! | `admin` | `127.0.0.1:9100` |
+//! | `admin_token` | none (no token asked; bind the admin API where only operators reach it) |
 //! | `shutdown_grace_ms` | 10000 (SIGTERM: open connections may finish this long) |
 //! | `listeners[].kind` | `http` |
 //! | `services[].policy` | `round_robin` |
@@ -51,6 +52,10 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:9100";
 pub struct GateConfig {
     #[serde(default = "default_admin")]
     pub admin: SocketAddr,
+    /// When set, every admin route but `/health` and `/metrics` wants
+    /// `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub admin_token: Option<String>,
     #[serde(default)]
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]

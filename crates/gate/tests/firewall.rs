@@ -268,3 +268,43 @@ async fn bans_take_effect_expire_and_survive_restart() {
     );
     drop(gate2);
 }
+
+#[tokio::test]
+async fn admin_token_guards_the_admin_api() {
+    let net = "127.80.7";
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!("admin_token = \"s3cret\"\n{}", config(net, ""));
+    let admin = sa(&format!("{net}.1:9100"));
+    let _gate = spawn_gate(dir.path(), &cfg, admin).await;
+    let ban = format!(r#"{{"net":"{net}.66"}}"#);
+    let (code, _) = curl("POST", &format!("http://{admin}/bans"), Some(&ban));
+    assert_eq!(code, 401, "no token");
+    let with = |token: &str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-m",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "POST",
+            ])
+            .args(["-H", &format!("authorization: Bearer {token}")])
+            .args(["-H", "content-type: application/json", "-d", &ban])
+            .arg(format!("http://{admin}/bans"))
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(with("wrong"), "401");
+    assert_eq!(with("s3cret"), "201");
+    // Health and metrics stay open for probes and scrapers.
+    assert_eq!(curl("GET", &format!("http://{admin}/metrics"), None).0, 200);
+    assert_eq!(
+        curl("GET", &format!("http://{admin}/backends"), None).0,
+        401
+    );
+}
