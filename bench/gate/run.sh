@@ -3,9 +3,15 @@
 # settings, one worker thread each), and the gate's DNS vs NSD (dnsperf). Loopback only:
 # 127.90.0.0/24. Writes bench/gate/RESULTS.md. Needs: wrk nginx-light haproxy dnsperf nsd.
 #
-#   bench/gate/run.sh [DURATION_SECONDS]   (default 10)
+#   bench/gate/run.sh [DURATION_SECONDS [ROUNDS]]   (default 8 s, 2 rounds)
+#
+# Each round runs every proxy once, interleaved, so that noise from other work on the machine
+# spreads over all of them; the table keeps each proxy's best round (highest req/s) and its
+# CPU time per request (user+system of the proxy's processes / requests), which is less
+# sensitive to that noise than req/s.
 set -euo pipefail
-DUR=${1:-10}
+DUR=${1:-8}
+ROUNDS=${2:-2}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT="$ROOT/bench/gate/RESULTS.md"
 W=$(mktemp -d /tmp/gate-bench.XXXXXX)
@@ -34,10 +40,12 @@ wait_port() { # host port
 }
 cpu_ticks() { # pids... -> utime+stime summed
   local s=0; for p in "$@"; do
-    [ -r "/proc/$p/stat" ] && s=$((s + $(awk '{print $14+$15}' "/proc/$p/stat")))
+    # utime+stime: fields 14 and 15, counted after the ")" closing the command name (which may
+    # hold spaces, as NSD's "nsd: server 1" does).
+    [ -r "/proc/$p/stat" ] && s=$((s + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12+$13}')))
   done; echo "$s"
 }
-children() { pgrep -P "$1" | tr '\n' ' '; }
+descendants() { local c; for c in $(pgrep -P "$1"); do echo -n "$c "; descendants "$c"; done; }
 
 # --- the upstream: nginx, one worker, a tiny fixed answer -------------------------------
 mkdir -p "$W/up" "$W/px"
@@ -109,24 +117,30 @@ wait_port 127.90.0.1 8080; wait_port 127.90.0.1 8081; wait_port 127.90.0.1 8082
 for _ in $(seq 1 100); do curl -sf "http://$GATE_HTTP/" >/dev/null && break; sleep 0.05; done
 
 HZ=$(getconf CLK_TCK)
-declare -A RPS P99 CPU
-run_wrk() { # name url pids-var extra-args...
+declare -A RPS P99 CPU US
+run_wrk() { # name url pids extra-args...
   local name=$1 url=$2 pids=$3; shift 3
-  local t0 c0 c1 t1 out
+  local t0 c0 c1 t1 out rps p99 cpu us
   t0=$(date +%s.%N); c0=$(cpu_ticks $pids)
   out=$(wrk -t1 -c50 -d"${DUR}s" --latency "$@" "$url")
   t1=$(date +%s.%N); c1=$(cpu_ticks $pids)
-  RPS[$name]=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  P99[$name]=$(awk '$1=="99%" {print $2}' <<<"$out")
-  CPU[$name]=$(awk -v a="$c0" -v b="$c1" -v hz="$HZ" -v d="$(echo "$t1 - $t0" | bc)" 'BEGIN {printf "%.0f", (b-a)/hz/d*100}')
-  echo "$name: ${RPS[$name]} req/s, p99 ${P99[$name]}, proxy CPU ${CPU[$name]}%" >&2
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  cpu=$(awk -v a="$c0" -v b="$c1" -v hz="$HZ" -v d="$(echo "$t1 - $t0" | bc)" 'BEGIN {printf "%.0f", (b-a)/hz/d*100}')
+  us=$(awk -v a="$c0" -v b="$c1" -v hz="$HZ" -v r="$rps" -v d="$DUR" 'BEGIN {printf "%.1f", (b-a)/hz*1e6/(r*d)}')
+  echo "$name: $rps req/s, p99 $p99, proxy CPU $cpu% ($us us/req)" >&2
+  if [ -z "${RPS[$name]:-}" ] || awk -v a="$rps" -v b="${RPS[$name]}" 'BEGIN {exit !(a > b)}'; then
+    RPS[$name]=$rps; P99[$name]=$p99; CPU[$name]=$cpu; US[$name]=$us
+  fi
 }
-NGP="$NPID $(children $NPID)"
-for mode in keepalive close; do
-  extra=(); [ "$mode" = close ] && extra=(-H "Connection: close")
-  run_wrk "gate-$mode" "http://$GATE_HTTP/" "$GPID" "${extra[@]}"
-  run_wrk "nginx-$mode" "http://$NGINX_HTTP/" "$NGP" "${extra[@]}"
-  run_wrk "haproxy-$mode" "http://$HAPROXY_HTTP/" "$HPID" "${extra[@]}"
+NGP="$NPID $(descendants $NPID)"
+for round in $(seq 1 "$ROUNDS"); do
+  for mode in keepalive close; do
+    extra=(); [ "$mode" = close ] && extra=(-H "Connection: close")
+    run_wrk "gate-$mode" "http://$GATE_HTTP/" "$GPID" "${extra[@]}"
+    run_wrk "haproxy-$mode" "http://$HAPROXY_HTTP/" "$HPID" "${extra[@]}"
+    run_wrk "nginx-$mode" "http://$NGINX_HTTP/" "$NGP" "${extra[@]}"
+  done
 done
 GATE_RSS=$(awk '/VmRSS/ {print $2}' "/proc/$GPID/status")
 
@@ -167,17 +181,23 @@ nsd -d -c "$W/nsd/nsd.conf" & NSPID=$!; PIDS+=($NSPID)
 for n in app1 app2 db1 db2 gate app; do echo "$n.cluster.test A"; done > "$W/queries.txt"
 for _ in $(seq 1 100); do dig +short +time=1 +tries=1 -p $DNS_PORT @$NSD_DNS app1.cluster.test | grep -q . && break; sleep 0.1; done
 declare -A QPS
-run_dnsperf() { # name server pid
-  local t0 c0 c1 t1 out
+run_dnsperf() { # name server pids
+  local t0 c0 c1 t1 out qps
   t0=$(date +%s.%N); c0=$(cpu_ticks $3)
   out=$(dnsperf -s "$2" -p $DNS_PORT -d "$W/queries.txt" -l "$DUR" -c 4 -q 200 2>&1)
   t1=$(date +%s.%N); c1=$(cpu_ticks $3)
-  QPS[$1]=$(awk '/Queries per second/ {print $4}' <<<"$out")
-  CPU[$1]=$(awk -v a="$c0" -v b="$c1" -v hz="$HZ" -v d="$(echo "$t1 - $t0" | bc)" 'BEGIN {printf "%.0f", (b-a)/hz/d*100}')
-  echo "$1: ${QPS[$1]} qps, CPU ${CPU[$1]}%" >&2
+  qps=$(awk '/Queries per second/ {printf "%.0f", $4}' <<<"$out")
+  echo "$1: $qps qps" >&2
+  if [ -z "${QPS[$1]:-}" ] || [ "$qps" -gt "${QPS[$1]}" ]; then
+    QPS[$1]=$qps
+    CPU[$1]=$(awk -v a="$c0" -v b="$c1" -v hz="$HZ" -v d="$(echo "$t1 - $t0" | bc)" 'BEGIN {printf "%.0f", (b-a)/hz/d*100}')
+  fi
 }
-run_dnsperf gate-dns $GATE_DNS "$GPID"
-run_dnsperf nsd $NSD_DNS "$NSPID"
+NSP="$NSPID $(descendants $NSPID)"
+for round in $(seq 1 "$ROUNDS"); do
+  run_dnsperf gate-dns $GATE_DNS "$GPID"
+  run_dnsperf nsd $NSD_DNS "$NSP"
+done
 GATE_RSS2=$(awk '/VmRSS/ {print $2}' "/proc/$GPID/status")
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a/b; else print "n/a" }'; }
@@ -185,17 +205,21 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a/b; else p
   echo "# Gate benchmark results"
   echo
   echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores shared with the load generator (and other"
-  echo "work on the machine): only ratios within one run mean anything. wrk -t1 -c50 -d${DUR}s;"
+  echo "work on the machine; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)): only ratios"
+  echo "within one run mean anything. wrk -t1 -c50 -d${DUR}s, best of $ROUNDS interleaved rounds;"
   echo "each proxy has one worker thread; upstream: nginx (1 worker) answering 6 bytes."
+  echo "CPU/req = the proxy's user+system CPU time divided by the requests it served."
   echo
-  echo "| proxy | keep-alive req/s | p99 | proxy CPU | new conn/s (Connection: close) | p99 | proxy CPU |"
-  echo "|---|---|---|---|---|---|---|"
-  for p in gate nginx haproxy; do
-    echo "| $p | ${RPS[$p-keepalive]} | ${P99[$p-keepalive]} | ${CPU[$p-keepalive]}% | ${RPS[$p-close]} | ${P99[$p-close]} | ${CPU[$p-close]}% |"
+  echo "| proxy | keep-alive req/s | p99 | CPU | CPU/req | new conn/s (Connection: close) | p99 | CPU | CPU/req |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  for p in gate haproxy nginx; do
+    echo "| $p | ${RPS[$p-keepalive]} | ${P99[$p-keepalive]} | ${CPU[$p-keepalive]}% | ${US[$p-keepalive]} µs | ${RPS[$p-close]} | ${P99[$p-close]} | ${CPU[$p-close]}% | ${US[$p-close]} µs |"
   done
   echo
-  echo "Ratios: gate/HAProxy keep-alive $(ratio "${RPS[gate-keepalive]}" "${RPS[haproxy-keepalive]}"),"
-  echo "new connections $(ratio "${RPS[gate-close]}" "${RPS[haproxy-close]}"); gate/nginx keep-alive"
+  echo "Ratios gate/HAProxy: keep-alive req/s $(ratio "${RPS[gate-keepalive]}" "${RPS[haproxy-keepalive]}"),"
+  echo "new connections/s $(ratio "${RPS[gate-close]}" "${RPS[haproxy-close]}"); CPU per request (lower is"
+  echo "better) keep-alive $(ratio "${US[gate-keepalive]}" "${US[haproxy-keepalive]}"), new connections"
+  echo "$(ratio "${US[gate-close]}" "${US[haproxy-close]}"). gate/nginx keep-alive req/s"
   echo "$(ratio "${RPS[gate-keepalive]}" "${RPS[nginx-keepalive]}")."
   echo
   echo "| DNS server | queries/s | CPU |"
@@ -203,7 +227,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a/b; else p
   echo "| gate (hickory-server, 1 thread) | ${QPS[gate-dns]} | ${CPU[gate-dns]}% |"
   echo "| NSD (1 server) | ${QPS[nsd]} | ${CPU[nsd]}% |"
   echo
-  echo "gate/NSD: $(ratio "${QPS[gate-dns]}" "${QPS[nsd]}"). dnsperf -c 4 -q 200 -l ${DUR}."
+  echo "gate/NSD: $(ratio "${QPS[gate-dns]}" "${QPS[nsd]}"). dnsperf -c 4 -q 200 -l ${DUR}, best of $ROUNDS;"
+  echo "dnsperf itself takes a core, so both servers may be limited by it."
   echo
   echo "Gate RSS after the HTTP runs: ${GATE_RSS} kB; after DNS: ${GATE_RSS2} kB."
 } > "$OUT"

@@ -11,8 +11,10 @@
 //! | `DELETE /bans?net=CIDR` | remove a ban |
 //! | `POST /reload` | re-read the config file and swap it in |
 //! | `GET /metrics` | Prometheus text |
+//!
+//! With `admin_token` set, every route but `/health` and `/metrics` wants
+//! `Authorization: Bearer <token>` (401 otherwise).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -28,32 +30,58 @@ use serde::{Deserialize, Serialize};
 use crate::Gate;
 use crate::balancer::MemberView;
 use crate::config::Policy;
-use crate::error::GateError;
 
 type St = State<Arc<Gate>>;
 
-pub async fn start(gate: Arc<Gate>, addr: SocketAddr) -> Result<SocketAddr, GateError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| GateError::Bind { addr, source })?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| GateError::io("admin address", e))?;
-    let app = Router::new()
-        .route("/health", get(|| async { "ok\n" }))
+/// Serves the admin API on an already bound listener (see [`crate::listeners::bind_tcp`]).
+/// Aborting the returned task stops accepting; requests in flight finish.
+pub fn start(gate: Arc<Gate>, listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+    let guarded = Router::new()
         .route("/backends", get(backends))
         .route("/drain/{service}/{member}", post(drain))
         .route("/undrain/{service}/{member}", post(undrain))
         .route("/bans", get(list_bans).post(add_ban).delete(del_ban))
         .route("/reload", post(reload))
+        .route_layer(axum::middleware::from_fn_with_state(
+            gate.clone(),
+            require_token,
+        ));
+    let app = Router::new()
+        .route("/health", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
+        .merge(guarded)
         .with_state(gate);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "admin server stopped");
         }
-    });
-    Ok(local)
+    })
+}
+
+/// Checks `Authorization: Bearer <admin_token>` when the config sets a token (read per
+/// request, so a reload can set or change it).
+async fn require_token(
+    State(g): St,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let rt = g.runtime.load();
+    if let Some(token) = rt.cfg.admin_token.as_deref() {
+        let given = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            return err(StatusCode::UNAUTHORIZED, "admin token required");
+        }
+    }
+    drop(rt);
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[derive(Serialize)]

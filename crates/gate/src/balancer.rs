@@ -15,7 +15,9 @@ use serde::Serialize;
 
 use crate::config::{HealthKind, Policy, ServiceConfig};
 
-pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+/// Errors of bodies the proxy relays (hyper's, or the gate's own body idle timeout).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 pub type HttpClient = Client<HttpConnector, ProxyBody>;
 
 /// One backend of a service. Its state survives reloads that keep its name and address.

@@ -5,6 +5,7 @@
 //! | field | default |
 //! |---|---|
 //! | `admin` | `127.0.0.1:9100` |
+//! | `admin_token` | none (no token asked; bind the admin API where only operators reach it) |
 //! | `shutdown_grace_ms` | 10000 (SIGTERM: open connections may finish this long) |
 //! | `listeners[].kind` | `http` |
 //! | `services[].policy` | `round_robin` |
@@ -18,12 +19,12 @@
 //! | `services[].passive_fail` | 3 consecutive failed requests eject a member (0 = off) |
 //! | `services[].connect_timeout_ms` | 1000 |
 //! | `services[].response_timeout_ms` | 30000 (time to the backend's response head) |
-//! | `services[].idle_timeout_ms` | 60000 (TCP idle; UDP flow idle) |
+//! | `services[].idle_timeout_ms` | 60000 (TCP idle; UDP flow idle; a pause inside an HTTP response body) |
 //! | `services[].retries` | 1 (extra attempts on another member, idempotent requests only) |
 //! | `services[].pool_idle_per_member` | 64 pooled keep-alive connections |
 //! | `http.header_read_timeout_ms` | 10000 (slow clients get dropped) |
 //! | `http.max_header_bytes` | 16384 (larger heads get 431) |
-//! | `http.keepalive_idle_ms` | 60000 |
+//! | `http.keepalive_idle_ms` | 60000 (h2 ping interval; idle HTTP/1 keep-alive connections close at `header_read_timeout_ms`) |
 //! | `firewall.default_action` | `allow` |
 //! | `firewall.rate_per_sec` | 0 = no per-client rate limit |
 //! | `firewall.burst` | equal to `rate_per_sec` |
@@ -51,6 +52,10 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:9100";
 pub struct GateConfig {
     #[serde(default = "default_admin")]
     pub admin: SocketAddr,
+    /// When set, every admin route but `/health` and `/metrics` wants
+    /// `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub admin_token: Option<String>,
     #[serde(default)]
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
@@ -447,6 +452,15 @@ mod tests {
         assert_eq!(s.health, HealthConfig::default());
         assert_eq!(s.retries, 1);
         assert_eq!(cfg.listeners[0].kind, ListenerKind::Http);
+    }
+
+    #[test]
+    fn example_config_for_the_builtin_cluster_parses() {
+        let cfg = GateConfig::from_toml(include_str!("../gate.example.toml")).expect("parses");
+        assert_eq!(cfg.services.len(), 2);
+        let dns = cfg.dns.expect("dns section");
+        assert_eq!(dns.zone, "citadel.internal");
+        assert!(crate::dns::Zone::build(&dns).is_ok());
     }
 
     #[test]

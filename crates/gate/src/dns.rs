@@ -103,6 +103,12 @@ pub struct Handler {
     gate: Arc<Gate>,
 }
 
+impl Handler {
+    pub fn new(gate: Arc<Gate>) -> Self {
+        Self { gate }
+    }
+}
+
 fn addr_record(name: &Name, ttl: u32, ip: IpAddr) -> Record {
     match ip {
         IpAddr::V4(v4) => Record::from_rdata(name.clone(), ttl, RData::A(A(v4))),
@@ -352,17 +358,13 @@ pub struct DnsHandle {
     _server: hickory_server::Server<Handler>,
 }
 
-/// Binds the DNS listeners (UDP and TCP on each address).
+/// Binds the DNS listeners (UDP and TCP on each address, with SO_REUSEPORT so that a reload
+/// can bind the new set before the old one closes).
 pub async fn start(gate: Arc<Gate>, cfg: &DnsConfig) -> Result<DnsHandle, GateError> {
     let mut server = hickory_server::Server::new(Handler { gate });
     for addr in &cfg.listen {
         let udp = crate::listeners::bind_udp(*addr)?;
-        let tcp = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| GateError::Bind {
-                addr: *addr,
-                source,
-            })?;
+        let tcp = crate::listeners::bind_tcp(*addr)?;
         server.register_socket(udp);
         server.register_listener(tcp, TCP_IDLE, 64 * 1024);
         tracing::info!(%addr, zone = %cfg.zone, "dns listening (udp+tcp)");

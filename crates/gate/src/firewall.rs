@@ -60,8 +60,46 @@ pub fn now_ms() -> u64 {
 
 type Limiter = (u32, u32, Arc<DefaultKeyedRateLimiter<IpAddr>>);
 
+/// The ban list, indexed: single addresses in a hash map (checked in O(1)), networks in a
+/// list (checked in order).
+#[derive(Default)]
+struct BanSet {
+    all: Vec<Ban>,
+    hosts: HashMap<IpAddr, Option<u64>>,
+    nets: Vec<(IpNet, Option<u64>)>,
+    /// The earliest expiry, for housekeeping.
+    next_expiry: Option<u64>,
+}
+
+impl BanSet {
+    fn new(all: Vec<Ban>) -> Self {
+        let mut hosts = HashMap::new();
+        let mut nets = Vec::new();
+        for b in &all {
+            if b.net.prefix_len() == b.net.max_prefix_len() {
+                hosts.insert(b.net.addr(), b.expires_unix_ms);
+            } else {
+                nets.push((b.net, b.expires_unix_ms));
+            }
+        }
+        let next_expiry = all.iter().filter_map(|b| b.expires_unix_ms).min();
+        Self {
+            all,
+            hosts,
+            nets,
+            next_expiry,
+        }
+    }
+
+    fn contains(&self, ip: IpAddr, now: u64) -> bool {
+        let live = |e: &Option<u64>| e.is_none_or(|e| e > now);
+        self.hosts.get(&ip).is_some_and(live)
+            || self.nets.iter().any(|(n, e)| live(e) && n.contains(&ip))
+    }
+}
+
 pub struct Firewall {
-    bans: ArcSwap<Vec<Ban>>,
+    bans: ArcSwap<BanSet>,
     bans_write: Mutex<()>,
     bans_path: PathBuf,
     limiter: ArcSwap<Option<Limiter>>,
@@ -112,7 +150,7 @@ impl Firewall {
             Err(e) => return Err(GateError::io(format!("reading {}", bans_path.display()), e)),
         };
         Ok(Self {
-            bans: ArcSwap::from_pointee(bans),
+            bans: ArcSwap::from_pointee(BanSet::new(bans)),
             bans_write: Mutex::new(()),
             bans_path,
             limiter: ArcSwap::from_pointee(None),
@@ -141,10 +179,7 @@ impl Firewall {
 
     pub fn is_banned(&self, ip: IpAddr) -> bool {
         let now = now_ms();
-        self.bans
-            .load()
-            .iter()
-            .any(|b| b.live(now) && b.net.contains(&ip))
+        self.bans.load().contains(ip, now)
     }
 
     /// Admission of a new connection (or UDP flow): rules, bans, then the connection cap.
@@ -194,6 +229,7 @@ impl Firewall {
         let now = now_ms();
         self.bans
             .load()
+            .all
             .iter()
             .filter(|b| b.live(now))
             .cloned()
@@ -209,13 +245,14 @@ impl Firewall {
         let mut v: Vec<Ban> = self
             .bans
             .load()
+            .all
             .iter()
             .filter(|b| b.live(now))
             .cloned()
             .collect();
         f(&mut v);
         self.persist(&v)?;
-        self.bans.store(Arc::new(v));
+        self.bans.store(Arc::new(BanSet::new(v)));
         Ok(())
     }
 
@@ -262,7 +299,7 @@ impl Firewall {
     /// Drops expired bans (and persists), and forgets idle rate-limit keys.
     pub fn housekeeping(&self) {
         let now = now_ms();
-        if self.bans.load().iter().any(|b| !b.live(now))
+        if self.bans.load().next_expiry.is_some_and(|e| e <= now)
             && let Err(e) = self.update_bans(|_| {})
         {
             tracing::warn!(error = %e, "pruning expired bans");
@@ -336,6 +373,30 @@ mod tests {
         assert!(fw2.is_banned("127.80.3.9".parse().unwrap()));
         assert!(fw2.unban("127.80.3.0/24".parse().unwrap()).unwrap());
         assert!(!fw2.is_banned("127.80.3.9".parse().unwrap()));
+    }
+
+    #[test]
+    fn many_host_bans_and_a_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let fw = Firewall::open(dir.path()).unwrap();
+        let mut all = Vec::new();
+        for i in 0..5000u32 {
+            let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+            all.push(Ban {
+                net: IpNet::from(IpAddr::V4(ip)),
+                expires_unix_ms: None,
+                reason: None,
+            });
+        }
+        fw.update_bans(|v| v.extend(all)).unwrap();
+        fw.ban("127.80.9.0/24".parse().unwrap(), None, None)
+            .unwrap();
+        assert!(fw.is_banned("10.0.19.135".parse().unwrap()));
+        assert!(!fw.is_banned("10.0.19.136".parse().unwrap()));
+        assert!(fw.is_banned("127.80.9.200".parse().unwrap()));
+        assert_eq!(fw.bans().len(), 5001);
+        assert!(fw.unban("10.0.0.1/32".parse().unwrap()).unwrap());
+        assert!(!fw.is_banned("10.0.0.1".parse().unwrap()));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! HTTP/1.1 to the backends.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,14 +15,121 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::Gate;
-use crate::balancer::{ActiveGuard, ProxyBody};
+use crate::balancer::{ActiveGuard, BoxError, ProxyBody};
 use crate::config::Policy;
 use crate::firewall::Refusal;
 use crate::metrics::HttpStats;
+
+/// Which HTTP version a connection speaks, decided before serving it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Http1,
+    Http2,
+}
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads the first bytes of a plain connection and decides h1 or h2c from them. Returns the
+/// connection with those bytes put back in front, or None when the client closes or sends
+/// nothing decisive within `within` (a silent client is dropped at the header timeout).
+pub async fn sniff(
+    mut sock: tokio::net::TcpStream,
+    within: Duration,
+) -> Option<(Proto, Prefixed<tokio::net::TcpStream>)> {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = vec![0u8; 2048];
+    let mut filled = 0;
+    loop {
+        let n = tokio::time::timeout_at(deadline, sock.read(&mut buf[filled..]))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        filled += n;
+        let k = filled.min(H2_PREFACE.len());
+        let proto = if buf[..k] != H2_PREFACE[..k] {
+            Proto::Http1
+        } else if k == H2_PREFACE.len() {
+            Proto::Http2
+        } else {
+            // A partial preface: read on.
+            continue;
+        };
+        buf.truncate(filled);
+        return Some((
+            proto,
+            Prefixed {
+                prefix: buf,
+                pos: 0,
+                inner: sock,
+            },
+        ));
+    }
+}
+
+/// A stream that first yields bytes already read from it.
+pub struct Prefixed<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 /// Serves one accepted connection (plain or TLS) until it closes.
 pub async fn serve<S>(
@@ -30,41 +138,55 @@ pub async fn serve<S>(
     peer: SocketAddr,
     listener: Arc<str>,
     scheme: &'static str,
+    proto: Proto,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let hc = gate.runtime.load().cfg.http.clone();
-    let gate_stop = gate.stopping.clone();
+    let mut stopping = gate.stopping.subscribe();
     let stats = gate.metrics.http_stats(&listener);
     let info = Arc::new(Peer::new(peer, scheme));
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(hc.header_read_timeout_ms))
-        .max_buf_size(hc.max_header_bytes.max(8192))
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(hc.max_header_bytes.min(u32::MAX as usize) as u32)
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_millis(hc.keepalive_idle_ms)))
-        .keep_alive_timeout(Duration::from_secs(20));
     let svc = hyper::service::service_fn(move |req| {
         let gate = gate.clone();
         let listener = listener.clone();
         let stats = stats.clone();
         let info = info.clone();
-        async move { Ok::<_, Infallible>(handle(gate, req, &info, listener, &stats).await) }
+        async move { Ok::<_, Infallible>(handle(gate, req, &info, listener, stats).await) }
     });
-    let mut stopping = gate_stop.subscribe();
-    let conn = b.serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    let res = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = async { stopping.wait_for(|s| *s).await.map(|_| ()) } => {
-            // Process shutdown: finish the request in flight, then close (GOAWAY on h2).
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    // Serves `conn` until it ends; on process shutdown, lets the request in flight finish and
+    // closes (GOAWAY on h2).
+    macro_rules! drive {
+        ($conn:expr) => {{
+            let conn = $conn;
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = async { stopping.wait_for(|s| *s).await.map(|_| ()) } => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }};
+    }
+    let res = match proto {
+        Proto::Http1 => {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_millis(hc.header_read_timeout_ms))
+                .max_buf_size(hc.max_header_bytes.max(8192))
+                // A client that shuts its write side after the request still gets the answer.
+                .half_close(true)
+                .keep_alive(true);
+            drive!(b.serve_connection(TokioIo::new(io), svc).with_upgrades())
+        }
+        Proto::Http2 => {
+            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new())
+                .max_header_list_size(hc.max_header_bytes.min(u32::MAX as usize) as u32)
+                .max_concurrent_streams(256)
+                .keep_alive_interval(Some(Duration::from_millis(hc.keepalive_idle_ms)))
+                .keep_alive_timeout(Duration::from_secs(20));
+            drive!(b.serve_connection(TokioIo::new(io), svc))
         }
     };
     if let Err(e) = res {
@@ -98,13 +220,11 @@ async fn handle(
     req: Request<Incoming>,
     peer: &Peer,
     listener: Arc<str>,
-    stats: &HttpStats,
+    stats: Arc<HttpStats>,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
-    let req_bytes = req.body().size_hint().exact().unwrap_or(0);
-    let resp = proxy(&gate, req, peer, &listener).await;
-    let out = resp.body().size_hint().exact().unwrap_or(0);
-    stats.record(resp.status().as_u16(), start.elapsed(), req_bytes, out);
+    let resp = proxy(&gate, req, peer, &listener, &stats).await;
+    stats.record(resp.status().as_u16(), start.elapsed());
     resp
 }
 
@@ -206,9 +326,10 @@ fn forwarded_headers(h: &mut HeaderMap, peer: &Peer, host: Option<&str>) {
 
 async fn proxy(
     gate: &Gate,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: &Peer,
     listener: &str,
+    stats: &Arc<HttpStats>,
 ) -> Response<ProxyBody> {
     if let Err(r) = gate.firewall.admit_request(peer.addr.ip()) {
         gate.metrics.inc(r.metric(), &[("listener", listener)], 1);
@@ -226,6 +347,9 @@ async fn proxy(
     };
     drop(rt);
 
+    // An HTTP/1.1 upgrade (WebSocket and the like): the Upgrade and Connection headers go
+    // through, and after a 101 the two connections are spliced.
+    let upgrade = upgrade_protocol(&req).map(|proto| (proto, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
     let host = parts
         .headers
@@ -235,6 +359,12 @@ async fn proxy(
         .or_else(|| parts.uri.authority().map(|a| a.to_string()));
     strip_hop_by_hop(&mut parts.headers);
     forwarded_headers(&mut parts.headers, peer, host.as_deref());
+    if let Some((proto, _)) = &upgrade {
+        parts.headers.insert(header::UPGRADE, proto.clone());
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     if !parts.headers.contains_key(header::HOST)
         && let Some(v) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
     {
@@ -297,7 +427,11 @@ async fn proxy(
             Empty::<Bytes>::new().map_err(|n| match n {}).boxed()
         } else {
             match body.take() {
-                Some(b) => b.boxed(),
+                Some(b) => InCount {
+                    inner: b,
+                    stats: stats.clone(),
+                }
+                .boxed(),
                 None => Empty::<Bytes>::new().map_err(|n| match n {}).boxed(),
             }
         };
@@ -306,11 +440,31 @@ async fn proxy(
         *out.uri_mut() = uri;
         *out.headers_mut() = parts.headers.clone();
         match tokio::time::timeout(timeout, svc.client.request(out)).await {
-            Ok(Ok(resp)) => {
+            Ok(Ok(mut resp)) => {
                 member.record_traffic(true, svc.cfg.passive_fail, &svc.cfg.name);
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && let Some((_, client_side)) = upgrade
+                {
+                    let backend_side = hyper::upgrade::on(&mut resp);
+                    let idle = Duration::from_millis(svc.cfg.idle_timeout_ms);
+                    tokio::spawn(splice(client_side, backend_side, idle, guard));
+                    let (mut rp, _) = resp.into_parts();
+                    let proto = rp.headers.get(header::UPGRADE).cloned();
+                    strip_hop_by_hop(&mut rp.headers);
+                    if let Some(p) = proto {
+                        rp.headers.insert(header::UPGRADE, p);
+                    }
+                    rp.headers
+                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    let empty = Empty::<Bytes>::new().map_err(|n| match n {}).boxed();
+                    return Response::from_parts(rp, empty);
+                }
                 let (mut rp, rb) = resp.into_parts();
                 strip_hop_by_hop(&mut rp.headers);
                 let body = GuardedBody {
+                    stats: stats.clone(),
+                    idle: Duration::from_millis(svc.cfg.idle_timeout_ms),
+                    timer: None,
                     inner: rb,
                     _guard: guard,
                 }
@@ -336,22 +490,118 @@ async fn proxy(
     short(StatusCode::BAD_GATEWAY, "502 bad gateway: backend failed\n")
 }
 
+/// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` + `Upgrade`).
+fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != http::Version::HTTP_11 {
+        return None;
+    }
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if asks {
+        req.headers().get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Relays an upgraded connection both ways until both sides close or it idles out; the
+/// member counts it as in flight meanwhile.
+async fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    idle: Duration,
+    _guard: ActiveGuard,
+) {
+    match tokio::try_join!(client, backend) {
+        Ok((c, b)) => {
+            crate::l4::pipe_io(TokioIo::new(c), TokioIo::new(b), idle).await;
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
+}
+
 /// A backend response body that keeps its member's in-flight count until it ends, so
-/// least-connections and draining see streaming responses.
+/// least-connections and draining see streaming responses, and that gives up when the
+/// backend sends nothing for `idle` (the client's connection is then closed, not held).
 struct GuardedBody {
     inner: Incoming,
     _guard: ActiveGuard,
+    stats: Arc<HttpStats>,
+    idle: Duration,
+    /// Armed only while the body waits on the backend.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl Body for GuardedBody {
+/// A client request body on its way to a backend, counted.
+struct InCount {
+    inner: Incoming,
+    stats: Arc<HttpStats>,
+}
+
+impl Body for InCount {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r
+            && let Some(d) = f.data_ref()
+        {
+            self.stats.add_in(d.len() as u64);
+        }
+        r.map(|o| o.map(|f| f.map_err(BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("backend sent no body data for {0:?}")]
+struct BodyIdle(Duration);
+
+impl Body for GuardedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(r) => {
+                self.timer = None;
+                if let Some(Ok(f)) = &r
+                    && let Some(d) = f.data_ref()
+                {
+                    self.stats.add_out(d.len() as u64);
+                }
+                Poll::Ready(r.map(|f| f.map_err(BoxError::from)))
+            }
+            Poll::Pending => {
+                let idle = self.idle;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(idle))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {

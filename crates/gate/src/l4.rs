@@ -83,6 +83,21 @@ async fn pipe(a: &mut TcpStream, b: &mut TcpStream, idle: Duration) -> (u64, u64
     )
 }
 
+/// [`pipe`] for any pair of streams (upgraded HTTP connections).
+pub async fn pipe_io<A, B>(a: A, b: B, idle: Duration) -> (u64, u64)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    let last = AtomicU64::new(now_ms());
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    tokio::join!(
+        copy_idle(&mut ar, &mut bw, idle, &last),
+        copy_idle(&mut br, &mut aw, idle, &last)
+    )
+}
+
 async fn copy_idle<R, W>(r: &mut R, w: &mut W, idle: Duration, last: &AtomicU64) -> u64
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -124,6 +139,14 @@ struct Flow {
 /// as a connection for the firewall rules and the per-IP connection cap.
 pub async fn run_udp(gate: Arc<Gate>, sock: Arc<UdpSocket>, listener: Arc<str>) {
     let flows: Arc<Mutex<HashMap<SocketAddr, Flow>>> = Arc::new(Mutex::new(HashMap::new()));
+    let bytes_in = gate.metrics.counter(
+        "gate_bytes_total",
+        &[("listener", &listener), ("dir", "in")],
+    );
+    let bytes_out = gate.metrics.counter(
+        "gate_bytes_total",
+        &[("listener", &listener), ("dir", "out")],
+    );
     let mut buf = vec![0u8; 65535];
     loop {
         let (n, peer) = match sock.recv_from(&mut buf).await {
@@ -188,16 +211,15 @@ pub async fn run_udp(gate: Arc<Gate>, sock: Arc<UdpSocket>, listener: Arc<str>) 
                 );
                 let idle = Duration::from_millis(svc.cfg.idle_timeout_ms);
                 tokio::spawn(udp_replies(FlowCtx {
-                    gate: gate.clone(),
                     sock: sock.clone(),
                     up: up.clone(),
                     peer,
                     last: last.clone(),
                     idle,
                     flows: flows.clone(),
-                    listener: listener.clone(),
                     passive_fail: svc.cfg.passive_fail,
                     service: svc.cfg.name.clone(),
+                    bytes_out: bytes_out.clone(),
                     guard: ActiveGuard::new(m),
                     _slot: slot,
                 }));
@@ -205,11 +227,7 @@ pub async fn run_udp(gate: Arc<Gate>, sock: Arc<UdpSocket>, listener: Arc<str>) 
             }
         };
         last.store(now_ms(), Ordering::Relaxed);
-        gate.metrics.inc(
-            "gate_bytes_total",
-            &[("listener", &listener), ("dir", "in")],
-            n as u64,
-        );
+        bytes_in.fetch_add(n as u64, Ordering::Relaxed);
         if let Err(e) = up.send(&buf[..n]).await {
             tracing::debug!(%peer, error = %e, "udp send upstream failed");
         }
@@ -217,30 +235,28 @@ pub async fn run_udp(gate: Arc<Gate>, sock: Arc<UdpSocket>, listener: Arc<str>) 
 }
 
 struct FlowCtx {
-    gate: Arc<Gate>,
     sock: Arc<UdpSocket>,
     up: Arc<UdpSocket>,
     peer: SocketAddr,
     last: Arc<AtomicU64>,
     idle: Duration,
     flows: Arc<Mutex<HashMap<SocketAddr, Flow>>>,
-    listener: Arc<str>,
     passive_fail: u32,
     service: String,
+    bytes_out: Arc<AtomicU64>,
     guard: ActiveGuard,
     _slot: Option<crate::firewall::ConnSlot>,
 }
 
 async fn udp_replies(f: FlowCtx) {
     let FlowCtx {
-        gate,
         sock,
+        bytes_out,
         up,
         peer,
         last,
         idle,
         flows,
-        listener,
         ..
     } = &f;
     let (peer, idle) = (*peer, *idle);
@@ -250,11 +266,7 @@ async fn udp_replies(f: FlowCtx) {
         match tokio::time::timeout(idle, up.recv(&mut buf)).await {
             Ok(Ok(n)) => {
                 last.store(now_ms(), Ordering::Relaxed);
-                gate.metrics.inc(
-                    "gate_bytes_total",
-                    &[("listener", listener), ("dir", "out")],
-                    n as u64,
-                );
+                bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                 let _ = sock.send_to(&buf[..n], peer).await;
             }
             Ok(Err(e)) => {

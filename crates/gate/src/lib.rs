@@ -12,6 +12,8 @@ pub mod config;
 pub mod dns;
 pub mod error;
 pub mod firewall;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod http;
 pub mod l4;
 pub mod listeners;
@@ -65,6 +67,14 @@ pub struct Gate {
     pub open_conns: AtomicUsize,
     /// Becomes true when the process is shutting down.
     pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    net: AsyncMutex<NetServices>,
+}
+
+/// The admin API and DNS servers, rebound by a reload that moves them.
+#[derive(Default)]
+struct NetServices {
+    admin: Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>,
+    dns: Option<(Vec<std::net::SocketAddr>, dns::DnsHandle)>,
 }
 
 /// Where the gate keeps its state and finds its config file for reloads.
@@ -75,6 +85,29 @@ pub struct RunOptions {
 }
 
 impl Gate {
+    /// Builds the gate's state (firewall with persisted bans, services, DNS zone) without
+    /// binding anything or starting health checks; [`Gate::apply`] does that.
+    pub fn new(config: &GateConfig, opts: &RunOptions) -> Result<Arc<Self>, GateError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        std::fs::create_dir_all(&opts.state_dir)
+            .map_err(|e| GateError::io(format!("creating {}", opts.state_dir.display()), e))?;
+        config.validate()?;
+        let rt = Self::build_runtime(config.clone(), None)?;
+        let gate = Arc::new(Gate {
+            runtime: ArcSwap::from_pointee(rt),
+            firewall: Firewall::open(&opts.state_dir)?,
+            metrics: Registry::default(),
+            state_dir: opts.state_dir.clone(),
+            config_path: opts.config_path.clone(),
+            listeners: AsyncMutex::new(listeners::Listeners::default()),
+            open_conns: AtomicUsize::new(0),
+            stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
+            net: AsyncMutex::new(NetServices::default()),
+        });
+        gate.firewall.configure(&config.firewall);
+        Ok(gate)
+    }
+
     /// The DNS zone in force.
     pub fn dns_zone(&self) -> Option<Arc<dns::Zone>> {
         self.runtime.load().dns.clone()
@@ -103,6 +136,7 @@ impl Gate {
         let old = self.runtime.load_full();
         let rt = Arc::new(Self::build_runtime(cfg, Some(&old))?);
         let plan = ls.prepare(&rt.cfg.listeners).await?;
+        self.rebind_net(&rt.cfg).await?;
         self.firewall.configure(&rt.cfg.firewall);
         for s in rt.services.values() {
             s.start_health();
@@ -110,6 +144,40 @@ impl Gate {
         self.runtime.store(rt);
         ls.commit(self, plan);
         tracing::info!("configuration applied");
+        Ok(())
+    }
+
+    /// Binds the admin API and the DNS servers where the config moved them (new sockets first,
+    /// then the old ones close).
+    async fn rebind_net(self: &Arc<Self>, cfg: &GateConfig) -> Result<(), GateError> {
+        let mut net = self.net.lock().await;
+        if net.admin.as_ref().map(|a| a.0) != Some(cfg.admin) {
+            listeners::ensure_free(cfg.admin, false)?;
+            let l = listeners::bind_tcp(cfg.admin)?;
+            let task = admin::start(self.clone(), l);
+            if let Some((_, old)) = net.admin.replace((cfg.admin, task)) {
+                old.abort();
+            }
+            tracing::info!(admin = %cfg.admin, "admin API listening");
+        }
+        let want: Vec<std::net::SocketAddr> = cfg
+            .dns
+            .as_ref()
+            .map(|d| d.listen.clone())
+            .unwrap_or_default();
+        if net.dns.as_ref().map(|d| &d.0) != Some(&want) {
+            net.dns = match &cfg.dns {
+                Some(d) if !want.is_empty() => {
+                    let ours = net.dns.as_ref().map(|x| x.0.clone()).unwrap_or_default();
+                    for a in want.iter().filter(|a| !ours.contains(a)) {
+                        listeners::ensure_free(*a, true)?;
+                        listeners::ensure_free(*a, false)?;
+                    }
+                    Some((want, dns::start(self.clone(), d).await?))
+                }
+                _ => None,
+            };
+        }
         Ok(())
     }
 
@@ -124,37 +192,35 @@ impl Gate {
     }
 }
 
+/// Builds a tokio runtime and runs the gate on it until SIGTERM or SIGINT: the entry point for
+/// a process whose only job is the gate (`citadel-gate`, or `citadel gate` in the gate jail).
+/// `threads` of 1 uses tokio's current-thread scheduler, which costs measurably less CPU per
+/// proxied request than a one-worker multi-thread runtime; None means one worker per core.
+pub fn run_blocking(
+    config: GateConfig,
+    opts: RunOptions,
+    threads: Option<usize>,
+) -> Result<(), GateError> {
+    let mut b = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let rt = b
+        .enable_all()
+        .build()
+        .map_err(|e| GateError::io("starting the tokio runtime", e))?;
+    rt.block_on(run(config, opts))
+}
+
 /// Runs the gate until SIGTERM or SIGINT.
 pub async fn run(config: GateConfig, opts: RunOptions) -> Result<(), GateError> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    std::fs::create_dir_all(&opts.state_dir)
-        .map_err(|e| GateError::io(format!("creating {}", opts.state_dir.display()), e))?;
-    config.validate()?;
-    let gate = Arc::new(Gate {
-        runtime: ArcSwap::from_pointee(Runtime {
-            cfg: GateConfig {
-                listeners: Vec::new(),
-                services: Vec::new(),
-                ..config.clone()
-            },
-            services: HashMap::new(),
-            dns: None,
-        }),
-        firewall: Firewall::open(&opts.state_dir)?,
-        metrics: Registry::default(),
-        state_dir: opts.state_dir.clone(),
-        config_path: opts.config_path.clone(),
-        listeners: AsyncMutex::new(listeners::Listeners::default()),
-        open_conns: AtomicUsize::new(0),
-        stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
-    });
+    let gate = Gate::new(&config, &opts)?;
     gate.apply(config.clone()).await?;
-
-    let admin = admin::start(gate.clone(), config.admin).await?;
-    let dns = match &config.dns {
-        Some(d) => Some(dns::start(gate.clone(), d).await?),
-        None => None,
-    };
 
     {
         let g = gate.clone();
@@ -173,7 +239,7 @@ pub async fn run(config: GateConfig, opts: RunOptions) -> Result<(), GateError> 
         signal(SignalKind::terminate()).map_err(|e| GateError::io("SIGTERM handler", e))?;
     let mut int =
         signal(SignalKind::interrupt()).map_err(|e| GateError::io("SIGINT handler", e))?;
-    tracing::info!(admin = %admin, "gate running");
+    tracing::info!("gate running");
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -186,7 +252,14 @@ pub async fn run(config: GateConfig, opts: RunOptions) -> Result<(), GateError> 
             _ = int.recv() => break,
         }
     }
-    drop(dns);
+    // Stop answering DNS and admin requests (the DNS server's tasks end with its handle).
+    {
+        let mut net = gate.net.lock().await;
+        net.dns = None;
+        if let Some((_, a)) = net.admin.take() {
+            a.abort();
+        }
+    }
     // Graceful stop: no new connections; HTTP connections finish their request in flight and
     // close; wait for open connections up to the grace period.
     let grace = Duration::from_millis(gate.runtime.load().cfg.shutdown_grace_ms);

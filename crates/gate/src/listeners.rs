@@ -57,9 +57,31 @@ pub fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, GateError> {
 
 pub fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, GateError> {
     let e = |source| GateError::Bind { addr, source };
-    let std = std::net::UdpSocket::bind(addr).map_err(e)?;
-    std.set_nonblocking(true).map_err(e)?;
-    UdpSocket::from_std(std).map_err(e)
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
+        .map_err(e)?;
+    sock.set_reuse_address(true).map_err(e)?;
+    sock.set_reuse_port(true).map_err(e)?;
+    sock.set_nonblocking(true).map_err(e)?;
+    sock.bind(&addr.into()).map_err(e)?;
+    UdpSocket::from_std(sock.into()).map_err(e)
+}
+
+/// Fails with "address in use" when a socket this process does not own holds `addr`, so that
+/// SO_REUSEPORT (used so that reloads can bind before closing) never silently shares a port
+/// with another process, such as a stale gate. A probe without SO_REUSEPORT conflicts with
+/// any socket already bound there.
+pub fn ensure_free(addr: SocketAddr, udp: bool) -> Result<(), GateError> {
+    let probe = if udp {
+        std::net::UdpSocket::bind(addr).map(drop)
+    } else {
+        std::net::TcpListener::bind(addr).map(drop)
+    };
+    probe.map_err(|source| GateError::Bind { addr, source })
 }
 
 /// Counts an open client connection for graceful shutdown.
@@ -82,6 +104,13 @@ impl Drop for OpenConn {
 }
 
 impl Listeners {
+    /// Whether one of our listeners already has a socket on `addr` (UDP or TCP).
+    fn holds(&self, addr: SocketAddr, udp: bool) -> bool {
+        self.map
+            .values()
+            .any(|h| h.cfg.bind == addr && (h.cfg.kind == ListenerKind::Udp) == udp)
+    }
+
     /// Stops every accept loop (process shutdown); open connections carry on.
     pub fn close_all(&mut self) {
         for (_, h) in self.map.drain() {
@@ -108,8 +137,18 @@ impl Listeners {
                 continue;
             }
             let bound = match c.kind {
-                ListenerKind::Udp => Bound::Udp(bind_udp(c.bind)?),
-                _ => Bound::Tcp(bind_tcp(c.bind)?),
+                ListenerKind::Udp => {
+                    if !self.holds(c.bind, true) {
+                        ensure_free(c.bind, true)?;
+                    }
+                    Bound::Udp(bind_udp(c.bind)?)
+                }
+                _ => {
+                    if !self.holds(c.bind, false) {
+                        ensure_free(c.bind, false)?;
+                    }
+                    Bound::Tcp(bind_tcp(c.bind)?)
+                }
             };
             plan.fresh
                 .push((c.clone(), bound, tls.map(ArcSwap::new).map(Arc::new)));
@@ -161,9 +200,15 @@ async fn accept_loop(
     kind: ListenerKind,
     tls: Option<TlsSlot>,
 ) {
+    let accepted = gate
+        .metrics
+        .counter("gate_connections_total", &[("listener", &name)]);
     loop {
         let (sock, peer) = match l.accept().await {
-            Ok(x) => x,
+            Ok(x) => {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                x
+            }
             Err(e) => {
                 // Out of descriptors and the like: back off briefly rather than spin.
                 tracing::warn!(listener = %name, error = %e, "accept failed");
@@ -189,8 +234,6 @@ async fn handle_conn(
     let _ = sock.set_nodelay(true);
     let _open = OpenConn::new(&gate);
     let rt = gate.runtime.load_full();
-    gate.metrics
-        .inc("gate_connections_total", &[("listener", &name)], 1);
     let slot = match gate.firewall.admit_conn(&rt.cfg.firewall, &name, peer.ip()) {
         Ok(s) => s,
         Err(r) => {
@@ -202,17 +245,30 @@ async fn handle_conn(
     let header_timeout = std::time::Duration::from_millis(rt.cfg.http.header_read_timeout_ms);
     drop(rt);
     match kind {
-        ListenerKind::Http => crate::http::serve(gate, sock, peer, name, "http").await,
+        ListenerKind::Http => {
+            // A client that stays silent is dropped at the header timeout.
+            let Some((proto, sock)) = crate::http::sniff(sock, header_timeout).await else {
+                return;
+            };
+            // Boxed: the connection's future is large, and spawning moves it by value.
+            Box::pin(crate::http::serve(gate, sock, peer, name, "http", proto)).await
+        }
         ListenerKind::Https => {
             let Some(cfg) = tls else { return };
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
             match tokio::time::timeout(header_timeout, acceptor.accept(sock)).await {
-                Ok(Ok(s)) => crate::http::serve(gate, s, peer, name, "https").await,
+                Ok(Ok(s)) => {
+                    let proto = match s.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => crate::http::Proto::Http2,
+                        _ => crate::http::Proto::Http1,
+                    };
+                    Box::pin(crate::http::serve(gate, s, peer, name, "https", proto)).await
+                }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
                 Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
             }
         }
-        ListenerKind::Tcp => crate::l4::proxy_tcp(gate, sock, peer, name).await,
+        ListenerKind::Tcp => Box::pin(crate::l4::proxy_tcp(gate, sock, peer, name)).await,
         ListenerKind::Udp => {}
     }
     drop(slot);

@@ -128,13 +128,22 @@ impl HttpStats {
         }
     }
 
-    pub fn record(&self, code: u16, took: Duration, bytes_in: u64, bytes_out: u64) {
+    /// One answered request: its status and the time to its response head.
+    pub fn record(&self, code: u16, took: Duration) {
         if let Some(c) = self.codes.get(code as usize) {
             c.fetch_add(1, Ordering::Relaxed);
         }
         self.latency.observe(took);
-        self.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
-        self.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+    }
+
+    /// Body bytes relayed from a client to a backend.
+    pub fn add_in(&self, n: u64) {
+        self.bytes_in.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Body bytes relayed from a backend to a client.
+    pub fn add_out(&self, n: u64) {
+        self.bytes_out.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -293,8 +302,9 @@ mod tests {
     fn renders_counters_and_histograms() {
         let r = Registry::default();
         let s = r.http_stats("web");
-        s.record(200, Duration::from_millis(3), 0, 10);
-        s.record(200, Duration::from_millis(30), 0, 10);
+        s.record(200, Duration::from_millis(3));
+        s.record(200, Duration::from_millis(30));
+        s.add_out(20);
         r.inc("gate_dns_queries_total", &[("rcode", "a\"b")], 1);
         let text = r.render(&[]);
         assert!(text.contains("gate_http_requests_total{listener=\"web\",code=\"200\"} 2"));

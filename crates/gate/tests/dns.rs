@@ -217,3 +217,45 @@ async fn dns_forwards_outside_zone_and_survives_garbage() {
         "NOERROR"
     );
 }
+
+#[tokio::test]
+async fn dns_and_admin_move_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = config("127.81.4", None, "cluster.test");
+    let admin = sa("127.81.4.1:9100");
+    let _gate = spawn_gate(dir.path(), &old, admin).await;
+    assert_eq!(
+        status("127.81.4.1", 5353, "db1.cluster.test", &[]),
+        "NOERROR"
+    );
+
+    // The same zone, served from .2 (DNS and admin); records keep their .4 addresses.
+    let moved = old
+        .replace("admin = \"127.81.4.1:9100\"", "admin = \"127.81.4.2:9100\"")
+        .replace(
+            "listen = [\"127.81.4.1:5353\"]",
+            "listen = [\"127.81.4.2:5353\"]",
+        );
+    std::fs::write(dir.path().join("gate.toml"), moved).unwrap();
+    let (code, body) = curl("POST", &format!("http://{admin}/reload"), None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        status("127.81.4.2", 5353, "db1.cluster.test", &[]),
+        "NOERROR"
+    );
+    assert_eq!(
+        status("127.81.4.2", 5353, "db1.cluster.test", &["+tcp"]),
+        "NOERROR"
+    );
+    assert_eq!(
+        status("127.81.4.1", 5353, "db1.cluster.test", &[]),
+        "NONE",
+        "old address closed"
+    );
+    let c = client(None);
+    assert_eq!(
+        get(&c, "http://127.81.4.2:9100/health").await.map(|r| r.0),
+        Ok(200)
+    );
+    assert!(!port_open(admin).await, "old admin address closed");
+}

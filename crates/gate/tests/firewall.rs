@@ -31,23 +31,6 @@ health = {{ path = "/", interval_ms = 200, timeout_ms = 200 }}
     )
 }
 
-/// One raw HTTP/1.1 request on a fresh connection from `source`: Some(status) or None when
-/// the gate refused the connection (closed without an answer).
-fn raw_get(source: IpAddr, to: SocketAddr) -> Option<u16> {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
-    sock.bind(&SocketAddr::new(source, 0).into()).ok()?;
-    sock.connect_timeout(&to.into(), Duration::from_secs(2))
-        .ok()?;
-    let mut s: std::net::TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    s.write_all(format!("GET / HTTP/1.1\r\nhost: {to}\r\nconnection: close\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf);
-    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
-}
-
 #[tokio::test]
 async fn deny_rule_and_rate_limit_per_client() {
     let net = "127.80.3";
@@ -284,4 +267,44 @@ async fn bans_take_effect_expire_and_survive_restart() {
         Some(200)
     );
     drop(gate2);
+}
+
+#[tokio::test]
+async fn admin_token_guards_the_admin_api() {
+    let net = "127.80.7";
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!("admin_token = \"s3cret\"\n{}", config(net, ""));
+    let admin = sa(&format!("{net}.1:9100"));
+    let _gate = spawn_gate(dir.path(), &cfg, admin).await;
+    let ban = format!(r#"{{"net":"{net}.66"}}"#);
+    let (code, _) = curl("POST", &format!("http://{admin}/bans"), Some(&ban));
+    assert_eq!(code, 401, "no token");
+    let with = |token: &str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-m",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "POST",
+            ])
+            .args(["-H", &format!("authorization: Bearer {token}")])
+            .args(["-H", "content-type: application/json", "-d", &ban])
+            .arg(format!("http://{admin}/bans"))
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(with("wrong"), "401");
+    assert_eq!(with("s3cret"), "201");
+    // Health and metrics stay open for probes and scrapers.
+    assert_eq!(curl("GET", &format!("http://{admin}/metrics"), None).0, 200);
+    assert_eq!(
+        curl("GET", &format!("http://{admin}/backends"), None).0,
+        401
+    );
 }

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -50,51 +48,14 @@ async fn kill9_backend_under_load_fails_no_request() {
     );
 
     let url = format!("http://{net}.1:8080/hello");
-    let done = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let seen2 = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut tasks = Vec::new();
-    for w in 0..4u8 {
-        let c = client(Some(format!("{net}.{}", 100 + w).parse().unwrap()));
-        let (url, done, failed, seen2, stop) = (
-            url.clone(),
-            done.clone(),
-            failed.clone(),
-            seen2.clone(),
-            stop.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            // Bounded in count and in time.
-            for _ in 0..20_000 {
-                if Instant::now() > deadline || stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                match get(&c, &url).await {
-                    Ok((200, body)) => {
-                        if body.starts_with("app2") {
-                            seen2.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    other => {
-                        eprintln!("failed request: {other:?}");
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
+    let sources: Vec<std::net::IpAddr> = (0..4u8)
+        .map(|w| format!("{net}.{}", 100 + w).parse().unwrap())
+        .collect();
+    let load = Load::start(&sources, &url, 20_000, Duration::from_secs(30));
     // Kill app2 once the load is flowing.
+    assert!(load.wait_more(300, Duration::from_secs(10)).await);
     assert!(
-        wait_until(Duration::from_secs(10), || async {
-            done.load(Ordering::Relaxed) >= 300
-        })
-        .await
-    );
-    assert!(
-        seen2.load(Ordering::Relaxed) > 0,
+        load.seen("app2") > 0,
         "round robin reached app2 before the kill"
     );
     let killed_at = Instant::now();
@@ -108,26 +69,12 @@ async fn kill9_backend_under_load_fails_no_request() {
         "app2 should be marked down"
     );
     eprintln!("app2 down after {:?}", killed_at.elapsed());
-    // Keep the load on for a while with app2 gone (past several health intervals), then
+    // Keep the load on with app2 gone for several health intervals (1.5 s of load), then
     // stop it.
-    let at_down = done.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(
-        wait_until(Duration::from_secs(10), || async {
-            done.load(Ordering::Relaxed) >= at_down + 500
-        })
-        .await
-    );
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let total = done.load(Ordering::Relaxed);
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "no client request may fail ({total} sent)"
-    );
+    assert!(load.wait_more(500, Duration::from_secs(10)).await);
+    let (total, failed) = load.finish().await;
+    assert_eq!(failed, 0, "no client request may fail ({total} sent)");
     assert!(total >= 800, "load should be steady: only {total} requests");
 
     // Back in rotation when healthy again.
@@ -167,6 +114,7 @@ async fn forwarding_headers_and_error_answers() {
     let extra = format!(
         r#"
 response_timeout_ms = 300
+idle_timeout_ms = 500
 
 [[listeners]]
 name = "empty"
@@ -183,6 +131,12 @@ name = "nobody"
 port = 8000
 members = [{{ name = "ghost", address = "{net}.14" }}]
 health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 100 }}
+
+[[services]]
+name = "sluggish"
+port = 8000
+members = [{{ name = "s", address = "{net}.11" }}]
+health = {{ path = "/slow?ms=1000", interval_ms = 200, timeout_ms = 150 }}
 
 [[services]]
 name = "broken"
@@ -204,6 +158,8 @@ health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 100 }}
         .await
     );
     let c = client(Some(format!("{net}.50").parse().unwrap()));
+    // A member whose health check answers after the check's timeout never comes up.
+    assert!(!member_up(&ac, admin, "sluggish", "s").await);
 
     let (code, body) = get(&c, &format!("http://{net}.1:8080/x?y=1"))
         .await
@@ -229,6 +185,24 @@ health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 100 }}
         (504, "504 gateway timeout: backend too slow\n")
     );
 
+    // A body that pauses less than the idle timeout passes whole; a backend that stalls
+    // mid-body is cut at the idle timeout instead of holding the client.
+    let (code, body) = get(&c, &format!("http://{net}.1:8080/stall?ms=100"))
+        .await
+        .unwrap();
+    assert_eq!((code, body.as_str()), (200, "partial\nrest\n"));
+    let t = std::time::Instant::now();
+    let stalled = get(&c, &format!("http://{net}.1:8080/stall?ms=4000")).await;
+    assert!(
+        stalled.is_err(),
+        "a stalled body ends in an error: {stalled:?}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "cut after {:?}",
+        t.elapsed()
+    );
+
     let (code, body) = get(&c, &format!("http://{net}.1:8081/")).await.unwrap();
     assert_eq!((code, body.as_str()), (503, "503 no healthy backend\n"));
 
@@ -236,14 +210,51 @@ health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 100 }}
     assert_eq!(code, 502, "{body}");
     assert!(body.starts_with("502 bad gateway"), "{body}");
 
+    // An upgrade (WebSocket-style): 101 through the gate, then bytes both ways.
+    let to = sa(&format!("{net}.1:8080"));
+    let echoed = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(to).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.write_all(
+            b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_lowercase();
+        s.write_all(b"ping over the tunnel").unwrap();
+        let mut back = [0u8; 20];
+        s.read_exact(&mut back).unwrap();
+        (head, String::from_utf8_lossy(&back).into_owned())
+    })
+    .await
+    .unwrap();
+    assert!(echoed.0.starts_with("http/1.1 101"), "{}", echoed.0);
+    assert!(echoed.0.contains("upgrade: websocket"), "{}", echoed.0);
+    assert_eq!(echoed.1, "ping over the tunnel");
+
+    // A POST body is streamed through (and counted).
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-m", "5", "--data-binary", "hello world"])
+        .arg(format!("http://{net}.1:8080/post"))
+        .output()
+        .expect("curl runs");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("POST /post"));
+
     // Metrics: requests by status, latency histogram, backend gauges.
     let (_, m) = get(&ac, &format!("http://{admin}/metrics")).await.unwrap();
     for series in [
-        "gate_http_requests_total{listener=\"web\",code=\"200\"} 1",
+        "gate_http_requests_total{listener=\"web\",code=\"200\"} 4",
+        "gate_http_requests_total{listener=\"web\",code=\"101\"} 1",
+        "gate_bytes_total{listener=\"web\",dir=\"in\"} 11",
         "gate_http_requests_total{listener=\"web\",code=\"504\"} 1",
         "gate_http_requests_total{listener=\"empty\",code=\"503\"} 1",
         "gate_http_requests_total{listener=\"broken\",code=\"502\"} 1",
-        "gate_http_request_duration_seconds_count{listener=\"web\"} 2",
+        "gate_http_request_duration_seconds_count{listener=\"web\"} 6",
         "gate_backend_up{service=\"app\",member=\"app1\"} 1",
         "gate_backend_up{service=\"nobody\",member=\"ghost\"} 0",
     ] {
@@ -258,4 +269,53 @@ health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 100 }}
             .unwrap_or(0)
             >= 1
     );
+}
+
+/// The same failure with passive ejection off: only the active checks take the dead member
+/// out, within its fall time (2 × 200 ms, plus one check's timeout), while retries keep every
+/// client request whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_with_active_checks_only_leaves_rotation_within_fall_time() {
+    let net = "127.80.6";
+    let dir = tempfile::tempdir().unwrap();
+    let _b1 = spawn_echo("app1", sa(&format!("{net}.11:8000"))).await;
+    let mut b2 = spawn_echo("app2", sa(&format!("{net}.12:8000"))).await;
+    let admin = sa(&format!("{net}.1:9100"));
+    let cfg = two_backend_config(net, "passive_fail = 0");
+    let _gate = spawn_gate(dir.path(), &cfg, admin).await;
+    let ac = client(None);
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            member_up(&ac, admin, "app", "app1").await && member_up(&ac, admin, "app", "app2").await
+        })
+        .await
+    );
+    let sources: Vec<std::net::IpAddr> = (0..2u8)
+        .map(|w| format!("{net}.{}", 100 + w).parse().unwrap())
+        .collect();
+    let load = Load::start(
+        &sources,
+        &format!("http://{net}.1:8080/"),
+        20_000,
+        Duration::from_secs(20),
+    );
+    assert!(load.wait_more(200, Duration::from_secs(10)).await);
+    let killed = Instant::now();
+    b2.kill9();
+    assert!(
+        wait_until(Duration::from_secs(3), || async {
+            !member_up(&ac, admin, "app", "app2").await
+        })
+        .await
+    );
+    let took = killed.elapsed();
+    eprintln!("app2 out of rotation after {took:?}");
+    // fall × interval + a check's timeout + scheduling slack on a busy machine.
+    assert!(
+        took < Duration::from_millis(1500),
+        "out of rotation after {took:?}"
+    );
+    assert!(load.wait_more(300, Duration::from_secs(10)).await);
+    let (total, failed) = load.finish().await;
+    assert_eq!(failed, 0, "no client request may fail ({total} sent)");
 }

@@ -4,9 +4,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -87,37 +85,16 @@ async fn reload_under_load_drops_nothing_and_keeps_bans() {
     let slow = tokio::spawn(async move { get(&slow_c, &slow_url).await });
 
     // Steady keep-alive load.
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for w in 0..2u8 {
-        let c = client(Some(format!("{net}.{}", 100 + w).parse().unwrap()));
-        let (stop, done, failed) = (stop.clone(), done.clone(), failed.clone());
-        let url = format!("http://{net}.1:8080/load");
-        tasks.push(tokio::spawn(async move {
-            let end = Instant::now() + Duration::from_secs(20);
-            for _ in 0..50_000 {
-                if stop.load(Ordering::Relaxed) || Instant::now() > end {
-                    break;
-                }
-                match get(&c, &url).await {
-                    Ok((200, _)) => {}
-                    other => {
-                        eprintln!("failed: {other:?}");
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
-    assert!(
-        wait_until(Duration::from_secs(5), || async {
-            done.load(Ordering::Relaxed) >= 200
-        })
-        .await
+    let sources: Vec<std::net::IpAddr> = (0..2u8)
+        .map(|w| format!("{net}.{}", 100 + w).parse().unwrap())
+        .collect();
+    let load = Load::start(
+        &sources,
+        &format!("http://{net}.1:8080/load"),
+        50_000,
+        Duration::from_secs(20),
     );
+    assert!(load.wait_more(200, Duration::from_secs(5)).await);
 
     // SIGHUP with a new member and a new listener.
     std::fs::write(&gate.config, reload_config(net, true)).unwrap();
@@ -159,22 +136,9 @@ async fn reload_under_load_drops_nothing_and_keeps_bans() {
     let (code, _) = curl("POST", &format!("http://{admin}/reload"), None);
     assert_eq!(code, 200);
 
-    let at = done.load(Ordering::Relaxed);
-    assert!(
-        wait_until(Duration::from_secs(5), || async {
-            done.load(Ordering::Relaxed) >= at + 200
-        })
-        .await
-    );
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "no request failed across reloads"
-    );
+    assert!(load.wait_more(200, Duration::from_secs(5)).await);
+    let (total, failed) = load.finish().await;
+    assert_eq!(failed, 0, "no request failed across reloads ({total} sent)");
     assert_eq!(
         slow.await.unwrap().map(|r| r.0),
         Ok(200),
@@ -186,6 +150,39 @@ async fn reload_under_load_drops_nothing_and_keeps_bans() {
     assert_eq!(&buf, b"still here", "established TCP stream survived");
     let (_, bans) = curl("GET", &format!("http://{admin}/bans"), None);
     assert!(bans.contains(&format!("{net}.77/32")), "ban kept: {bans}");
+
+    // Rules change on reload too.
+    let to = sa(&format!("{net}.1:8080"));
+    let (a, b): (std::net::IpAddr, std::net::IpAddr) = (
+        format!("{net}.90").parse().unwrap(),
+        format!("{net}.91").parse().unwrap(),
+    );
+    assert_eq!(
+        tokio::task::spawn_blocking(move || raw_get(a, to))
+            .await
+            .unwrap(),
+        Some(200)
+    );
+    let with_rule = format!(
+        "{}\n[firewall]\nrules = [{{ action = \"deny\", source = \"{net}.90/32\" }}]\n",
+        reload_config(net, true)
+    );
+    std::fs::write(&gate.config, with_rule).unwrap();
+    let (code, body) = curl("POST", &format!("http://{admin}/reload"), None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        tokio::task::spawn_blocking(move || raw_get(a, to))
+            .await
+            .unwrap(),
+        None,
+        "new rule denies"
+    );
+    assert_eq!(
+        tokio::task::spawn_blocking(move || raw_get(b, to))
+            .await
+            .unwrap(),
+        Some(200)
+    );
 }
 
 fn two_member_config(net: &str) -> String {
@@ -243,6 +240,32 @@ async fn all_up(ac: &TestClient, admin: std::net::SocketAddr) -> bool {
     true
 }
 
+/// Two echo backends behind a gate with the `two_member_config` listeners, all members up.
+struct TwoMembers {
+    admin: std::net::SocketAddr,
+    gate: GateProc,
+    _backends: (Proc, Proc),
+    _dir: tempfile::TempDir,
+}
+
+impl TwoMembers {
+    async fn start(net: &str) -> TwoMembers {
+        let dir = tempfile::tempdir().unwrap();
+        let b1 = spawn_echo("app1", sa(&format!("{net}.11:8000"))).await;
+        let b2 = spawn_echo("app2", sa(&format!("{net}.12:8000"))).await;
+        let admin = sa(&format!("{net}.1:9100"));
+        let gate = spawn_gate(dir.path(), &two_member_config(net), admin).await;
+        let ac = client(None);
+        assert!(wait_until(Duration::from_secs(5), || all_up(&ac, admin)).await);
+        TwoMembers {
+            admin,
+            gate,
+            _backends: (b1, b2),
+            _dir: dir,
+        }
+    }
+}
+
 fn who(body: &str) -> String {
     body.lines().next().unwrap_or("").to_string()
 }
@@ -250,13 +273,8 @@ fn who(body: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_lets_in_flight_finish_and_stops_new_work() {
     let net = "127.84.2";
-    let dir = tempfile::tempdir().unwrap();
-    let _b1 = spawn_echo("app1", sa(&format!("{net}.11:8000"))).await;
-    let _b2 = spawn_echo("app2", sa(&format!("{net}.12:8000"))).await;
-    let admin = sa(&format!("{net}.1:9100"));
-    let _gate = spawn_gate(dir.path(), &two_member_config(net), admin).await;
-    let ac = client(None);
-    assert!(wait_until(Duration::from_secs(5), || all_up(&ac, admin)).await);
+    let t = TwoMembers::start(net).await;
+    let (admin, ac) = (t.admin, client(None));
 
     // Two slow requests: round robin puts one on each member.
     let mut slow = Vec::new();
@@ -315,13 +333,8 @@ async fn drain_lets_in_flight_finish_and_stops_new_work() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_conn_and_consistent_hash_policies() {
     let net = "127.84.3";
-    let dir = tempfile::tempdir().unwrap();
-    let _b1 = spawn_echo("app1", sa(&format!("{net}.11:8000"))).await;
-    let _b2 = spawn_echo("app2", sa(&format!("{net}.12:8000"))).await;
-    let admin = sa(&format!("{net}.1:9100"));
-    let _gate = spawn_gate(dir.path(), &two_member_config(net), admin).await;
-    let ac = client(None);
-    assert!(wait_until(Duration::from_secs(5), || all_up(&ac, admin)).await);
+    let t = TwoMembers::start(net).await;
+    let (admin, ac) = (t.admin, client(None));
 
     // Least connections: while one member holds a slow request, quick ones go to the other.
     let sc = client(Some(format!("{net}.60").parse().unwrap()));
@@ -379,13 +392,8 @@ async fn least_conn_and_consistent_hash_policies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_requests_finish() {
     let net = "127.84.4";
-    let dir = tempfile::tempdir().unwrap();
-    let _b1 = spawn_echo("app1", sa(&format!("{net}.11:8000"))).await;
-    let _b2 = spawn_echo("app2", sa(&format!("{net}.12:8000"))).await;
-    let admin = sa(&format!("{net}.1:9100"));
-    let mut gate = spawn_gate(dir.path(), &two_member_config(net), admin).await;
-    let ac = client(None);
-    assert!(wait_until(Duration::from_secs(5), || all_up(&ac, admin)).await);
+    let mut t = TwoMembers::start(net).await;
+    let (admin, ac) = (t.admin, client(None));
     let c = client(Some(format!("{net}.60").parse().unwrap()));
     let url = format!("http://{net}.1:8080/slow?ms=1000");
     let slow = tokio::spawn(async move { get(&c, &url).await });
@@ -402,7 +410,7 @@ async fn sigterm_lets_in_flight_requests_finish() {
         })
         .await
     );
-    gate.proc_.signal("TERM");
+    t.gate.proc_.signal("TERM");
     assert!(
         wait_until(Duration::from_secs(2), || async {
             !port_open(sa(&format!("{net}.1:8080"))).await
@@ -416,7 +424,49 @@ async fn sigterm_lets_in_flight_requests_finish() {
         "in-flight request finished"
     );
     assert!(
-        gate.proc_.wait_exit(Duration::from_secs(5)),
+        t.gate.proc_.wait_exit(Duration::from_secs(5)),
         "gate exits after its connections"
     );
+}
+
+#[tokio::test]
+async fn a_second_gate_on_the_same_address_fails_instead_of_sharing() {
+    let net = "127.84.5";
+    let t = TwoMembers::start(net).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gate.toml");
+    std::fs::write(&cfg, two_member_config(net)).unwrap();
+    let mut second = die_with_parent(&mut std::process::Command::new(gate_bin()))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    for _ in 0..250 {
+        if let Ok(Some(s)) = second.try_wait() {
+            status = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = second.kill();
+    let out = second.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the second gate must exit with an error"
+    );
+    assert!(err.contains("in use"), "{err}");
+    // The first gate still serves.
+    let c = client(Some(format!("{net}.50").parse().unwrap()));
+    assert_eq!(
+        get(&c, &format!("http://{net}.1:8080/")).await.map(|r| r.0),
+        Ok(200)
+    );
+    drop(t);
 }

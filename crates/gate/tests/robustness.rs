@@ -203,6 +203,27 @@ health = {{ interval_ms = 200, timeout_ms = 200 }}
         "every slow-drip connection cut near the 1 s header timeout: {closed:?}"
     );
 
+    // Silent clients (connect, send nothing) are dropped at the header timeout too.
+    let t = Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(tokio::net::TcpStream::connect(to).await.unwrap());
+    }
+    for mut s in silent {
+        use tokio::io::AsyncReadExt;
+        let mut b = [0u8; 16];
+        let r = tokio::time::timeout(Duration::from_secs(4), s.read(&mut b)).await;
+        assert!(
+            matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+            "a silent connection is closed: {r:?}"
+        );
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(3000),
+        "silent connections cut after {:?}",
+        t.elapsed()
+    );
+
     assert_eq!(get(&c, &url).await.map(|r| r.0), Ok(200), "still serving");
     let rss = rss_kb(pid);
     assert!(rss > 0 && rss < 50 * 1024, "gate RSS {rss} kB");

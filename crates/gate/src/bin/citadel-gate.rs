@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 
 #[derive(Parser)]
@@ -33,23 +36,13 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = citadel_gate::GateConfig::load(&args.config)
         .with_context(|| format!("loading {}", args.config.display()))?;
-    // One thread: the current-thread scheduler (no work stealing, cheaper wakeups).
-    let mut rt = match args.threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n.max(1));
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let rt = rt.enable_all().build().context("starting the runtime")?;
-    rt.block_on(citadel_gate::run(
+    citadel_gate::run_blocking(
         config,
         citadel_gate::RunOptions {
             state_dir: args.state,
             config_path: Some(args.config),
         },
-    ))?;
+        args.threads,
+    )?;
     Ok(())
 }

@@ -64,6 +64,21 @@ pub fn echo_bin() -> &'static str {
     env!("CARGO_BIN_EXE_citadel-gate-echo")
 }
 
+/// Makes the child get SIGKILL when the test process dies, even by SIGKILL (where drop guards
+/// do not run), so no stale gate or backend outlives a test run.
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 /// Polls `f` every 20 ms until it holds or `within` passes.
 pub async fn wait_until<F, Fut>(within: Duration, mut f: F) -> bool
 where
@@ -95,7 +110,7 @@ pub async fn port_open(addr: SocketAddr) -> bool {
 
 /// Starts the echo backend NAME on ADDR (HTTP; TCP echo on port+1) and waits for it.
 pub async fn spawn_echo(name: &str, addr: SocketAddr) -> Proc {
-    let child = Command::new(echo_bin())
+    let child = die_with_parent(&mut Command::new(echo_bin()))
         .arg(name)
         .arg(addr.to_string())
         .stdout(Stdio::null())
@@ -114,7 +129,7 @@ pub async fn spawn_echo(name: &str, addr: SocketAddr) -> Proc {
 }
 
 pub async fn spawn_echo_udp(name: &str, addr: SocketAddr) -> Proc {
-    let child = Command::new(echo_bin())
+    let child = die_with_parent(&mut Command::new(echo_bin()))
         .arg(name)
         .arg(addr.to_string())
         .arg("--udp")
@@ -145,7 +160,7 @@ pub async fn spawn_gate(dir: &Path, config: &str, admin: SocketAddr) -> GateProc
 }
 
 pub async fn start_gate(cfg: PathBuf, state: PathBuf, admin: SocketAddr) -> GateProc {
-    let child = Command::new(gate_bin())
+    let child = die_with_parent(&mut Command::new(gate_bin()))
         .arg("--config")
         .arg(&cfg)
         .arg("--state")
@@ -271,4 +286,113 @@ pub fn member_field(v: &serde_json::Value, s: &str, m: &str, field: &str) -> ser
 
 pub fn sa(s: &str) -> SocketAddr {
     s.parse().expect("socket address")
+}
+
+/// One raw HTTP/1.1 request on a fresh connection from `source`: Some(status) or None when
+/// the gate refused the connection (closed without an answer).
+pub fn raw_get(source: IpAddr, to: SocketAddr) -> Option<u16> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+    sock.bind(&SocketAddr::new(source, 0).into()).ok()?;
+    sock.connect_timeout(&to.into(), Duration::from_secs(2))
+        .ok()?;
+    let mut s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    std::io::Write::write_all(
+        &mut s,
+        format!("GET / HTTP/1.1\r\nhost: {to}\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+/// A steady keep-alive GET load: one client (with its own source address) per task, each
+/// bounded in count and in time. Counts answers by the backend named on their first line.
+pub struct Load {
+    done: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    seen: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(sources: &[IpAddr], url: &str, max_each: usize, max_time: Duration) -> Load {
+        use std::sync::Arc;
+        use std::sync::atomic::Ordering;
+        let load = Load {
+            done: Arc::default(),
+            failed: Arc::default(),
+            seen: Arc::default(),
+            stop: Arc::default(),
+            tasks: Vec::new(),
+        };
+        let end = Instant::now() + max_time;
+        let tasks = sources
+            .iter()
+            .map(|src| {
+                let c = client(Some(*src));
+                let url = url.to_string();
+                let (done, failed, seen, stop) = (
+                    load.done.clone(),
+                    load.failed.clone(),
+                    load.seen.clone(),
+                    load.stop.clone(),
+                );
+                tokio::spawn(async move {
+                    for _ in 0..max_each {
+                        if stop.load(Ordering::Relaxed) || Instant::now() > end {
+                            break;
+                        }
+                        match get(&c, &url).await {
+                            Ok((200, body)) => {
+                                let who = body.lines().next().unwrap_or("").to_string();
+                                if let Ok(mut m) = seen.lock() {
+                                    *m.entry(who).or_default() += 1;
+                                }
+                            }
+                            other => {
+                                eprintln!("failed request: {other:?}");
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Load { tasks, ..load }
+    }
+
+    pub fn done(&self) -> usize {
+        self.done.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Answers that came from backend `name`.
+    pub fn seen(&self, name: &str) -> usize {
+        self.seen
+            .lock()
+            .map(|m| m.get(name).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Waits until `n` more requests than now have been made (at most `within`).
+    pub async fn wait_more(&self, n: usize, within: Duration) -> bool {
+        let target = self.done() + n;
+        wait_until(within, || async { self.done() >= target }).await
+    }
+
+    /// Stops the load: (requests made, requests failed).
+    pub async fn finish(self) -> (usize, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        (
+            self.done.load(std::sync::atomic::Ordering::Relaxed),
+            self.failed.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
 }
