@@ -578,3 +578,63 @@ fn reload_applies_the_edited_file_and_refuses_an_invalid_one() {
         .collect();
     assert_eq!(names, ["keep", "change", "new"]);
 }
+
+#[test]
+fn reload_reconfigures_a_running_gate() {
+    let net = "127.123.0.0/24";
+    let gate = r#"
+[[jail]]
+name = "door"
+host = "h1"
+role = "gate"
+addresses = { front = "127.123.0.2" }
+ports = [9100, 5353]
+health = { check = "http", port = 9100, path = "/health", interval = "500ms" }
+
+[gate]
+[[gate.listeners]]
+name = "web"
+bind = "127.123.0.2:8080"
+service = "site"
+[[gate.services]]
+name = "site"
+jails = ["page"]
+port = 8000
+health = { kind = "http", path = "/", interval_ms = 200, timeout_ms = 200, rise = 1, fall = 1 }
+"#;
+    let jails = format!("{}{gate}", serve_jail("page", "127.123.0.11"));
+    let up = Up::start(&cluster(net, &jails));
+    up.wait_healthy(&["page", "door"], Duration::from_secs(30));
+    std::fs::write(up.data("page").join("index.txt"), "hello").expect("write");
+    wait_for("the page through the gate", Duration::from_secs(10), || {
+        curl("http://127.123.0.2:8080/index.txt").filter(|b| b == "hello")
+    });
+    let door_pid = up.pid("door");
+
+    // Deny this client at the gate by editing the file: the gate re-reads its config in place.
+    let denied = jails.replace(
+        "[gate]\n",
+        "[gate]\nfirewall = { rules = [{ action = \"deny\", source = \"127.0.0.1/32\" }] }\n",
+    );
+    std::fs::write(&up.file, cluster(net, &denied)).expect("write");
+    let report: serde_json::Value =
+        serde_json::from_str(&up.ok(&["reload", "--json"])).expect("json");
+    assert_eq!(report["reloaded"], serde_json::json!(["door"]), "{report}");
+    wait_for("the deny rule in force", Duration::from_secs(10), || {
+        curl("http://127.123.0.2:8080/index.txt")
+            .is_none()
+            .then_some(())
+    });
+    assert_eq!(up.pid("door"), door_pid, "reloaded, not restarted");
+
+    // A broken [gate] section is refused with its place, and nothing changes.
+    let broken = jails.replace("port = 8000\nhealth", "port = \"eighty\"\nhealth");
+    std::fs::write(&up.file, cluster(net, &broken)).expect("write");
+    let refused = up.cli(&["reload"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("cluster.toml:") && err.contains("[gate]"),
+        "{err}"
+    );
+    assert_eq!(up.pid("door"), door_pid);
+}
