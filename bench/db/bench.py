@@ -142,14 +142,15 @@ def main():
         lh = f"{NET}.{leader}"
         follower = f"{NET}.{3 - leader}"
         rows = []
-        for label, test, n, p in [] if only_failover else [("SET", "set", n1, 1), ("SET", "set", n16, 16),
+        only_set = "--set" in sys.argv
+        for label, test, n, p in [] if only_failover else [("SET", "set", n1, 1), ("SET", "set", n16, 16)] if only_set else [("SET", "set", n1, 1), ("SET", "set", n16, 16),
                                   ("GET", "get", n1, 1), ("GET", "get", n16, 16)]:
             r = bench(REDIS_HOST, test, n, p)
             c = bench(lh, test, n, p)
             cf = bench(follower, test, n, p)
             rows.append((f"{label} -P {p}", r, c, cf))
             print(f"{label} -P {p}: redis {r:.0f}/s, citadel leader {c:.0f}/s, follower {cf:.0f}/s", flush=True)
-        trials = [failover_trial(nodes, [1, 2]) for _ in range(3 if quick else 10)]
+        trials = [] if only_set else [failover_trial(nodes, [1, 2]) for _ in range(3 if quick else 10)]
         ok = [t for t in trials if t is not None]
         med = statistics.median(ok) if ok else None
         print("failover trials (s):", ["%.3f" % t if t is not None else "none" for t in trials], flush=True)

@@ -49,8 +49,11 @@ struct Proposer {
     wake: tokio::sync::Notify,
 }
 
-/// Raft entries proposed but not yet applied, at most.
-const MAX_INFLIGHT_PROPOSALS: usize = 4;
+/// Raft entries proposed but not yet applied, at most. openraft 0.9's core waits for each
+/// append's fsync before it goes on, so every entry costs one fsync of core time: fewer,
+/// larger entries are faster. Measured here (redis-benchmark SET, 50 clients, 2 data + witness):
+/// 1 in flight 9.4K/s unpipelined and 36K/s with -P 16; 2: 8.1K/31K; 4: 5.5K/21K; 8: 4.3K/17K.
+const MAX_INFLIGHT_PROPOSALS: usize = 1;
 /// Client writes in one entry, at most.
 const MAX_BATCH: usize = 4096;
 
