@@ -251,8 +251,20 @@ impl Node {
         &self,
         rx: oneshot::Receiver<Result<Reply, String>>,
     ) -> Result<Reply, String> {
-        let wait = Duration::from_millis(self.cfg.tunables.write_wait_ms);
-        match tokio::time::timeout(wait, rx).await {
+        self.await_reply_until(rx, self.write_deadline()).await
+    }
+
+    pub fn write_deadline(&self) -> Instant {
+        Instant::now() + Duration::from_millis(self.cfg.tunables.write_wait_ms)
+    }
+
+    /// As [`Node::await_reply`], with a deadline shared by a batch of writes.
+    pub async fn await_reply_until(
+        &self,
+        rx: oneshot::Receiver<Result<Reply, String>>,
+        deadline: Instant,
+    ) -> Result<Reply, String> {
+        match tokio::time::timeout_at(deadline.into(), rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(TRYAGAIN.to_string()),
             Err(_) => Err(
@@ -276,6 +288,55 @@ impl Node {
             .push((req, tx));
         self.proposer.wake.notify_one();
         Some(rx)
+    }
+
+    /// Carries out a connection's pipelined writes in order: queued together on the leader,
+    /// or sent to it in one batch from a follower. Anything not carried out that way is
+    /// retried one by one (exactly-once by request id). Each request must be stamped.
+    pub async fn write_many(&self, reqs: Vec<WriteReq>) -> Vec<Result<Reply, String>> {
+        let mut out: Vec<Option<Result<Reply, String>>> = vec![None; reqs.len()];
+        match self.leader() {
+            Some(l) if l == self.id() && !self.is_witness() => {
+                let pending: Vec<_> = reqs.iter().map(|r| self.write_enqueue(r.clone())).collect();
+                let deadline = self.write_deadline();
+                for (i, rx) in pending.into_iter().enumerate() {
+                    if let Some(rx) = rx {
+                        match self.await_reply_until(rx, deadline).await {
+                            Ok(r) => out[i] = Some(Ok(r)),
+                            Err(e) if e.contains("no quorum") || !e.starts_with("TRYAGAIN") => {
+                                out[i] = Some(Err(e))
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                }
+            }
+            Some(l) if self.cfg.is_data(l) && reqs.len() > 1 => {
+                let fwd = PeerReq::WriteBatch(reqs.clone());
+                let call = self.peers.call(l, &fwd, self.peers.rpc_timeout() * 3);
+                let res = tokio::select! {
+                    r = call => Some(r),
+                    _ = self.leader_changed_from(Some(l)) => None,
+                };
+                if let Some(Ok(PeerResp::WriteBatch(rs))) = res {
+                    for (i, r) in rs.into_iter().enumerate().take(out.len()) {
+                        match r {
+                            Err(e) if e.starts_with("TRYAGAIN") && !e.contains("no quorum") => {}
+                            r => out[i] = Some(r),
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        let mut done = Vec::with_capacity(reqs.len());
+        for (req, r) in reqs.into_iter().zip(out) {
+            done.push(match r {
+                Some(r) => r,
+                None => self.write(req).await,
+            });
+        }
+        done
     }
 
     /// Gives a write its request id (for exactly-once retries).
@@ -458,6 +519,22 @@ impl PeerHandler for Node {
             } else {
                 Err(TRYAGAIN.into())
             }),
+            PeerReq::WriteBatch(reqs) => {
+                PeerResp::WriteBatch(if self.leader() == Some(self.id()) {
+                    let pending: Vec<_> = reqs.into_iter().map(|r| self.write_enqueue(r)).collect();
+                    let mut out = Vec::with_capacity(pending.len());
+                    let deadline = self.write_deadline();
+                    for rx in pending {
+                        out.push(match rx {
+                            Some(rx) => self.await_reply_until(rx, deadline).await,
+                            None => Err(TRYAGAIN.into()),
+                        });
+                    }
+                    out
+                } else {
+                    reqs.iter().map(|_| Err(TRYAGAIN.into())).collect()
+                })
+            }
             PeerReq::ReadIndex => PeerResp::ReadIndex(if self.leader() == Some(self.id()) {
                 self.read_index_batched().await
             } else {
