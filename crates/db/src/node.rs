@@ -128,22 +128,34 @@ impl Node {
     }
 
     /// Carries out a write on the leader, forwarding it there when this node is a follower.
-    pub async fn write(&self, mut req: WriteReq) -> Result<Reply, String> {
+    pub async fn write(&self, req: WriteReq) -> Result<Reply, String> {
+        self.write_until(req, self.write_deadline()).await
+    }
+
+    /// As [`Node::write`], giving up at `deadline`.
+    pub async fn write_until(&self, mut req: WriteReq, deadline: Instant) -> Result<Reply, String> {
         if req.rid == 0 {
             req.rid = self.next_rid();
         }
-        let deadline = Instant::now() + Duration::from_millis(self.cfg.tunables.write_wait_ms);
         loop {
             let leader = self.leader();
             match leader {
-                Some(l) if l == self.id() => match self.write_local(req.clone()).await {
-                    Ok(r) => return Ok(r),
-                    Err(e) if e.starts_with("TRYAGAIN") => {}
-                    Err(e) => return Err(e),
-                },
+                Some(l) if l == self.id() => {
+                    match self.write_local_until(req.clone(), deadline).await {
+                        Ok(r) => return Ok(r),
+                        Err(e) if e.starts_with("TRYAGAIN") => {}
+                        Err(e) => return Err(e),
+                    }
+                }
                 Some(l) if self.cfg.is_data(l) => {
                     let fwd = PeerReq::Write(req.clone());
-                    let call = self.peers.call(l, &fwd, self.peers.rpc_timeout() * 3);
+                    // Never wait past the client's deadline.
+                    let left = deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(50));
+                    let call = self
+                        .peers
+                        .call(l, &fwd, left.min(self.peers.rpc_timeout() * 3));
                     // Give up on a leader that is replaced meanwhile (stopped, cut off).
                     let res = tokio::select! {
                         r = call => Some(r),
@@ -175,17 +187,19 @@ impl Node {
     /// Proposes a write on this node, which must be the leader. The write joins the next
     /// batch; a batch is proposed as soon as fewer than `MAX_INFLIGHT_PROPOSALS` are in flight.
     pub async fn write_local(&self, req: WriteReq) -> Result<Reply, String> {
-        if self.is_witness() {
-            return Err(TRYAGAIN.into());
+        self.write_local_until(req, self.write_deadline()).await
+    }
+
+    /// As [`Node::write_local`], waiting at most until `deadline`.
+    pub async fn write_local_until(
+        &self,
+        req: WriteReq,
+        deadline: Instant,
+    ) -> Result<Reply, String> {
+        match self.write_enqueue(req) {
+            Some(rx) => self.await_reply_until(rx, deadline).await,
+            None => Err(TRYAGAIN.into()),
         }
-        let (tx, rx) = oneshot::channel();
-        self.proposer
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((req, tx));
-        self.proposer.wake.notify_one();
-        self.await_reply(rx).await
     }
 
     /// Hands one batch to Raft. The hand-over itself is ordered (batches enter the log in
@@ -295,10 +309,11 @@ impl Node {
     /// retried one by one (exactly-once by request id). Each request must be stamped.
     pub async fn write_many(&self, reqs: Vec<WriteReq>) -> Vec<Result<Reply, String>> {
         let mut out: Vec<Option<Result<Reply, String>>> = vec![None; reqs.len()];
+        // One deadline for the whole run, so a cut-off node answers it in write_wait_ms.
+        let deadline = self.write_deadline();
         match self.leader() {
             Some(l) if l == self.id() && !self.is_witness() => {
                 let pending: Vec<_> = reqs.iter().map(|r| self.write_enqueue(r.clone())).collect();
-                let deadline = self.write_deadline();
                 for (i, rx) in pending.into_iter().enumerate() {
                     if let Some(rx) = rx {
                         match self.await_reply_until(rx, deadline).await {
@@ -313,7 +328,12 @@ impl Node {
             }
             Some(l) if self.cfg.is_data(l) && reqs.len() > 1 => {
                 let fwd = PeerReq::WriteBatch(reqs.clone());
-                let call = self.peers.call(l, &fwd, self.peers.rpc_timeout() * 3);
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(50));
+                let call = self
+                    .peers
+                    .call(l, &fwd, left.min(self.peers.rpc_timeout() * 3));
                 let res = tokio::select! {
                     r = call => Some(r),
                     _ = self.leader_changed_from(Some(l)) => None,
@@ -333,7 +353,7 @@ impl Node {
         for (req, r) in reqs.into_iter().zip(out) {
             done.push(match r {
                 Some(r) => r,
-                None => self.write(req).await,
+                None => self.write_until(req, deadline).await,
             });
         }
         done
