@@ -37,7 +37,8 @@ pub struct Member {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tunables {
-    /// Leader heartbeat interval, ms (default 50).
+    /// Leader heartbeat interval, ms (default 100). openraft 0.9 also gives each
+    /// AppendEntries this long to complete.
     pub heartbeat_ms: u64,
     /// Election timeout lower bound, ms (default 300).
     pub election_min_ms: u64,
@@ -60,7 +61,7 @@ pub struct Tunables {
 impl Default for Tunables {
     fn default() -> Self {
         Tunables {
-            heartbeat_ms: 50,
+            heartbeat_ms: 100,
             election_min_ms: 300,
             election_max_ms: 600,
             snapshot_every: 20_000,

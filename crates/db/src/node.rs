@@ -56,6 +56,8 @@ struct Proposer {
 const MAX_INFLIGHT_PROPOSALS: usize = 1;
 /// Client writes in one entry, at most.
 const MAX_BATCH: usize = 4096;
+/// Argument bytes in one entry, about at most (one larger write still makes its own entry).
+const MAX_BATCH_BYTES: usize = 1 << 20;
 
 pub struct Node {
     /// When this node last heard from a leader (ms since `started`).
@@ -601,7 +603,22 @@ async fn proposer_loop(node: Arc<Node>) {
                     .queue
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
-                let n = q.len().min(MAX_BATCH);
+                // At most MAX_BATCH writes and about MAX_BATCH_BYTES of arguments per entry:
+                // a follower must take an AppendEntries within one heartbeat interval.
+                let mut n = 0;
+                let mut bytes = 0usize;
+                for (r, _) in q.iter() {
+                    if n >= MAX_BATCH || (n > 0 && bytes >= MAX_BATCH_BYTES) {
+                        break;
+                    }
+                    bytes += r
+                        .cmds
+                        .iter()
+                        .flat_map(|(_, a)| a.iter())
+                        .map(|x| x.len() + 8)
+                        .sum::<usize>();
+                    n += 1;
+                }
                 q.drain(..n).collect()
             };
             if batch.is_empty() {
@@ -828,7 +845,9 @@ pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
             t.keep_after_snapshot
         },
         purge_batch_size: 256,
-        max_payload_entries: 1000,
+        // openraft 0.9 gives an AppendEntries one heartbeat interval to complete; entries are
+        // batches of writes, so send few at a time or a lagging follower never catches up.
+        max_payload_entries: 16,
         enable_elect: !witness,
         install_snapshot_timeout: 10_000,
         ..Default::default()

@@ -95,6 +95,18 @@ fn replicates_forwards_writes_and_reads_linearizably() {
     assert!(missing(&c, B, &keys).is_empty());
     // The witness serves no data and holds no tables: its snapshot policy keeps the whole log.
     assert!(c.log(W).contains("running as witness"));
+    // `citadel-db status` shows every member and the leader.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_citadel-db"))
+        .arg("status")
+        .arg("--config")
+        .arg(c.dir.path().join("n1.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("Leader").count(), 1, "{text}");
+    assert_eq!(text.lines().count(), 4, "{text}");
+    assert!(text.contains("witness"), "{text}");
 }
 
 /// The heart of the witness design: A, B, W; B stops; writes are acknowledged (A + W);
