@@ -23,6 +23,15 @@ NET = "127.61.0"
 REDIS_HOST = f"{NET}.10"
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+ANCHORS = """
+Anchors and targets (issue 4; anchors measured earlier on these machines): etcd (3 members)
+~4K puts/s at 64 connections, failover 1.0-2.4 s; Mnesia (2 nodes, no fsync per commit)
+6.4K-12K transactions/s; single Redis without persistence ~62K SET/s and ~64K GET/s
+unpipelined, ~500K-600K/s with -P 16. Targets: >= 20K SET/s unpipelined and >= 100K/s with
+-P 16; linearizable GET >= 50% of single Redis; failover median <= 1 s.
+The machine is shared with other builds, so compare the ratios within one run.
+"""
+
 
 class Node:
     def __init__(self, work, bin_path, nid, members):
@@ -178,6 +187,7 @@ def main():
                     "election 300-600 ms):\n\n")
             f.write(f"- trials: {', '.join('%.3f s' % t if t is not None else 'none' for t in trials)}\n")
             f.write(f"- median: {'%.3f s' % med if med is not None else 'n/a'}\n")
+            f.write(ANCHORS)
     finally:
         for n in nodes.values():
             n.kill()
