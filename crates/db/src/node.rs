@@ -739,6 +739,45 @@ async fn failover_loop(node: Arc<Node>) {
     }
 }
 
+/// Active expiry: once a second the leader looks for expired keys and, if there are any,
+/// proposes a sweep entry per database that has some (the entry's clock decides, so every
+/// member drops the same keys). Reads already hide expired keys; this frees their memory.
+async fn expiry_loop(node: Arc<Node>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if !node.is_leader() {
+            continue;
+        }
+        let now = now_ms();
+        let dbs: Vec<u32> = node.sm.read(|g| {
+            g.tables
+                .dbs
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.has_expired(now))
+                .map(|(i, _)| i as u32)
+                .collect()
+        });
+        if dbs.is_empty() {
+            continue;
+        }
+        let req = WriteReq {
+            rid: 0,
+            now_ms: 0,
+            watches: Vec::new(),
+            cmds: dbs
+                .iter()
+                .map(|d| (*d, vec![crate::data::SWEEP.to_vec()]))
+                .collect(),
+            multi: true,
+        };
+        match node.write_local(req).await {
+            Ok(r) => tracing::debug!(?r, "expiry sweep"),
+            Err(e) => tracing::debug!("expiry sweep not done: {e}"),
+        }
+    }
+}
+
 /// The witness keeps log entries until every data member holds them durably: it purges
 /// only up to the lowest snapshot index among the data members (a snapshot is on disk; log
 /// entries a data member has applied may not be flushed yet). If any data member does not
@@ -929,6 +968,7 @@ pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
     } else {
         tokio::spawn(proposer_loop(node.clone()));
         tokio::spawn(failover_loop(node.clone()));
+        tokio::spawn(expiry_loop(node.clone()));
     }
     Ok(Running { node })
 }

@@ -441,6 +441,10 @@ fn info(node: &Node) -> Reply {
         st.snapshot_index.unwrap_or(0),
         st.disk_bytes
     ));
+    let in_memory: usize = node
+        .sm
+        .read(|g| g.tables.dbs.iter().map(|d| d.map.len()).sum());
+    s.push_str(&format!("keys_in_memory:{in_memory}\r\n"));
     s.push_str("# Keyspace\r\n");
     node.sm.read(|g| {
         for (i, db) in g.tables.dbs.iter().enumerate() {

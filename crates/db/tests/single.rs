@@ -364,3 +364,36 @@ print("ok")
         "redis-py failed:\n{stdout}\n{stderr}"
     );
 }
+
+#[test]
+fn expired_keys_are_swept_from_memory() {
+    let c = single("127.60.15");
+    let mut con = c.conn(1);
+    let mut p = redis::pipe();
+    for i in 0..200 {
+        p.cmd("SET")
+            .arg(format!("e{i}"))
+            .arg(i)
+            .arg("PX")
+            .arg(100)
+            .ignore();
+    }
+    p.cmd("SET").arg("keep").arg("1").ignore();
+    let _: () = p.query(&mut con).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if c.info(1, "keys_in_memory").as_deref() == Some("1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expired keys were never swept"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let v: Option<String> = redis::cmd("GET").arg("keep").query(&mut con).unwrap();
+    assert_eq!(v.as_deref(), Some("1"));
+    // Clients cannot send the internal sweep command.
+    let r: redis::RedisResult<i64> = redis::cmd("\0citadel-expire-sweep").query(&mut con);
+    assert!(r.is_err());
+}
