@@ -81,9 +81,11 @@ pub struct DbConfig {
     pub id: u64,
     /// Directory for the node's durable state.
     pub data_dir: PathBuf,
-    /// Address the peer (Raft) listener binds; defaults to this member's `peer`.
+    /// Addresses the peer (Raft) listener binds; defaults to this member's `peer`. A data
+    /// member on two segments lists both (its back address for the other data members, its
+    /// front address for a witness on the gate).
     #[serde(default)]
-    pub peer_listen: Option<SocketAddr>,
+    pub peer_listen: Vec<SocketAddr>,
     /// Address the Redis listener binds; defaults to this member's `redis`.
     #[serde(default)]
     pub redis_listen: Option<SocketAddr>,
@@ -93,7 +95,8 @@ pub struct DbConfig {
     /// Password of the `admin` user (AUTH admin PASS), required for FLUSHDB.
     #[serde(default)]
     pub admin_password: Option<String>,
-    /// The whole group, this node included.
+    /// The whole group, this node included. Each node's file may give another member a
+    /// different `peer` address: the one *this* node dials (the first segment both share).
     pub members: Vec<Member>,
     #[serde(default)]
     pub tunables: Tunables,

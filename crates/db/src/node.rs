@@ -893,8 +893,15 @@ pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
     };
     let rc = Arc::new(rc.validate().map_err(|e| DbError::Config(e.to_string()))?);
     let peers = Peers::new(&cfg);
-    let peer_listen = cfg.peer_listen.unwrap_or(me.peer);
-    let listener = TcpListener::bind(peer_listen).await?;
+    let listen = if cfg.peer_listen.is_empty() {
+        vec![me.peer]
+    } else {
+        cfg.peer_listen.clone()
+    };
+    let mut listeners = Vec::new();
+    for addr in listen {
+        listeners.push(TcpListener::bind(addr).await?);
+    }
     let raft = Raft::new(
         cfg.id,
         rc,
@@ -935,7 +942,9 @@ pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
         rid_seq: AtomicU64::new(1),
         takeover_sent: Mutex::new(None),
     });
-    tokio::spawn(serve_peers(listener, node.clone()));
+    for listener in listeners {
+        tokio::spawn(serve_peers(listener, node.clone()));
+    }
     // Every data member initializes with the same membership; only an empty log takes it.
     // initialize() starts an election at once, so the witness leaves it to data members.
     if !witness
@@ -952,7 +961,9 @@ pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
                 (
                     m.id,
                     BasicNode {
-                        addr: m.peer.to_string(),
+                        // The same on every node: each node dials its own idea of
+                        // a peer's address (from its config), not this.
+                        addr: m.name.clone(),
                     },
                 )
             })

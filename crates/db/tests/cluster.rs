@@ -305,3 +305,51 @@ fn witness_never_sends_its_empty_snapshot_to_a_data_member() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The witness sits on the front segment only: it dials the data members at their front
+/// addresses while they talk to each other over the back segment. The witness sequence
+/// works over those paths.
+#[test]
+fn witness_reaches_data_members_over_another_segment() {
+    let mut c = Cluster::new("127.60.16", &[false, false, true]);
+    // Back addresses are the members' `peer` (127.60.16.1/.2); front ones 127.60.16.11/.12.
+    let front = |id: u64| -> std::net::SocketAddr {
+        format!("127.60.16.{}:7000", 10 + id).parse().unwrap()
+    };
+    for id in [A, B] {
+        c.listen_extra.insert(id, vec![front(id)]);
+        c.dial.insert((W, id), front(id));
+    }
+    c.start_all();
+    wait_port(c.member(A).redis, Duration::from_secs(20));
+    wait_port(c.member(B).redis, Duration::from_secs(20));
+    c.wait_leader(&[A, B], Duration::from_secs(20));
+    assert!(
+        std::fs::read_to_string(c.dir.path().join("n3.toml"))
+            .unwrap()
+            .contains("127.60.16.11:7000")
+    );
+    c.kill(B);
+    let keys: Vec<String> = (0..200).map(|i| format!("f{i}")).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut con = c.conn(A);
+        let mut p = redis::pipe();
+        for k in &keys {
+            p.cmd("SET").arg(k).arg(k).ignore();
+        }
+        if p.query::<()>(&mut con).is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A and the witness never committed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.kill(A);
+    c.start(B);
+    wait_port(c.member(B).redis, Duration::from_secs(20));
+    assert_eq!(c.wait_data_leader(&[B], Duration::from_secs(30)), B);
+    assert!(missing(&c, B, &keys).is_empty());
+}

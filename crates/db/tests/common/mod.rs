@@ -26,6 +26,10 @@ pub struct Cluster {
     pub extra: String,
     /// Extra environment for the processes.
     pub env: Vec<(String, String)>,
+    /// (from, to) → the address `from` dials for `to`, when not `to`'s own `peer`.
+    pub dial: BTreeMap<(u64, u64), SocketAddr>,
+    /// Extra peer listen addresses per member (besides its `peer`).
+    pub listen_extra: BTreeMap<u64, Vec<SocketAddr>>,
 }
 
 impl Cluster {
@@ -50,6 +54,8 @@ impl Cluster {
             procs: BTreeMap::new(),
             extra: String::new(),
             env: Vec::new(),
+            dial: BTreeMap::new(),
+            listen_extra: BTreeMap::new(),
         }
     }
 
@@ -60,13 +66,23 @@ impl Cluster {
             self.extra
         );
         s.push_str("[tunables]\nheartbeat_ms = 50\nelection_min_ms = 300\nelection_max_ms = 600\nwrite_wait_ms = 2000\nrpc_timeout_ms = 500\nsnapshot_every = 50\nkeep_after_snapshot = 20\nwitness_purge_ms = 300\n");
+        if let Some(extra) = self.listen_extra.get(&id) {
+            let me = self.member(id).peer;
+            let all: Vec<String> = std::iter::once(me)
+                .chain(extra.iter().copied())
+                .map(|a| format!("\"{a}\""))
+                .collect();
+            // Top-level key: must come before the first table, so splice it in up front.
+            s = format!("peer_listen = [{}]\n{s}", all.join(", "));
+        }
         for m in &self.members {
+            let peer = self.dial.get(&(id, m.id)).copied().unwrap_or(m.peer);
             s.push_str(&format!(
                 "[[members]]\nid = {}\nname = \"m{}\"\nkind = \"{}\"\npeer = \"{}\"\n",
                 m.id,
                 m.id,
                 if m.witness { "witness" } else { "data" },
-                m.peer
+                peer
             ));
             if !m.witness {
                 s.push_str(&format!("redis = \"{}\"\n", m.redis));
