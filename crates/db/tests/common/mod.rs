@@ -108,7 +108,18 @@ impl Cluster {
             .append(true)
             .open(self.log_path(id))
             .expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_citadel-db"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_citadel-db"));
+        // If the test process dies without running Drop (killed by a harness), take the
+        // node with it. SAFETY: prctl is async-signal-safe; nothing else runs in the child
+        // between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd
             .arg("--config")
             .arg(&cfg)
             .env("RUST_LOG", "info,openraft=warn")
