@@ -31,6 +31,14 @@ pub struct Member {
     /// Redis-protocol address (port 6379 by convention); a witness has none.
     #[serde(default)]
     pub redis: Option<SocketAddr>,
+    /// Whether the member votes from the start (default true). A member with `voter =
+    /// false` is known to everyone but joins later with `citadel-db add` (learner, then voter).
+    #[serde(default = "yes")]
+    pub voter: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Timing knobs. Defaults suit a LAN/loopback cluster.

@@ -102,3 +102,24 @@ pub fn format_status(rows: &[(Member, Result<net::NodeStatus, String>)]) -> Stri
     }
     s
 }
+
+/// Asks the group's leader to add member `id` as a voter (it joins as a learner, catches
+/// up, then votes) or to remove it (`citadel db add | remove`).
+pub async fn change_voter(cfg: &DbConfig, id: u64, add: bool) -> Result<String, DbError> {
+    let peers = net::Peers::new(cfg);
+    let mut last = String::from("no member answered");
+    for m in &cfg.members {
+        let timeout = std::time::Duration::from_secs(60);
+        match peers
+            .call(m.id, &net::PeerReq::ChangeVoter { id, add }, timeout)
+            .await
+        {
+            Ok(net::PeerResp::Admin(Ok(s))) => return Ok(s),
+            Ok(net::PeerResp::Admin(Err(e))) if e.starts_with("TRYAGAIN") => last = e,
+            Ok(net::PeerResp::Admin(Err(e))) => return Err(DbError::Raft(e)),
+            Ok(other) => last = format!("unexpected answer {other:?}"),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(DbError::Raft(last))
+}

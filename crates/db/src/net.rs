@@ -54,6 +54,11 @@ pub enum PeerReq {
         last: Option<LogId>,
     },
     Status,
+    /// Admin: add a configured member as a voter (learner first), or remove one.
+    ChangeVoter {
+        id: NodeId,
+        add: bool,
+    },
 }
 
 /// What a node reports about itself.
@@ -83,6 +88,7 @@ pub enum PeerResp {
     ReadIndex(Result<u64, String>),
     TakeOver(bool),
     Status(NodeStatus),
+    Admin(Result<String, String>),
     Error(String),
 }
 

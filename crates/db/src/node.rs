@@ -456,6 +456,58 @@ impl Node {
         }
     }
 
+    /// On the leader: makes `id` a voter (as a learner first, until it has caught up) or
+    /// removes it from the voters.
+    pub async fn change_voter(&self, id: NodeId, add: bool) -> Result<String, String> {
+        if !self.is_leader() {
+            return Err(format!(
+                "TRYAGAIN not the leader (leader: {:?})",
+                self.leader()
+            ));
+        }
+        let Some(member) = self.cfg.member(id).cloned() else {
+            return Err(format!("ERR member {id} is not in the configuration"));
+        };
+        let voters = |n: &Node| -> std::collections::BTreeSet<NodeId> {
+            n.raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .collect()
+        };
+        let mut set = voters(self);
+        if add {
+            if set.contains(&id) {
+                return Ok(format!("{} is already a voter", member.name));
+            }
+            self.raft
+                .add_learner(
+                    id,
+                    BasicNode {
+                        addr: member.name.clone(),
+                    },
+                    true,
+                )
+                .await
+                .map_err(|e| format!("ERR adding learner: {e}"))?;
+            set.insert(id);
+        } else {
+            if !set.remove(&id) {
+                return Ok(format!("{} is not a voter", member.name));
+            }
+            if set.is_empty() {
+                return Err("ERR cannot remove the last voter".into());
+            }
+        }
+        self.raft
+            .change_membership(set.clone(), false)
+            .await
+            .map_err(|e| format!("ERR changing membership: {e}"))?;
+        Ok(format!("voters now: {set:?}"))
+    }
+
     pub fn status(&self) -> NodeStatus {
         let m = self.raft.metrics().borrow().clone();
         NodeStatus {
@@ -585,6 +637,7 @@ impl PeerHandler for Node {
                 PeerResp::TakeOver(ok)
             }
             PeerReq::Status => PeerResp::Status(self.status()),
+            PeerReq::ChangeVoter { id, add } => PeerResp::Admin(self.change_voter(id, add).await),
         }
     }
 }
@@ -948,6 +1001,7 @@ pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
     // Every data member initializes with the same membership; only an empty log takes it.
     // initialize() starts an election at once, so the witness leaves it to data members.
     if !witness
+        && me.voter
         && !node
             .raft
             .is_initialized()
@@ -957,6 +1011,7 @@ pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
         let members: BTreeMap<NodeId, BasicNode> = cfg
             .members
             .iter()
+            .filter(|m| m.voter)
             .map(|m| {
                 (
                     m.id,

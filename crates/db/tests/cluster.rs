@@ -353,3 +353,45 @@ fn witness_reaches_data_members_over_another_segment() {
     assert_eq!(c.wait_data_leader(&[B], Duration::from_secs(30)), B);
     assert!(missing(&c, B, &keys).is_empty());
 }
+
+/// `citadel-db add` makes a configured member a voter online (learner first, caught up by
+/// log or snapshot); `citadel-db remove` takes one out; the group keeps its data throughout.
+#[test]
+fn add_and_remove_members_online() {
+    const C: u64 = 4;
+    let mut c = Cluster::new("127.60.17", &[false, false, true, false]);
+    c.non_voters.push(C);
+    c.start_all();
+    for id in [A, B, C] {
+        wait_port(c.member(id).redis, Duration::from_secs(20));
+    }
+    c.wait_leader(&[A, B], Duration::from_secs(20));
+    let keys: Vec<String> = (0..300).map(|i| format!("m{i}")).collect();
+    let mut con = c.conn(A);
+    for chunk in keys.chunks(10) {
+        let mut p = redis::pipe();
+        for k in chunk {
+            p.cmd("SET").arg(k).arg(k).ignore();
+        }
+        let _: () = p.query(&mut con).unwrap();
+    }
+    drop(con);
+    let (ok, out) = c.admin(A, &["add", "--member", "4"]);
+    assert!(ok, "add failed: {out}");
+    let (ok, status) = c.admin(A, &["status"]);
+    assert!(ok, "{status}");
+    // C now holds everything (linearizable reads on C).
+    assert!(missing(&c, C, &keys).is_empty());
+    // Remove B; with A, W and C voting, losing B changes nothing.
+    let (ok, out) = c.admin(C, &["remove", "--member", "2"]);
+    assert!(ok, "remove failed: {out}");
+    c.kill(B);
+    assert!(c.set_retry(&[A, C], "after-remove", "1", Duration::from_secs(10)));
+    // And with B gone for good, losing A still leaves C + W: a majority of three.
+    c.kill(A);
+    assert!(
+        c.set_retry(&[C], "c-and-w", "1", Duration::from_secs(20)),
+        "C and the witness carry on"
+    );
+    assert!(missing(&c, C, &keys).is_empty());
+}

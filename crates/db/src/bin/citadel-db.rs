@@ -22,6 +22,17 @@ enum Cmd {
     Run,
     /// Show members, roles, leader, term, log/applied/snapshot/purged index and disk use.
     Status,
+    /// Make a configured member a voter: it joins as a learner, catches up, then votes.
+    Add {
+        /// Member id (from the configuration).
+        #[arg(long)]
+        member: u64,
+    },
+    /// Remove a member from the voters.
+    Remove {
+        #[arg(long)]
+        member: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,6 +51,14 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match args.command.unwrap_or(Cmd::Run) {
         Cmd::Run => rt.block_on(citadel_db::run(cfg)).context("db node")?,
+        Cmd::Add { member } => println!(
+            "{}",
+            rt.block_on(citadel_db::change_voter(&cfg, member, true))?
+        ),
+        Cmd::Remove { member } => println!(
+            "{}",
+            rt.block_on(citadel_db::change_voter(&cfg, member, false))?
+        ),
         Cmd::Status => {
             let rows = rt.block_on(citadel_db::cluster_status(&cfg));
             print!("{}", citadel_db::format_status(&rows));

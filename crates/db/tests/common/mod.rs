@@ -30,6 +30,8 @@ pub struct Cluster {
     pub dial: BTreeMap<(u64, u64), SocketAddr>,
     /// Extra peer listen addresses per member (besides its `peer`).
     pub listen_extra: BTreeMap<u64, Vec<SocketAddr>>,
+    /// Members configured with `voter = false` (they join later with `citadel-db add`).
+    pub non_voters: Vec<u64>,
 }
 
 impl Cluster {
@@ -56,6 +58,7 @@ impl Cluster {
             env: Vec::new(),
             dial: BTreeMap::new(),
             listen_extra: BTreeMap::new(),
+            non_voters: Vec::new(),
         }
     }
 
@@ -87,10 +90,29 @@ impl Cluster {
             if !m.witness {
                 s.push_str(&format!("redis = \"{}\"\n", m.redis));
             }
+            if self.non_voters.contains(&m.id) {
+                s.push_str("voter = false\n");
+            }
         }
         let p = self.dir.path().join(format!("n{id}.toml"));
         std::fs::write(&p, s).expect("write config");
         p
+    }
+
+    /// Runs `citadel-db SUBCOMMAND ARGS --config <member id's config>`; returns (ok, stdout+stderr).
+    pub fn admin(&self, id: u64, args: &[&str]) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_citadel-db"))
+            .args(args)
+            .arg("--config")
+            .arg(self.dir.path().join(format!("n{id}.toml")))
+            .output()
+            .expect("run citadel-db");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
     }
 
     pub fn log_path(&self, id: u64) -> PathBuf {
