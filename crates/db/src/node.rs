@@ -841,7 +841,20 @@ async fn witness_purge_loop(node: Arc<Node>) {
         tokio::time::sleep(every).await;
         let mut upto: Option<u64> = None;
         let mut all = true;
-        for id in node.cfg.data_ids() {
+        // The data members of the group as it is now (voters and learners): a configured
+        // member that never joined must not hold purging back forever.
+        let members: Vec<NodeId> = {
+            let m = node.raft.metrics().borrow().membership_config.clone();
+            m.membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .filter(|id| node.cfg.is_data(*id))
+                .collect()
+        };
+        if members.is_empty() {
+            continue;
+        }
+        for id in members {
             match node
                 .peers
                 .call(id, &PeerReq::Status, node.peers.rpc_timeout())
