@@ -31,13 +31,22 @@ pub struct Member {
     /// Redis-protocol address (port 6379 by convention); a witness has none.
     #[serde(default)]
     pub redis: Option<SocketAddr>,
+    /// Whether the member votes from the start (default true). A member with `voter =
+    /// false` is known to everyone but joins later with `citadel-db add` (learner, then voter).
+    #[serde(default = "yes")]
+    pub voter: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Timing knobs. Defaults suit a LAN/loopback cluster.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tunables {
-    /// Leader heartbeat interval, ms (default 50).
+    /// Leader heartbeat interval, ms (default 100). openraft 0.9 also gives each
+    /// AppendEntries this long to complete.
     pub heartbeat_ms: u64,
     /// Election timeout lower bound, ms (default 300).
     pub election_min_ms: u64,
@@ -60,7 +69,7 @@ pub struct Tunables {
 impl Default for Tunables {
     fn default() -> Self {
         Tunables {
-            heartbeat_ms: 50,
+            heartbeat_ms: 100,
             election_min_ms: 300,
             election_max_ms: 600,
             snapshot_every: 20_000,
@@ -80,23 +89,23 @@ pub struct DbConfig {
     pub id: u64,
     /// Directory for the node's durable state.
     pub data_dir: PathBuf,
-    /// Address the peer (Raft) listener binds; defaults to this member's `peer`.
+    /// Addresses the peer (Raft) listener binds; defaults to this member's `peer`. A data
+    /// member on two segments lists both (its back address for the other data members, its
+    /// front address for a witness on the gate).
     #[serde(default)]
-    pub peer_listen: Option<SocketAddr>,
-    /// Address the Redis listener binds; defaults to this member's `redis`.
+    pub peer_listen: Vec<SocketAddr>,
+    /// Addresses the Redis listener binds; defaults to this member's `redis`. A data member
+    /// on two segments lists both, so clients on either reach it.
     #[serde(default)]
-    pub redis_listen: Option<SocketAddr>,
-    /// Further addresses of this node (e.g. its other network segments): the peer and Redis
-    /// listeners bind each of them too, on the same ports.
-    #[serde(default)]
-    pub also_listen: Vec<std::net::IpAddr>,
+    pub redis_listen: Vec<SocketAddr>,
     /// Password clients must give with AUTH, if any.
     #[serde(default)]
     pub password: Option<String>,
     /// Password of the `admin` user (AUTH admin PASS), required for FLUSHDB.
     #[serde(default)]
     pub admin_password: Option<String>,
-    /// The whole group, this node included.
+    /// The whole group, this node included. Each node's file may give another member a
+    /// different `peer` address: the one *this* node dials (the first segment both share).
     pub members: Vec<Member>,
     #[serde(default)]
     pub tunables: Tunables,

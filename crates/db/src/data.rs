@@ -253,6 +253,29 @@ impl Db {
         }
     }
 
+    /// Drops up to `max` keys that have expired by `now` (the entry's clock); returns how many.
+    pub fn sweep(&mut self, now: u64, index: u64, max: usize) -> usize {
+        let dead: Vec<SKey> = self
+            .map
+            .iter()
+            .filter(|(_, i)| !i.live(now))
+            .map(|(k, _)| k.clone())
+            .take(max)
+            .collect();
+        for k in &dead {
+            self.map.remove(k);
+        }
+        if !dead.is_empty() {
+            self.last_delete = index;
+        }
+        dead.len()
+    }
+
+    /// Whether any key has expired by `now` (keys that a sweep would drop).
+    pub fn has_expired(&self, now: u64) -> bool {
+        self.map.values().any(|i| !i.live(now))
+    }
+
     pub fn live_len(&self, now: u64) -> usize {
         self.map.values().filter(|i| i.live(now)).count()
     }
@@ -946,6 +969,11 @@ pub struct WriteReq {
     pub multi: bool,
 }
 
+/// The internal command that drops expired keys (proposed by the leader).
+pub const SWEEP: &[u8] = b"\0citadel-expire-sweep";
+/// Keys one sweep drops in one database, at most (keeps an entry's apply short).
+pub const SWEEP_MAX: usize = 2000;
+
 /// One Raft entry: every client write the leader gathered while the previous entries were
 /// being made durable (group commit: one fsync for the whole batch).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -990,6 +1018,11 @@ impl Tables {
         let mut out = Vec::with_capacity(req.cmds.len());
         for (dbi, argv) in &req.cmds {
             let r = match self.dbs.get_mut(*dbi as usize) {
+                // The leader's expiry sweep: a name clients cannot send (the server refuses
+                // unknown commands before they reach the log).
+                Some(db) if argv.len() == 1 && argv[0] == SWEEP => {
+                    Reply::Int(db.sweep(now, index, SWEEP_MAX) as i64)
+                }
                 Some(db) if !argv.is_empty() => db.write(argv, now, index),
                 _ => Reply::err("ERR DB index is out of range"),
             };

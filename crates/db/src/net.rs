@@ -45,6 +45,8 @@ pub enum PeerReq {
     },
     /// A client write forwarded to the leader.
     Write(WriteReq),
+    /// A connection's pipelined writes forwarded to the leader together, in order.
+    WriteBatch(Vec<WriteReq>),
     /// Read index for a linearizable read on a follower.
     ReadIndex,
     /// From a witness-leader to a caught-up data member: "call an election and take over".
@@ -52,6 +54,11 @@ pub enum PeerReq {
         last: Option<LogId>,
     },
     Status,
+    /// Admin: add a configured member as a voter (learner first), or remove one.
+    ChangeVoter {
+        id: NodeId,
+        add: bool,
+    },
 }
 
 /// What a node reports about itself.
@@ -77,9 +84,11 @@ pub enum PeerResp {
     Snapshot(Result<SnapshotResponse<NodeId>, String>),
     /// A reply, or a retryable refusal (`TRYAGAIN ...`: not the leader).
     Write(Result<Reply, String>),
+    WriteBatch(Vec<Result<Reply, String>>),
     ReadIndex(Result<u64, String>),
     TakeOver(bool),
     Status(NodeStatus),
+    Admin(Result<String, String>),
     Error(String),
 }
 

@@ -91,29 +91,21 @@ async fn handle_conn(mut s: TcpStream, node: Arc<Node>) -> std::io::Result<()> {
                         run.push(next);
                     }
                 }
-                let mut pending = Vec::with_capacity(run.len());
-                for argv in run {
-                    let mut req = WriteReq {
-                        rid: 0,
-                        now_ms: 0,
-                        watches: Vec::new(),
-                        cmds: vec![(c.db, argv)],
-                        multi: false,
-                    };
-                    node.stamp(&mut req);
-                    let rx = node.write_enqueue(req.clone());
-                    pending.push((req, rx));
-                }
-                for (req, rx) in pending {
-                    let r = match rx {
-                        Some(rx) => match node.await_reply(rx).await {
-                            Ok(r) => Ok(r),
-                            Err(e) if e.contains("no quorum") => Err(e),
-                            Err(e) if !e.starts_with("TRYAGAIN") => Err(e),
-                            Err(_) => node.write(req).await,
-                        },
-                        None => node.write(req).await,
-                    };
+                let reqs: Vec<WriteReq> = run
+                    .into_iter()
+                    .map(|argv| {
+                        let mut req = WriteReq {
+                            rid: 0,
+                            now_ms: 0,
+                            watches: Vec::new(),
+                            cmds: vec![(c.db, argv)],
+                            multi: false,
+                        };
+                        node.stamp(&mut req);
+                        req
+                    })
+                    .collect();
+                for r in node.write_many(reqs).await {
                     r.unwrap_or_else(Reply::Error).encode(c.proto, &mut out);
                 }
                 continue;
@@ -143,8 +135,7 @@ async fn handle_conn(mut s: TcpStream, node: Arc<Node>) -> std::io::Result<()> {
     }
 }
 
-/// A write that may join a pipelined run: plain (not in MULTI), known, well-formed, and
-/// this node leads.
+/// A write that may join a pipelined run: plain (not in MULTI), known, well-formed.
 fn pipelinable(c: &Conn, node: &Node, argv: &[Vec<u8>]) -> bool {
     if !c.authed || c.multi.is_some() || node.is_witness() {
         return false;
@@ -153,7 +144,6 @@ fn pipelinable(c: &Conn, node: &Node, argv: &[Vec<u8>]) -> bool {
     matches!(classify(&name), Some((Class::Write, _)))
         && name != "FLUSHDB"
         && check_arity(&name, argv.len())
-        && node.is_leader()
 }
 
 fn upper(b: &[u8]) -> String {
@@ -451,6 +441,10 @@ fn info(node: &Node) -> Reply {
         st.snapshot_index.unwrap_or(0),
         st.disk_bytes
     ));
+    let in_memory: usize = node
+        .sm
+        .read(|g| g.tables.dbs.iter().map(|d| d.map.len()).sum());
+    s.push_str(&format!("keys_in_memory:{in_memory}\r\n"));
     s.push_str("# Keyspace\r\n");
     node.sm.read(|g| {
         for (i, db) in g.tables.dbs.iter().enumerate() {

@@ -95,6 +95,18 @@ fn replicates_forwards_writes_and_reads_linearizably() {
     assert!(missing(&c, B, &keys).is_empty());
     // The witness serves no data and holds no tables: its snapshot policy keeps the whole log.
     assert!(c.log(W).contains("running as witness"));
+    // `citadel-db status` shows every member and the leader.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_citadel-db"))
+        .arg("status")
+        .arg("--config")
+        .arg(c.dir.path().join("n1.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("Leader").count(), 1, "{text}");
+    assert_eq!(text.lines().count(), 4, "{text}");
+    assert!(text.contains("witness"), "{text}");
 }
 
 /// The heart of the witness design: A, B, W; B stops; writes are acknowledged (A + W);
@@ -292,4 +304,94 @@ fn witness_never_sends_its_empty_snapshot_to_a_data_member() {
         assert!(Instant::now() < deadline, "B never got the tables back");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The witness sits on the front segment only: it dials the data members at their front
+/// addresses while they talk to each other over the back segment. The witness sequence
+/// works over those paths.
+#[test]
+fn witness_reaches_data_members_over_another_segment() {
+    let mut c = Cluster::new("127.60.16", &[false, false, true]);
+    // Back addresses are the members' `peer` (127.60.16.1/.2); front ones 127.60.16.11/.12.
+    let front = |id: u64| -> std::net::SocketAddr {
+        format!("127.60.16.{}:7000", 10 + id).parse().unwrap()
+    };
+    for id in [A, B] {
+        c.listen_extra.insert(id, vec![front(id)]);
+        c.dial.insert((W, id), front(id));
+    }
+    c.start_all();
+    wait_port(c.member(A).redis, Duration::from_secs(20));
+    wait_port(c.member(B).redis, Duration::from_secs(20));
+    c.wait_leader(&[A, B], Duration::from_secs(20));
+    assert!(
+        std::fs::read_to_string(c.dir.path().join("n3.toml"))
+            .unwrap()
+            .contains("127.60.16.11:7000")
+    );
+    c.kill(B);
+    let keys: Vec<String> = (0..200).map(|i| format!("f{i}")).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut con = c.conn(A);
+        let mut p = redis::pipe();
+        for k in &keys {
+            p.cmd("SET").arg(k).arg(k).ignore();
+        }
+        if p.query::<()>(&mut con).is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A and the witness never committed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.kill(A);
+    c.start(B);
+    wait_port(c.member(B).redis, Duration::from_secs(20));
+    assert_eq!(c.wait_data_leader(&[B], Duration::from_secs(30)), B);
+    assert!(missing(&c, B, &keys).is_empty());
+}
+
+/// `citadel-db add` makes a configured member a voter online (learner first, caught up by
+/// log or snapshot); `citadel-db remove` takes one out; the group keeps its data throughout.
+#[test]
+fn add_and_remove_members_online() {
+    const C: u64 = 4;
+    let mut c = Cluster::new("127.60.17", &[false, false, true, false]);
+    c.non_voters.push(C);
+    c.start_all();
+    for id in [A, B, C] {
+        wait_port(c.member(id).redis, Duration::from_secs(20));
+    }
+    c.wait_leader(&[A, B], Duration::from_secs(20));
+    let keys: Vec<String> = (0..300).map(|i| format!("m{i}")).collect();
+    let mut con = c.conn(A);
+    for chunk in keys.chunks(10) {
+        let mut p = redis::pipe();
+        for k in chunk {
+            p.cmd("SET").arg(k).arg(k).ignore();
+        }
+        let _: () = p.query(&mut con).unwrap();
+    }
+    drop(con);
+    let (ok, out) = c.admin(A, &["add", "--member", "4"]);
+    assert!(ok, "add failed: {out}");
+    let (ok, status) = c.admin(A, &["status"]);
+    assert!(ok, "{status}");
+    // C now holds everything (linearizable reads on C).
+    assert!(missing(&c, C, &keys).is_empty());
+    // Remove B; with A, W and C voting, losing B changes nothing.
+    let (ok, out) = c.admin(C, &["remove", "--member", "2"]);
+    assert!(ok, "remove failed: {out}");
+    c.kill(B);
+    assert!(c.set_retry(&[A, C], "after-remove", "1", Duration::from_secs(10)));
+    // And with B gone for good, losing A still leaves C + W: a majority of three.
+    c.kill(A);
+    assert!(
+        c.set_retry(&[C], "c-and-w", "1", Duration::from_secs(20)),
+        "C and the witness carry on"
+    );
+    assert!(missing(&c, C, &keys).is_empty());
 }

@@ -305,3 +305,95 @@ fn redis_cli_works() {
     assert!(run(&["INFO"]).contains("role:master"));
     assert!(run(&["NOSUCH"]).contains("unknown command 'NOSUCH'"));
 }
+
+#[test]
+fn redis_py_works() {
+    // Debian's python3-redis lives under /usr/bin/python3.
+    let py = "/usr/bin/python3";
+    let has = std::process::Command::new(py)
+        .args(["-c", "import redis"])
+        .output()
+        .map(|o| o.status.success());
+    if has.ok() != Some(true) {
+        eprintln!("SKIPPED: redis-py is not installed (apt-get install python3-redis)");
+        return;
+    }
+    let c = single("127.60.13");
+    let addr = c.member(1).redis;
+    let script = format!(
+        r#"
+import redis
+r = redis.Redis(host="{ip}", port={port}, decode_responses=True)
+assert r.ping()
+assert r.set("a", "1")
+assert r.incr("a") == 2
+r.hset("h", mapping={{"x": "1", "y": "2"}})
+assert r.hgetall("h") == {{"x": "1", "y": "2"}}
+p = r.pipeline(transaction=False)
+p.set("p", "v"); p.get("p"); p.delete("p")
+assert p.execute() == [True, "v", 1]
+t = r.pipeline(transaction=True)
+t.incr("c"); t.incr("c")
+assert t.execute() == [1, 2]
+with r.pipeline() as w:
+    w.watch("c")
+    assert int(w.get("c")) == 2
+    w.multi()
+    w.set("c", "10")
+    w.execute()
+assert r.get("c") == "10"
+keys = set()
+for k in r.scan_iter(match="*"):
+    keys.add(k)
+assert {{"a", "h", "c"}} <= keys, keys
+r3 = redis.Redis(host="{ip}", port={port}, protocol=3, decode_responses=True) if int(redis.__version__.split(".")[0]) >= 5 else r
+assert r3.get("a") == "2"
+print("ok")
+"#,
+        ip = addr.ip(),
+        port = addr.port()
+    );
+    let out = std::process::Command::new(py)
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("ok"),
+        "redis-py failed:\n{stdout}\n{stderr}"
+    );
+}
+
+#[test]
+fn expired_keys_are_swept_from_memory() {
+    let c = single("127.60.15");
+    let mut con = c.conn(1);
+    let mut p = redis::pipe();
+    for i in 0..200 {
+        p.cmd("SET")
+            .arg(format!("e{i}"))
+            .arg(i)
+            .arg("PX")
+            .arg(100)
+            .ignore();
+    }
+    p.cmd("SET").arg("keep").arg("1").ignore();
+    let _: () = p.query(&mut con).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if c.info(1, "keys_in_memory").as_deref() == Some("1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expired keys were never swept"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let v: Option<String> = redis::cmd("GET").arg("keep").query(&mut con).unwrap();
+    assert_eq!(v.as_deref(), Some("1"));
+    // Clients cannot send the internal sweep command.
+    let r: redis::RedisResult<i64> = redis::cmd("\0citadel-expire-sweep").query(&mut con);
+    assert!(r.is_err());
+}

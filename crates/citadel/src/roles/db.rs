@@ -108,20 +108,26 @@ pub fn resolve(cluster: &Cluster, me: &Jail) -> Result<DbConfig, String> {
             kind,
             peer: SocketAddr::new(IpAddr::V4(ip), PEER_PORT),
             redis: (kind == Kind::Data).then(|| SocketAddr::new(IpAddr::V4(ip), REDIS_PORT)),
+            voter: true,
         });
     }
-    let own = cluster.reach(me, me);
+    // A member listens on every address it has: peers and clients on any of its segments
+    // reach it.
+    let on_each = |port: u16| {
+        me.addresses
+            .iter()
+            .map(|a| SocketAddr::new(IpAddr::V4(a.addr), port))
+            .collect()
+    };
     Ok(DbConfig {
         id: member_id(&me.name),
         data_dir: std::path::PathBuf::new(),
-        peer_listen: None,
-        redis_listen: None,
-        also_listen: me
-            .addresses
-            .iter()
-            .filter(|a| Some(a.addr) != own)
-            .map(|a| IpAddr::V4(a.addr))
-            .collect(),
+        peer_listen: on_each(PEER_PORT),
+        redis_listen: if me.role == Role::Db {
+            on_each(REDIS_PORT)
+        } else {
+            Vec::new()
+        },
         password: section.password,
         admin_password: section.admin_password,
         members,

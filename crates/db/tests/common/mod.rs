@@ -26,6 +26,12 @@ pub struct Cluster {
     pub extra: String,
     /// Extra environment for the processes.
     pub env: Vec<(String, String)>,
+    /// (from, to) → the address `from` dials for `to`, when not `to`'s own `peer`.
+    pub dial: BTreeMap<(u64, u64), SocketAddr>,
+    /// Extra peer listen addresses per member (besides its `peer`).
+    pub listen_extra: BTreeMap<u64, Vec<SocketAddr>>,
+    /// Members configured with `voter = false` (they join later with `citadel-db add`).
+    pub non_voters: Vec<u64>,
 }
 
 impl Cluster {
@@ -50,6 +56,9 @@ impl Cluster {
             procs: BTreeMap::new(),
             extra: String::new(),
             env: Vec::new(),
+            dial: BTreeMap::new(),
+            listen_extra: BTreeMap::new(),
+            non_voters: Vec::new(),
         }
     }
 
@@ -60,21 +69,50 @@ impl Cluster {
             self.extra
         );
         s.push_str("[tunables]\nheartbeat_ms = 50\nelection_min_ms = 300\nelection_max_ms = 600\nwrite_wait_ms = 2000\nrpc_timeout_ms = 500\nsnapshot_every = 50\nkeep_after_snapshot = 20\nwitness_purge_ms = 300\n");
+        if let Some(extra) = self.listen_extra.get(&id) {
+            let me = self.member(id).peer;
+            let all: Vec<String> = std::iter::once(me)
+                .chain(extra.iter().copied())
+                .map(|a| format!("\"{a}\""))
+                .collect();
+            // Top-level key: must come before the first table, so splice it in up front.
+            s = format!("peer_listen = [{}]\n{s}", all.join(", "));
+        }
         for m in &self.members {
+            let peer = self.dial.get(&(id, m.id)).copied().unwrap_or(m.peer);
             s.push_str(&format!(
                 "[[members]]\nid = {}\nname = \"m{}\"\nkind = \"{}\"\npeer = \"{}\"\n",
                 m.id,
                 m.id,
                 if m.witness { "witness" } else { "data" },
-                m.peer
+                peer
             ));
             if !m.witness {
                 s.push_str(&format!("redis = \"{}\"\n", m.redis));
+            }
+            if self.non_voters.contains(&m.id) {
+                s.push_str("voter = false\n");
             }
         }
         let p = self.dir.path().join(format!("n{id}.toml"));
         std::fs::write(&p, s).expect("write config");
         p
+    }
+
+    /// Runs `citadel-db SUBCOMMAND ARGS --config <member id's config>`; returns (ok, stdout+stderr).
+    pub fn admin(&self, id: u64, args: &[&str]) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_citadel-db"))
+            .args(args)
+            .arg("--config")
+            .arg(self.dir.path().join(format!("n{id}.toml")))
+            .output()
+            .expect("run citadel-db");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
     }
 
     pub fn log_path(&self, id: u64) -> PathBuf {
@@ -92,7 +130,18 @@ impl Cluster {
             .append(true)
             .open(self.log_path(id))
             .expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_citadel-db"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_citadel-db"));
+        // If the test process dies without running Drop (killed by a harness), take the
+        // node with it. SAFETY: prctl is async-signal-safe; nothing else runs in the child
+        // between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd
             .arg("--config")
             .arg(&cfg)
             .env("RUST_LOG", "info,openraft=warn")
