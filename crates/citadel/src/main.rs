@@ -2,6 +2,7 @@
 //! that run inside jails.
 
 mod appctl;
+mod dbctl;
 mod gatectl;
 mod ops;
 mod roles;
@@ -105,15 +106,21 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
-    /// A data member of the replicated db (run inside a db jail).
+    /// The replicated db: its members' state, online membership changes, and the member
+    /// program itself (run inside a db jail).
     Db {
         #[command(subcommand)]
-        verb: DbVerb,
+        verb: dbctl::DbVerb,
+        #[command(flatten)]
+        state: StateArg,
+        /// Machine-readable output.
+        #[arg(long, global = true)]
+        json: bool,
     },
     /// A vote-only member of the db's Raft group (run inside a witness jail).
     Witness {
         #[command(subcommand)]
-        verb: DbVerb,
+        verb: WitnessVerb,
     },
     /// Serve a directory over HTTP (what the built-in cluster's command jails run).
     Serve(serve::ServeArgs),
@@ -129,7 +136,11 @@ fn default_log_filter(command: &Command) -> &'static str {
             verb: gatectl::GateVerb::Run { .. },
             ..
         } => "info,hickory_server=warn",
-        Command::Db { .. } | Command::Witness { .. } => "info,openraft=warn",
+        Command::Db {
+            verb: dbctl::DbVerb::Run { .. },
+            ..
+        }
+        | Command::Witness { .. } => "info,openraft=warn",
         Command::App {
             verb: appctl::AppVerb::Run { .. },
             ..
@@ -139,8 +150,8 @@ fn default_log_filter(command: &Command) -> &'static str {
 }
 
 #[derive(Subcommand)]
-enum DbVerb {
-    /// Run the member (`citadel up` writes its config from the cluster file).
+enum WitnessVerb {
+    /// Run the witness (`citadel up` writes its config from the cluster file).
     Run {
         #[arg(long)]
         config: PathBuf,
@@ -179,11 +190,9 @@ fn main() {
             Command::Jail { verb, state, json } => ops::jail(verb, &state.state, json).await,
             Command::Serve(args) => serve::run(args).await,
             Command::App { verb, state, json } => appctl::app(verb, &state.state, json).await,
-            Command::Db {
-                verb: DbVerb::Run { config },
-            }
-            | Command::Witness {
-                verb: DbVerb::Run { config },
+            Command::Db { verb, state, json } => dbctl::db(verb, &state.state, json).await,
+            Command::Witness {
+                verb: WitnessVerb::Run { config },
             } => {
                 citadel_db::run(citadel_db::DbConfig::load(&config)?).await?;
                 Ok(0)

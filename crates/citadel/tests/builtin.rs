@@ -129,6 +129,19 @@ fn the_builtin_cluster_runs_the_source_diagram() {
     });
     assert_eq!(redis("127.20.0.22", &["GET", "diagram"]), "works");
     assert_eq!(dig("db.citadel.internal"), ["127.10.0.12", "127.10.0.22"]);
+    let members: serde_json::Value =
+        serde_json::from_str(&up.ok(&["db", "status", "--json"])).expect("json");
+    let members = members.as_array().expect("members");
+    assert_eq!(members.len(), 3, "{members:?}");
+    let leaders: Vec<_> = members
+        .iter()
+        .filter_map(|m| m["status"]["leader"].as_u64())
+        .collect();
+    assert!(
+        leaders.len() == 3 && leaders.iter().all(|l| *l == leaders[0]),
+        "one leader: {members:?}"
+    );
+    assert!(up.ok(&["db", "status"]).contains("witness"));
 
     // The gate's DNS knows every jail and lists the service's healthy members.
     assert_eq!(dig("app.citadel.internal"), ["127.10.0.11", "127.10.0.21"]);

@@ -1,0 +1,84 @@
+//! `citadel db …`: the db member program (`run`), and the operator's view and membership
+//! changes of the running group, through any db jail's config.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+
+use crate::roles::db::member_id;
+
+#[derive(Subcommand)]
+pub enum DbVerb {
+    /// Run a data member (what a db jail runs; `citadel up` writes its config).
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Every member: role, leader, term, log/applied/snapshot index, lag, disk use.
+    Status,
+    /// Make a member (a db or witness jail of the cluster) a voter, online: it joins as a
+    /// learner, catches up, then votes.
+    Add { member: String },
+    /// Take a member out of the voters, online.
+    Remove { member: String },
+}
+
+pub async fn db(verb: DbVerb, state: &Path, json: bool) -> anyhow::Result<i32> {
+    if let DbVerb::Run { config } = verb {
+        citadel_db::run(citadel_db::DbConfig::load(&config)?).await?;
+        return Ok(0);
+    }
+    let config = running_config(state)?;
+    match verb {
+        DbVerb::Status => {
+            let rows = citadel_db::cluster_status(&config).await;
+            if json {
+                let rows: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(|(member, status)| match status {
+                        Ok(s) => serde_json::json!({"member": member, "status": s}),
+                        Err(e) => serde_json::json!({"member": member, "error": e}),
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", citadel_db::format_status(&rows));
+            }
+        }
+        DbVerb::Add { member } => change(&config, &member, true).await?,
+        DbVerb::Remove { member } => change(&config, &member, false).await?,
+        DbVerb::Run { .. } => unreachable!("handled above"),
+    }
+    Ok(0)
+}
+
+async fn change(config: &citadel_db::DbConfig, member: &str, add: bool) -> anyhow::Result<()> {
+    let id = member_id(member);
+    if config.member(id).is_none() {
+        let names: Vec<&str> = config.members.iter().map(|m| m.name.as_str()).collect();
+        bail!(
+            "`{member}` is not a member of the db group (members: {})",
+            names.join(", ")
+        );
+    }
+    println!("{}", citadel_db::change_voter(config, id, add).await?);
+    Ok(())
+}
+
+/// The config of a db jail that has run with this state directory: every member's addresses.
+fn running_config(state: &Path) -> anyhow::Result<citadel_db::DbConfig> {
+    let jails = state.join("jails");
+    let file = std::fs::read_dir(&jails)
+        .with_context(|| format!("no jails under {}; is --state right?", jails.display()))?
+        .flatten()
+        .map(|e| e.path().join("db.toml"))
+        .find(|p| p.exists())
+        .with_context(|| {
+            format!(
+                "no db jail has run with state directory {}",
+                state.display()
+            )
+        })?;
+    Ok(citadel_db::DbConfig::load(&file)?)
+}
