@@ -33,6 +33,13 @@ pub async fn db(verb: DbVerb, state: &Path, json: bool) -> anyhow::Result<i32> {
     match verb {
         DbVerb::Status => {
             let rows = citadel_db::cluster_status(&config).await;
+            // The placement catalogue: today every data member replicates every database.
+            let holders: Vec<&str> = config
+                .members
+                .iter()
+                .filter(|m| m.kind == citadel_db::Kind::Data)
+                .map(|m| m.name.as_str())
+                .collect();
             if json {
                 let rows: Vec<serde_json::Value> = rows
                     .iter()
@@ -41,9 +48,15 @@ pub async fn db(verb: DbVerb, state: &Path, json: bool) -> anyhow::Result<i32> {
                         Err(e) => serde_json::json!({"member": member, "error": e}),
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                let placement = serde_json::json!({"databases": "0-15", "held_by": holders});
+                let out = serde_json::json!({"members": rows, "placement": placement});
+                println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 print!("{}", citadel_db::format_status(&rows));
+                println!(
+                    "placement: databases 0-15 on every data member ({}); witnesses hold none",
+                    holders.join(", ")
+                );
             }
         }
         DbVerb::Add { member } => change(&config, &member, true).await?,

@@ -131,7 +131,11 @@ fn the_builtin_cluster_runs_the_source_diagram() {
     assert_eq!(dig("db.citadel.internal"), ["127.10.0.12", "127.10.0.22"]);
     let members: serde_json::Value =
         serde_json::from_str(&up.ok(&["db", "status", "--json"])).expect("json");
-    let members = members.as_array().expect("members");
+    assert_eq!(
+        members["placement"]["held_by"],
+        serde_json::json!(["db-1", "db-2"])
+    );
+    let members = members["members"].as_array().expect("members");
     assert_eq!(members.len(), 3, "{members:?}");
     let leaders: Vec<_> = members
         .iter()
