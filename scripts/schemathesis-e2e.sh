@@ -76,10 +76,12 @@ fi
 : "${TOKEN:?TOKEN= an API key token (citadel app key create NAME)}"
 
 echo "== schemathesis run $URL/openapi.json (--checks all, --max-examples $EXAMPLES)"
-cd "$ROOT/crates/app"   # picks up schemathesis.toml
+# Run from the temp dir: schemathesis keeps a cache (.schemathesis/) in its working directory,
+# and the one under crates/app/ is tracked in git.
+cd "$W"
 rc=0
-timeout "$CAP" "$st" run "$URL/openapi.json" -H "X-Api-Key: $TOKEN" --checks all \
-  --max-examples "$EXAMPLES" "$@" || rc=$?
+timeout "$CAP" "$st" --config-file "$ROOT/crates/app/schemathesis.toml" run "$URL/openapi.json" \
+  -H "X-Api-Key: $TOKEN" --checks all --max-examples "$EXAMPLES" "$@" || rc=$?
 if [ -n "$UP_PID" ]; then
   echo "== gate answers by status code during the run"
   curl -s http://127.30.0.2:9100/metrics | grep '^gate_http_requests_total' || true
