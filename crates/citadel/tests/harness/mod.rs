@@ -255,3 +255,65 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// `INFO` from a Redis-protocol server (the Citadel db), as `field → value`; None if it does
+/// not answer within a second. Raw RESP over TCP, so it needs no client tool.
+pub fn redis_info(addr: &str) -> Option<std::collections::HashMap<String, String>> {
+    use std::io::{Read, Write};
+    let sock: std::net::SocketAddr = addr.parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    s.write_all(b"*1\r\n$4\r\nINFO\r\n").ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        // A bulk string: `$<len>\r\n<len bytes>\r\n` (RESP2) or a verbatim `=` (RESP3).
+        let text = String::from_utf8_lossy(&buf);
+        let (head, rest) = text.split_once("\r\n")?;
+        if !(head.starts_with('$') || head.starts_with('=')) {
+            return None;
+        }
+        let len: usize = head[1..].parse().ok()?;
+        if rest.len() >= len {
+            return Some(
+                rest[..len]
+                    .lines()
+                    .filter_map(|l| l.trim_end().split_once(':'))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            );
+        }
+    }
+}
+
+/// The sum of a Prometheus counter's series whose labels contain every one of `labels`
+/// (`key="value"` strings), from the text at `url`.
+pub fn metric_sum(url: &str, name: &str, labels: &[&str]) -> Option<u64> {
+    let text = curl(url)?;
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64,
+    )
+}
+
+impl Up {
+    /// Whether the gate (`citadel gate backends`) has `member` of `service` up.
+    pub fn backend_up(&self, service: &str, member: &str) -> bool {
+        let out = self.cli(&["gate", "backends"]);
+        let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) else {
+            return false;
+        };
+        v.as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == service))
+            .and_then(|s| s["members"].as_array())
+            .and_then(|m| m.iter().find(|m| m["name"] == member))
+            .is_some_and(|m| m["up"] == true && m["draining"] == false)
+    }
+}
