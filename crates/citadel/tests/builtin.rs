@@ -109,11 +109,22 @@ fn the_builtin_cluster_runs_the_source_diagram() {
             "both app jails served: {member}"
         );
     }
-    assert_eq!(
-        curl("http://127.0.0.1:8080/v1/patients"),
-        None,
-        "no key, no data"
-    );
+    assert_eq!(curl("http://127.0.0.1:8080/v1/patients"), None, "no key, no data");
+    let revoked: serde_json::Value =
+        serde_json::from_str(&up.ok(&["app", "key", "create", "gone", "--json"])).expect("key json");
+    let gone_id = revoked["id"].as_str().expect("id");
+    assert!(up.ok(&["app", "key", "list"]).contains("gone"));
+    up.ok(&["app", "key", "revoke", gone_id]);
+    let gone_token = revoked["token"].as_str().expect("token").to_string();
+    wait_for("a revoked key to get 403", Duration::from_secs(5), || {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+            .arg(format!("X-Api-Key: {gone_token}"))
+            .arg(format!("http://127.0.0.1:8080/v1/patients/{id}"))
+            .output()
+            .ok()?;
+        (String::from_utf8_lossy(&out.stdout) == "403").then_some(())
+    });
 
     // The replicated db: a write on db-1 is read back from db-2 (reads are linearizable).
     let redis = |addr: &str, args: &[&str]| {
