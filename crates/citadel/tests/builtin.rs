@@ -109,9 +109,14 @@ fn the_builtin_cluster_runs_the_source_diagram() {
             "both app jails served: {member}"
         );
     }
-    assert_eq!(curl("http://127.0.0.1:8080/v1/patients"), None, "no key, no data");
+    assert_eq!(
+        curl("http://127.0.0.1:8080/v1/patients"),
+        None,
+        "no key, no data"
+    );
     let revoked: serde_json::Value =
-        serde_json::from_str(&up.ok(&["app", "key", "create", "gone", "--json"])).expect("key json");
+        serde_json::from_str(&up.ok(&["app", "key", "create", "gone", "--json"]))
+            .expect("key json");
     let gone_id = revoked["id"].as_str().expect("id");
     assert!(up.ok(&["app", "key", "list"]).contains("gone"));
     up.ok(&["app", "key", "revoke", gone_id]);
