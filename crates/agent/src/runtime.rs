@@ -484,7 +484,13 @@ impl Runtime {
 
     /// Runs `f` with the jail's processes frozen (SIGSTOP), so its data is copied in one
     /// consistent state, as after a power cut.
-    async fn frozen<T>(&self, name: &str, f: impl FnOnce() -> T) -> Result<T, RuntimeError> {
+    /// The copy runs on a blocking thread: a large data directory must not stall the agent's
+    /// health checks and control socket.
+    async fn frozen<T: Send + 'static>(
+        &self,
+        name: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, RuntimeError> {
         let sup = self.require(name).await?;
         let running = sup.status().pid.is_some();
         if running {
@@ -492,13 +498,13 @@ impl Runtime {
                 .await
                 .map_err(RuntimeError::Start)?;
         }
-        let out = f();
+        let out = tokio::task::spawn_blocking(f).await;
         if running {
             sup.signal(Signal::SIGCONT)
                 .await
                 .map_err(RuntimeError::Start)?;
         }
-        Ok(out)
+        out.map_err(|e| RuntimeError::Start(format!("copying the data of `{name}`: {e}")))
     }
 
     pub async fn clone_jail(
@@ -524,7 +530,7 @@ impl Runtime {
         let data = from.data();
         let dest = to.data();
         let bytes = self
-            .frozen(source, || {
+            .frozen(source, move || {
                 if data.exists() {
                     copy_tree(&data, &dest)
                 } else {
@@ -556,7 +562,8 @@ impl Runtime {
             paths.root.display()
         )))?;
         let data = paths.data();
-        self.frozen(name, || write_archive(file, &definition, &data))
+        let target = file.to_path_buf();
+        self.frozen(name, move || write_archive(&target, &definition, &data))
             .await?
             .map_err(io(format!("writing archive {}", file.display())))?;
         std::fs::metadata(file)

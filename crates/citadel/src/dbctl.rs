@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Subcommand;
 
 use crate::roles::db::member_id;
@@ -81,17 +81,6 @@ async fn change(config: &citadel_db::DbConfig, member: &str, add: bool) -> anyho
 
 /// The config of a db jail that has run with this state directory: every member's addresses.
 fn running_config(state: &Path) -> anyhow::Result<citadel_db::DbConfig> {
-    let jails = state.join("jails");
-    let file = std::fs::read_dir(&jails)
-        .with_context(|| format!("no jails under {}; is --state right?", jails.display()))?
-        .flatten()
-        .map(|e| e.path().join("db.toml"))
-        .find(|p| p.exists())
-        .with_context(|| {
-            format!(
-                "no db jail has run with state directory {}",
-                state.display()
-            )
-        })?;
+    let file = crate::roles::config_of(state, "db.toml", citadel_spec::Role::Db)?;
     Ok(citadel_db::DbConfig::load(&file)?)
 }

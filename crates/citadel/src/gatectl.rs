@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use citadel_jail::http_request;
 use citadel_spec::units::parse_duration;
 use clap::Subcommand;
@@ -106,12 +106,9 @@ fn admin_address(state: &Path, jail: Option<&str>) -> anyhow::Result<SocketAddr>
     let name = match jail {
         Some(name) => name.to_string(),
         None => {
-            let jails = state.join("jails");
-            let gates: Vec<String> = std::fs::read_dir(&jails)
-                .with_context(|| format!("no jails under {}; is --state right?", jails.display()))?
-                .flatten()
-                .filter(|e| e.path().join("gate.toml").exists())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
+            let gates: Vec<String> = crate::roles::jails_with(state, "gate.toml")?
+                .into_iter()
+                .map(|(name, _)| name)
                 .collect();
             match gates.as_slice() {
                 [one] => one.clone(),

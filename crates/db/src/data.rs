@@ -634,18 +634,9 @@ impl Db {
                 let Some(by) = parse_f64(&argv[2]) else {
                     return Reply::err(NOT_FLOAT);
                 };
-                let sk = SKey::new(&argv[1]);
-                let (cur, exp) = match self.map.get(&sk) {
-                    None => (0.0, None),
-                    Some(Item {
-                        value: Value::Str(s),
-                        expire_at,
-                        ..
-                    }) => match parse_f64(s) {
-                        Some(v) => (v, *expire_at),
-                        None => return Reply::err(NOT_FLOAT),
-                    },
-                    Some(_) => return Reply::err(WRONGTYPE),
+                let (cur, exp) = match self.number(&argv[1], parse_f64, NOT_FLOAT) {
+                    Ok(found) => found,
+                    Err(reply) => return reply,
                 };
                 let v = cur + by;
                 if v.is_infinite() {
@@ -880,19 +871,31 @@ impl Db {
         gone
     }
 
-    fn incr(&mut self, k: &[u8], by: i64, index: u64) -> Reply {
-        let sk = SKey::new(k);
-        let (cur, exp) = match self.map.get(&sk) {
-            None => (0, None),
+    /// The number a string key holds (zero when absent) and its expiry, for the INCR family:
+    /// an increment keeps the key's TTL.
+    fn number<T: Default>(
+        &self,
+        k: &[u8],
+        parse: fn(&[u8]) -> Option<T>,
+        not_a_number: &'static str,
+    ) -> Result<(T, Option<u64>), Reply> {
+        match self.map.get(&SKey::new(k)) {
+            None => Ok((T::default(), None)),
             Some(Item {
                 value: Value::Str(s),
                 expire_at,
                 ..
-            }) => match parse_i64(s) {
-                Some(v) => (v, *expire_at),
-                None => return Reply::err(NOT_INT),
-            },
-            Some(_) => return Reply::err(WRONGTYPE),
+            }) => parse(s)
+                .map(|v| (v, *expire_at))
+                .ok_or_else(|| Reply::err(not_a_number)),
+            Some(_) => Err(Reply::err(WRONGTYPE)),
+        }
+    }
+
+    fn incr(&mut self, k: &[u8], by: i64, index: u64) -> Reply {
+        let (cur, exp) = match self.number(k, parse_i64, NOT_INT) {
+            Ok(found) => found,
+            Err(reply) => return reply,
         };
         let Some(n) = cur.checked_add(by) else {
             return Reply::err("ERR increment or decrement would overflow");

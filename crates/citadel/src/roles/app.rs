@@ -108,17 +108,9 @@ pub fn prepare(cluster: &Cluster, jail: &Jail, paths: &JailPaths) -> Result<Vec<
 /// The config of some app jail that has run with this state directory: how operator commands
 /// (API keys) reach the db the apps use.
 pub fn running_config(state_dir: &Path) -> anyhow::Result<AppConfig> {
-    let jails = state_dir.join("jails");
-    let file = std::fs::read_dir(&jails)
-        .map_err(|e| anyhow::anyhow!("no jails under {}: {e}; is --state right?", jails.display()))?
-        .flatten()
-        .map(|e| e.path().join("app.toml"))
-        .find(|p| p.exists())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "no app jail has run with state directory {}",
-                state_dir.display()
-            )
-        })?;
-    Ok(AppConfig::from_file(&file)?)
+    Ok(AppConfig::from_file(&super::config_of(
+        state_dir,
+        "app.toml",
+        Role::App,
+    )?)?)
 }

@@ -59,3 +59,44 @@ pub fn write_config(
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(path.to_string_lossy().into_owned())
 }
+
+/// The jails of a state directory that have run with a role's config file (`gate.toml`, …):
+/// how operator commands find a running role. Sorted by jail name.
+pub fn jails_with(
+    state_dir: &std::path::Path,
+    file: &str,
+) -> anyhow::Result<Vec<(String, std::path::PathBuf)>> {
+    let jails = state_dir.join("jails");
+    let mut found: Vec<(String, std::path::PathBuf)> = std::fs::read_dir(&jails)
+        .map_err(|e| anyhow::anyhow!("no jails under {}: {e}; is --state right?", jails.display()))?
+        .flatten()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.path().join(file),
+            )
+        })
+        .filter(|(_, path)| path.exists())
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// The config file one role jail of the state directory ran with: the named jail's, or the
+/// first one's.
+pub fn config_of(
+    state_dir: &std::path::Path,
+    file: &str,
+    role: Role,
+) -> anyhow::Result<std::path::PathBuf> {
+    jails_with(state_dir, file)?
+        .into_iter()
+        .next()
+        .map(|(_, path)| path)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no {role} jail has run with state directory {}",
+                state_dir.display()
+            )
+        })
+}
