@@ -67,7 +67,7 @@ js = json.load(sys.stdin)["jails"]
 sys.exit(0 if len(js) == 6 and all(j["health"] == "healthy" for j in js) else 1)'
 }
 apps_in_rotation() {
-  st gate backends | python3 -c '
+  st gate backends --json | python3 -c '
 import json, sys
 app = [s for s in json.load(sys.stdin) if s["name"] == "app"][0]
 sys.exit(0 if all(m["up"] for m in app["members"]) else 1)'

@@ -5,20 +5,27 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Subcommand;
 
+use crate::output;
+
 #[derive(Subcommand)]
 pub enum AppVerb {
     /// Run the app role (what an app jail runs; `citadel up` writes its config).
+    #[command(after_help = "Example (what `citadel up` runs in an app jail):
+  citadel app run --config .citadel/jails/app-1/app.toml")]
     Run {
         #[arg(long)]
         config: PathBuf,
     },
     /// API keys of the client applications, stored in the db.
+    #[command(after_help = "Examples:\n  citadel app key create billing\n  citadel app key list")]
     Key {
         #[command(subcommand)]
         verb: KeyVerb,
     },
     /// A bounded mixed read/write load through a URL (the gate); prints errors per second and
     /// checks afterwards that every acknowledged write is there.
+    #[command(after_help = "Example:
+  citadel app load --url http://127.0.0.1:8080 --key \"$TOKEN\" --seconds 30 --write-percent 50")]
     Load {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
@@ -37,14 +44,16 @@ pub enum AppVerb {
 #[derive(Subcommand)]
 pub enum KeyVerb {
     /// Make a key for a client application; prints its token once.
-    Create {
-        name: String,
-    },
+    #[command(after_help = "Examples:
+  citadel app key create billing
+  TOKEN=$(citadel app key create billing --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"token\"])')")]
+    Create { name: String },
+    /// Every key: id, valid or revoked, when it was made, its name (never the token).
+    #[command(after_help = "Examples:\n  citadel app key list\n  citadel app key list --json")]
     List,
     /// Revoke a key by id: its requests get 403 from then on.
-    Revoke {
-        id: String,
-    },
+    #[command(after_help = "Example:\n  citadel app key revoke 3f2a9c0d1e7b")]
+    Revoke { id: String },
 }
 
 pub async fn app(verb: AppVerb, state: &Path, json: bool) -> anyhow::Result<i32> {
@@ -60,23 +69,18 @@ pub async fn app(verb: AppVerb, state: &Path, json: bool) -> anyhow::Result<i32>
                     let (key, token) = citadel_app::keys::create(&db, &name)
                         .await
                         .context("creating the key")?;
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::json!({"id": key.id, "name": key.name, "token": token})
-                        );
-                    } else {
-                        println!("id:    {}\nname:  {}\ntoken: {token}", key.id, key.name);
-                    }
+                    output::done(
+                        json,
+                        format_args!("id:    {}\nname:  {}\ntoken: {token}", key.id, key.name),
+                        serde_json::json!({"id": key.id, "name": key.name, "token": token}),
+                    );
                 }
                 KeyVerb::List => {
                     let keys = citadel_app::keys::list(&db).await.context("listing keys")?;
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&keys)?);
+                        output::json(&keys)?;
                     } else {
-                        let mut table = comfy_table::Table::new();
-                        table.load_style(comfy_table::presets::NOTHING);
-                        table.set_header(vec!["ID", "STATE", "CREATED", "NAME"]);
+                        let mut table = output::table(["ID", "STATE", "CREATED", "NAME"]);
                         for k in keys {
                             let state = if k.revoked.is_some() {
                                 "revoked"
@@ -86,7 +90,7 @@ pub async fn app(verb: AppVerb, state: &Path, json: bool) -> anyhow::Result<i32>
                             table.add_row(vec![
                                 k.id,
                                 state.to_string(),
-                                k.created.to_string(),
+                                output::ago_unix_secs(k.created),
                                 k.name,
                             ]);
                         }
@@ -100,7 +104,11 @@ pub async fn app(verb: AppVerb, state: &Path, json: bool) -> anyhow::Result<i32>
                     {
                         bail!("no key with id {id}; `citadel app key list` shows them");
                     }
-                    println!("revoked {id}");
+                    output::done(
+                        json,
+                        format_args!("revoked {id}"),
+                        serde_json::json!({"revoked": id}),
+                    );
                 }
             }
         }
@@ -122,7 +130,7 @@ pub async fn app(verb: AppVerb, state: &Path, json: bool) -> anyhow::Result<i32>
             };
             let report = citadel_app::load::run(opts).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                output::json(&report)?;
             } else {
                 print!("{}", report.timeline());
             }

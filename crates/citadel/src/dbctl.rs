@@ -6,21 +6,29 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use clap::Subcommand;
 
+use crate::output;
 use crate::roles::db::member_id;
 
 #[derive(Subcommand)]
 pub enum DbVerb {
     /// Run a data member (what a db jail runs; `citadel up` writes its config).
+    #[command(after_help = "Example (what `citadel up` runs in a db jail):
+  citadel db run --config .citadel/jails/db-1/db.toml")]
     Run {
         #[arg(long)]
         config: PathBuf,
     },
     /// Every member: role, leader, term, log/applied/snapshot index, lag, disk use.
+    #[command(after_help = "Examples:
+  citadel db status
+  citadel db status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"leader\"][\"name\"])'")]
     Status,
     /// Make a member (a db or witness jail of the cluster) a voter, online: it joins as a
     /// learner, catches up, then votes.
+    #[command(after_help = "Example:\n  citadel db add db-3")]
     Add { member: String },
     /// Take a member out of the voters, online.
+    #[command(after_help = "Example:\n  citadel db remove db-3")]
     Remove { member: String },
 }
 
@@ -32,7 +40,8 @@ pub async fn db(verb: DbVerb, state: &Path, json: bool) -> anyhow::Result<i32> {
     let config = running_config(state)?;
     match verb {
         DbVerb::Status => {
-            let rows = citadel_db::cluster_status(&config).await;
+            let group =
+                citadel_db::GroupStatus::from_rows(&citadel_db::cluster_status(&config).await);
             // The placement catalogue: today every data member replicates every database.
             let holders: Vec<&str> = config
                 .members
@@ -41,32 +50,32 @@ pub async fn db(verb: DbVerb, state: &Path, json: bool) -> anyhow::Result<i32> {
                 .map(|m| m.name.as_str())
                 .collect();
             if json {
-                let rows: Vec<serde_json::Value> = rows
-                    .iter()
-                    .map(|(member, status)| match status {
-                        Ok(s) => serde_json::json!({"member": member, "status": s}),
-                        Err(e) => serde_json::json!({"member": member, "error": e}),
-                    })
-                    .collect();
-                let placement = serde_json::json!({"databases": "0-15", "held_by": holders});
-                let out = serde_json::json!({"members": rows, "placement": placement});
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                output::json(&serde_json::json!({
+                    "leader": group.leader,
+                    "members": group.members,
+                    "placement": {"databases": "0-15", "held_by": holders},
+                }))?;
             } else {
-                print!("{}", citadel_db::format_status(&rows));
+                print!("{group}");
                 println!(
                     "placement: databases 0-15 on every data member ({}); witnesses hold none",
                     holders.join(", ")
                 );
             }
         }
-        DbVerb::Add { member } => change(&config, &member, true).await?,
-        DbVerb::Remove { member } => change(&config, &member, false).await?,
+        DbVerb::Add { member } => change(&config, &member, true, json).await?,
+        DbVerb::Remove { member } => change(&config, &member, false, json).await?,
         DbVerb::Run { .. } => unreachable!("handled above"),
     }
     Ok(0)
 }
 
-async fn change(config: &citadel_db::DbConfig, member: &str, add: bool) -> anyhow::Result<()> {
+async fn change(
+    config: &citadel_db::DbConfig,
+    member: &str,
+    add: bool,
+    json: bool,
+) -> anyhow::Result<()> {
     let id = member_id(member);
     if config.member(id).is_none() {
         let names: Vec<&str> = config.members.iter().map(|m| m.name.as_str()).collect();
@@ -75,7 +84,12 @@ async fn change(config: &citadel_db::DbConfig, member: &str, add: bool) -> anyho
             names.join(", ")
         );
     }
-    println!("{}", citadel_db::change_voter(config, id, add).await?);
+    let outcome = citadel_db::change_voter(config, id, add).await?;
+    output::done(
+        json,
+        &outcome,
+        serde_json::json!({"member": member, "voter": add, "outcome": outcome}),
+    );
     Ok(())
 }
 

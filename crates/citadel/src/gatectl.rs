@@ -11,9 +11,13 @@ use citadel_jail::http_request;
 use citadel_spec::units::parse_duration;
 use clap::Subcommand;
 
+use crate::output;
+
 #[derive(Subcommand)]
 pub enum GateVerb {
     /// Run the gate role (what the gate jail runs; `citadel up` writes its config).
+    #[command(after_help = "Example (what `citadel up` runs in the gate jail):
+  citadel gate run --config .citadel/jails/gate/gate.toml --data .citadel/jails/gate/gate")]
     Run {
         /// The gate's config file; re-read on SIGHUP.
         #[arg(long)]
@@ -23,6 +27,9 @@ pub enum GateVerb {
         data: PathBuf,
     },
     /// Ban an IP address or CIDR at the gate: its connections are refused.
+    #[command(after_help = "Examples:
+  citadel gate ban 203.0.113.7 --ttl 1h --reason \"login scanner\"
+  citadel gate ban 198.51.100.0/24")]
     Ban {
         net: String,
         /// Lift the ban after this long (e.g. "10m", "1h"); default: never.
@@ -32,10 +39,13 @@ pub enum GateVerb {
         reason: Option<String>,
     },
     /// Lift a ban.
+    #[command(after_help = "Example:\n  citadel gate unban 203.0.113.7")]
     Unban { net: String },
-    /// List the bans in force.
+    /// List the bans in force: address, when each expires, why.
+    #[command(after_help = "Examples:\n  citadel gate bans\n  citadel gate bans --json")]
     Bans,
     /// The gate's services and members: health, drain state, counters.
+    #[command(after_help = "Examples:\n  citadel gate backends\n  citadel gate backends --json")]
     Backends,
 }
 
@@ -86,19 +96,71 @@ pub async fn gate(
     if !(200..300).contains(&status) {
         bail!("the gate refused: {status} {}", text.trim());
     }
-    if json || matches!(verb, GateVerb::Bans | GateVerb::Backends) {
-        let pretty = serde_json::from_str::<serde_json::Value>(&text)
-            .and_then(|v| serde_json::to_string_pretty(&v))
-            .unwrap_or(text);
-        println!("{pretty}");
-    } else {
-        match &verb {
-            GateVerb::Ban { net, .. } => println!("banned {net}"),
-            GateVerb::Unban { net } => println!("unbanned {net}"),
-            _ => {}
-        }
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    match &verb {
+        _ if json && !answer.is_null() => output::json(&answer)?,
+        GateVerb::Ban { net, .. } => output::done(
+            json,
+            format_args!("banned {net}"),
+            serde_json::json!({"banned": net}),
+        ),
+        GateVerb::Unban { net } => output::done(
+            json,
+            format_args!("unbanned {net}"),
+            serde_json::json!({"unbanned": net}),
+        ),
+        GateVerb::Bans => println!("{}", bans_table(&answer)),
+        GateVerb::Backends => println!("{}", backends_table(&answer)),
+        GateVerb::Run { .. } => unreachable!("handled above"),
     }
     Ok(0)
+}
+
+/// `GET /bans`: `[{"net", "expires_unix_ms", "reason"}]`.
+fn bans_table(bans: &serde_json::Value) -> comfy_table::Table {
+    let mut table = output::table(["NET", "EXPIRES", "REASON"]);
+    for ban in bans.as_array().into_iter().flatten() {
+        table.add_row(vec![
+            ban["net"].as_str().unwrap_or("?").to_string(),
+            output::until_unix_ms(ban["expires_unix_ms"].as_u64()),
+            ban["reason"].as_str().unwrap_or("-").to_string(),
+        ]);
+    }
+    table
+}
+
+/// `GET /backends`: `[{"name", "policy", "port", "members": [{"name", "address", "up",
+/// "draining", "active", "requests", "failures"}]}]`, one row per member.
+fn backends_table(services: &serde_json::Value) -> comfy_table::Table {
+    let mut table = output::table([
+        "SERVICE", "PORT", "POLICY", "MEMBER", "ADDRESS", "STATE", "ACTIVE", "REQUESTS", "FAILURES",
+    ]);
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    for service in services.as_array().into_iter().flatten() {
+        for m in service["members"].as_array().into_iter().flatten() {
+            let state = match (m["up"].as_bool(), m["draining"].as_bool()) {
+                (_, Some(true)) => "draining",
+                (Some(true), _) => "up",
+                _ => "down",
+            };
+            table.add_row(vec![
+                text(&service["name"]),
+                text(&service["port"]),
+                text(&service["policy"]),
+                text(&m["name"]),
+                text(&m["address"]),
+                state.to_string(),
+                text(&m["active"]),
+                text(&m["requests"]),
+                text(&m["failures"]),
+            ]);
+        }
+    }
+    table
 }
 
 /// The admin address of the gate jail, from the config `citadel up` wrote for it.

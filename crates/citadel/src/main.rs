@@ -5,13 +5,14 @@ mod appctl;
 mod dbctl;
 mod gatectl;
 mod ops;
+mod output;
 mod roles;
 mod serve;
 mod up;
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 /// The gate's benchmarks showed glibc's allocator at the top of the profile under load.
 #[global_allocator]
@@ -21,9 +22,21 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "citadel",
     version,
-    about = "Run a small fault-tolerant cluster from one file"
+    about = "Run a small fault-tolerant cluster (gate, app and db jails) from one file",
+    long_about = "Run a small fault-tolerant cluster from one file: a gate (firewall, DNS, load \
+balancer) in front of servers holding app and db jails, the db replicated by Raft so that \
+losing any one box loses neither the service nor an acknowledged write.",
+    arg_required_else_help = true,
+    after_help = "Examples:
+  citadel up                      run the built-in cluster on this machine
+  citadel status                  every jail, as a table (add --json for JSON)
+  citadel init && citadel up -f citadel.toml
+  citadel completions bash > /etc/bash_completion.d/citadel"
 )]
 struct Cli {
+    /// Print machine-readable JSON instead of a table or a sentence.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,25 +52,34 @@ pub struct StateArg {
 #[derive(Subcommand)]
 enum Command {
     /// Run every jail of a cluster on this machine, and keep them running.
+    #[command(after_help = "Examples:
+  citadel up                          the built-in cluster (the source diagram)
+  citadel up --file citadel.toml --state /var/lib/citadel")]
     Up(up::UpArgs),
     /// Ask a running `citadel up` to read its cluster file again and apply it (also: SIGHUP).
+    #[command(after_help = "Example:\n  citadel reload")]
     Reload {
         #[command(flatten)]
         state: StateArg,
-        #[arg(long)]
-        json: bool,
     },
     /// Ask a running `citadel up` to stop its jails and exit.
+    #[command(after_help = "Example:\n  citadel down")]
     Down {
         #[command(flatten)]
         state: StateArg,
     },
     /// Check a cluster file and print every problem in it.
+    #[command(
+        after_help = "Examples:\n  citadel check citadel.toml\n  citadel check            the built-in cluster"
+    )]
     Check {
         /// The cluster file (default: the built-in cluster).
         file: Option<PathBuf>,
     },
-    /// Write a commented cluster file to start from.
+    /// Write a commented cluster file to start from (every key and its default).
+    #[command(
+        after_help = "Example:\n  citadel init ./mycluster && citadel up --file ./mycluster/citadel.toml"
+    )]
     Init {
         /// Directory to write citadel.toml into.
         #[arg(default_value = ".")]
@@ -67,23 +89,28 @@ enum Command {
         force: bool,
     },
     /// The state of every jail, as a table.
+    #[command(after_help = "Examples:\n  citadel status\n  citadel status --json")]
     Status {
         #[command(flatten)]
         state: StateArg,
-        #[arg(long)]
-        json: bool,
     },
     /// Operate on jails: list, start, stop, restart, logs, exec, clone, archive, restore, destroy.
+    #[command(after_help = "Examples:
+  citadel jail list
+  citadel jail restart app-1
+  citadel jail logs -f db-1
+  citadel jail exec app-1 -- env")]
     Jail {
         #[command(subcommand)]
         verb: ops::JailVerb,
         #[command(flatten)]
         state: StateArg,
-        /// Machine-readable output.
-        #[arg(long, global = true)]
-        json: bool,
     },
-    /// The gate: run it (inside the gate jail), or manage a running one's bans.
+    /// The gate: its bans and backends (and the gate role itself, inside the gate jail).
+    #[command(after_help = "Examples:
+  citadel gate backends
+  citadel gate ban 203.0.113.7 --ttl 1h --reason scanner
+  citadel gate bans")]
     Gate {
         #[command(subcommand)]
         verb: gatectl::GateVerb,
@@ -92,38 +119,55 @@ enum Command {
         /// Which gate jail, when the cluster has several.
         #[arg(long, global = true)]
         jail: Option<String>,
-        /// Machine-readable output.
-        #[arg(long, global = true)]
-        json: bool,
     },
-    /// The app role (run inside an app jail), its API keys, and a load checker.
+    /// The app role: API keys and a load checker (and the role itself, inside an app jail).
+    #[command(after_help = "Examples:
+  citadel app key create billing
+  citadel app key list
+  citadel app load --seconds 30 --key \"$TOKEN\"")]
     App {
         #[command(subcommand)]
         verb: appctl::AppVerb,
         #[command(flatten)]
         state: StateArg,
-        /// Machine-readable output.
-        #[arg(long, global = true)]
-        json: bool,
     },
-    /// The replicated db: its members' state, online membership changes, and the member
-    /// program itself (run inside a db jail).
+    /// The replicated db: its members' state and online membership changes (and the member
+    /// program itself, inside a db jail).
+    #[command(after_help = "Examples:
+  citadel db status
+  citadel db status --json | jq .leader
+  citadel db remove db-2 && citadel db add db-2")]
     Db {
         #[command(subcommand)]
         verb: dbctl::DbVerb,
         #[command(flatten)]
         state: StateArg,
-        /// Machine-readable output.
-        #[arg(long, global = true)]
-        json: bool,
     },
     /// A vote-only member of the db's Raft group (run inside a witness jail).
+    #[command(after_help = "Example (what `citadel up` runs in the witness jail):
+  citadel witness run --config .citadel/jails/witness/db.toml")]
     Witness {
         #[command(subcommand)]
         verb: WitnessVerb,
     },
-    /// Serve a directory over HTTP (what the built-in cluster's command jails run).
+    /// Serve a directory over HTTP (for command jails that need a static site).
+    #[command(after_help = "Example:\n  citadel serve --bind 127.0.0.1:8000 --dir ./public")]
     Serve(serve::ServeArgs),
+    /// Print a shell completion script for bash, zsh, fish, elvish or powershell.
+    #[command(after_help = "Examples:
+  citadel completions bash > ~/.local/share/bash-completion/completions/citadel
+  citadel completions zsh > \"${fpath[1]}/_citadel\"
+  citadel completions fish > ~/.config/fish/completions/citadel.fish")]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), or write one page per subcommand into a directory.
+    #[command(after_help = "Examples:
+  citadel man | man -l -
+  citadel man --dir /usr/local/share/man/man1")]
+    Man {
+        /// Write citadel.1 and citadel-<subcommand>.1 here instead of printing citadel.1.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// The watchdog that kills every jail when `citadel up` dies (started by `up`).
     #[command(hide = true, name = "__reaper")]
     Reaper,
@@ -149,19 +193,68 @@ fn default_log_filter(command: &Command) -> &'static str {
     }
 }
 
+/// Programs that serve (roles, `up`, `serve`) keep Rust's SIGPIPE-ignored default, so a
+/// peer that hangs up is an error value; the operator's verbs die quietly like any Unix tool
+/// when their output pipe closes (`citadel status | head -1`).
+fn serves(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Up(_)
+            | Command::Serve(_)
+            | Command::Witness { .. }
+            | Command::Reaper
+            | Command::Gate {
+                verb: gatectl::GateVerb::Run { .. },
+                ..
+            }
+            | Command::Db {
+                verb: dbctl::DbVerb::Run { .. },
+                ..
+            }
+            | Command::App {
+                verb: appctl::AppVerb::Run { .. },
+                ..
+            }
+    )
+}
+
 #[derive(Subcommand)]
 enum WitnessVerb {
     /// Run the witness (`citadel up` writes its config from the cluster file).
+    #[command(after_help = "Example (what `citadel up` runs in the witness jail):
+  citadel witness run --config .citadel/jails/witness/db.toml")]
     Run {
         #[arg(long)]
         config: PathBuf,
     },
 }
 
+/// `citadel man`: the top page on stdout, or every page into a directory.
+fn man(dir: Option<PathBuf>) -> anyhow::Result<i32> {
+    use anyhow::Context;
+    let command = Cli::command();
+    match dir {
+        None => clap_mangen::Man::new(command).render(&mut std::io::stdout().lock())?,
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(command, &dir)
+                .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
+            println!("wrote the man pages into {}", dir.display());
+        }
+    }
+    Ok(0)
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Command::Reaper = cli.command {
         citadel_jail::run_reaper();
+    }
+    if !serves(&cli.command) {
+        use nix::sys::signal::{SigHandler, Signal, signal};
+        // SAFETY: set before any other thread exists; SIG_DFL installs no handler code.
+        let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -179,30 +272,38 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let json = cli.json;
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Up(args) => up::run(args).await,
-            Command::Down { state } => ops::down(&state.state).await,
-            Command::Reload { state, json } => ops::reload(&state.state, json).await,
-            Command::Check { file } => ops::check(file.as_deref()),
-            Command::Init { dir, force } => ops::init(&dir, force),
-            Command::Status { state, json } => ops::status(&state.state, json).await,
-            Command::Jail { verb, state, json } => ops::jail(verb, &state.state, json).await,
+            Command::Up(args) => up::run(args, json).await,
+            Command::Down { state } => ops::down(&state.state, json).await,
+            Command::Reload { state } => ops::reload(&state.state, json).await,
+            Command::Check { file } => ops::check(file.as_deref(), json),
+            Command::Init { dir, force } => ops::init(&dir, force, json),
+            Command::Status { state } => ops::status(&state.state, json).await,
+            Command::Jail { verb, state } => ops::jail(verb, &state.state, json).await,
             Command::Serve(args) => serve::run(args).await,
-            Command::App { verb, state, json } => appctl::app(verb, &state.state, json).await,
-            Command::Db { verb, state, json } => dbctl::db(verb, &state.state, json).await,
+            Command::App { verb, state } => appctl::app(verb, &state.state, json).await,
+            Command::Db { verb, state } => dbctl::db(verb, &state.state, json).await,
             Command::Witness {
                 verb: WitnessVerb::Run { config },
             } => {
                 citadel_db::run(citadel_db::DbConfig::load(&config)?).await?;
                 Ok(0)
             }
-            Command::Gate {
-                verb,
-                state,
-                jail,
-                json,
-            } => gatectl::gate(verb, &state.state, jail.as_deref(), json).await,
+            Command::Gate { verb, state, jail } => {
+                gatectl::gate(verb, &state.state, jail.as_deref(), json).await
+            }
+            Command::Completions { shell } => {
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "citadel",
+                    &mut std::io::stdout(),
+                );
+                Ok(0)
+            }
+            Command::Man { dir } => man(dir),
             Command::Reaper => unreachable!("handled before the runtime starts"),
         }
     });
@@ -212,5 +313,35 @@ fn main() {
             eprintln!("error: {e:#}");
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every visible subcommand, at every depth, says what it does and shows an example.
+    #[test]
+    fn every_subcommand_has_a_summary_and_an_example() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+                let path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path}: no one-line summary"));
+                }
+                let example = sub
+                    .get_after_help()
+                    .is_some_and(|h| h.to_string().contains("citadel "));
+                if !example {
+                    missing.push(format!("{path}: no example"));
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&cmd, "citadel", &mut missing);
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
     }
 }

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::output;
 use anyhow::{Context, bail};
 use citadel_agent::ReloadReport;
 use citadel_agent::control::call;
@@ -13,7 +14,6 @@ use citadel_jail::{Health, JailPaths, follow_log, tail_log};
 use citadel_spec::units::format_duration;
 use citadel_spec::{BUILTIN, BUILTIN_ORIGIN, Backend, Capabilities, Cluster, Role};
 use clap::Subcommand;
-use comfy_table::{Table, presets::NOTHING};
 
 /// What this build of citadel can run. Roles get their built-in programs as they land.
 pub fn capabilities() -> Capabilities {
@@ -56,20 +56,28 @@ pub fn load_cluster(file: Option<&Path>) -> anyhow::Result<(Cluster, String)> {
     }
 }
 
-pub fn check(file: Option<&Path>) -> anyhow::Result<i32> {
+pub fn check(file: Option<&Path>, json: bool) -> anyhow::Result<i32> {
     let (cluster, origin) = load_cluster(file)?;
-    println!(
-        "{origin}: ok — cluster `{}` (zone {}), {} segment(s), {} host(s), {} jail(s)",
-        cluster.name,
-        cluster.zone,
-        cluster.segments.len(),
-        cluster.hosts.len(),
-        cluster.jails.len()
+    output::done(
+        json,
+        format_args!(
+            "{origin}: ok — cluster `{}` (zone {}), {} segment(s), {} host(s), {} jail(s)",
+            cluster.name,
+            cluster.zone,
+            cluster.segments.len(),
+            cluster.hosts.len(),
+            cluster.jails.len()
+        ),
+        serde_json::json!({
+            "file": origin, "ok": true, "cluster": cluster.name, "zone": cluster.zone,
+            "segments": cluster.segments.len(), "hosts": cluster.hosts.len(),
+            "jails": cluster.jails.len(),
+        }),
     );
     Ok(0)
 }
 
-pub fn init(dir: &Path, force: bool) -> anyhow::Result<i32> {
+pub fn init(dir: &Path, force: bool, json: bool) -> anyhow::Result<i32> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join("citadel.toml");
     if path.exists() && !force {
@@ -79,24 +87,32 @@ pub fn init(dir: &Path, force: bool) -> anyhow::Result<i32> {
         );
     }
     std::fs::write(&path, BUILTIN).with_context(|| format!("cannot write {}", path.display()))?;
-    println!(
-        "wrote {}; run it with `citadel up --file {}`",
-        path.display(),
-        path.display()
+    output::done(
+        json,
+        format_args!(
+            "wrote {}; run it with `citadel up --file {}`",
+            path.display(),
+            path.display()
+        ),
+        serde_json::json!({"wrote": path}),
     );
     Ok(0)
 }
 
-pub async fn down(state: &Path) -> anyhow::Result<i32> {
+pub async fn down(state: &Path, json: bool) -> anyhow::Result<i32> {
     call::<()>(state, &Request::Shutdown).await?;
-    println!("asked citadel up to stop every jail");
+    output::done(
+        json,
+        "asked citadel up to stop every jail",
+        serde_json::json!({"done": "down"}),
+    );
     Ok(0)
 }
 
 pub async fn reload(state: &Path, json: bool) -> anyhow::Result<i32> {
     let report: ReloadReport = call(state, &Request::Reload).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        output::json(&report)?;
         return Ok(0);
     }
     let list = |v: &[String]| {
@@ -119,7 +135,7 @@ pub async fn reload(state: &Path, json: bool) -> anyhow::Result<i32> {
 pub async fn status(state: &Path, json: bool) -> anyhow::Result<i32> {
     let report: StatusReport = call(state, &Request::Status).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        output::json(&report)?;
     } else {
         print_status(&report);
     }
@@ -137,9 +153,7 @@ fn health_text(health: &Health, has_check: bool, running: bool) -> String {
 }
 
 pub fn print_status(report: &StatusReport) {
-    let mut table = Table::new();
-    table.load_style(NOTHING);
-    table.set_header(vec![
+    let mut table = output::table([
         "JAIL",
         "HOST",
         "ROLE",
@@ -187,14 +201,21 @@ pub fn print_status(report: &StatusReport) {
 #[derive(Subcommand)]
 pub enum JailVerb {
     /// List jails: name, host, role, addresses, state.
+    #[command(after_help = "Examples:\n  citadel jail list\n  citadel jail list --json")]
     List,
     /// Start a stopped jail.
+    #[command(after_help = "Example:\n  citadel jail start app-1")]
     Start { jail: String },
-    /// Stop a jail: SIGTERM, its grace period, then SIGKILL, for its whole process group.
+    /// Stop a jail: drained at the gate, then SIGTERM, its grace period, SIGKILL.
+    #[command(after_help = "Example:\n  citadel jail stop app-1")]
     Stop { jail: String },
-    /// Stop and start a jail.
+    /// Stop and start a jail (drained at the gate meanwhile).
+    #[command(after_help = "Example:\n  citadel jail restart app-1")]
     Restart { jail: String },
     /// Print a jail's console log.
+    #[command(
+        after_help = "Examples:\n  citadel jail logs db-1\n  citadel jail logs -f -n 20 gate"
+    )]
     Logs {
         jail: String,
         /// Keep printing what the jail writes.
@@ -205,12 +226,16 @@ pub enum JailVerb {
         lines: usize,
     },
     /// Run a command as the jail: its environment, its working directory, its addresses.
+    #[command(after_help = "Example:\n  citadel jail exec app-1 -- sh -c 'echo $CITADEL_ADDR'")]
     Exec {
         jail: String,
         #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
     /// Create a new jail as a copy of another, with its data.
+    #[command(
+        after_help = "Example:\n  citadel jail clone app-1 app-3 --address front=127.10.0.31"
+    )]
     Clone {
         source: String,
         name: String,
@@ -219,8 +244,12 @@ pub enum JailVerb {
         addresses: Vec<String>,
     },
     /// Pack a jail's definition and data into a compressed archive.
+    #[command(after_help = "Example:\n  citadel jail archive db-1 db-1.tar.gz")]
     Archive { jail: String, file: PathBuf },
     /// Create a jail from an archive (made here or on another machine).
+    #[command(
+        after_help = "Example:\n  citadel jail restore db-1.tar.gz --name db-3 --host server-2"
+    )]
     Restore {
         file: PathBuf,
         /// A new name for the jail.
@@ -231,6 +260,7 @@ pub enum JailVerb {
         host: Option<String>,
     },
     /// Stop a jail and delete it with its data.
+    #[command(after_help = "Example:\n  citadel jail destroy app-3")]
     Destroy { jail: String },
 }
 
@@ -239,11 +269,10 @@ pub async fn jail(verb: JailVerb, state: &Path, json: bool) -> anyhow::Result<i3
         JailVerb::List => {
             let report: StatusReport = call(state, &Request::Status).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report.jails)?);
+                output::json(&report.jails)?;
             } else {
-                let mut table = Table::new();
-                table.load_style(NOTHING);
-                table.set_header(vec!["JAIL", "HOST", "ROLE", "ADDRESSES", "STATE", "SOURCE"]);
+                let mut table =
+                    output::table(["JAIL", "HOST", "ROLE", "ADDRESSES", "STATE", "SOURCE"]);
                 for j in &report.jails {
                     table.add_row(vec![
                         j.name.clone(),
@@ -380,23 +409,20 @@ pub async fn jail(verb: JailVerb, state: &Path, json: bool) -> anyhow::Result<i3
 
 /// Reports a finished verb: a sentence, or with --json an object.
 fn done(json: bool, what: &str, jail: &str, extra: Option<serde_json::Value>) {
-    if json {
-        let mut v = serde_json::json!({"jail": jail, "done": what});
-        if let (Some(serde_json::Value::Object(extra)), Some(obj)) = (extra, v.as_object_mut()) {
-            obj.extend(extra);
-        }
-        println!("{v}");
-    } else {
-        match extra.as_ref().and_then(|e| e.get("file")) {
-            Some(file) => println!("{what} {jail} to {file}"),
-            None => println!("{what} {jail}"),
-        }
+    let sentence = match extra.as_ref().and_then(|e| e.get("file")) {
+        Some(file) => format!("{what} {jail} to {file}"),
+        None => format!("{what} {jail}"),
+    };
+    let mut v = serde_json::json!({"jail": jail, "done": what});
+    if let (Some(serde_json::Value::Object(extra)), Some(obj)) = (extra, v.as_object_mut()) {
+        obj.extend(extra);
     }
+    output::done(json, sentence, v);
 }
 
 fn print_created(c: &Created, how: &str, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(c)?);
+        output::json(c)?;
     } else {
         println!(
             "{} {how} on host {} with {} ({} bytes of data); start it with `citadel jail start {}`",

@@ -71,7 +71,7 @@ impl Progress {
     }
 }
 
-pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
+pub async fn run(args: UpArgs, json: bool) -> anyhow::Result<i32> {
     let (cluster, origin) = load_cluster(args.file.as_deref())?;
     let state_dir = prepare_state_dir(&args.state.state)?;
     let _lock = lock_state_dir(&state_dir)?;
@@ -142,7 +142,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         _ = sigterm.recv() => { runtime.stop_all().await; return Ok(143) }
     };
     progress.finish();
-    print_status(&runtime.status().await);
+    let report = runtime.status().await;
+    if json {
+        crate::output::json(&report)?;
+    } else {
+        print_status(&report);
+    }
     if failures > 0 {
         eprintln!(
             "{failures} jail(s) did not come up; see `citadel status` and `citadel jail logs JAIL`"

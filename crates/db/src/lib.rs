@@ -61,49 +61,170 @@ pub async fn cluster_status(cfg: &DbConfig) -> Vec<(Member, Result<net::NodeStat
     out
 }
 
-/// A plain-text table of [`cluster_status`].
-pub fn format_status(rows: &[(Member, Result<net::NodeStatus, String>)]) -> String {
-    let mut s = String::from(
-        "ID  NAME        KIND     STATE      LEADER  TERM  LAST_LOG  APPLIED  SNAPSHOT  PURGED  DISK_BYTES\n",
-    );
-    let leader_matched: std::collections::BTreeMap<u64, Option<u64>> = rows
-        .iter()
-        .filter_map(|(_, r)| r.as_ref().ok())
-        .filter(|st| st.leader == Some(st.id))
-        .flat_map(|st| st.matched.iter().copied())
-        .collect();
-    let opt = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "-".into());
-    for (m, r) in rows {
-        let kind = match m.kind {
-            Kind::Data => "data",
-            Kind::Witness => "witness",
-        };
-        match r {
-            Ok(st) => s.push_str(&format!(
-                "{:<3} {:<11} {:<8} {:<10} {:<7} {:<5} {:<9} {:<8} {:<9} {:<7} {}{}\n",
-                m.id,
-                m.name,
-                kind,
-                st.state,
-                opt(st.leader),
-                st.term,
-                opt(st.last_log_index),
-                opt(st.applied_index),
-                opt(st.snapshot_index),
-                opt(st.purged_index),
-                st.disk_bytes,
-                match leader_matched.get(&m.id) {
-                    Some(Some(i)) => format!("  (leader has it matched at {i})"),
-                    _ => String::new(),
-                }
-            )),
-            Err(e) => s.push_str(&format!(
-                "{:<3} {:<11} {:<8} unreachable: {e}\n",
-                m.id, m.name, kind
-            )),
+/// The group as the operator sees it (`citadel db status`): the leader by name, and each
+/// member's Raft state with its lag behind the leader.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GroupStatus {
+    /// The member that reports itself leader in the highest term, if any answers so.
+    pub leader: Option<LeaderRef>,
+    pub members: Vec<MemberStatus>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LeaderRef {
+    pub name: String,
+    pub id: u64,
+    pub term: u64,
+    /// Where clients reach it with the Redis protocol.
+    pub redis: Option<std::net::SocketAddr>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MemberStatus {
+    pub name: String,
+    pub id: u64,
+    pub kind: Kind,
+    pub peer: std::net::SocketAddr,
+    pub redis: Option<std::net::SocketAddr>,
+    /// What the member said of itself; absent when it did not answer.
+    pub status: Option<net::NodeStatus>,
+    /// Entries the leader has that this member does not (as the leader sees it).
+    pub lag: Option<u64>,
+    /// Why the member did not answer.
+    pub error: Option<String>,
+}
+
+impl GroupStatus {
+    pub fn from_rows(rows: &[(Member, Result<net::NodeStatus, String>)]) -> Self {
+        let leader = rows
+            .iter()
+            .filter_map(|(m, r)| Some((m, r.as_ref().ok()?)))
+            .filter(|(m, st)| st.leader == Some(m.id))
+            .max_by_key(|(_, st)| st.term);
+        let matched: std::collections::BTreeMap<u64, Option<u64>> = leader
+            .map(|(_, st)| st.matched.iter().copied().collect())
+            .unwrap_or_default();
+        let leader_last = leader.and_then(|(_, st)| st.last_log_index);
+        let members = rows
+            .iter()
+            .map(|(m, r)| MemberStatus {
+                name: m.name.clone(),
+                id: m.id,
+                kind: m.kind,
+                peer: m.peer,
+                redis: m.redis,
+                status: r.as_ref().ok().cloned(),
+                lag: match (leader_last, matched.get(&m.id)) {
+                    (Some(last), Some(have)) => Some(last.saturating_sub(have.unwrap_or(0))),
+                    _ => None,
+                },
+                error: r.as_ref().err().cloned(),
+            })
+            .collect();
+        GroupStatus {
+            leader: leader.map(|(m, st)| LeaderRef {
+                name: m.name.clone(),
+                id: m.id,
+                term: st.term,
+                redis: m.redis,
+            }),
+            members,
         }
     }
-    s
+
+    /// The name of the member with this id, or the id when no member has it.
+    fn name_of(&self, id: u64) -> String {
+        self.members
+            .iter()
+            .find(|m| m.id == id)
+            .map_or_else(|| id.to_string(), |m| m.name.clone())
+    }
+}
+
+/// A table with aligned columns: one line per member, then the leader.
+impl std::fmt::Display for GroupStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |x| x.to_string());
+        let mut rows = vec![
+            [
+                "MEMBER", "KIND", "STATE", "LEADER", "TERM", "LAST_LOG", "APPLIED", "SNAPSHOT",
+                "LAG", "DISK",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        for m in &self.members {
+            let kind = match m.kind {
+                Kind::Data => "data",
+                Kind::Witness => "witness",
+            };
+            let mut row = vec![m.name.clone(), kind.to_string()];
+            match (&m.status, &m.error) {
+                (Some(st), _) => row.extend([
+                    st.state.clone(),
+                    st.leader.map_or_else(|| "-".into(), |id| self.name_of(id)),
+                    st.term.to_string(),
+                    opt(st.last_log_index),
+                    opt(st.applied_index),
+                    opt(st.snapshot_index),
+                    opt(m.lag),
+                    human_bytes(st.disk_bytes),
+                ]),
+                (None, error) => row.push(format!(
+                    "unreachable at {}: {}",
+                    m.peer,
+                    error.as_deref().unwrap_or("no answer")
+                )),
+            }
+            rows.push(row);
+        }
+        let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..columns)
+            .map(|c| {
+                rows.iter()
+                    .filter(|r| r.len() > c + 1)
+                    .map(|r| r[c].len())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for row in &rows {
+            let mut line = String::new();
+            for (c, cell) in row.iter().enumerate() {
+                if c + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
+                }
+            }
+            writeln!(f, "{}", line.trim_end())?;
+        }
+        match &self.leader {
+            Some(l) => writeln!(
+                f,
+                "leader: {} (term {}{})",
+                l.name,
+                l.term,
+                l.redis.map(|a| format!(", redis {a}")).unwrap_or_default()
+            ),
+            None => writeln!(f, "leader: none (no member answers as leader)"),
+        }
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }
 
 /// Asks the group's leader to add member `id` as a voter (it joins as a learner, catches

@@ -105,7 +105,12 @@ fn replicates_forwards_writes_and_reads_linearizably() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert_eq!(text.matches("Leader").count(), 1, "{text}");
-    assert_eq!(text.lines().count(), 4, "{text}");
+    // A header, one line per member, the leader's name.
+    assert_eq!(text.lines().count(), 5, "{text}");
+    assert!(
+        text.lines().last().unwrap().starts_with("leader: "),
+        "{text}"
+    );
     assert!(text.contains("witness"), "{text}");
 }
 

@@ -306,7 +306,7 @@ pub fn metric_sum(url: &str, name: &str, labels: &[&str]) -> Option<u64> {
 impl Up {
     /// Whether the gate (`citadel gate backends`) has `member` of `service` up.
     pub fn backend_up(&self, service: &str, member: &str) -> bool {
-        let out = self.cli(&["gate", "backends"]);
+        let out = self.cli(&["gate", "backends", "--json"]);
         let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) else {
             return false;
         };

@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
         ),
         Cmd::Status => {
             let rows = rt.block_on(citadel_db::cluster_status(&cfg));
-            print!("{}", citadel_db::format_status(&rows));
+            print!("{}", citadel_db::GroupStatus::from_rows(&rows));
         }
     }
     Ok(())
