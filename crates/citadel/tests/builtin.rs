@@ -1,5 +1,6 @@
-//! `citadel up` on the built-in cluster: the source diagram on one machine. The only test that
-//! uses the built-in addresses (127.10.0.0/24, 127.20.0.0/24) and 127.0.0.1:8080.
+//! `citadel up` on the built-in cluster: the source diagram on one machine. It uses the
+//! built-in addresses (127.10.0.0/24, 127.20.0.0/24) and 127.0.0.1:8080, as the README test
+//! does: each holds `builtin_addresses()` while it runs.
 
 mod harness;
 
@@ -31,6 +32,7 @@ fn dig(name: &str) -> Vec<String> {
 
 #[test]
 fn the_builtin_cluster_runs_the_source_diagram() {
+    let _addresses = builtin_addresses();
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
     let child = Command::new(CITADEL)

@@ -317,3 +317,18 @@ impl Up {
             .is_some_and(|m| m["up"] == true && m["draining"] == false)
     }
 }
+
+/// Held while a test uses the built-in cluster's fixed addresses (127.10.0.0/24,
+/// 127.20.0.0/24, 127.0.0.1:8080): one such test at a time on a machine, whichever test
+/// binary or runner it comes from.
+pub fn builtin_addresses() -> nix::fcntl::Flock<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("citadel-builtin-addresses.lock"))
+        .expect("lock file");
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("lock the built-in addresses")
+}
