@@ -5,6 +5,7 @@ pub mod blocks;
 pub mod config;
 pub mod keys;
 pub mod meta;
+pub mod multipart;
 pub mod peer;
 pub mod s3;
 

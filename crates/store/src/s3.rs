@@ -25,7 +25,7 @@ pub struct Store {
     pub region: String,
 }
 
-fn internal(e: Error) -> S3Error {
+pub(crate) fn internal(e: Error) -> S3Error {
     tracing::error!(error = %e, "store request failed");
     match e {
         Error::Db(m) | Error::Peer(m) => s3_error!(ServiceUnavailable, "{m}"),
@@ -33,16 +33,16 @@ fn internal(e: Error) -> S3Error {
     }
 }
 
-fn ts(secs: i64) -> Timestamp {
+pub(crate) fn ts(secs: i64) -> Timestamp {
     Timestamp::from(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64))
 }
 
-fn quoted(etag: &str) -> ETag {
+pub(crate) fn quoted(etag: &str) -> ETag {
     ETag::Strong(etag.to_string())
 }
 
 impl Store {
-    async fn bucket_exists(&self, bucket: &str) -> S3Result<()> {
+    pub(crate) async fn bucket_exists(&self, bucket: &str) -> S3Result<()> {
         match self.db.hget_json::<BucketMeta>(BUCKETS, bucket).await {
             Ok(Some(_)) => Ok(()),
             Ok(None) => Err(s3_error!(NoSuchBucket, "no bucket named {bucket}")),
@@ -92,7 +92,7 @@ impl Store {
 
     /// Reads the body into blocks (written to both servers as they fill), returning the
     /// block list, sizes, total size and the MD5 of the whole.
-    async fn store_body(
+    pub(crate) async fn store_body(
         &self,
         body: Option<StreamingBlob>,
         expected_len: Option<i64>,
@@ -189,7 +189,7 @@ impl futures::Stream for ChannelStream {
     }
 }
 
-fn check_content_md5(header: Option<&str>, md5: &[u8; 16]) -> S3Result<()> {
+pub(crate) fn check_content_md5(header: Option<&str>, md5: &[u8; 16]) -> S3Result<()> {
     let Some(h) = header else { return Ok(()) };
     let want = base64_simd::STANDARD
         .decode_to_vec(h.trim())
@@ -289,6 +289,48 @@ fn check_bucket_name(b: &str) -> S3Result<()> {
 
 #[async_trait::async_trait]
 impl S3 for Store {
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        self.mp_create(req).await
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        self.mp_upload_part(req).await
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        self.mp_complete(req).await
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        self.mp_abort(req).await
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        self.mp_list_parts(req).await
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        self.mp_list_uploads(req).await
+    }
+
     async fn create_bucket(
         &self,
         req: S3Request<CreateBucketInput>,
