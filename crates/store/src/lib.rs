@@ -54,6 +54,22 @@ pub fn connect_db(cfg: &StoreConfig) -> Result<meta::Db, Error> {
     meta::Db::new(&cfg.db)
 }
 
+/// Runs the store until SIGTERM or Ctrl-C.
+pub async fn run(cfg: StoreConfig) -> Result<(), Error> {
+    run_until(cfg, async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    })
+    .await
+}
+
 /// Serves S3 on `listen` and the block service on `peer_listen` until `shutdown` resolves.
 pub async fn run_until(
     cfg: StoreConfig,

@@ -20,7 +20,11 @@ use super::{locate, write_config};
 pub const ADMIN_PORT: u16 = 9100;
 pub const DNS_PORT: u16 = 5353;
 /// Well-known ports of the roles the gate balances when the file names no service for them.
-const ROLE_PORTS: &[(Role, u16)] = &[(Role::App, 8000), (Role::Db, 6379)];
+const ROLE_PORTS: &[(Role, u16)] = &[
+    (Role::App, 8000),
+    (Role::Db, 6379),
+    (Role::Store, super::store::S3_PORT),
+];
 
 /// Read only to check the section's shape against the whole file.
 #[derive(Deserialize)]

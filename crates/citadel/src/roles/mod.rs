@@ -5,6 +5,7 @@
 pub mod app;
 pub mod db;
 pub mod gate;
+pub mod store;
 
 use citadel_agent::{BoxFuture, Roles};
 use citadel_jail::JailPaths;
@@ -26,6 +27,7 @@ impl Roles for BuiltinRoles {
             Role::Gate => gate::prepare(cluster, jail, paths),
             Role::Db | Role::Witness => db::prepare(cluster, jail, paths),
             Role::App => app::prepare(cluster, jail, paths),
+            Role::Store => store::prepare(cluster, jail, paths),
             Role::Command => Err("a command jail needs a `command`".into()),
         }
     }

@@ -42,12 +42,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let cfg = citadel_store::StoreConfig::from_file(&cli.config)?;
     match cli.cmd.unwrap_or(Cmd::Serve) {
-        Cmd::Serve => {
-            citadel_store::run_until(cfg, async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?
-        }
+        Cmd::Serve => citadel_store::run(cfg).await?,
         Cmd::Key { cmd } => {
             let db = citadel_store::connect_db(&cfg)?;
             match cmd {
