@@ -13,7 +13,7 @@ use s3s::{S3Request, S3Response, S3Result, s3_error};
 use serde::{Deserialize, Serialize};
 
 use crate::meta::{ObjectMeta, now_secs, objects_key};
-use crate::s3::{Store, check_content_md5, internal, quoted, ts};
+use crate::s3::{BodyChecks, Store, check_content_md5, internal, part_checksums, quoted, ts};
 
 /// S3's smallest part (all parts but the last).
 pub const MIN_PART: u64 = 5 * 1024 * 1024;
@@ -99,12 +99,13 @@ impl Store {
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
+        let checks = BodyChecks::new(&req, part_checksums(&req.input));
         let i = req.input;
         if !(1..=MAX_PART_NUMBER).contains(&i.part_number) {
             return Err(s3_error!(InvalidArgument, "part number must be 1 to 10000"));
         }
         self.upload(&i.bucket, &i.key, &i.upload_id).await?;
-        let (blocks, sizes, total, md5) = self.store_body(i.body, i.content_length).await?;
+        let (blocks, sizes, total, md5) = self.store_body(i.body, i.content_length, checks).await?;
         check_content_md5(i.content_md5.as_deref(), &md5)?;
         let part = PartMeta {
             etag: hex::encode(md5),

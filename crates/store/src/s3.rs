@@ -96,6 +96,7 @@ impl Store {
         &self,
         body: Option<StreamingBlob>,
         expected_len: Option<i64>,
+        mut checks: BodyChecks,
     ) -> S3Result<(Vec<String>, Vec<u64>, u64, [u8; 16])> {
         let mut md5 = Md5::new();
         let mut blocks = Vec::new();
@@ -104,13 +105,9 @@ impl Store {
         let mut buf = BytesMut::with_capacity(MAX_BLOCK);
         if let Some(mut body) = body {
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| {
-                    s3_error!(
-                        IncompleteBody,
-                        "the request body ended early or was malformed: {e}"
-                    )
-                })?;
+                let chunk = chunk.map_err(|e| body_error(&*e))?;
                 md5.update(&chunk);
+                checks.hasher.update(&chunk);
                 total += chunk.len() as u64;
                 let mut rest = &chunk[..];
                 while !rest.is_empty() {
@@ -139,6 +136,7 @@ impl Store {
                 "Content-Length said {n} bytes, the body had {total}"
             ));
         }
+        checks.verify()?;
         Ok((blocks, sizes, total, md5.finalize().into()))
     }
 
@@ -186,6 +184,161 @@ impl futures::Stream for ChannelStream {
     type Item = Result<Bytes, std::io::Error>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.0.poll_recv(cx)
+    }
+}
+
+/// The x-amz-checksum-* values a body must match: given as headers, or as trailers after an
+/// aws-chunked body (named in x-amz-trailer). s3s verifies signatures and chunk signatures
+/// but not these, so we compute each one named and compare.
+pub(crate) struct BodyChecks {
+    hasher: s3s::checksum::ChecksumHasher,
+    headers: Checksum,
+    trailers: Option<s3s::TrailingHeaders>,
+}
+
+const ALGORITHMS: [&str; 5] = ["crc32", "crc32c", "crc64nvme", "sha1", "sha256"];
+
+impl BodyChecks {
+    pub(crate) fn new<T>(req: &S3Request<T>, headers: Checksum) -> BodyChecks {
+        let trailer_names: String = req
+            .headers
+            .get_all("x-amz-trailer")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",")
+            .to_ascii_lowercase();
+        let wanted = |alg: &str, given: bool| {
+            given
+                || trailer_names
+                    .split(',')
+                    .any(|n| n.trim() == format!("x-amz-checksum-{alg}"))
+        };
+        use s3s::crypto::Checksum as _;
+        let mut hasher = s3s::checksum::ChecksumHasher::default();
+        if wanted(ALGORITHMS[0], headers.checksum_crc32.is_some()) {
+            hasher.crc32 = Some(s3s::crypto::Crc32::new());
+        }
+        if wanted(ALGORITHMS[1], headers.checksum_crc32c.is_some()) {
+            hasher.crc32c = Some(s3s::crypto::Crc32c::new());
+        }
+        if wanted(ALGORITHMS[2], headers.checksum_crc64nvme.is_some()) {
+            hasher.crc64nvme = Some(s3s::crypto::Crc64Nvme::new());
+        }
+        if wanted(ALGORITHMS[3], headers.checksum_sha1.is_some()) {
+            hasher.sha1 = Some(s3s::crypto::Sha1::new());
+        }
+        if wanted(ALGORITHMS[4], headers.checksum_sha256.is_some()) {
+            hasher.sha256 = Some(s3s::crypto::Sha256::new());
+        }
+        BodyChecks {
+            hasher,
+            headers,
+            trailers: req.trailing_headers.clone(),
+        }
+    }
+
+    fn verify(self) -> S3Result<()> {
+        let got = self.hasher.finalize();
+        let trailer = |alg: &str| {
+            self.trailers.as_ref().and_then(|t| {
+                t.read(|h| {
+                    h.get(format!("x-amz-checksum-{alg}"))
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                })
+                .flatten()
+            })
+        };
+        let pairs = [
+            (
+                ALGORITHMS[0],
+                got.checksum_crc32,
+                self.headers.checksum_crc32,
+            ),
+            (
+                ALGORITHMS[1],
+                got.checksum_crc32c,
+                self.headers.checksum_crc32c,
+            ),
+            (
+                ALGORITHMS[2],
+                got.checksum_crc64nvme,
+                self.headers.checksum_crc64nvme,
+            ),
+            (ALGORITHMS[3], got.checksum_sha1, self.headers.checksum_sha1),
+            (
+                ALGORITHMS[4],
+                got.checksum_sha256,
+                self.headers.checksum_sha256,
+            ),
+        ];
+        for (alg, computed, header) in pairs {
+            let Some(computed) = computed else { continue };
+            let Some(want) = header.or_else(|| trailer(alg)) else {
+                return Err(s3_error!(
+                    InvalidRequest,
+                    "x-amz-trailer names x-amz-checksum-{alg} but the body did not end with it"
+                ));
+            };
+            if want.trim() != computed {
+                return Err(s3_error!(
+                    BadDigest,
+                    "the {} you specified did not match the calculated checksum",
+                    alg.to_ascii_uppercase()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn put_checksums(i: &PutObjectInput) -> Checksum {
+    Checksum {
+        checksum_crc32: i.checksum_crc32.clone(),
+        checksum_crc32c: i.checksum_crc32c.clone(),
+        checksum_crc64nvme: i.checksum_crc64nvme.clone(),
+        checksum_sha1: i.checksum_sha1.clone(),
+        checksum_sha256: i.checksum_sha256.clone(),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn part_checksums(i: &UploadPartInput) -> Checksum {
+    Checksum {
+        checksum_crc32: i.checksum_crc32.clone(),
+        checksum_crc32c: i.checksum_crc32c.clone(),
+        checksum_crc64nvme: i.checksum_crc64nvme.clone(),
+        checksum_sha1: i.checksum_sha1.clone(),
+        checksum_sha256: i.checksum_sha256.clone(),
+        ..Default::default()
+    }
+}
+
+/// What a failed body read means. s3s (pinned at =0.14.1) reports payload-hash and chunk
+/// signature failures as errors of the body stream whose types are private; their messages
+/// are its stable names for them.
+fn body_error(e: &(dyn std::error::Error + 'static)) -> S3Error {
+    let text = e.to_string();
+    if text.contains("Sha256Mismatch") {
+        let mut err = S3Error::with_message(
+            s3s::S3ErrorCode::Custom("XAmzContentSHA256Mismatch".into()),
+            "the body does not match the x-amz-content-sha256 it was signed with",
+        );
+        err.set_status_code(hyper::StatusCode::BAD_REQUEST);
+        err
+    } else if text.contains("SignatureMismatch") {
+        s3_error!(
+            SignatureDoesNotMatch,
+            "a chunk of the aws-chunked body has a wrong signature"
+        )
+    } else if text.contains("FormatError") || text.contains("ChunkMetaTooLarge") {
+        s3_error!(InvalidRequest, "the aws-chunked body is malformed")
+    } else {
+        s3_error!(
+            IncompleteBody,
+            "the request body ended before its Content-Length: {text}"
+        )
     }
 }
 
@@ -422,6 +575,7 @@ impl S3 for Store {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
+        let checks = BodyChecks::new(&req, put_checksums(&req.input));
         let input = req.input;
         self.bucket_exists(&input.bucket).await?;
         if input.if_match.is_some() || input.if_none_match.is_some() {
@@ -445,7 +599,9 @@ impl S3 for Store {
                 Err(e) => return Err(internal(e)),
             }
         }
-        let (blocks, sizes, total, md5) = self.store_body(input.body, input.content_length).await?;
+        let (blocks, sizes, total, md5) = self
+            .store_body(input.body, input.content_length, checks)
+            .await?;
         check_content_md5(input.content_md5.as_deref(), &md5)?;
         let meta = ObjectMeta {
             size: total,

@@ -113,4 +113,54 @@ try:
 except urllib.error.HTTPError as e:
     body = e.read().decode()
     check("expired presigned", e.code == 403 and "<Code>AccessDenied</Code>" in body)
+# x-amz-checksum-* headers are verified (s3s leaves them to us).
+wrong_sha = base64.b64encode(hashlib.sha256(b"other").digest()).decode()
+check("wrong checksum header", code_of(lambda: s3.put_object(Bucket="photos", Key="sum", Body=b"hello", ChecksumSHA256=wrong_sha)) == "BadDigest")
+good_sha = base64.b64encode(hashlib.sha256(b"hello").digest()).decode()
+s3.put_object(Bucket="photos", Key="sum", Body=b"hello", ChecksumSHA256=good_sha)
+check("good checksum header", s3.get_object(Bucket="photos", Key="sum")["Body"].read() == b"hello")
+
+# A body changed on the wire after the client signed/checksummed it.
+modes = []
+def tamper(request, **kw):
+    modes.append(request.headers.get("x-amz-content-sha256", b""))
+    body = request.body
+    data = body.read() if hasattr(body, "read") else bytes(body)
+    i = data.index(b"\r\n") + 5 if data.startswith(b"1") or b";chunk-signature" in data[:100] else 3
+    request.body = data[:i] + bytes([data[i] ^ 1]) + data[i + 1:]
+tc = boto3.client("s3", endpoint_url=ep, aws_access_key_id=key, aws_secret_access_key=secret,
+                  region_name="citadel", config=cfg)
+tc.meta.events.register("before-send.s3.PutObject", tamper)
+try:
+    tc.put_object(Bucket="photos", Key="tampered", Body=b"0123456789" * 100)
+    raise AssertionError("tampered body accepted")
+except ClientError as e:
+    code = e.response["Error"]["Code"]
+    print("tamper mode", modes, "->", code, e.response["Error"].get("Message"))
+check("tampered body refused", code in ("BadDigest", "XAmzContentSHA256Mismatch", "SignatureDoesNotMatch"))
+check("nothing stored on tampered body", code_of(lambda: s3.head_object(Bucket="photos", Key="tampered")) in ("404", "NoSuchKey"))
+# A 5 GiB Content-Length with a 1000-byte body: the client then closes its side.
+import socket
+from urllib.parse import urlparse
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+u = urlparse(ep)
+req = AWSRequest(method="PUT", url=f"{ep}/photos/short", headers={
+    "Content-Length": str(5 * 1024 ** 3), "x-amz-content-sha256": "UNSIGNED-PAYLOAD"})
+SigV4Auth(Credentials(key, secret), "s3", "citadel").add_auth(req)
+head = f"PUT /photos/short HTTP/1.1\r\nHost: {u.netloc}\r\n" + "".join(
+    f"{k}: {v}\r\n" for k, v in req.headers.items() if k.lower() != "host") + "\r\n"
+sock = socket.create_connection((u.hostname, u.port), timeout=20)
+sock.sendall(head.encode() + b"x" * 1000)
+sock.shutdown(socket.SHUT_WR)
+reply = b""
+while True:
+    got = sock.recv(65536)
+    if not got:
+        break
+    reply += got
+print("short body ->", reply.split(b"\r\n")[0], flush=True)
+check("short body refused", b"<Code>IncompleteBody</Code>" in reply and reply.startswith(b"HTTP/1.1 400"))
+check("nothing stored on short body", code_of(lambda: s3.head_object(Bucket="photos", Key="short")) in ("404", "NoSuchKey"))
 print("ALL OK")
