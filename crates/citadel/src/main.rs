@@ -8,6 +8,7 @@ mod ops;
 mod output;
 mod roles;
 mod serve;
+mod storectl;
 mod up;
 
 use std::path::PathBuf;
@@ -131,6 +132,16 @@ enum Command {
         #[command(flatten)]
         state: StateArg,
     },
+    /// The S3 small-file store: access keys (and the role itself, inside a store jail).
+    #[command(after_help = "Examples:
+  citadel store key create backups
+  citadel store key list")]
+    Store {
+        #[command(subcommand)]
+        verb: storectl::StoreVerb,
+        #[command(flatten)]
+        state: StateArg,
+    },
     /// The replicated db: its members' state and online membership changes (and the member
     /// program itself, inside a db jail).
     #[command(after_help = "Examples:
@@ -188,6 +199,10 @@ fn default_log_filter(command: &Command) -> &'static str {
         Command::App {
             verb: appctl::AppVerb::Run { .. },
             ..
+        }
+        | Command::Store {
+            verb: storectl::StoreVerb::Run { .. },
+            ..
         } => "info",
         _ => "warn",
     }
@@ -213,6 +228,10 @@ fn serves(command: &Command) -> bool {
             }
             | Command::App {
                 verb: appctl::AppVerb::Run { .. },
+                ..
+            }
+            | Command::Store {
+                verb: storectl::StoreVerb::Run { .. },
                 ..
             }
     )
@@ -284,6 +303,7 @@ fn main() {
             Command::Jail { verb, state } => ops::jail(verb, &state.state, json).await,
             Command::Serve(args) => serve::run(args).await,
             Command::App { verb, state } => appctl::app(verb, &state.state, json).await,
+            Command::Store { verb, state } => storectl::store(verb, &state.state, json).await,
             Command::Db { verb, state } => dbctl::db(verb, &state.state, json).await,
             Command::Witness {
                 verb: WitnessVerb::Run { config },

@@ -22,8 +22,9 @@ pub fn capabilities() -> Capabilities {
             ("gate", crate::roles::gate::check),
             ("db", crate::roles::db::check),
             ("app", crate::roles::app::check),
+            ("store", crate::roles::store::check),
         ],
-        builtin_roles: vec![Role::Gate, Role::Db, Role::Witness, Role::App],
+        builtin_roles: vec![Role::Gate, Role::Db, Role::Witness, Role::App, Role::Store],
         backends: vec![Backend::Process],
     }
 }

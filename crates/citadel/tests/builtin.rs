@@ -43,7 +43,9 @@ fn the_builtin_cluster_runs_the_source_diagram() {
         .spawn()
         .expect("citadel up");
     let up = Up::attach(child, dir, state);
-    let all = ["witness", "db-1", "db-2", "app-1", "app-2", "gate"];
+    let all = [
+        "witness", "db-1", "db-2", "app-1", "app-2", "store-1", "store-2", "gate",
+    ];
     up.wait_healthy(&all, Duration::from_secs(60));
 
     // Through the gate's public listener, both app jails answer, once the gate's own health

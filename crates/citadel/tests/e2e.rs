@@ -35,7 +35,8 @@ fn cluster_file() -> String {
     let moved = include_str!("../../spec/src/builtin.toml")
         .replace("127.10.0.", "127.30.0.")
         .replace("127.20.0.", "127.31.0.")
-        .replace("127.0.0.1:8080", "127.32.0.1:8080");
+        .replace("127.0.0.1:8080", "127.32.0.1:8080")
+        .replace("127.0.0.1:8081", "127.32.0.1:8081");
     for other in ["127.10.", "127.20.", "127.0.0.1"] {
         assert!(
             !moved.contains(other),

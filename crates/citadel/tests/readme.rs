@@ -142,14 +142,14 @@ fn the_readme_commands_work_in_a_fresh_clone() {
                 .ok()?;
             let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
             let jails = status["jails"].as_array()?;
-            (jails.len() == 6 && jails.iter().all(|j| j["health"] == "healthy")).then_some(())
+            (jails.len() == 8 && jails.iter().all(|j| j["health"] == "healthy")).then_some(())
         },
     );
 
     // The gate judges each app jail by its own first health check, about a second after it
     // starts; a newcomer reads the table `up` printed first.
     wait_for(
-        "the gate to take both app jails",
+        "the gate to take both app and both store jails",
         Duration::from_secs(30),
         || {
             let out = Command::new(&citadel)
@@ -160,9 +160,9 @@ fn the_readme_commands_work_in_a_fresh_clone() {
             let table = String::from_utf8_lossy(&out.stdout).to_string();
             (table
                 .lines()
-                .filter(|l| l.contains(" app-") && l.contains(" up "))
+                .filter(|l| (l.contains(" app-") || l.contains(" store-")) && l.contains(" up "))
                 .count()
-                == 2)
+                == 4)
                 .then_some(())
         },
     );
@@ -190,6 +190,7 @@ fn the_readme_commands_work_in_a_fresh_clone() {
         "world",            // written on db-1, read on db-2
         "127.10.0.11",      // the DNS answer: both app jails
         "127.10.0.21",
+        "# Citadel",      // README.md put into and read back from S3 through the gate
         "203.0.113.7/32", // the ban in the table
         "leader: db-",    // db status names the leader
     ] {

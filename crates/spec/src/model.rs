@@ -90,12 +90,14 @@ pub enum Role {
     Db,
     Witness,
     Gate,
+    /// The S3 small-file store (a jail on each data server).
+    Store,
     /// Any user program.
     Command,
 }
 
 impl Role {
-    pub const NAMES: &[&str] = &["app", "db", "witness", "gate", "command"];
+    pub const NAMES: &[&str] = &["app", "db", "witness", "gate", "store", "command"];
 
     pub fn parse(s: &str) -> Option<Self> {
         match s {
@@ -103,6 +105,7 @@ impl Role {
             "db" => Some(Role::Db),
             "witness" => Some(Role::Witness),
             "gate" => Some(Role::Gate),
+            "store" => Some(Role::Store),
             "command" => Some(Role::Command),
             _ => None,
         }
@@ -115,7 +118,7 @@ impl Role {
         match self {
             Role::Db | Role::Witness => 0,
             Role::Gate => 1,
-            Role::App | Role::Command => 2,
+            Role::App | Role::Store | Role::Command => 2,
         }
     }
 
@@ -132,6 +135,7 @@ impl fmt::Display for Role {
             Role::Db => "db",
             Role::Witness => "witness",
             Role::Gate => "gate",
+            Role::Store => "store",
             Role::Command => "command",
         })
     }

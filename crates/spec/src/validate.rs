@@ -30,8 +30,9 @@ impl Capabilities {
                 ("gate", |_, _| Vec::new()),
                 ("db", |_, _| Vec::new()),
                 ("app", |_, _| Vec::new()),
+                ("store", |_, _| Vec::new()),
             ],
-            builtin_roles: vec![Role::App, Role::Db, Role::Witness, Role::Gate],
+            builtin_roles: vec![Role::App, Role::Db, Role::Witness, Role::Gate, Role::Store],
             backends: vec![Backend::Process, Backend::Netns],
         }
     }

@@ -43,7 +43,7 @@ name = "h2"
 #[test]
 fn the_builtin_cluster_is_valid() {
     let (cluster, warnings) = parse(BUILTIN, "builtin", &Capabilities::all()).expect("valid");
-    assert_eq!(cluster.jails.len(), 6, "{warnings}");
+    assert_eq!(cluster.jails.len(), 8, "{warnings}");
     assert_eq!(cluster.hosts.len(), 3);
     assert_eq!(cluster.zone, "citadel.internal");
     let app = cluster.jail("app-1").expect("app-1");
@@ -52,6 +52,17 @@ fn the_builtin_cluster_is_valid() {
         Some("127.10.0.11".into())
     );
     assert_eq!(app.limits.memory, Some(256 << 20));
+    let stores: Vec<&str> = cluster
+        .jails
+        .iter()
+        .filter(|j| j.role == citadel_spec::Role::Store)
+        .map(|j| j.host.as_str())
+        .collect();
+    assert_eq!(
+        stores,
+        ["server-1", "server-2"],
+        "a store jail on each server"
+    );
 }
 
 #[test]

@@ -24,11 +24,8 @@ struct FileWithApp {
 }
 
 pub fn check(source: &str, cluster: &Cluster) -> Vec<Diagnostic> {
-    if let Err(e) = toml::from_str::<FileWithApp>(source) {
-        return vec![Diagnostic::error(
-            e.span(),
-            format!("[app]: {}", e.message().trim_end()),
-        )];
+    if let Some(d) = super::shape_error::<FileWithApp>(source, "app") {
+        return vec![d];
     }
     cluster
         .jails

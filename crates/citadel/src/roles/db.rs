@@ -46,11 +46,8 @@ pub fn section(cluster: &Cluster) -> Result<DbSection, String> {
 }
 
 pub fn check(source: &str, cluster: &Cluster) -> Vec<Diagnostic> {
-    if let Err(e) = toml::from_str::<FileWithDb>(source) {
-        return vec![Diagnostic::error(
-            e.span(),
-            format!("[db]: {}", e.message().trim_end()),
-        )];
+    if let Some(d) = super::shape_error::<FileWithDb>(source, "db") {
+        return vec![d];
     }
     let mut diags = Vec::new();
     for jail in cluster

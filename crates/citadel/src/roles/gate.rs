@@ -20,7 +20,11 @@ use super::{locate, write_config};
 pub const ADMIN_PORT: u16 = 9100;
 pub const DNS_PORT: u16 = 5353;
 /// Well-known ports of the roles the gate balances when the file names no service for them.
-const ROLE_PORTS: &[(Role, u16)] = &[(Role::App, 8000), (Role::Db, 6379)];
+const ROLE_PORTS: &[(Role, u16)] = &[
+    (Role::App, 8000),
+    (Role::Db, 6379),
+    (Role::Store, super::store::S3_PORT),
+];
 
 /// Read only to check the section's shape against the whole file.
 #[derive(Deserialize)]
@@ -32,11 +36,8 @@ struct FileWithGate {
 /// Checks the `[gate]` section: its shape (read from the whole file, so errors carry their
 /// place), its selectors, and the config each gate jail would get.
 pub fn check(source: &str, cluster: &Cluster) -> Vec<Diagnostic> {
-    if let Err(e) = toml::from_str::<FileWithGate>(source) {
-        return vec![Diagnostic::error(
-            e.span(),
-            format!("[gate]: {}", e.message().trim_end()),
-        )];
+    if let Some(d) = super::shape_error::<FileWithGate>(source, "gate") {
+        return vec![d];
     }
     let at = locate(source, "[gate", "[gate");
     let gates: Vec<&Jail> = cluster

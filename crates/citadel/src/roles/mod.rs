@@ -5,6 +5,7 @@
 pub mod app;
 pub mod db;
 pub mod gate;
+pub mod store;
 
 use citadel_agent::{BoxFuture, Roles};
 use citadel_jail::JailPaths;
@@ -26,6 +27,7 @@ impl Roles for BuiltinRoles {
             Role::Gate => gate::prepare(cluster, jail, paths),
             Role::Db | Role::Witness => db::prepare(cluster, jail, paths),
             Role::App => app::prepare(cluster, jail, paths),
+            Role::Store => store::prepare(cluster, jail, paths),
             Role::Command => Err("a command jail needs a `command`".into()),
         }
     }
@@ -37,6 +39,20 @@ impl Roles for BuiltinRoles {
     fn drain<'a>(&'a self, cluster: &'a Cluster, jail: &'a Jail, on: bool) -> BoxFuture<'a> {
         Box::pin(gate::drain(&self.state_dir, cluster, jail, on))
     }
+}
+
+/// A role section's shape, checked by deserializing the whole file into `T` (a struct with
+/// that one section), so the error carries its place in the file.
+pub fn shape_error<T: serde::de::DeserializeOwned>(
+    source: &str,
+    section: &str,
+) -> Option<citadel_spec::Diagnostic> {
+    toml::from_str::<T>(source).err().map(|e| {
+        citadel_spec::Diagnostic::error(
+            e.span(),
+            format!("[{section}]: {}", e.message().trim_end()),
+        )
+    })
 }
 
 /// The byte range of the first `needle` after `after` in `source`, to point a message at.

@@ -1,0 +1,124 @@
+//! The store role in a cluster: one `store` jail on each data server. Each listens for S3 on
+//! its first address (port 3900, what the gate's `store` service balances), serves blocks to
+//! the other store jail on the address they share last-declared (the back segment, port
+//! 3901), reaches the db jails directly at their addresses (port 6379) with the `[db]`
+//! password, and keeps its blocks in the jail's data directory. `[store]` holds `region`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use citadel_jail::JailPaths;
+use citadel_spec::{Cluster, Diagnostic, Jail, Role};
+use citadel_store::StoreConfig;
+use citadel_store::config::DbConfig;
+use serde::Deserialize;
+
+use super::{db, locate, write_config};
+
+pub const S3_PORT: u16 = 3900;
+pub const PEER_PORT: u16 = 3901;
+
+/// The `[store]` section: what an operator may set; the rest is derived.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct StoreSection {
+    region: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[expect(dead_code, reason = "read only to check the section's shape")]
+struct FileWithStore {
+    store: Option<StoreSection>,
+}
+
+pub fn check(source: &str, cluster: &Cluster) -> Vec<Diagnostic> {
+    if let Some(d) = super::shape_error::<FileWithStore>(source, "store") {
+        return vec![d];
+    }
+    let stores: Vec<&Jail> = stores(cluster);
+    let mut diags = Vec::new();
+    if stores.len() > 2 {
+        diags.push(Diagnostic::error(
+            locate(source, "[[jail]]", "\"store\""),
+            "at most two store jails (one per data server) in this version",
+        ));
+    }
+    for jail in stores {
+        if let Err(e) = resolve(cluster, jail, Path::new("data")) {
+            diags.push(Diagnostic::error(
+                jail.spans.get("role"),
+                format!("store jail `{}`: {e}", jail.name),
+            ));
+        }
+    }
+    diags
+}
+
+fn stores(cluster: &Cluster) -> Vec<&Jail> {
+    cluster
+        .jails
+        .iter()
+        .filter(|j| j.role == Role::Store && j.command.is_none())
+        .collect()
+}
+
+pub fn resolve(cluster: &Cluster, me: &Jail, data_dir: &Path) -> Result<StoreConfig, String> {
+    let section: StoreSection = match cluster.sections.get("store") {
+        Some(t) => toml::Value::Table(t.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string())?,
+        None => StoreSection::default(),
+    };
+    let own = me.primary_address().ok_or("the jail has no address")?;
+    let peer_jail = stores(cluster).into_iter().find(|j| j.name != me.name);
+    let peer = match peer_jail {
+        Some(p) => Some(SocketAddr::new(
+            IpAddr::V4(
+                cluster
+                    .reach(me, p)
+                    .ok_or_else(|| format!("shares no segment with store jail `{}`", p.name))?,
+            ),
+            PEER_PORT,
+        )),
+        None => None,
+    };
+    // Listen for the peer where the peer reaches us (the back segment between servers).
+    let peer_ip = match peer_jail {
+        Some(p) => cluster.reach(p, me).unwrap_or(own),
+        None => own,
+    };
+    let addrs: Vec<String> = cluster
+        .jails
+        .iter()
+        .filter(|j| j.role == Role::Db)
+        .filter_map(|j| cluster.reach(me, j))
+        .map(|ip| format!("{ip}:{}", db::REDIS_PORT))
+        .collect();
+    if addrs.is_empty() {
+        return Err("no db jail it can reach (the store keeps its metadata in the db)".into());
+    }
+    Ok(StoreConfig {
+        listen: SocketAddr::new(IpAddr::V4(own), S3_PORT),
+        peer_listen: SocketAddr::new(IpAddr::V4(peer_ip), PEER_PORT),
+        peer,
+        data_dir: data_dir.to_path_buf(),
+        region: section.region.unwrap_or_else(|| "citadel".into()),
+        db: DbConfig {
+            addrs,
+            password: db::section(cluster)?.password,
+        },
+    })
+}
+
+pub fn prepare(cluster: &Cluster, jail: &Jail, paths: &JailPaths) -> Result<Vec<String>, String> {
+    let config = resolve(cluster, jail, &paths.data())?;
+    let file = write_config(paths, "store.toml", &config)?;
+    Ok(vec!["run".into(), "--config".into(), file])
+}
+
+/// The config of some store jail that has run with this state directory: how
+/// `citadel store key …` reaches the db.
+pub fn running_config(state_dir: &Path) -> anyhow::Result<StoreConfig> {
+    let file: PathBuf = super::config_of(state_dir, "store.toml", Role::Store)?;
+    Ok(StoreConfig::from_file(&file)?)
+}

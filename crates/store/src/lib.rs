@@ -1,0 +1,117 @@
+//! The store role: an S3 API (s3s) whose object metadata lives in the db and whose content
+//! lives in content-addressed, checksummed blocks on both data servers' disks.
+
+pub mod blocks;
+pub mod config;
+pub mod keys;
+pub mod meta;
+pub mod multipart;
+pub mod peer;
+pub mod s3;
+
+use std::sync::Arc;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use s3s::auth::{S3Auth, SecretKey};
+use s3s::service::S3ServiceBuilder;
+use s3s::{S3Result, s3_error};
+
+pub use config::StoreConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("config: {0}")]
+    Config(String),
+    #[error("disk: {0}")]
+    Io(String),
+    #[error("block: {0}")]
+    BadBlock(String),
+    #[error("peer: {0}")]
+    Peer(String),
+    #[error("db: {0}")]
+    Db(String),
+}
+
+/// SigV4 secrets come from the db's `s3:keys` (s3s verifies the signature with it).
+struct DbAuth(Arc<meta::Db>);
+
+#[async_trait::async_trait]
+impl S3Auth for DbAuth {
+    async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
+        match self
+            .0
+            .hget_json::<meta::AccessKey>(meta::KEYS, access_key)
+            .await
+        {
+            Ok(Some(k)) => Ok(SecretKey::from(k.secret)),
+            Ok(None) => Err(s3_error!(InvalidAccessKeyId, "no such access key")),
+            Err(e) => Err(s3_error!(ServiceUnavailable, "{e}")),
+        }
+    }
+}
+
+pub fn connect_db(cfg: &StoreConfig) -> Result<meta::Db, Error> {
+    meta::Db::new(&cfg.db)
+}
+
+/// Runs the store until SIGTERM or Ctrl-C.
+pub async fn run(cfg: StoreConfig) -> Result<(), Error> {
+    run_until(cfg, async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    })
+    .await
+}
+
+/// Serves S3 on `listen` and the block service on `peer_listen` until `shutdown` resolves.
+pub async fn run_until(
+    cfg: StoreConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    let db = Arc::new(meta::Db::new(&cfg.db)?);
+    let blocks = blocks::BlockStore::open(&cfg.data_dir)?;
+    let bind = |a: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(a)
+            .await
+            .map_err(|e| Error::Io(format!("listen on {a}: {e}")))
+    };
+    let s3_listener = bind(cfg.listen).await?;
+    let peer_listener = bind(cfg.peer_listen).await?;
+    let store = s3::Store {
+        db: Arc::clone(&db),
+        blocks: blocks.clone(),
+        peer: cfg.peer.map(peer::PeerClient::new),
+        region: cfg.region.clone(),
+    };
+    let mut builder = S3ServiceBuilder::new(store);
+    builder.set_auth(DbAuth(db));
+    let service = builder.build();
+    tracing::info!(s3 = %cfg.listen, peer = %cfg.peer_listen, "store serving");
+    let peer_task = tokio::spawn(peer::serve(peer_listener, blocks));
+    let accept = async {
+        loop {
+            let Ok((stream, _)) = s3_listener.accept().await else {
+                continue;
+            };
+            let svc = service.clone();
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    };
+    tokio::select! {
+        () = accept => {}
+        () = shutdown => {}
+    }
+    peer_task.abort();
+    Ok(())
+}

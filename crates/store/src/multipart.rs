@@ -1,0 +1,329 @@
+//! Multipart uploads. Layout in the db:
+//! - `s3:uploads:<bucket>` hash: upload id → `Upload` (key, initiated, content type, metadata)
+//! - `s3:parts:<upload id>` hash: part number → `PartMeta` (etag, size, blocks)
+//!
+//! Parts' blocks are written to both servers like a PUT's; Complete only writes metadata
+//! (the object's block list is the parts' lists concatenated).
+
+use std::collections::BTreeMap;
+
+use md5::{Digest, Md5};
+use s3s::dto::*;
+use s3s::{S3Request, S3Response, S3Result, s3_error};
+use serde::{Deserialize, Serialize};
+
+use crate::meta::{ObjectMeta, now_secs, objects_key};
+use crate::s3::{BodyChecks, Store, check_content_md5, internal, part_checksums, quoted, ts};
+
+/// S3's smallest part (all parts but the last).
+pub const MIN_PART: u64 = 5 * 1024 * 1024;
+const MAX_PART_NUMBER: i32 = 10_000;
+
+fn uploads_key(bucket: &str) -> String {
+    format!("s3:uploads:{bucket}")
+}
+fn parts_key(upload: &str) -> String {
+    format!("s3:parts:{upload}")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Upload {
+    pub key: String,
+    pub initiated: i64,
+    pub content_type: Option<String>,
+    #[serde(default)]
+    pub user_meta: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartMeta {
+    pub etag: String,
+    pub size: u64,
+    pub modified: i64,
+    pub blocks: Vec<String>,
+    pub block_sizes: Vec<u64>,
+}
+
+impl Store {
+    async fn upload(&self, bucket: &str, key: &str, id: &str) -> S3Result<Upload> {
+        self.bucket_exists(bucket).await?;
+        match self.db.hget_json::<Upload>(&uploads_key(bucket), id).await {
+            Ok(Some(u)) if u.key == key => Ok(u),
+            Ok(_) => Err(s3_error!(NoSuchUpload, "no upload {id} for {key}")),
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    async fn parts(&self, id: &str) -> S3Result<BTreeMap<i32, PartMeta>> {
+        let all = self
+            .db
+            .hgetall_json::<PartMeta>(&parts_key(id))
+            .await
+            .map_err(internal)?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(n, p)| n.parse::<i32>().ok().map(|n| (n, p)))
+            .collect())
+    }
+
+    pub async fn mp_create(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let i = req.input;
+        self.bucket_exists(&i.bucket).await?;
+        let id = format!(
+            "{:016x}{:016x}",
+            crate::blocks::rand_u64(),
+            crate::blocks::rand_u64()
+        );
+        let up = Upload {
+            key: i.key.clone(),
+            initiated: now_secs(),
+            content_type: i.content_type.map(|c| c.to_string()),
+            user_meta: i.metadata.unwrap_or_default().into_iter().collect(),
+        };
+        self.db
+            .hset_json(&uploads_key(&i.bucket), &id, &up)
+            .await
+            .map_err(internal)?;
+        Ok(S3Response::new(CreateMultipartUploadOutput {
+            bucket: Some(i.bucket),
+            key: Some(i.key),
+            upload_id: Some(id),
+            ..Default::default()
+        }))
+    }
+
+    pub async fn mp_upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        let checks = BodyChecks::new(&req, part_checksums(&req.input));
+        let i = req.input;
+        if !(1..=MAX_PART_NUMBER).contains(&i.part_number) {
+            return Err(s3_error!(InvalidArgument, "part number must be 1 to 10000"));
+        }
+        self.upload(&i.bucket, &i.key, &i.upload_id).await?;
+        let (blocks, sizes, total, md5) = self.store_body(i.body, i.content_length, checks).await?;
+        check_content_md5(i.content_md5.as_deref(), &md5)?;
+        let part = PartMeta {
+            etag: hex::encode(md5),
+            size: total,
+            modified: now_secs(),
+            blocks,
+            block_sizes: sizes,
+        };
+        self.db
+            .hset_json(&parts_key(&i.upload_id), &i.part_number.to_string(), &part)
+            .await
+            .map_err(internal)?;
+        Ok(S3Response::new(UploadPartOutput {
+            e_tag: Some(quoted(&part.etag)),
+            ..Default::default()
+        }))
+    }
+
+    pub async fn mp_complete(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let i = req.input;
+        let up = self.upload(&i.bucket, &i.key, &i.upload_id).await?;
+        let listed = i
+            .multipart_upload
+            .and_then(|m| m.parts)
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| s3_error!(MalformedXML, "CompleteMultipartUpload lists no parts"))?;
+        let stored = self.parts(&i.upload_id).await?;
+        let mut md5s = Md5::new();
+        let mut meta = ObjectMeta {
+            size: 0,
+            etag: String::new(),
+            content_type: up.content_type.clone(),
+            user_meta: up.user_meta.clone(),
+            modified: now_secs(),
+            blocks: Vec::new(),
+            block_sizes: Vec::new(),
+        };
+        let mut last_number = 0;
+        for (idx, p) in listed.iter().enumerate() {
+            let n = p
+                .part_number
+                .ok_or_else(|| s3_error!(MalformedXML, "a part without PartNumber"))?;
+            if n <= last_number {
+                return Err(s3_error!(
+                    InvalidPartOrder,
+                    "parts must be listed in ascending order"
+                ));
+            }
+            last_number = n;
+            let got = stored
+                .get(&n)
+                .ok_or_else(|| s3_error!(InvalidPart, "part {n} was not uploaded"))?;
+            let want = p.e_tag.as_ref().map(|e| e.value().trim_matches('"'));
+            if want != Some(got.etag.as_str()) {
+                return Err(s3_error!(
+                    InvalidPart,
+                    "part {n}: the ETag does not match the uploaded part"
+                ));
+            }
+            if idx + 1 < listed.len() && got.size < MIN_PART {
+                return Err(s3_error!(
+                    EntityTooSmall,
+                    "part {n} is {} bytes; every part but the last must be at least {MIN_PART}",
+                    got.size
+                ));
+            }
+            md5s.update(
+                hex::decode(&got.etag).map_err(|_| s3_error!(InternalError, "bad part etag"))?,
+            );
+            meta.size += got.size;
+            meta.blocks.extend(got.blocks.iter().cloned());
+            meta.block_sizes.extend(got.block_sizes.iter().copied());
+        }
+        meta.etag = format!("{}-{}", hex::encode(md5s.finalize()), listed.len());
+        // Object first, then the upload's records: a crash between leaves an upload that
+        // Abort or a later GC removes, never a missing object.
+        self.db
+            .hset_json(&objects_key(&i.bucket), &i.key, &meta)
+            .await
+            .map_err(internal)?;
+        self.drop_upload(&i.bucket, &i.upload_id).await?;
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            bucket: Some(i.bucket.clone()),
+            key: Some(i.key.clone()),
+            e_tag: Some(quoted(&meta.etag)),
+            location: Some(format!("/{}/{}", i.bucket, i.key)),
+            ..Default::default()
+        }))
+    }
+
+    async fn drop_upload(&self, bucket: &str, id: &str) -> S3Result<()> {
+        self.db
+            .query::<()>(redis::cmd("DEL").arg(parts_key(id)))
+            .await
+            .map_err(internal)?;
+        self.db
+            .hdel(&uploads_key(bucket), id)
+            .await
+            .map_err(internal)?;
+        Ok(())
+    }
+
+    pub async fn mp_abort(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let i = req.input;
+        self.upload(&i.bucket, &i.key, &i.upload_id).await?;
+        self.drop_upload(&i.bucket, &i.upload_id).await?;
+        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+    }
+
+    pub async fn mp_list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        let i = req.input;
+        self.upload(&i.bucket, &i.key, &i.upload_id).await?;
+        let max = i.max_parts.unwrap_or(1000).clamp(1, 1000) as usize;
+        let marker = i.part_number_marker.unwrap_or(0);
+        let stored = self.parts(&i.upload_id).await?;
+        let mut page: Vec<Part> = Vec::new();
+        let mut truncated = false;
+        for (n, p) in stored.range(marker + 1..) {
+            if page.len() == max {
+                truncated = true;
+                break;
+            }
+            page.push(Part {
+                e_tag: Some(quoted(&p.etag)),
+                last_modified: Some(ts(p.modified)),
+                part_number: Some(*n),
+                size: Some(p.size as i64),
+                ..Default::default()
+            });
+        }
+        let next = if truncated {
+            page.last().and_then(|p| p.part_number)
+        } else {
+            None
+        };
+        Ok(S3Response::new(ListPartsOutput {
+            bucket: Some(i.bucket),
+            key: Some(i.key),
+            upload_id: Some(i.upload_id),
+            max_parts: Some(max as i32),
+            part_number_marker: i.part_number_marker,
+            next_part_number_marker: next,
+            is_truncated: Some(truncated),
+            parts: Some(page),
+            ..Default::default()
+        }))
+    }
+
+    pub async fn mp_list_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let i = req.input;
+        self.bucket_exists(&i.bucket).await?;
+        let prefix = i.prefix.clone().unwrap_or_default();
+        let max = i.max_uploads.unwrap_or(1000).clamp(1, 1000) as usize;
+        let mut all: Vec<(String, String, Upload)> = self
+            .db
+            .hgetall_json::<Upload>(&uploads_key(&i.bucket))
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .filter(|(_, u)| u.key.starts_with(&prefix))
+            .map(|(id, u)| (u.key.clone(), id, u))
+            .collect();
+        // S3 orders uploads by key, then by initiation; ids break ties here.
+        all.sort_by(|a, b| (&a.0, a.2.initiated, &a.1).cmp(&(&b.0, b.2.initiated, &b.1)));
+        let after = i
+            .key_marker
+            .clone()
+            .map(|k| (k, i.upload_id_marker.clone()));
+        let mut page = Vec::new();
+        let mut truncated = false;
+        for (key, id, u) in all {
+            if let Some((mk, mid)) = &after {
+                let past = match mid {
+                    Some(mid) if !mid.is_empty() => (&key, &id) > (mk, mid),
+                    _ => &key > mk,
+                };
+                if !past {
+                    continue;
+                }
+            }
+            if page.len() == max {
+                truncated = true;
+                break;
+            }
+            page.push(MultipartUpload {
+                key: Some(key),
+                upload_id: Some(id),
+                initiated: Some(ts(u.initiated)),
+                ..Default::default()
+            });
+        }
+        let (nk, nu) = match (truncated, page.last()) {
+            (true, Some(l)) => (l.key.clone(), l.upload_id.clone()),
+            _ => (None, None),
+        };
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(i.bucket),
+            prefix: i.prefix,
+            key_marker: i.key_marker,
+            upload_id_marker: i.upload_id_marker,
+            max_uploads: Some(max as i32),
+            is_truncated: Some(truncated),
+            next_key_marker: nk,
+            next_upload_id_marker: nu,
+            uploads: Some(page),
+            ..Default::default()
+        }))
+    }
+}

@@ -1,0 +1,922 @@
+//! The S3 operations (s3s does the HTTP, SigV4, presigned URLs and aws-chunked decoding;
+//! storage, listing and conditions are ours).
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use md5::{Digest, Md5};
+use s3s::dto::*;
+use s3s::{S3, S3Error, S3Request, S3Response, S3Result, s3_error};
+
+use crate::Error;
+use crate::blocks::{BlockStore, MAX_BLOCK, hash_of};
+use crate::meta::{BUCKETS, BucketMeta, Db, ObjectMeta, now_secs, objects_key};
+use crate::peer::PeerClient;
+
+#[derive(Clone)]
+pub struct Store {
+    pub db: Arc<Db>,
+    pub blocks: BlockStore,
+    pub peer: Option<PeerClient>,
+    pub region: String,
+}
+
+pub(crate) fn internal(e: Error) -> S3Error {
+    tracing::error!(error = %e, "store request failed");
+    match e {
+        Error::Db(m) | Error::Peer(m) => s3_error!(ServiceUnavailable, "{m}"),
+        other => s3_error!(InternalError, "{other}"),
+    }
+}
+
+pub(crate) fn ts(secs: i64) -> Timestamp {
+    Timestamp::from(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64))
+}
+
+pub(crate) fn quoted(etag: &str) -> ETag {
+    ETag::Strong(etag.to_string())
+}
+
+impl Store {
+    pub(crate) async fn bucket_exists(&self, bucket: &str) -> S3Result<()> {
+        match self.db.hget_json::<BucketMeta>(BUCKETS, bucket).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(s3_error!(NoSuchBucket, "no bucket named {bucket}")),
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    async fn object(&self, bucket: &str, key: &str) -> S3Result<ObjectMeta> {
+        self.bucket_exists(bucket).await?;
+        match self
+            .db
+            .hget_json::<ObjectMeta>(&objects_key(bucket), key)
+            .await
+        {
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => Err(s3_error!(NoSuchKey, "no object {key} in {bucket}")),
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    /// One block on this server's disk and the peer's, both fsynced, before returning.
+    async fn write_block(&self, data: Bytes) -> Result<String, Error> {
+        let hash = hash_of(&data);
+        let local = self.blocks.put(&hash, data.clone());
+        match &self.peer {
+            Some(p) => {
+                let (a, b) = tokio::join!(local, p.put(&hash, data));
+                a?;
+                b?;
+            }
+            None => local.await?,
+        }
+        Ok(hash)
+    }
+
+    async fn read_block(&self, hash: &str) -> Result<Bytes, Error> {
+        if let Some(b) = self.blocks.get(hash).await? {
+            return Ok(b);
+        }
+        if let Some(p) = &self.peer
+            && let Some(b) = p.get(hash).await?
+        {
+            return Ok(b);
+        }
+        Err(Error::Io(format!("block {hash} is on neither server")))
+    }
+
+    /// Reads the body into blocks (written to both servers as they fill), returning the
+    /// block list, sizes, total size and the MD5 of the whole.
+    pub(crate) async fn store_body(
+        &self,
+        body: Option<StreamingBlob>,
+        expected_len: Option<i64>,
+        mut checks: BodyChecks,
+    ) -> S3Result<(Vec<String>, Vec<u64>, u64, [u8; 16])> {
+        let mut md5 = Md5::new();
+        let mut blocks = Vec::new();
+        let mut sizes = Vec::new();
+        let mut total: u64 = 0;
+        let mut buf = BytesMut::with_capacity(MAX_BLOCK);
+        if let Some(mut body) = body {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| body_error(&*e))?;
+                md5.update(&chunk);
+                checks.hasher.update(&chunk);
+                total += chunk.len() as u64;
+                let mut rest = &chunk[..];
+                while !rest.is_empty() {
+                    let take = (MAX_BLOCK - buf.len()).min(rest.len());
+                    buf.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if buf.len() == MAX_BLOCK {
+                        let full = buf.split().freeze();
+                        sizes.push(full.len() as u64);
+                        blocks.push(self.write_block(full).await.map_err(internal)?);
+                    }
+                }
+            }
+        }
+        if !buf.is_empty() {
+            let last = buf.split().freeze();
+            sizes.push(last.len() as u64);
+            blocks.push(self.write_block(last).await.map_err(internal)?);
+        }
+        if let Some(n) = expected_len
+            && n >= 0
+            && n as u64 != total
+        {
+            return Err(s3_error!(
+                IncompleteBody,
+                "Content-Length said {n} bytes, the body had {total}"
+            ));
+        }
+        checks.verify()?;
+        Ok((blocks, sizes, total, md5.finalize().into()))
+    }
+
+    /// Streams bytes `range` of an object, block by block (a task feeds a bounded channel,
+    /// so a large GET holds at most a few blocks in memory).
+    fn stream_range(&self, meta: &ObjectMeta, range: std::ops::Range<u64>) -> StreamingBlob {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+        let me = self.clone();
+        let blocks: Vec<(String, u64)> = meta
+            .blocks
+            .iter()
+            .cloned()
+            .zip(meta.block_sizes.iter().copied())
+            .collect();
+        tokio::spawn(async move {
+            let mut offset = 0u64;
+            for (hash, size) in blocks {
+                let (start, end) = (offset, offset + size);
+                offset = end;
+                if end <= range.start || start >= range.end {
+                    continue;
+                }
+                let data = match me.read_block(&hash).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::error!(error = %e, "GET cannot read a block");
+                        let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                        return;
+                    }
+                };
+                let from = range.start.saturating_sub(start) as usize;
+                let to = (range.end.min(end) - start) as usize;
+                if tx.send(Ok(data.slice(from..to))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        StreamingBlob::wrap(ChannelStream(rx))
+    }
+}
+
+struct ChannelStream(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl futures::Stream for ChannelStream {
+    type Item = Result<Bytes, std::io::Error>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// The x-amz-checksum-* values a body must match: given as headers, or as trailers after an
+/// aws-chunked body (named in x-amz-trailer). s3s verifies signatures and chunk signatures
+/// but not these, so we compute each one named and compare.
+pub(crate) struct BodyChecks {
+    hasher: s3s::checksum::ChecksumHasher,
+    headers: Checksum,
+    trailers: Option<s3s::TrailingHeaders>,
+}
+
+const ALGORITHMS: [&str; 5] = ["crc32", "crc32c", "crc64nvme", "sha1", "sha256"];
+
+impl BodyChecks {
+    pub(crate) fn new<T>(req: &S3Request<T>, headers: Checksum) -> BodyChecks {
+        let trailer_names: String = req
+            .headers
+            .get_all("x-amz-trailer")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",")
+            .to_ascii_lowercase();
+        let wanted = |alg: &str, given: bool| {
+            given
+                || trailer_names
+                    .split(',')
+                    .any(|n| n.trim() == format!("x-amz-checksum-{alg}"))
+        };
+        use s3s::crypto::Checksum as _;
+        let mut hasher = s3s::checksum::ChecksumHasher::default();
+        if wanted(ALGORITHMS[0], headers.checksum_crc32.is_some()) {
+            hasher.crc32 = Some(s3s::crypto::Crc32::new());
+        }
+        if wanted(ALGORITHMS[1], headers.checksum_crc32c.is_some()) {
+            hasher.crc32c = Some(s3s::crypto::Crc32c::new());
+        }
+        if wanted(ALGORITHMS[2], headers.checksum_crc64nvme.is_some()) {
+            hasher.crc64nvme = Some(s3s::crypto::Crc64Nvme::new());
+        }
+        if wanted(ALGORITHMS[3], headers.checksum_sha1.is_some()) {
+            hasher.sha1 = Some(s3s::crypto::Sha1::new());
+        }
+        if wanted(ALGORITHMS[4], headers.checksum_sha256.is_some()) {
+            hasher.sha256 = Some(s3s::crypto::Sha256::new());
+        }
+        BodyChecks {
+            hasher,
+            headers,
+            trailers: req.trailing_headers.clone(),
+        }
+    }
+
+    fn verify(self) -> S3Result<()> {
+        let got = self.hasher.finalize();
+        let trailer = |alg: &str| {
+            self.trailers.as_ref().and_then(|t| {
+                t.read(|h| {
+                    h.get(format!("x-amz-checksum-{alg}"))
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                })
+                .flatten()
+            })
+        };
+        let pairs = [
+            (
+                ALGORITHMS[0],
+                got.checksum_crc32,
+                self.headers.checksum_crc32,
+            ),
+            (
+                ALGORITHMS[1],
+                got.checksum_crc32c,
+                self.headers.checksum_crc32c,
+            ),
+            (
+                ALGORITHMS[2],
+                got.checksum_crc64nvme,
+                self.headers.checksum_crc64nvme,
+            ),
+            (ALGORITHMS[3], got.checksum_sha1, self.headers.checksum_sha1),
+            (
+                ALGORITHMS[4],
+                got.checksum_sha256,
+                self.headers.checksum_sha256,
+            ),
+        ];
+        for (alg, computed, header) in pairs {
+            let Some(computed) = computed else { continue };
+            let Some(want) = header.or_else(|| trailer(alg)) else {
+                return Err(s3_error!(
+                    InvalidRequest,
+                    "x-amz-trailer names x-amz-checksum-{alg} but the body did not end with it"
+                ));
+            };
+            if want.trim() != computed {
+                return Err(s3_error!(
+                    BadDigest,
+                    "the {} you specified did not match the calculated checksum",
+                    alg.to_ascii_uppercase()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn put_checksums(i: &PutObjectInput) -> Checksum {
+    Checksum {
+        checksum_crc32: i.checksum_crc32.clone(),
+        checksum_crc32c: i.checksum_crc32c.clone(),
+        checksum_crc64nvme: i.checksum_crc64nvme.clone(),
+        checksum_sha1: i.checksum_sha1.clone(),
+        checksum_sha256: i.checksum_sha256.clone(),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn part_checksums(i: &UploadPartInput) -> Checksum {
+    Checksum {
+        checksum_crc32: i.checksum_crc32.clone(),
+        checksum_crc32c: i.checksum_crc32c.clone(),
+        checksum_crc64nvme: i.checksum_crc64nvme.clone(),
+        checksum_sha1: i.checksum_sha1.clone(),
+        checksum_sha256: i.checksum_sha256.clone(),
+        ..Default::default()
+    }
+}
+
+/// What a failed body read means. s3s (pinned at =0.14.1) reports payload-hash and chunk
+/// signature failures as errors of the body stream whose types are private; their messages
+/// are its stable names for them.
+fn body_error(e: &(dyn std::error::Error + 'static)) -> S3Error {
+    let text = e.to_string();
+    if text.contains("Sha256Mismatch") {
+        let mut err = S3Error::with_message(
+            s3s::S3ErrorCode::Custom("XAmzContentSHA256Mismatch".into()),
+            "the body does not match the x-amz-content-sha256 it was signed with",
+        );
+        err.set_status_code(hyper::StatusCode::BAD_REQUEST);
+        err
+    } else if text.contains("SignatureMismatch") {
+        s3_error!(
+            SignatureDoesNotMatch,
+            "a chunk of the aws-chunked body has a wrong signature"
+        )
+    } else if text.contains("FormatError") || text.contains("ChunkMetaTooLarge") {
+        s3_error!(InvalidRequest, "the aws-chunked body is malformed")
+    } else {
+        s3_error!(
+            IncompleteBody,
+            "the request body ended before its Content-Length: {text}"
+        )
+    }
+}
+
+pub(crate) fn check_content_md5(header: Option<&str>, md5: &[u8; 16]) -> S3Result<()> {
+    let Some(h) = header else { return Ok(()) };
+    let want = base64_simd::STANDARD
+        .decode_to_vec(h.trim())
+        .ok()
+        .filter(|v| v.len() == 16)
+        .ok_or_else(|| s3_error!(InvalidDigest, "Content-MD5 is not the base64 of 16 bytes"))?;
+    if want[..] != md5[..] {
+        return Err(s3_error!(
+            BadDigest,
+            "the Content-MD5 you specified did not match what we received"
+        ));
+    }
+    Ok(())
+}
+
+/// If-Match / If-None-Match / If-(Un)Modified-Since, as RFC 9110 orders them.
+fn check_conditions(
+    meta: &ObjectMeta,
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+    if_modified_since: Option<&Timestamp>,
+    if_unmodified_since: Option<&Timestamp>,
+    read: bool,
+) -> S3Result<()> {
+    let etag = quoted(&meta.etag);
+    let modified = ts(meta.modified);
+    let matches = |c: &ETagCondition| match c {
+        ETagCondition::Any => true,
+        ETagCondition::ETag(t) => t.value() == etag.value(),
+    };
+    if let Some(c) = if_match {
+        if !matches(c) {
+            return Err(s3_error!(
+                PreconditionFailed,
+                "If-Match did not match the ETag"
+            ));
+        }
+    } else if let Some(t) = if_unmodified_since
+        && odt(&modified) > odt(t)
+    {
+        return Err(s3_error!(
+            PreconditionFailed,
+            "modified since If-Unmodified-Since"
+        ));
+    }
+    if let Some(c) = if_none_match {
+        if matches(c) {
+            return Err(if read {
+                S3Error::new(s3s::S3ErrorCode::Custom("NotModified".into()))
+                    .with_status(hyper::StatusCode::NOT_MODIFIED)
+            } else {
+                s3_error!(PreconditionFailed, "If-None-Match matched the ETag")
+            });
+        }
+    } else if read
+        && let Some(t) = if_modified_since
+        && odt(&modified) <= odt(t)
+    {
+        return Err(S3Error::new(s3s::S3ErrorCode::Custom("NotModified".into()))
+            .with_status(hyper::StatusCode::NOT_MODIFIED));
+    }
+    Ok(())
+}
+
+fn odt(t: &Timestamp) -> time::OffsetDateTime {
+    time::OffsetDateTime::from(t.clone())
+}
+
+trait WithStatus {
+    fn with_status(self, s: hyper::StatusCode) -> Self;
+}
+impl WithStatus for S3Error {
+    fn with_status(mut self, s: hyper::StatusCode) -> Self {
+        self.set_status_code(s);
+        self
+    }
+}
+
+/// S3's bucket naming rules (3–63 chars of a-z 0-9 . -, start/end alphanumeric, not an IP).
+fn check_bucket_name(b: &str) -> S3Result<()> {
+    let ok = (3..=63).contains(&b.len())
+        && b.bytes()
+            .all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-'))
+        && b.as_bytes()[0].is_ascii_alphanumeric()
+        && b.as_bytes()[b.len() - 1].is_ascii_alphanumeric()
+        && !b.contains("..")
+        && b.parse::<std::net::Ipv4Addr>().is_err();
+    if ok {
+        Ok(())
+    } else {
+        Err(s3_error!(
+            InvalidBucketName,
+            "{b:?} is not a valid bucket name"
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl S3 for Store {
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        self.mp_create(req).await
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        self.mp_upload_part(req).await
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        self.mp_complete(req).await
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        self.mp_abort(req).await
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        self.mp_list_parts(req).await
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        self.mp_list_uploads(req).await
+    }
+
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
+        let b = &req.input.bucket;
+        check_bucket_name(b)?;
+        let created = self
+            .db
+            .hsetnx_json(
+                BUCKETS,
+                b,
+                &BucketMeta {
+                    created: now_secs(),
+                },
+            )
+            .await
+            .map_err(internal)?;
+        if !created {
+            return Err(s3_error!(BucketAlreadyOwnedByYou, "bucket {b} exists"));
+        }
+        Ok(S3Response::new(CreateBucketOutput {
+            location: Some(format!("/{b}")),
+        }))
+    }
+
+    async fn delete_bucket(
+        &self,
+        req: S3Request<DeleteBucketInput>,
+    ) -> S3Result<S3Response<DeleteBucketOutput>> {
+        let b = &req.input.bucket;
+        self.bucket_exists(b).await?;
+        if self.db.hlen(&objects_key(b)).await.map_err(internal)? > 0 {
+            return Err(s3_error!(BucketNotEmpty, "bucket {b} still holds objects"));
+        }
+        self.db.hdel(BUCKETS, b).await.map_err(internal)?;
+        Ok(S3Response::new(DeleteBucketOutput::default()))
+    }
+
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.bucket_exists(&req.input.bucket).await?;
+        Ok(S3Response::new(HeadBucketOutput {
+            bucket_region: Some(self.region.clone()),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        self.bucket_exists(&req.input.bucket).await?;
+        Ok(S3Response::new(GetBucketLocationOutput {
+            location_constraint: Some(BucketLocationConstraint::from(self.region.clone())),
+        }))
+    }
+
+    async fn list_buckets(
+        &self,
+        _req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
+        let mut all = self
+            .db
+            .hgetall_json::<BucketMeta>(BUCKETS)
+            .await
+            .map_err(internal)?;
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let buckets = all
+            .into_iter()
+            .map(|(name, m)| Bucket {
+                name: Some(name),
+                creation_date: Some(ts(m.created)),
+                bucket_region: Some(self.region.clone()),
+            })
+            .collect();
+        Ok(S3Response::new(ListBucketsOutput {
+            buckets: Some(buckets),
+            owner: Some(Owner {
+                display_name: Some("citadel".into()),
+                id: Some("citadel".into()),
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        let checks = BodyChecks::new(&req, put_checksums(&req.input));
+        let input = req.input;
+        self.bucket_exists(&input.bucket).await?;
+        if input.if_match.is_some() || input.if_none_match.is_some() {
+            match self
+                .db
+                .hget_json::<ObjectMeta>(&objects_key(&input.bucket), &input.key)
+                .await
+            {
+                Ok(Some(m)) => check_conditions(
+                    &m,
+                    input.if_match.as_ref(),
+                    input.if_none_match.as_ref(),
+                    None,
+                    None,
+                    false,
+                )?,
+                Ok(None) if input.if_match.is_some() => {
+                    return Err(s3_error!(NoSuchKey, "If-Match on a missing object"));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(internal(e)),
+            }
+        }
+        let (blocks, sizes, total, md5) = self
+            .store_body(input.body, input.content_length, checks)
+            .await?;
+        check_content_md5(input.content_md5.as_deref(), &md5)?;
+        let meta = ObjectMeta {
+            size: total,
+            etag: hex::encode(md5),
+            content_type: input.content_type.map(|c| c.to_string()),
+            user_meta: input.metadata.unwrap_or_default().into_iter().collect(),
+            modified: now_secs(),
+            blocks,
+            block_sizes: sizes,
+        };
+        // Blocks are on both disks (fsynced); only now does the object exist.
+        self.db
+            .hset_json(&objects_key(&input.bucket), &input.key, &meta)
+            .await
+            .map_err(internal)?;
+        Ok(S3Response::new(PutObjectOutput {
+            e_tag: Some(quoted(&meta.etag)),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        let i = &req.input;
+        let meta = self.object(&i.bucket, &i.key).await?;
+        check_conditions(
+            &meta,
+            i.if_match.as_ref(),
+            i.if_none_match.as_ref(),
+            i.if_modified_since.as_ref(),
+            i.if_unmodified_since.as_ref(),
+            true,
+        )?;
+        let (range, content_range) = match &i.range {
+            None => (0..meta.size, None),
+            Some(r) => {
+                let got = r.check(meta.size).map_err(|_| {
+                    s3_error!(
+                        InvalidRange,
+                        "the range is not satisfiable for {} bytes",
+                        meta.size
+                    )
+                })?;
+                let cr = format!(
+                    "bytes {}-{}/{}",
+                    got.start,
+                    got.end.saturating_sub(1),
+                    meta.size
+                );
+                (got, Some(cr))
+            }
+        };
+        let body = self.stream_range(&meta, range.clone());
+        Ok(S3Response::new(GetObjectOutput {
+            body: Some(body),
+            content_length: Some((range.end - range.start) as i64),
+            content_range,
+            accept_ranges: Some("bytes".into()),
+            content_type: meta.content_type.clone(),
+            e_tag: Some(quoted(&meta.etag)),
+            last_modified: Some(ts(meta.modified)),
+            metadata: Some(meta.user_meta.clone().into_iter().collect()),
+            ..Default::default()
+        }))
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        let i = &req.input;
+        let meta = self.object(&i.bucket, &i.key).await?;
+        check_conditions(
+            &meta,
+            i.if_match.as_ref(),
+            i.if_none_match.as_ref(),
+            i.if_modified_since.as_ref(),
+            i.if_unmodified_since.as_ref(),
+            true,
+        )?;
+        Ok(S3Response::new(HeadObjectOutput {
+            content_length: Some(meta.size as i64),
+            accept_ranges: Some("bytes".into()),
+            content_type: meta.content_type.clone(),
+            e_tag: Some(quoted(&meta.etag)),
+            last_modified: Some(ts(meta.modified)),
+            metadata: Some(meta.user_meta.clone().into_iter().collect()),
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let i = &req.input;
+        self.bucket_exists(&i.bucket).await?;
+        // S3 answers 204 whether or not the key existed. Blocks stay until GC (a later session).
+        self.db
+            .hdel(&objects_key(&i.bucket), &i.key)
+            .await
+            .map_err(internal)?;
+        Ok(S3Response::new(DeleteObjectOutput::default()))
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let i = req.input;
+        self.bucket_exists(&i.bucket).await?;
+        if i.delete.objects.len() > 1000 {
+            return Err(s3_error!(
+                MalformedXML,
+                "at most 1000 keys per DeleteObjects"
+            ));
+        }
+        let quiet = i.delete.quiet.unwrap_or(false);
+        let mut deleted = Vec::new();
+        let mut errors = Vec::new();
+        for o in i.delete.objects {
+            match self.db.hdel(&objects_key(&i.bucket), &o.key).await {
+                Ok(_) => {
+                    if !quiet {
+                        deleted.push(DeletedObject {
+                            key: Some(o.key),
+                            ..Default::default()
+                        });
+                    }
+                }
+                Err(e) => errors.push(s3s::dto::Error {
+                    code: Some("ServiceUnavailable".into()),
+                    key: Some(o.key),
+                    message: Some(e.to_string()),
+                    version_id: None,
+                }),
+            }
+        }
+        Ok(S3Response::new(DeleteObjectsOutput {
+            deleted: Some(deleted),
+            errors: if errors.is_empty() {
+                None
+            } else {
+                Some(errors)
+            },
+            ..Default::default()
+        }))
+    }
+
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        let i = req.input;
+        let (src_bucket, src_key) = match &i.copy_source {
+            CopySource::Bucket { bucket, key, .. } => (bucket.to_string(), key.to_string()),
+            _ => {
+                return Err(s3_error!(NotImplemented, "access points are not supported"));
+            }
+        };
+        let mut meta = self.object(&src_bucket, &src_key).await?;
+        self.bucket_exists(&i.bucket).await?;
+        check_conditions(
+            &meta,
+            i.copy_source_if_match.as_ref(),
+            i.copy_source_if_none_match.as_ref(),
+            i.copy_source_if_modified_since.as_ref(),
+            i.copy_source_if_unmodified_since.as_ref(),
+            false,
+        )?;
+        let replace = i
+            .metadata_directive
+            .as_ref()
+            .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        if replace {
+            meta.user_meta = i.metadata.unwrap_or_default().into_iter().collect();
+            meta.content_type = i.content_type.map(|c| c.to_string());
+        } else if src_bucket == i.bucket && src_key == i.key {
+            return Err(s3_error!(
+                InvalidRequest,
+                "copying an object onto itself needs MetadataDirective REPLACE"
+            ));
+        }
+        meta.modified = now_secs();
+        // Blocks are content-addressed and already on both servers: a copy is metadata only.
+        self.db
+            .hset_json(&objects_key(&i.bucket), &i.key, &meta)
+            .await
+            .map_err(internal)?;
+        Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: Some(quoted(&meta.etag)),
+                last_modified: Some(ts(meta.modified)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let i = req.input;
+        self.bucket_exists(&i.bucket).await?;
+        let max = i.max_keys.unwrap_or(1000).clamp(0, 1000) as usize;
+        let prefix = i.prefix.clone().unwrap_or_default();
+        let delim = i.delimiter.clone().filter(|d| !d.is_empty());
+        // The continuation token is the last key (or common prefix) returned, hex-encoded so
+        // any key bytes survive the round trip.
+        let after = match &i.continuation_token {
+            Some(t) => Some(
+                hex::decode(t)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| {
+                        s3_error!(InvalidArgument, "the continuation token is not valid")
+                    })?,
+            ),
+            None => i.start_after.clone(),
+        };
+        let keys: BTreeSet<String> = self
+            .db
+            .hkeys(&objects_key(&i.bucket))
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .filter(|k| k.starts_with(&prefix))
+            .collect();
+        let mut entries: Vec<(String, bool)> = Vec::new(); // (key or common prefix, is_prefix)
+        let mut truncated = false;
+        let range: Box<dyn Iterator<Item = &String>> = match &after {
+            Some(a) => Box::new(keys.range::<String, _>((
+                std::ops::Bound::Excluded(a.clone()),
+                std::ops::Bound::Unbounded,
+            ))),
+            None => Box::new(keys.iter()),
+        };
+        for k in range {
+            let entry = match &delim {
+                Some(d) => match k[prefix.len()..].find(d.as_str()) {
+                    Some(pos) => (k[..prefix.len() + pos + d.len()].to_string(), true),
+                    None => (k.clone(), false),
+                },
+                None => (k.clone(), false),
+            };
+            if entry.1 {
+                if entries.last().is_some_and(|l| l.0 == entry.0) {
+                    continue;
+                }
+                // A common prefix at or before the token was returned on an earlier page.
+                if after.as_ref().is_some_and(|a| a.starts_with(&entry.0)) {
+                    continue;
+                }
+            }
+            if entries.len() == max {
+                truncated = true;
+                break;
+            }
+            entries.push(entry);
+        }
+        let next = if truncated {
+            entries.last().map(|(k, _)| hex::encode(k.as_bytes()))
+        } else {
+            None
+        };
+        let mut contents = Vec::new();
+        let mut prefixes = Vec::new();
+        let okey = objects_key(&i.bucket);
+        for (k, is_prefix) in entries {
+            if is_prefix {
+                prefixes.push(CommonPrefix { prefix: Some(k) });
+                continue;
+            }
+            // Deleted between HKEYS and here: skip it.
+            let Some(m) = self
+                .db
+                .hget_json::<ObjectMeta>(&okey, &k)
+                .await
+                .map_err(internal)?
+            else {
+                continue;
+            };
+            contents.push(Object {
+                key: Some(k),
+                size: Some(m.size as i64),
+                e_tag: Some(quoted(&m.etag)),
+                last_modified: Some(ts(m.modified)),
+                storage_class: Some(ObjectStorageClass::from_static(
+                    ObjectStorageClass::STANDARD,
+                )),
+                ..Default::default()
+            });
+        }
+        let key_count = (contents.len() + prefixes.len()) as i32;
+        Ok(S3Response::new(ListObjectsV2Output {
+            name: Some(i.bucket),
+            prefix: i.prefix,
+            delimiter: i.delimiter,
+            max_keys: Some(max as i32),
+            key_count: Some(key_count),
+            continuation_token: i.continuation_token,
+            start_after: i.start_after,
+            is_truncated: Some(truncated),
+            next_continuation_token: next,
+            contents: Some(contents),
+            common_prefixes: if prefixes.is_empty() {
+                None
+            } else {
+                Some(prefixes)
+            },
+            encoding_type: i.encoding_type,
+            ..Default::default()
+        }))
+    }
+}
