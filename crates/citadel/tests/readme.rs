@@ -190,9 +190,9 @@ fn the_readme_commands_work_in_a_fresh_clone() {
         "world",            // written on db-1, read on db-2
         "127.10.0.11",      // the DNS answer: both app jails
         "127.10.0.21",
-        "# Citadel",      // README.md put into and read back from S3 through the gate
-        "203.0.113.7/32", // the ban in the table
-        "leader: db-",    // db status names the leader
+        "came back from S3 intact", // README.md put into and read back through the gate
+        "203.0.113.7/32",           // the ban in the table
+        "leader: db-",              // db status names the leader
     ] {
         assert!(said.contains(expected), "no {expected:?} in:\n{said}");
     }

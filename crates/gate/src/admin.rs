@@ -2,7 +2,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /health` | `ok` |
+//! | `GET /health` | `ok` once every member has been judged by a health check; 503 `starting` before |
 //! | `GET /backends` | services, members, health, drain state and counters (JSON) |
 //! | `POST /drain/{service}/{member}` | stop new work to a member; in-flight work finishes |
 //! | `POST /undrain/{service}/{member}` | undo a drain |
@@ -47,7 +47,7 @@ pub fn start(gate: Arc<Gate>, listener: tokio::net::TcpListener) -> tokio::task:
             require_token,
         ));
     let app = Router::new()
-        .route("/health", get(|| async { "ok\n" }))
+        .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(guarded)
         .with_state(gate);
@@ -56,6 +56,18 @@ pub fn start(gate: Arc<Gate>, listener: tokio::net::TcpListener) -> tokio::task:
             tracing::error!(error = %e, "admin server stopped");
         }
     })
+}
+
+async fn health(State(gate): State<Arc<Gate>>) -> Response {
+    if gate.ready() {
+        "ok\n".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting: judging the members' health\n",
+        )
+            .into_response()
+    }
 }
 
 /// Checks `Authorization: Bearer <admin_token>` when the config sets a token (read per

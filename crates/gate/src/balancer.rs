@@ -28,6 +28,8 @@ pub struct Member {
     pub authority: http::uri::Authority,
     up: AtomicBool,
     ever_settled: AtomicBool,
+    /// Some active check has finished (either way): the gate has an opinion of this member.
+    judged: AtomicBool,
     ok_streak: AtomicU32,
     fail_streak: AtomicU32,
     passive_fails: AtomicU32,
@@ -58,6 +60,7 @@ impl Member {
             authority,
             up: AtomicBool::new(false),
             ever_settled: AtomicBool::new(false),
+            judged: AtomicBool::new(false),
             ok_streak: AtomicU32::new(0),
             fail_streak: AtomicU32::new(0),
             passive_fails: AtomicU32::new(0),
@@ -75,6 +78,11 @@ impl Member {
     /// Healthy and not draining: may take new work.
     pub fn eligible(&self) -> bool {
         self.is_up() && !self.draining.load(Ordering::Acquire)
+    }
+
+    /// At least one active health check of this member has finished.
+    pub fn judged(&self) -> bool {
+        self.judged.load(Ordering::Acquire)
     }
 
     /// Records one active health check result.
@@ -99,6 +107,8 @@ impl Member {
                 }
             }
         }
+        // After the verdict, so whoever sees `judged` sees the verdict too.
+        self.judged.store(true, Ordering::Release);
     }
 
     /// Records the outcome of real traffic (passive ejection).
@@ -240,12 +250,16 @@ impl Service {
         Some((idx, self.members[idx].clone()))
     }
 
-    /// Healthy members for DNS, rotated per call.
+    /// Members for DNS, rotated per call: the healthy ones, and those not judged yet. At the
+    /// gate's start every member is unjudged for one check's time; an empty answer then would
+    /// make a client that resolved at that instant (an app resolving the db while the gate
+    /// checks that app's /health) fail and cache the failure, where an address that may be
+    /// down costs it one connection attempt to the next.
     pub fn healthy_rotated(&self) -> Vec<Arc<Member>> {
         let up: Vec<_> = self
             .members
             .iter()
-            .filter(|m| m.eligible())
+            .filter(|m| m.eligible() || (!m.judged() && !m.draining.load(Ordering::Acquire)))
             .cloned()
             .collect();
         if up.is_empty() {
@@ -256,6 +270,11 @@ impl Service {
         out.extend_from_slice(&up[start..]);
         out.extend_from_slice(&up[..start]);
         out
+    }
+
+    /// Every member has been judged by an active check.
+    pub fn all_judged(&self) -> bool {
+        self.members.iter().all(|m| m.judged())
     }
 
     /// Starts one health-check task per member. Tasks stop when the service is dropped

@@ -68,6 +68,8 @@ pub struct Gate {
     /// Becomes true when the process is shutting down.
     pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
     net: AsyncMutex<NetServices>,
+    /// Latched once every member of the first configuration has been judged.
+    ready: std::sync::atomic::AtomicBool,
 }
 
 /// The admin API and DNS servers, rebound by a reload that moves them.
@@ -98,6 +100,7 @@ impl Gate {
             firewall: Firewall::open(&opts.state_dir)?,
             metrics: Registry::default(),
             state_dir: opts.state_dir.clone(),
+            ready: std::sync::atomic::AtomicBool::new(false),
             config_path: opts.config_path.clone(),
             listeners: AsyncMutex::new(listeners::Listeners::default()),
             open_conns: AtomicUsize::new(0),
@@ -106,6 +109,26 @@ impl Gate {
         });
         gate.firewall.configure(&config.firewall);
         Ok(gate)
+    }
+
+    /// Ready to serve: every member has been judged once by an active check, so the pools
+    /// hold what health says rather than "nobody yet". Latched: members a reload adds later do
+    /// not make a running gate unready.
+    pub fn ready(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.ready.load(Ordering::Acquire) {
+            return true;
+        }
+        let all = self
+            .runtime
+            .load()
+            .services
+            .values()
+            .all(|s| s.all_judged());
+        if all {
+            self.ready.store(true, Ordering::Release);
+        }
+        all
     }
 
     /// The DNS zone in force.

@@ -259,3 +259,89 @@ async fn dns_and_admin_move_on_reload() {
     );
     assert!(!port_open(admin).await, "old admin address closed");
 }
+
+/// At its start the gate has judged no member yet. Until every member's first check has
+/// finished, its /health says "starting" (so `citadel up` does not call it ready with empty
+/// pools) and its DNS answers the not-yet-judged members (so a client resolving in that
+/// window, e.g. an app whose own /health the gate is checking, is not told "no address").
+#[tokio::test]
+async fn unjudged_members_are_answered_and_health_waits_for_the_first_verdicts() {
+    let net = "127.81.6";
+    let gw = format!("{net}.1");
+    let dir = tempfile::tempdir().unwrap();
+    // A member that accepts and never answers: its first check lasts the whole timeout.
+    let mute = tokio::net::TcpListener::bind(sa(&format!("{net}.11:8000")))
+        .await
+        .unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = mute.accept().await {
+            held.push(s);
+        }
+    });
+    // One member (app1), checked once a minute with a 2.5 s timeout.
+    let app2 = format!("  {{ name = \"app2\", address = \"{net}.12\" }},\n]");
+    let config = config(net, None, "cluster.test");
+    assert!(config.contains(&app2));
+    let config = config.replace(&app2, "]").replace(
+        "interval_ms = 200, timeout_ms = 200",
+        "interval_ms = 60000, timeout_ms = 2500",
+    );
+    let cfg = dir.path().join("gate.toml");
+    std::fs::write(&cfg, &config).unwrap();
+    let mut gate = Proc {
+        child: die_with_parent(&mut Command::new(gate_bin()))
+            .args(["--config".as_ref(), cfg.as_os_str()])
+            .arg("--state")
+            .arg(dir.path().join("state"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+        name: "gate".into(),
+    };
+    let c = client(None);
+    let health = format!("http://{gw}:9100/health");
+    let first = loop {
+        if let Ok(r) = get(&c, &health).await {
+            break r;
+        }
+        assert!(gate.child.try_wait().unwrap().is_none(), "the gate exited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let started = Instant::now();
+    assert_eq!(first.0, 503, "{first:?}");
+    assert!(first.1.contains("starting"), "{first:?}");
+    let during = tokio::task::spawn_blocking({
+        let gw = gw.clone();
+        move || short(&gw, 5353, "app.cluster.test", "A")
+    })
+    .await
+    .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the first check is still running"
+    );
+    assert_eq!(
+        during,
+        vec![format!("{net}.11")],
+        "an unjudged member is answered"
+    );
+
+    // The check times out: the member is judged (down), the gate is ready, DNS drops it.
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            get(&c, &health).await.map(|r| r.0) == Ok(200)
+        })
+        .await,
+        "the gate became ready once its member was judged"
+    );
+    let after = tokio::task::spawn_blocking(move || short(&gw, 5353, "app.cluster.test", "A"))
+        .await
+        .unwrap();
+    assert!(
+        after.is_empty(),
+        "a member judged down is not answered: {after:?}"
+    );
+    gate.kill9();
+    holder.abort();
+}
