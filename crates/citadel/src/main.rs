@@ -184,18 +184,19 @@ enum Command {
     Reaper,
 }
 
-/// Roles log what they do; operator commands only what went wrong.
-fn default_log_filter(command: &Command) -> &'static str {
+/// The log filter of a command that runs a role (what a jail runs), or None for the
+/// operator's verbs.
+fn role_log_filter(command: &Command) -> Option<&'static str> {
     match command {
         Command::Gate {
             verb: gatectl::GateVerb::Run { .. },
             ..
-        } => "info,hickory_server=warn",
+        } => Some("info,hickory_server=warn"),
         Command::Db {
             verb: dbctl::DbVerb::Run { .. },
             ..
         }
-        | Command::Witness { .. } => "info,openraft=warn",
+        | Command::Witness { .. } => Some("info,openraft=warn"),
         Command::App {
             verb: appctl::AppVerb::Run { .. },
             ..
@@ -203,9 +204,14 @@ fn default_log_filter(command: &Command) -> &'static str {
         | Command::Store {
             verb: storectl::StoreVerb::Run { .. },
             ..
-        } => "info",
-        _ => "warn",
+        } => Some("info"),
+        _ => None,
     }
+}
+
+/// Roles log what they do; operator commands only what went wrong.
+fn default_log_filter(command: &Command) -> &'static str {
+    role_log_filter(command).unwrap_or("warn")
 }
 
 /// Programs that serve (roles, `up`, `serve`) keep Rust's SIGPIPE-ignored default, so a
@@ -214,27 +220,8 @@ fn default_log_filter(command: &Command) -> &'static str {
 fn serves(command: &Command) -> bool {
     matches!(
         command,
-        Command::Up(_)
-            | Command::Serve(_)
-            | Command::Witness { .. }
-            | Command::Reaper
-            | Command::Gate {
-                verb: gatectl::GateVerb::Run { .. },
-                ..
-            }
-            | Command::Db {
-                verb: dbctl::DbVerb::Run { .. },
-                ..
-            }
-            | Command::App {
-                verb: appctl::AppVerb::Run { .. },
-                ..
-            }
-            | Command::Store {
-                verb: storectl::StoreVerb::Run { .. },
-                ..
-            }
-    )
+        Command::Up(_) | Command::Serve(_) | Command::Reaper
+    ) || role_log_filter(command).is_some()
 }
 
 #[derive(Subcommand)]

@@ -146,8 +146,9 @@ fn the_readme_commands_work_in_a_fresh_clone() {
         },
     );
 
-    // The gate judges each app jail by its own first health check, about a second after it
-    // starts; a newcomer reads the table `up` printed first.
+    // The gate starts before the app and store jails (their db lookups go through its DNS),
+    // so it takes each into rotation at its next health check after the jail came up; a
+    // newcomer reads the table `up` printed first.
     wait_for(
         "the gate to take both app and both store jails",
         Duration::from_secs(30),

@@ -255,11 +255,11 @@ impl Service {
     /// make a client that resolved at that instant (an app resolving the db while the gate
     /// checks that app's /health) fail and cache the failure, where an address that may be
     /// down costs it one connection attempt to the next.
-    pub fn healthy_rotated(&self) -> Vec<Arc<Member>> {
+    pub fn answerable_rotated(&self) -> Vec<Arc<Member>> {
         let up: Vec<_> = self
             .members
             .iter()
-            .filter(|m| m.eligible() || (!m.judged() && !m.draining.load(Ordering::Acquire)))
+            .filter(|m| !m.draining.load(Ordering::Acquire) && (m.is_up() || !m.judged()))
             .cloned()
             .collect();
         if up.is_empty() {

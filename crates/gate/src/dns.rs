@@ -159,7 +159,7 @@ impl Handler {
         if let Some(svc) = zone.services.get(qname) {
             if let Some(s) = rt.services.get(svc) {
                 answers.extend(
-                    s.healthy_rotated()
+                    s.answerable_rotated()
                         .iter()
                         .filter(|m| wanted(qtype, &m.addr.ip()))
                         .map(|m| addr_record(orig, zone.ttl, m.addr.ip())),
@@ -174,7 +174,7 @@ impl Handler {
             if let Some(s) = rt.services.get(svc)
                 && matches!(qtype, RecordType::SRV | RecordType::ANY)
             {
-                for m in s.healthy_rotated() {
+                for m in s.answerable_rotated() {
                     let Ok(target) = name_in(&m.name, &zone.origin_name) else {
                         continue;
                     };

@@ -289,25 +289,23 @@ async fn unjudged_members_are_answered_and_health_waits_for_the_first_verdicts()
     );
     let cfg = dir.path().join("gate.toml");
     std::fs::write(&cfg, &config).unwrap();
-    let mut gate = Proc {
-        child: die_with_parent(&mut Command::new(gate_bin()))
-            .args(["--config".as_ref(), cfg.as_os_str()])
-            .arg("--state")
-            .arg(dir.path().join("state"))
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-        name: "gate".into(),
-    };
+    let mut gate = launch_gate(&cfg, &dir.path().join("state"));
     let c = client(None);
     let health = format!("http://{gw}:9100/health");
-    let first = loop {
-        if let Ok(r) = get(&c, &health).await {
-            break r;
-        }
-        assert!(gate.child.try_wait().unwrap().is_none(), "the gate exited");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    // The first answer of the admin API, whatever it says.
+    let answered = std::sync::Mutex::new(None);
+    assert!(
+        wait_until(Duration::from_secs(15), || async {
+            let r = get(&c, &health).await.ok();
+            let got = r.is_some();
+            *answered.lock().unwrap() = r;
+            got
+        })
+        .await,
+        "the gate's admin API never answered (the gate exited: {:?})",
+        gate.child.try_wait()
+    );
+    let first = answered.into_inner().unwrap().expect("an answer");
     let started = Instant::now();
     assert_eq!(first.0, 503, "{first:?}");
     assert!(first.1.contains("starting"), "{first:?}");

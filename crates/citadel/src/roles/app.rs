@@ -79,13 +79,7 @@ pub fn resolve(cluster: &Cluster, me: &Jail) -> Result<AppConfig, String> {
                 });
             }
             None => {
-                config.db.addrs = cluster
-                    .jails
-                    .iter()
-                    .filter(|j| j.role == Role::Db)
-                    .filter_map(|j| cluster.reach(me, j))
-                    .map(|ip| format!("{ip}:{}", db::REDIS_PORT))
-                    .collect();
+                config.db.addrs = db::reachable_addrs(cluster, me);
             }
         }
     }

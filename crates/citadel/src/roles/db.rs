@@ -37,12 +37,18 @@ struct FileWithDb {
 }
 
 pub fn section(cluster: &Cluster) -> Result<DbSection, String> {
-    match cluster.sections.get("db") {
-        Some(raw) => toml::Value::Table(raw.clone())
-            .try_into()
-            .map_err(|e: toml::de::Error| e.to_string()),
-        None => Ok(DbSection::default()),
-    }
+    super::section(cluster, "db")
+}
+
+/// `ip:6379` of every db jail that `me` can reach, for a role that talks to the db directly.
+pub fn reachable_addrs(cluster: &Cluster, me: &Jail) -> Vec<String> {
+    cluster
+        .jails
+        .iter()
+        .filter(|j| j.role == Role::Db)
+        .filter_map(|j| cluster.reach(me, j))
+        .map(|ip| format!("{ip}:{REDIS_PORT}"))
+        .collect()
 }
 
 pub fn check(source: &str, cluster: &Cluster) -> Vec<Diagnostic> {

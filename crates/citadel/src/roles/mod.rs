@@ -55,6 +55,19 @@ pub fn shape_error<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// The cluster file's `[name]` section as `T` (its default when the file has none).
+pub fn section<T: serde::de::DeserializeOwned + Default>(
+    cluster: &Cluster,
+    name: &str,
+) -> Result<T, String> {
+    match cluster.sections.get(name) {
+        Some(raw) => toml::Value::Table(raw.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string()),
+        None => Ok(T::default()),
+    }
+}
+
 /// The byte range of the first `needle` after `after` in `source`, to point a message at.
 pub fn locate(source: &str, after: &str, needle: &str) -> Option<std::ops::Range<usize>> {
     let start = source.find(after)?;

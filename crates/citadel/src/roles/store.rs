@@ -63,12 +63,7 @@ fn stores(cluster: &Cluster) -> Vec<&Jail> {
 }
 
 pub fn resolve(cluster: &Cluster, me: &Jail, data_dir: &Path) -> Result<StoreConfig, String> {
-    let section: StoreSection = match cluster.sections.get("store") {
-        Some(t) => toml::Value::Table(t.clone())
-            .try_into()
-            .map_err(|e: toml::de::Error| e.to_string())?,
-        None => StoreSection::default(),
-    };
+    let section: StoreSection = super::section(cluster, "store")?;
     let own = me.primary_address().ok_or("the jail has no address")?;
     let peer_jail = stores(cluster).into_iter().find(|j| j.name != me.name);
     let peer = match peer_jail {
@@ -87,13 +82,7 @@ pub fn resolve(cluster: &Cluster, me: &Jail, data_dir: &Path) -> Result<StoreCon
         Some(p) => cluster.reach(p, me).unwrap_or(own),
         None => own,
     };
-    let addrs: Vec<String> = cluster
-        .jails
-        .iter()
-        .filter(|j| j.role == Role::Db)
-        .filter_map(|j| cluster.reach(me, j))
-        .map(|ip| format!("{ip}:{}", db::REDIS_PORT))
-        .collect();
+    let addrs = db::reachable_addrs(cluster, me);
     if addrs.is_empty() {
         return Err("no db jail it can reach (the store keeps its metadata in the db)".into());
     }

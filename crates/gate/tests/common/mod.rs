@@ -159,12 +159,13 @@ pub async fn spawn_gate(dir: &Path, config: &str, admin: SocketAddr) -> GateProc
     start_gate(cfg, dir.join("state"), admin).await
 }
 
-pub async fn start_gate(cfg: PathBuf, state: PathBuf, admin: SocketAddr) -> GateProc {
+/// The gate process on `cfg`, not waited for.
+pub fn launch_gate(cfg: &Path, state: &Path) -> Proc {
     let child = die_with_parent(&mut Command::new(gate_bin()))
         .arg("--config")
-        .arg(&cfg)
+        .arg(cfg)
         .arg("--state")
-        .arg(&state)
+        .arg(state)
         .env(
             "RUST_LOG",
             std::env::var("GATE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -173,10 +174,14 @@ pub async fn start_gate(cfg: PathBuf, state: PathBuf, admin: SocketAddr) -> Gate
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn gate");
-    let p = Proc {
+    Proc {
         child,
         name: "gate".into(),
-    };
+    }
+}
+
+pub async fn start_gate(cfg: PathBuf, state: PathBuf, admin: SocketAddr) -> GateProc {
+    let p = launch_gate(&cfg, &state);
     let c = client(None);
     let url = format!("http://{admin}/health");
     assert!(
