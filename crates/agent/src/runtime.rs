@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use citadel_jail::netns::{self, JailIface, NetnsJail};
 use citadel_jail::{
     Health, JailPaths, JailState, Launch, Reaper, Supervisor, copy_tree, expand_vars, identity_env,
     read_archive, resolve_program, write_archive,
 };
-use citadel_spec::{Capabilities, Cluster, Jail, JailAddress, Role, Spans};
+use citadel_spec::{Backend, Capabilities, Cluster, Jail, JailAddress, Limits, Role, Spans};
 use nix::sys::signal::Signal;
 use tokio::sync::Mutex;
 
@@ -123,13 +124,49 @@ impl Launcher {
                 (self.self_exe.clone(), args)
             }
         };
+        let netns = (cluster.backend_of(jail) == Backend::Netns).then(|| self.netns(cluster, jail));
         Ok(Launch {
             jail: jail.clone(),
             paths,
             program,
             args,
             env,
+            netns,
         })
+    }
+
+    /// A netns jail's interfaces (`eth0`… in address order, each on its segment's bridge),
+    /// cgroup (scoped by state dir, so agents never touch each other's) and limits.
+    fn netns(&self, cluster: &Cluster, jail: &Jail) -> NetnsJail {
+        let scope = netns::scope_of(&self.state_dir);
+        let ifaces = jail
+            .addresses
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let seg = cluster.segment(&a.segment);
+                let prefix = seg.map_or(32, |s| s.net.prefix_len());
+                JailIface {
+                    segment: a.segment.clone(),
+                    inside: format!("eth{i}"),
+                    host_veth: netns::veth_name(&scope, &jail.name, &a.segment),
+                    bridge: netns::bridge_name(&a.segment),
+                    bridge_addr: seg
+                        .and_then(|s| s.bridge_address())
+                        .map(|b| format!("{b}/{prefix}")),
+                    addr: format!("{}/{prefix}", a.addr),
+                }
+            })
+            .collect();
+        NetnsJail {
+            init_program: self.self_exe.clone(),
+            hostname: jail.name.clone(),
+            ifaces,
+            cgroup: format!("citadel/{scope}/{}", jail.name),
+            memory: jail.limits.memory,
+            cpus: jail.limits.cpus,
+            pids: jail.limits.pids.unwrap_or(Limits::DEFAULT_PIDS),
+        }
     }
 
     fn supervise(&self, cluster: &Cluster, jail: &Jail) -> Result<Supervisor, RuntimeError> {
@@ -189,6 +226,17 @@ impl Runtime {
             &state_dir.join("jails").display().to_string(),
         )
         .map_err(|r| RuntimeError::Invalid(r.to_string()))?;
+        if cluster
+            .jails
+            .iter()
+            .any(|j| cluster.backend_of(j) == Backend::Netns)
+        {
+            // What netns jails of this state dir left when everything died at once (the
+            // watchdog included): cgroups, unused bridges.
+            for leftover in netns::reconcile(&netns::scope_of(&state_dir)) {
+                tracing::warn!(%leftover, "removed what an earlier run left behind");
+            }
+        }
         let launcher = Launcher {
             state_dir: state_dir.clone(),
             self_exe,
@@ -476,9 +524,36 @@ impl Runtime {
             "jail `{name}`: cannot create {}",
             paths.root.display()
         )))?;
+        let netns_pid = if cluster.backend_of(jail) == Backend::Netns {
+            let helper = self
+                .jails
+                .lock()
+                .await
+                .get(name)
+                .and_then(|e| e.supervisor.status().pid);
+            Some(
+                helper
+                    .and_then(netns::init_pid)
+                    .ok_or_else(|| RuntimeError::Start(format!("jail `{name}` is not running: start it before exec (`citadel jail start {name}`)")))?,
+            )
+        } else {
+            None
+        };
+        let cgroup_procs = if netns_pid.is_some() {
+            let rel = self.launcher.netns(&cluster, jail).cgroup;
+            netns::Cgroups::detect()
+                .dirs(&rel)
+                .into_iter()
+                .map(|d| d.join("cgroup.procs"))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Identity {
             env: identity_env(&cluster, jail, &paths),
             cwd: paths.data(),
+            netns_pid,
+            cgroup_procs,
         })
     }
 

@@ -171,6 +171,14 @@ enum Command {
     /// The watchdog that kills every jail when `citadel up` dies (started by `up`).
     #[command(hide = true, name = "__reaper")]
     Reaper,
+    /// Runs a netns jail's program inside its namespaces (started by the agent, which has
+    /// unshared them).
+    #[command(hide = true, name = "__jail-init")]
+    JailInit {
+        config: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 /// Roles log what they do; operator commands only what went wrong.
@@ -203,6 +211,7 @@ fn serves(command: &Command) -> bool {
             | Command::Serve(_)
             | Command::Witness { .. }
             | Command::Reaper
+            | Command::JailInit { .. }
             | Command::Gate {
                 verb: gatectl::GateVerb::Run { .. },
                 ..
@@ -250,6 +259,10 @@ fn main() {
     let cli = Cli::parse();
     if let Command::Reaper = cli.command {
         citadel_jail::run_reaper();
+    }
+    // Before anything starts a thread: the helper forks the jail's init.
+    if let Command::JailInit { config, command } = &cli.command {
+        citadel_jail::netns::run_jail_init(config, &command[0], &command[1..]);
     }
     if !serves(&cli.command) {
         use nix::sys::signal::{SigHandler, Signal, signal};
@@ -304,7 +317,9 @@ fn main() {
                 Ok(0)
             }
             Command::Man { dir } => man(dir),
-            Command::Reaper => unreachable!("handled before the runtime starts"),
+            Command::Reaper | Command::JailInit { .. } => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     });
     match result {

@@ -24,7 +24,7 @@ pub fn capabilities() -> Capabilities {
             ("app", crate::roles::app::check),
         ],
         builtin_roles: vec![Role::Gate, Role::Db, Role::Witness, Role::App],
-        backends: vec![Backend::Process],
+        backends: vec![Backend::Process, Backend::Netns],
     }
 }
 
@@ -324,7 +324,22 @@ pub async fn jail(verb: JailVerb, state: &Path, json: bool) -> anyhow::Result<i3
         JailVerb::Exec { jail, command } => {
             let id: Identity = call(state, &Request::Identity { jail: jail.clone() }).await?;
             let (program, args) = command.split_first().context("no command given")?;
-            let status = std::process::Command::new(program)
+            let mut cmd = match id.netns_pid {
+                None => std::process::Command::new(program),
+                // A netns jail: enter its namespaces (nsenter forks, so the command is in
+                // the jail's PID namespace too).
+                Some(pid) => {
+                    let mut c = std::process::Command::new("nsenter");
+                    c.arg(format!("--target={pid}"))
+                        .args(["--net", "--mount", "--uts", "--ipc", "--pid"])
+                        .arg(format!("--wd={}", id.cwd.display()))
+                        .arg("--")
+                        .arg(program);
+                    join_cgroups(&mut c, &id.cgroup_procs)?;
+                    c
+                }
+            };
+            let status = cmd
                 .args(args)
                 .env_clear()
                 .envs(&id.env)
@@ -439,4 +454,33 @@ fn print_created(c: &Created, how: &str, json: bool) -> anyhow::Result<()> {
 /// The agent may run in another directory: send it absolute paths.
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(p).with_context(|| format!("cannot resolve {}", p.display()))
+}
+
+/// Makes the command (and so everything it starts) join a netns jail's cgroups before it runs,
+/// so `exec` is held to the jail's limits. The paths are made C strings first: between fork
+/// and exec nothing may allocate.
+fn join_cgroups(cmd: &mut std::process::Command, procs: &[PathBuf]) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let paths: Vec<std::ffi::CString> = procs
+        .iter()
+        .map(|p| std::ffi::CString::new(p.as_os_str().as_bytes()))
+        .collect::<Result<_, _>>()
+        .context("a cgroup path has a NUL byte")?;
+    // SAFETY: open/write/close only, on memory prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            for p in &paths {
+                let fd = nix::fcntl::open(
+                    p.as_c_str(),
+                    nix::fcntl::OFlag::O_WRONLY,
+                    nix::sys::stat::Mode::empty(),
+                )?;
+                // "0" is the writing process itself.
+                nix::unistd::write(&fd, b"0")?;
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }

@@ -329,6 +329,9 @@ impl Actor {
         // finds its ports free.
         let _ = kill(Pid::from_raw(-(run.pgid as i32)), Signal::SIGKILL);
         self.reaper.forget(run.pgid);
+        if let Some(n) = &self.launch.netns {
+            crate::netns::cleanup(n);
+        }
         let ran_for = run.started.elapsed();
         let (code, signal, success) = match &exit {
             Ok(st) => {
@@ -384,6 +387,9 @@ impl Actor {
         };
         let _ = kill(group, Signal::SIGKILL);
         self.reaper.forget(run.pgid);
+        if let Some(n) = &self.launch.netns {
+            crate::netns::cleanup(n);
+        }
         if let Ok(st) = exit {
             use std::os::unix::process::ExitStatusExt;
             self.status.send_modify(|s| {
@@ -411,19 +417,40 @@ impl Actor {
             path: l.paths.root.clone(),
             source,
         })?;
-        check_ports(l)?;
+        if l.netns.is_none() {
+            check_ports(l)?;
+        }
         let log = RotatingLog::open(l.paths.console_log(), crate::LOG_MAX_BYTES, crate::LOG_KEEP)
             .map_err(|source| LaunchError::StateDir {
             jail: name.clone(),
             path: l.paths.console_log(),
             source,
         })?;
-        let mut child = Command::new(&l.program)
+        let mut command = match &l.netns {
+            None => Command::new(&l.program),
+            Some(n) => {
+                let mut c = Command::new(&n.init_program);
+                c.arg("__jail-init")
+                    .arg(netns_init_config(&l.paths.data(), n))
+                    .arg("--")
+                    .arg(&l.program);
+                // SAFETY: between fork and exec only `unshare`, a single system call.
+                unsafe {
+                    c.pre_exec(crate::netns::unshare_namespaces);
+                }
+                c
+            }
+        };
+        let mut child = command
             .args(&l.args)
             .env_clear()
             .envs(&l.env)
             .current_dir(l.paths.data())
-            .stdin(Stdio::null())
+            .stdin(if l.netns.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -436,6 +463,18 @@ impl Actor {
             })?;
         let pgid = child.id().unwrap_or(0);
         self.reaper.watch(pgid);
+        if let Some(n) = &l.netns {
+            self.reaper.watch_netns(n);
+            if let Err(e) = wire_netns(n, pgid, &mut child) {
+                let _ = kill(Pid::from_raw(-(pgid as i32)), Signal::SIGKILL);
+                self.reaper.forget(pgid);
+                crate::netns::cleanup(n);
+                return Err(LaunchError::Netns {
+                    jail: name.clone(),
+                    error: e,
+                });
+            }
+        }
         let log = Arc::new(Mutex::new(log));
         if let Some(out) = child.stdout.take() {
             tokio::spawn(pump(out, log.clone()));
@@ -450,6 +489,34 @@ impl Actor {
             started: Instant::now(),
         })
     }
+}
+
+/// The helper's command-line config: hostname, working directory, the addresses to set.
+fn netns_init_config(data: &std::path::Path, n: &crate::netns::NetnsJail) -> String {
+    let cfg = crate::netns::InitConfig {
+        hostname: n.hostname.clone(),
+        data: std::path::absolute(data).unwrap_or_else(|_| data.to_path_buf()),
+        ifaces: n
+            .ifaces
+            .iter()
+            .map(|i| (i.inside.clone(), i.addr.clone()))
+            .collect(),
+    };
+    serde_json::to_string(&cfg).unwrap_or_default()
+}
+
+/// Puts a just-started helper in its cgroups and on its segments, then lets it go on.
+fn wire_netns(n: &crate::netns::NetnsJail, pid: u32, child: &mut Child) -> Result<(), String> {
+    crate::netns::enter_cgroups(&crate::netns::Cgroups::detect(), n, pid)?;
+    crate::netns::attach(n, pid)?;
+    let stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| "the jail helper has no stdin".to_string())?;
+    // Three bytes into an empty pipe never block, even on a non-blocking descriptor.
+    nix::unistd::write(&stdin, b"go\n")
+        .map_err(|e| format!("cannot tell the jail helper to go on: {e}"))?;
+    Ok(())
 }
 
 /// Refuses to start a jail whose ports are taken on its own addresses: a clear error now beats

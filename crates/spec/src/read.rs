@@ -310,6 +310,7 @@ const JAIL_KEYS: &[&str] = &[
     "stop_grace",
     "memory",
     "cpus",
+    "pids",
     "ports",
     "health",
 ];
@@ -620,6 +621,19 @@ fn read_jail(mut f: Fields<'_, '_>, diags: &mut Vec<Diagnostic>) -> Jail {
             diags.push(Diagnostic::error(
                 Some(span),
                 format!("{}: cpus must be more than 0, found {cpus}", f.what),
+            ));
+        }
+    }
+    if let Some((pids, span)) = f.int("pids", diags) {
+        if (1..=4_194_304).contains(&pids) {
+            jail.limits.pids = Some(pids as u64);
+        } else {
+            diags.push(Diagnostic::error(
+                Some(span),
+                format!(
+                    "{}: pids must be between 1 and 4194304, found {pids}",
+                    f.what
+                ),
             ));
         }
     }

@@ -212,6 +212,19 @@ fn check_jail<'c>(
                     .hint("process jails bind loopback addresses: give segment `".to_string() + &a.segment + "` a range inside 127.0.0.0/8, e.g. \"127.10.0.0/24\""),
             );
         }
+        if backend == Backend::Netns {
+            if a.addr.is_loopback() {
+                diags.push(
+                    Diagnostic::error(span.clone(), format!("jail `{name}`: {} is a loopback address, and host `{}` uses the netns backend", a.addr, jail.host))
+                        .hint("a netns jail has its own network: give segment `".to_string() + &a.segment + "` a routable range, e.g. \"192.168.1.0/24\""),
+                );
+            } else if segment.net.contains(&a.addr) && Some(a.addr) == segment.bridge_address() {
+                diags.push(
+                    Diagnostic::error(span.clone(), format!("jail `{name}`: {} is the address of host `{}`'s bridge on segment `{}`", a.addr, jail.host, segment.name))
+                        .hint("netns hosts take the first address of each segment; pick another one"),
+                );
+            }
+        }
         if let Some(other) = owners.insert(a.addr, name)
             && other != name
         {
