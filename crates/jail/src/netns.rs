@@ -99,6 +99,33 @@ pub fn veth_name(scope: &str, jail: &str, segment: &str) -> String {
     )
 }
 
+/// A fixed MAC address for an IP address on a segment (locally administered, `02:<kind>:…`,
+/// the IPv4 address in the last four bytes, as Docker does; a hash for anything else).
+///
+/// Why fixed: a jail that restarts, is restored or moves gets a new veth; with a random MAC,
+/// every neighbour (the host's bridge, the other jails) keeps sending to the old one until its
+/// ARP entry expires — up to a minute of silence. A bridge without a MAC of its own takes the
+/// lowest of its ports' and changes it as jails come and go, with the same effect on the jails.
+pub fn mac_for(addr: &str, kind: MacKind) -> String {
+    let ip = addr.split('/').next().unwrap_or(addr);
+    let tail: [u8; 4] = match ip.parse::<std::net::Ipv4Addr>() {
+        Ok(v4) => v4.octets(),
+        Err(_) => (fnv(ip) as u32).to_be_bytes(),
+    };
+    format!(
+        "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        kind as u8, tail[0], tail[1], tail[2], tail[3]
+    )
+}
+
+/// Which kind of device a [`mac_for`] address is for: never the same MAC for a bridge and a
+/// jail, even if a jail were given the bridge's own address.
+#[derive(Clone, Copy, Debug)]
+pub enum MacKind {
+    Jail = 0xc7,
+    Bridge = 0xc8,
+}
+
 /// Which state dir a cgroup belongs to: parallel agents (and tests) never touch each other's.
 pub fn scope_of(state_dir: &Path) -> String {
     let dir = state_dir
@@ -178,7 +205,13 @@ pub fn attach(jail: &NetnsJail, pid: u32) -> Result<(), String> {
     let pid = pid.to_string();
     for i in &jail.ifaces {
         if !link_exists(&i.bridge) {
-            ip(&["link", "add", "name", &i.bridge, "type", "bridge"])?;
+            let mac = mac_for(
+                i.bridge_addr.as_deref().unwrap_or(&i.bridge),
+                MacKind::Bridge,
+            );
+            ip(&[
+                "link", "add", "name", &i.bridge, "address", &mac, "type", "bridge",
+            ])?;
         }
         if let Some(addr) = &i.bridge_addr {
             // `replace` is idempotent: a bridge kept from an earlier run already has it.
@@ -199,6 +232,8 @@ pub fn attach(jail: &NetnsJail, pid: u32) -> Result<(), String> {
             "peer",
             "name",
             &i.inside,
+            "address",
+            &mac_for(&i.addr, MacKind::Jail),
             "netns",
             &pid,
         ])?;
@@ -588,4 +623,36 @@ fn init_setup(cfg: &InitConfig) -> Result<(), String> {
 pub fn release(stdin: &mut impl Write) -> std::io::Result<()> {
     stdin.write_all(b"go\n")?;
     stdin.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_follow_the_address_and_differ_by_kind() {
+        assert_eq!(
+            mac_for("198.18.90.13/24", MacKind::Jail),
+            "02:c7:c6:12:5a:0d"
+        );
+        assert_eq!(
+            mac_for("198.18.90.13", MacKind::Jail),
+            mac_for("198.18.90.13/24", MacKind::Jail)
+        );
+        assert_ne!(
+            mac_for("198.18.90.1/24", MacKind::Jail),
+            mac_for("198.18.90.1/24", MacKind::Bridge)
+        );
+        assert_ne!(
+            mac_for("fd00::1", MacKind::Jail),
+            mac_for("fd00::2", MacKind::Jail)
+        );
+    }
+
+    #[test]
+    fn long_segment_names_still_make_valid_interface_names() {
+        assert_eq!(bridge_name("front"), "ctb-front");
+        assert!(bridge_name("a-very-long-segment-name").len() <= 15);
+        assert!(veth_name("scope", "jail", "front").len() <= 15);
+    }
 }
