@@ -34,6 +34,8 @@ pub const VETH_PREFIX: &str = "ctv";
 
 /// Serialises bridge creation/attachment against the removal of unused bridges.
 static BRIDGES: Mutex<()> = Mutex::new(());
+/// Serialises making a jail's cgroup against removing its (then empty) scope directory.
+static CGROUPS: Mutex<()> = Mutex::new(());
 
 /// One interface of a jail.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -319,6 +321,7 @@ pub fn enter_cgroups(cg: &Cgroups, jail: &NetnsJail, pid: u32) -> Result<(), Str
         std::fs::create_dir_all(p).map_err(|e| format!("cannot create cgroup {}: {e}", p.display()))
     };
     let pid = pid.to_string();
+    let _guard = CGROUPS.lock().unwrap_or_else(|e| e.into_inner());
     match cg {
         Cgroups::V2(root) => {
             // Controllers must be enabled on every level above the jail's group.
@@ -419,12 +422,24 @@ pub fn remove_cgroup(dir: &Path, wait: Duration) {
     }
 }
 
+/// Removes a jail's cgroup directory (as [`remove_cgroup`]) and then its scope directory
+/// (`citadel/<scope>`) if no other jail of the state dir has one there. The top `citadel`
+/// directory is shared by every agent on the machine and stays.
+pub fn remove_jail_cgroup(dir: &Path, wait: Duration) {
+    remove_cgroup(dir, wait);
+    let _guard = CGROUPS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(scope) = dir.parent() {
+        // Fails (EBUSY/ENOTEMPTY) while another jail's group is in it: that is the point.
+        let _ = std::fs::remove_dir(scope);
+    }
+}
+
 /// Everything a jail leaves on the host once its processes are gone: its cgroups and, when no
 /// other jail uses them, its bridges. (The veth pairs die with the network namespace.)
 pub fn cleanup(jail: &NetnsJail) {
     let cg = Cgroups::detect();
     for dir in cg.dirs(&jail.cgroup) {
-        remove_cgroup(&dir, Duration::from_secs(2));
+        remove_jail_cgroup(&dir, Duration::from_secs(2));
     }
     for i in &jail.ifaces {
         if link_exists(&i.host_veth) {

@@ -110,7 +110,7 @@ pub fn run_reaper() -> ! {
     // The jails' processes are gone: their network namespaces, and with them the veths, are
     // freed by the kernel; cgroups and bridges are ours to remove.
     for dir in &cgroups {
-        crate::netns::remove_cgroup(dir, Duration::from_secs(3));
+        crate::netns::remove_jail_cgroup(dir, Duration::from_secs(3));
     }
     crate::netns::remove_unused_bridges(bridges.iter().map(String::as_str));
     std::process::exit(0)
