@@ -186,6 +186,37 @@ fn leftovers(host: &HostNs, up: &Up, jails: &[&str]) -> Vec<String> {
     left
 }
 
+/// A jail's memory limit as its cgroup holds it, and how many processes the kernel's OOM
+/// killer has killed in it (v2: `memory.max`, `memory.events`; v1: `memory.limit_in_bytes`,
+/// `memory.oom_control`).
+fn memory_cgroup(up: &Up, jail: &str) -> (String, u64) {
+    use citadel_jail::netns::Cgroups;
+    let rel = format!(
+        "citadel/{}/{jail}",
+        citadel_jail::netns::scope_of(&up.state)
+    );
+    let (dir, limit, events) = match Cgroups::detect() {
+        Cgroups::V2(root) => (root.join(rel), "memory.max", "memory.events"),
+        Cgroups::V1 {
+            memory: Some(root), ..
+        } => (
+            root.join(rel),
+            "memory.limit_in_bytes",
+            "memory.oom_control",
+        ),
+        other => panic!("no memory controller on this machine: {other:?}"),
+    };
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap_or_else(|e| panic!("read {}: {e}", dir.join(f).display()))
+    };
+    let kills = read(events)
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no oom_kill line in {events}"));
+    (read(limit).trim().to_string(), kills)
+}
+
 /// The host end of a jail's veth on `segment`, as the agent names it.
 fn veth_of(up: &Up, jail: &str, segment: &str) -> String {
     citadel_jail::netns::veth_name(&citadel_jail::netns::scope_of(&up.state), jail, segment)
@@ -340,19 +371,36 @@ fn netns_jails_are_isolated_limited_and_leave_nothing_behind() {
             || stderr.contains("Resource temporarily unavailable"),
         "the pids cap must stop a fork loop: started {started}, stderr {stderr}"
     );
+    // The memory limit is in the jail's cgroup, and a real allocation past it is OOM-killed
+    // there. /usr/bin/python3, not `python3` from PATH: that may be a pyenv shell shim, which
+    // forks and can fail for reasons of its own.
+    let (limit, kills_before) = memory_cgroup(&up, "web-1");
+    assert_eq!(
+        limit,
+        (64u64 << 20).to_string(),
+        "web-1's cgroup memory limit"
+    );
     let hog = up.cli(&[
         "jail",
         "exec",
         "web-1",
         "--",
-        "python3",
+        "/usr/bin/python3",
         "-c",
-        "b = bytearray(256 << 20); b[::4096] = b'x' * len(b[::4096]); print('allocated')",
+        "b = bytearray(256 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('allocated')",
     ]);
     assert!(
         !String::from_utf8_lossy(&hog.stdout).contains("allocated"),
         "256 MiB must not fit in a 64 MiB jail"
     );
+    let (_, kills_after) = memory_cgroup(&up, "web-1");
+    assert!(
+        kills_after > kills_before,
+        "the kernel's OOM killer ran in web-1's cgroup (oom_kill {kills_before} → {kills_after}); exec: {:?} {}",
+        hog.status,
+        String::from_utf8_lossy(&hog.stderr)
+    );
+    healthy_or_explain(&up, "web-1");
 
     up.ok(&["jail", "restart", "web-2"]);
     healthy_or_explain(&up, "web-2");
