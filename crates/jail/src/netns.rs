@@ -240,6 +240,22 @@ pub fn attach(jail: &NetnsJail, pid: u32) -> Result<(), String> {
             &pid,
         ])?;
         ip(&["link", "set", &i.host_veth, "master", &i.bridge, "up"])?;
+        // The host knows the jail's MAC already (it follows the address): without this, a
+        // health probe sent before the jail's init has configured its address leaves an
+        // unanswered ARP entry that the kernel retries only after a second. A stale entry
+        // is used at once and confirmed by the first reply.
+        let jail_ip = i.addr.split('/').next().unwrap_or(&i.addr);
+        ip(&[
+            "neigh",
+            "replace",
+            jail_ip,
+            "lladdr",
+            &mac_for(&i.addr, MacKind::Jail),
+            "dev",
+            &i.bridge,
+            "nud",
+            "stale",
+        ])?;
     }
     Ok(())
 }
@@ -476,9 +492,15 @@ pub fn reconcile(scope: &str) -> Vec<String> {
     removed
 }
 
-/// The namespaces a netns jail's helper unshares before it runs (called between fork and
-/// exec, where the child is single-threaded).
-pub fn unshare_namespaces() -> std::io::Result<()> {
+/// The descriptor on which a jail's init reports that its namespaces are set up (`ok`) or
+/// why not: the agent marks the jail running only then, so its first health probe does not
+/// go to an interface that is still down (a SYN lost there costs the probe's whole timeout).
+pub const READY_FD: i32 = 3;
+
+/// Called between fork and exec of the helper (single-threaded child, async-signal-safe calls
+/// only): unshares its namespaces and puts the write end of the readiness pipe at
+/// [`READY_FD`], open across exec.
+pub fn prepare_helper(ready_w: i32) -> std::io::Result<()> {
     use nix::sched::CloneFlags;
     nix::sched::unshare(
         CloneFlags::CLONE_NEWNET
@@ -486,8 +508,58 @@ pub fn unshare_namespaces() -> std::io::Result<()> {
             | CloneFlags::CLONE_NEWUTS
             | CloneFlags::CLONE_NEWIPC
             | CloneFlags::CLONE_NEWPID,
-    )
-    .map_err(std::io::Error::from)
+    )?;
+    // SAFETY: plain descriptor calls on numbers this process owns.
+    unsafe {
+        if ready_w == READY_FD {
+            // dup2 onto itself would keep close-on-exec.
+            if nix::libc::fcntl(READY_FD, nix::libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        } else if nix::libc::dup2(ready_w, READY_FD) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Waits (up to `wait`) for the jail's init to report on the readiness pipe.
+pub fn wait_ready(ready_r: &std::os::fd::OwnedFd, wait: Duration) -> Result<(), String> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let deadline = Instant::now() + wait;
+    let mut got = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "the jail's init did not finish setting up within {wait:?}"
+            ));
+        }
+        let ms =
+            PollTimeout::try_from(left.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(ready_r.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, ms) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => return Err(format!("cannot wait for the jail's init: {e}")),
+        }
+        let mut buf = [0u8; 512];
+        match nix::unistd::read(ready_r, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("cannot read the jail's init report: {e}")),
+        }
+        if got.ends_with(b"\n") {
+            break;
+        }
+    }
+    match String::from_utf8_lossy(&got).trim() {
+        "ok" => Ok(()),
+        "" => Err("the jail's init exited while setting up (see the jail's log)".into()),
+        why => Err(why.to_string()),
+    }
 }
 
 /// The PID (as the host sees it) of a netns jail's init, the process whose namespaces `exec`
@@ -526,16 +598,29 @@ pub fn run_jail_init(config: &str, program: &str, args: &[String]) -> ! {
         fail("the agent did not finish setting up the jail".into());
     }
     use nix::unistd::{ForkResult, fork};
+    use std::os::fd::FromRawFd;
+    // SAFETY: the agent put the readiness pipe's write end at READY_FD (prepare_helper);
+    // nothing else in this process owns that number.
+    let ready = unsafe { std::fs::File::from_raw_fd(READY_FD) };
     // SAFETY: this process is single-threaded (a fresh exec of citadel that started nothing).
     match unsafe { fork() } {
         Err(e) => fail(format!("cannot fork the jail's init: {e}")),
-        Ok(ForkResult::Parent { child }) => std::process::exit(wait_for(child)),
+        Ok(ForkResult::Parent { child }) => {
+            // Only init reports; the agent sees EOF if init dies without a word.
+            drop(ready);
+            std::process::exit(wait_for(child))
+        }
         Ok(ForkResult::Child) => {}
     }
     // PID 1 of the jail.
+    let mut ready = ready;
     if let Err(e) = init_setup(&cfg) {
+        let _ = writeln!(ready, "{e}");
         fail(e);
     }
+    // Closed here: the program must not inherit it.
+    let _ = ready.write_all(b"ok\n");
+    drop(ready);
     let devnull =
         std::fs::File::open("/dev/null").unwrap_or_else(|e| fail(format!("/dev/null: {e}")));
     let _ = nix::unistd::dup2_stdin(&devnull);
@@ -628,6 +713,9 @@ fn init_setup(cfg: &InitConfig) -> Result<(), String> {
         .map_err(|e| format!("cannot set the hostname to {}: {e}", cfg.hostname))?;
     ip(&["link", "set", "lo", "up"])?;
     for (dev, addr) in &cfg.ifaces {
+        // Announce the address when the link comes up (gratuitous ARP): neighbours that tried
+        // to reach it before it existed learn it now rather than at their next retry.
+        let _ = std::fs::write(format!("/proc/sys/net/ipv4/conf/{dev}/arp_notify"), "1");
         ip(&["addr", "add", addr, "dev", dev])?;
         ip(&["link", "set", dev, "up"])?;
     }

@@ -426,20 +426,34 @@ impl Actor {
             path: l.paths.console_log(),
             source,
         })?;
-        let mut command = match &l.netns {
-            None => Command::new(&l.program),
-            Some(n) => {
+        // A netns jail's init reports on this pipe once its namespaces are set up.
+        let ready = match &l.netns {
+            None => None,
+            Some(_) => Some(
+                nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| {
+                    LaunchError::Netns {
+                        jail: name.clone(),
+                        error: format!("cannot make a pipe: {e}"),
+                    }
+                })?,
+            ),
+        };
+        let mut command = match (&l.netns, &ready) {
+            (Some(n), Some((_, ready_w))) => {
                 let mut c = Command::new(&n.init_program);
                 c.arg("__jail-init")
                     .arg(netns_init_config(&l.paths.data(), n))
                     .arg("--")
                     .arg(&l.program);
-                // SAFETY: between fork and exec only `unshare`, a single system call.
+                use std::os::fd::AsRawFd;
+                let ready_w = ready_w.as_raw_fd();
+                // SAFETY: between fork and exec only `unshare`, `dup2` and `fcntl`.
                 unsafe {
-                    c.pre_exec(crate::netns::unshare_namespaces);
+                    c.pre_exec(move || crate::netns::prepare_helper(ready_w));
                 }
                 c
             }
+            _ => Command::new(&l.program),
         };
         let mut child = command
             .args(&l.args)
@@ -463,9 +477,11 @@ impl Actor {
             })?;
         let pgid = child.id().unwrap_or(0);
         self.reaper.watch(pgid);
-        if let Some(n) = &l.netns {
+        if let (Some(n), Some((ready_r, ready_w))) = (&l.netns, ready) {
+            // Ours closed, the helper's copy is the only writer: EOF means it died.
+            drop(ready_w);
             self.reaper.watch_netns(n);
-            if let Err(e) = wire_netns(n, pgid, &mut child) {
+            if let Err(e) = wire_netns(n, pgid, &mut child, &ready_r) {
                 let _ = kill(Pid::from_raw(-(pgid as i32)), Signal::SIGKILL);
                 self.reaper.forget(pgid);
                 crate::netns::cleanup(n);
@@ -491,6 +507,9 @@ impl Actor {
     }
 }
 
+/// How long a netns jail's init may take to set up its namespaces (a few `ip` commands).
+const NETNS_SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The helper's command-line config: hostname, working directory, the addresses to set.
 fn netns_init_config(data: &std::path::Path, n: &crate::netns::NetnsJail) -> String {
     let cfg = crate::netns::InitConfig {
@@ -506,7 +525,12 @@ fn netns_init_config(data: &std::path::Path, n: &crate::netns::NetnsJail) -> Str
 }
 
 /// Puts a just-started helper in its cgroups and on its segments, then lets it go on.
-fn wire_netns(n: &crate::netns::NetnsJail, pid: u32, child: &mut Child) -> Result<(), String> {
+fn wire_netns(
+    n: &crate::netns::NetnsJail,
+    pid: u32,
+    child: &mut Child,
+    ready: &std::os::fd::OwnedFd,
+) -> Result<(), String> {
     crate::netns::enter_cgroups(&crate::netns::Cgroups::detect(), n, pid)?;
     crate::netns::attach(n, pid)?;
     let stdin = child
@@ -516,7 +540,8 @@ fn wire_netns(n: &crate::netns::NetnsJail, pid: u32, child: &mut Child) -> Resul
     // Three bytes into an empty pipe never block, even on a non-blocking descriptor.
     nix::unistd::write(&stdin, b"go\n")
         .map_err(|e| format!("cannot tell the jail helper to go on: {e}"))?;
-    Ok(())
+    // Addresses up, mounts made: only now is the jail "running" (and probed).
+    crate::netns::wait_ready(ready, NETNS_SETUP_TIMEOUT)
 }
 
 /// Refuses to start a jail whose ports are taken on its own addresses: a clear error now beats
@@ -583,8 +608,11 @@ async fn pump(mut from: impl AsyncRead + Unpin, log: Arc<Mutex<RotatingLog>>) {
 }
 
 /// How long after a start failed probes still count as "starting" rather than unhealthy, and
-/// how fast the probes come meanwhile.
+/// how fast the probes come meanwhile: 5 ms after the first, doubling up to every 100 ms, so
+/// a jail that is ready in 30 ms is seen healthy at ~35 ms, not at the next 100 ms tick,
+/// without a storm of probes at one that takes seconds.
 const START_PERIOD: Duration = Duration::from_secs(10);
+const START_PROBE_FIRST: Duration = Duration::from_millis(5);
 const START_PROBE_EVERY: Duration = Duration::from_millis(100);
 
 async fn health_loop(
@@ -594,6 +622,8 @@ async fn health_loop(
     out: Arc<watch::Sender<JailStatus>>,
 ) {
     let mut proven: Option<u32> = None;
+    // Probes of the current pid while it is starting, for the quick early schedule.
+    let mut early: (Option<u32>, u32) = (None, 0);
     loop {
         // Probe only a live process; otherwise wait for the state to change.
         let pid = status.borrow_and_update().pid;
@@ -621,8 +651,12 @@ async fn health_loop(
         });
         // Our own update is not news.
         status.borrow_and_update();
+        if early.0 != Some(pid) {
+            early = (Some(pid), 0);
+        }
+        early.1 = early.1.saturating_add(1);
         let pause = if starting && proven != Some(pid) {
-            START_PROBE_EVERY
+            (START_PROBE_FIRST * 2u32.pow(early.1.min(8) - 1)).min(START_PROBE_EVERY)
         } else {
             check.interval
         };
