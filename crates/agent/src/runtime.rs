@@ -179,6 +179,9 @@ impl Launcher {
 
 pub struct Runtime {
     cluster: Mutex<Cluster>,
+    /// `citadel agent`: only this host's jails run here (the whole cluster is still what
+    /// roles derive their config from). `citadel up`: None, every jail runs here.
+    local_host: Option<String>,
     file: String,
     source: Source,
     state_dir: PathBuf,
@@ -213,7 +216,18 @@ impl Runtime {
         caps: Capabilities,
         roles: Arc<dyn Roles>,
         reaper: Arc<Reaper>,
+        local_host: Option<String>,
     ) -> Result<Runtime, RuntimeError> {
+        if let Some(host) = &local_host
+            && cluster.host(host).is_none()
+        {
+            let hosts: Vec<&str> = cluster.hosts.iter().map(|h| h.name.as_str()).collect();
+            return Err(RuntimeError::Invalid(format!(
+                "host `{host}` is not in {file} (its hosts: {})",
+                hosts.join(", ")
+            )));
+        }
+        let local = |j: &Jail| local_host.as_ref().is_none_or(|h| &j.host == h);
         let from_file: Vec<String> = cluster.jails.iter().map(|j| j.name.clone()).collect();
         for jail in saved_jails(&state_dir)? {
             if cluster.jail(&jail.name).is_none() {
@@ -229,7 +243,7 @@ impl Runtime {
         if cluster
             .jails
             .iter()
-            .any(|j| cluster.backend_of(j) == Backend::Netns)
+            .any(|j| local(j) && cluster.backend_of(j) == Backend::Netns)
         {
             // What netns jails of this state dir left when everything died at once (the
             // watchdog included): cgroups, unused bridges.
@@ -244,7 +258,7 @@ impl Runtime {
             reaper,
         };
         let mut jails = BTreeMap::new();
-        for jail in &cluster.jails {
+        for jail in cluster.jails.iter().filter(|j| local(j)) {
             jails.insert(
                 jail.name.clone(),
                 Entry {
@@ -255,6 +269,7 @@ impl Runtime {
         }
         Ok(Runtime {
             cluster: Mutex::new(cluster),
+            local_host,
             file,
             source,
             state_dir,
@@ -300,10 +315,20 @@ impl Runtime {
                 if let Some(entry) = jails.remove(&old.name) {
                     entry.supervisor.stop().await;
                 }
-                report.removed.push(old.name.clone());
+                if self.is_local(old) {
+                    report.removed.push(old.name.clone());
+                }
             }
         }
         for jail in &next.jails {
+            if !self.is_local(jail) {
+                // Moved to another host: it stops here (its data stays, as for a removal).
+                if let Some(entry) = jails.remove(&jail.name) {
+                    entry.supervisor.stop().await;
+                    report.removed.push(jail.name.clone());
+                }
+                continue;
+            }
             match cluster.jail(&jail.name) {
                 Some(old) if same(old, jail) => {
                     let Some(entry) = jails.get(&jail.name) else {
@@ -348,6 +373,16 @@ impl Runtime {
         }
         *cluster = next;
         Ok(report)
+    }
+
+    /// Whether `jail` runs under this runtime (every jail for `up`, the host's for an agent).
+    fn is_local(&self, jail: &Jail) -> bool {
+        self.local_host.as_ref().is_none_or(|h| &jail.host == h)
+    }
+
+    /// The host this runtime is the agent of (None: `citadel up`, every host).
+    pub fn local_host(&self) -> Option<&str> {
+        self.local_host.as_deref()
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -749,6 +784,15 @@ impl Runtime {
     /// and gives it a (stopped) supervisor.
     async fn add(&self, mut jail: Jail, bytes: u64) -> Result<Created, RuntimeError> {
         jail.spans = Spans::default();
+        if !self.is_local(&jail) {
+            return Err(RuntimeError::Invalid(format!(
+                "jail `{}` would be on host `{}`; this agent runs host `{}` (restore it with --host {}, or on that host's agent)",
+                jail.name,
+                jail.host,
+                self.local_host.as_deref().unwrap_or_default(),
+                self.local_host.as_deref().unwrap_or_default()
+            )));
+        }
         let mut cluster = self.cluster.lock().await;
         if cluster.jail(&jail.name).is_some() {
             return Err(RuntimeError::Exists(jail.name.clone()));

@@ -1,6 +1,7 @@
 //! `citadel`: one binary for the whole cluster — the operator's commands, and the programs
 //! that run inside jails.
 
+mod agentctl;
 mod appctl;
 mod dbctl;
 mod gatectl;
@@ -56,6 +57,14 @@ enum Command {
   citadel up                          the built-in cluster (the source diagram)
   citadel up --file citadel.toml --state /var/lib/citadel")]
     Up(up::UpArgs),
+    /// The agent of one host: runs that host's jails (systemd service), and installs itself.
+    #[command(after_help = "Examples:
+  citadel agent run --host server-1 --file /etc/citadel/cluster.toml --state /var/lib/citadel
+  citadel agent install --host server-1 --file /etc/citadel/cluster.toml")]
+    Agent {
+        #[command(subcommand)]
+        verb: agentctl::AgentVerb,
+    },
     /// Ask a running `citadel up` to read its cluster file again and apply it (also: SIGHUP).
     #[command(after_help = "Example:\n  citadel reload")]
     Reload {
@@ -208,6 +217,9 @@ fn serves(command: &Command) -> bool {
     matches!(
         command,
         Command::Up(_)
+            | Command::Agent {
+                verb: agentctl::AgentVerb::Run { .. },
+            }
             | Command::Serve(_)
             | Command::Witness { .. }
             | Command::Reaper
@@ -289,6 +301,7 @@ fn main() {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => up::run(args, json).await,
+            Command::Agent { verb } => agentctl::agent(verb, json).await,
             Command::Down { state } => ops::down(&state.state, json).await,
             Command::Reload { state } => ops::reload(&state.state, json).await,
             Command::Check { file } => ops::check(file.as_deref(), json),

@@ -21,9 +21,9 @@ use crate::roles::BuiltinRoles;
 pub struct UpArgs {
     /// The cluster file (default: the built-in cluster, the source design's diagram).
     #[arg(long, short)]
-    file: Option<PathBuf>,
+    pub file: Option<PathBuf>,
     #[command(flatten)]
-    state: StateArg,
+    pub state: StateArg,
 }
 
 /// Progress lines on stderr: a live bar on a terminal, plain lines otherwise.
@@ -72,6 +72,15 @@ impl Progress {
 }
 
 pub async fn run(args: UpArgs, json: bool) -> anyhow::Result<i32> {
+    run_jails(args, json, None).await
+}
+
+/// `up` (every jail, `host` None) and `citadel agent run` (the jails of `host`).
+pub async fn run_jails(args: UpArgs, json: bool, host: Option<String>) -> anyhow::Result<i32> {
+    let what = match &host {
+        None => "citadel up".to_string(),
+        Some(h) => format!("citadel agent (host {h})"),
+    };
     let (cluster, origin) = load_cluster(args.file.as_deref())?;
     let state_dir = prepare_state_dir(&args.state.state)?;
     let _lock = lock_state_dir(&state_dir)?;
@@ -94,6 +103,7 @@ pub async fn run(args: UpArgs, json: bool) -> anyhow::Result<i32> {
             state_dir: state_dir.clone(),
         }),
         reaper,
+        host,
     )?);
     let shutdown = Arc::new(Notify::new());
     {
@@ -110,7 +120,7 @@ pub async fn run(args: UpArgs, json: bool) -> anyhow::Result<i32> {
     let mut sigterm = signal(SignalKind::terminate())?;
 
     let total = runtime.status().await.jails.len();
-    eprintln!("citadel up: {origin}, state in {}", state_dir.display());
+    eprintln!("{what}: {origin}, state in {}", state_dir.display());
     let progress = Progress::new(total);
     let start = runtime.start_all(|event| match event {
         StartProgress::Tier {
@@ -154,7 +164,7 @@ pub async fn run(args: UpArgs, json: bool) -> anyhow::Result<i32> {
         );
     }
     eprintln!(
-        "citadel up is running (pid {}); Ctrl-C or `citadel down` stops every jail",
+        "{what} is running (pid {}); Ctrl-C or `citadel down` stops every jail",
         std::process::id()
     );
 

@@ -58,13 +58,26 @@ impl HostNs {
 
     /// Starts `citadel up` again on what an earlier one left in `dir` (file, state dir).
     fn up_in(&self, dir: tempfile::TempDir) -> Up {
+        self.run_in(dir, &["up"])
+    }
+
+    /// Starts `citadel agent run --host HOST` on `cluster` inside this namespace.
+    fn agent(&self, host: &str, cluster: &str) -> Up {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("cluster.toml"), cluster).expect("write cluster file");
+        self.run_in(dir, &["agent", "run", "--host", host])
+    }
+
+    /// Runs `citadel VERB… --file DIR/cluster.toml --state DIR/state` inside this namespace.
+    fn run_in(&self, dir: tempfile::TempDir, verb: &[&str]) -> Up {
         let file = dir.path().join("cluster.toml");
         let state = dir.path().join("state");
         // A socket left by a killed `up`: wait for the new one, not the old file.
         let _ = std::fs::remove_file(state.join("control.sock"));
         let ns = std::fs::File::open(format!("/run/netns/{}", self.name)).expect("open netns");
         let mut cmd = Command::new(CITADEL);
-        cmd.args(["up", "--file"])
+        cmd.args(verb)
+            .arg("--file")
             .arg(&file)
             .arg("--state")
             .arg(&state)
@@ -601,4 +614,156 @@ fn netns_kill_9_of_up_leaves_nothing() {
         (!alive(up.child.id() as i32)).then_some(())
     });
     nothing_left(&host, &up, &names, "down");
+}
+
+/// `citadel agent run --host H` runs only H's jails of a file that names several hosts (each
+/// host a namespace with its own agent and state dir); a host the file does not have is
+/// refused; `agent install` writes the repository's unit with this binary and the agent's
+/// environment, and installs nothing from an invalid file. Addresses: 198.18.93.0/24.
+#[test]
+fn agent_runs_only_its_hosts_jails_and_installs_a_unit() {
+    if !is_root() {
+        println!("SKIPPED: the netns backend needs root");
+        return;
+    }
+    let cluster = r#"
+[cluster]
+name = "t"
+[segments]
+front = "198.18.93.0/24"
+[[host]]
+name = "a"
+backend = "netns"
+[[host]]
+name = "b"
+backend = "netns"
+"#
+    .to_string()
+        + &http_jail("web-a", "front = \"198.18.93.11\"", "")
+            .replace("host = \"box\"", "host = \"a\"")
+        + &http_jail("web-b", "front = \"198.18.93.12\"", "")
+            .replace("host = \"box\"", "host = \"b\"");
+    let ns_a = HostNs::new(&format!("ct-agent-a-{}", std::process::id()));
+    let ns_b = HostNs::new(&format!("ct-agent-b-{}", std::process::id()));
+    let a = ns_a.agent("a", &cluster);
+    let b = ns_b.agent("b", &cluster);
+    a.wait_healthy(&["web-a"], Duration::from_secs(60));
+    b.wait_healthy(&["web-b"], Duration::from_secs(60));
+    let names = |up: &Up| -> Vec<String> {
+        up.status()["jails"]
+            .as_array()
+            .expect("jails")
+            .iter()
+            .map(|j| j["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(names(&a), ["web-a"], "agent a runs only host a's jail");
+    assert_eq!(names(&b), ["web-b"], "agent b runs only host b's jail");
+    let served = ns_a.run(&[
+        "curl",
+        "-sf",
+        "--max-time",
+        "3",
+        "http://198.18.93.11:8000/",
+    ]);
+    assert!(served.status.success(), "web-a answers on host a");
+    let clone = a.cli(&[
+        "jail",
+        "clone",
+        "web-a",
+        "web-a2",
+        "--address",
+        "front=198.18.93.13",
+    ]);
+    assert!(
+        clone.status.success(),
+        "a clone of a local jail stays local"
+    );
+    assert!(names(&a).contains(&"web-a2".to_string()));
+    // A jail for another host is refused here rather than run in the wrong place.
+    let archive = a.dir.path().join("web-a2.tar.gz");
+    a.ok(&[
+        "jail",
+        "archive",
+        "web-a2",
+        archive.to_str().expect("utf-8"),
+    ]);
+    let elsewhere = a.cli(&[
+        "jail",
+        "restore",
+        archive.to_str().expect("utf-8"),
+        "--name",
+        "web-x",
+        "--host",
+        "b",
+    ]);
+    let err = String::from_utf8_lossy(&elsewhere.stderr);
+    assert!(
+        !elsewhere.status.success() && err.contains("this agent runs host `a`"),
+        "a restore onto host b through a's agent is refused: {err}"
+    );
+    assert!(!names(&a).contains(&"web-x".to_string()));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("cluster.toml");
+    std::fs::write(&file, &cluster).expect("write");
+    let nope = Command::new(CITADEL)
+        .args(["agent", "run", "--host", "nope", "--file"])
+        .arg(&file)
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .output()
+        .expect("run citadel agent");
+    let err = String::from_utf8_lossy(&nope.stderr);
+    assert!(!nope.status.success(), "an unknown host is refused");
+    assert!(
+        err.contains("host `nope` is not in") && err.contains("a, b"),
+        "names the host and the file's hosts: {err}"
+    );
+
+    let units = dir.path().join("units");
+    let install = |file: &std::path::Path| {
+        Command::new(CITADEL)
+            .args(["agent", "install", "--host", "a", "--file"])
+            .arg(file)
+            .arg("--state")
+            .arg(dir.path().join("agent-state"))
+            .arg("--unit-dir")
+            .arg(&units)
+            .arg("--env-file")
+            .arg(units.join("agent.env"))
+            .arg("--no-start")
+            .output()
+            .expect("run citadel agent install")
+    };
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[cluster]\nname = 1\n").expect("write");
+    assert!(
+        !install(&bad).status.success(),
+        "an invalid file is refused"
+    );
+    assert!(!units.exists(), "and nothing is installed");
+    let out = install(&file);
+    assert!(
+        out.status.success(),
+        "install: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unit = std::fs::read_to_string(units.join("citadel-agent.service")).expect("unit");
+    assert!(
+        unit.contains(&format!(
+            "ExecStart={CITADEL} agent run --host ${{CITADEL_HOST}} --file ${{CITADEL_FILE}} --state ${{CITADEL_STATE}}"
+        )),
+        "the unit runs this binary:\n{unit}"
+    );
+    assert!(unit.contains(&format!(
+        "EnvironmentFile={}",
+        units.join("agent.env").display()
+    )));
+    let env = std::fs::read_to_string(units.join("agent.env")).expect("env");
+    assert!(env.contains("CITADEL_HOST=a\n"), "{env}");
+    assert!(
+        env.contains(&format!("CITADEL_FILE={}\n", file.display())),
+        "{env}"
+    );
 }
