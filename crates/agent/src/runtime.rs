@@ -139,6 +139,7 @@ impl Launcher {
     /// cgroup (scoped by state dir, so agents never touch each other's) and limits.
     fn netns(&self, cluster: &Cluster, jail: &Jail) -> NetnsJail {
         let scope = netns::scope_of(&self.state_dir);
+        let host = cluster.host(&jail.host);
         let ifaces = jail
             .addresses
             .iter()
@@ -152,8 +153,12 @@ impl Launcher {
                     host_veth: netns::veth_name(&scope, &jail.name, &a.segment),
                     bridge: netns::bridge_name(&a.segment),
                     bridge_addr: seg
-                        .and_then(|s| s.bridge_address())
+                        .and_then(|s| match host {
+                            Some(h) => h.bridge_address(s),
+                            None => s.bridge_address(),
+                        })
                         .map(|b| format!("{b}/{prefix}")),
+                    uplink: host.and_then(|h| h.links.get(&a.segment).cloned()),
                     addr: format!("{}/{prefix}", a.addr),
                 }
             })

@@ -767,3 +767,141 @@ backend = "netns"
         "{env}"
     );
 }
+
+/// A "switch" for a segment spanning boxes: a namespace holding a bridge; `plug` joins a host
+/// namespace to it by a veth pair whose host end is `eth1` there.
+struct Switch {
+    ns: HostNs,
+}
+
+impl Switch {
+    fn new(name: &str) -> Switch {
+        let ns = HostNs::new(name);
+        for args in [
+            &["ip", "link", "add", "sw", "type", "bridge"][..],
+            &["ip", "link", "set", "sw", "up"][..],
+        ] {
+            assert!(ns.run(args).status.success(), "{args:?}");
+        }
+        Switch { ns }
+    }
+
+    fn plug(&self, host: &HostNs, tag: &str) {
+        let (outer, inner) = (format!("ctp{tag}"), format!("ctq{tag}"));
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("run ip");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ip(&[
+            "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+        ]);
+        ip(&["link", "set", &outer, "netns", &host.name, "name", "eth1"]);
+        ip(&["link", "set", &inner, "netns", &self.ns.name]);
+        assert!(
+            host.run(&["ip", "link", "set", "eth1", "up"])
+                .status
+                .success()
+        );
+        assert!(
+            self.ns
+                .run(&["ip", "link", "set", &inner, "master", "sw", "up"])
+                .status
+                .success()
+        );
+    }
+}
+
+/// One segment across two boxes: each host's bridge takes the host's own address and enslaves
+/// its `eth1` (`[[host]] addresses`, `links`), so a jail on box a reaches a jail on box b, and
+/// box b reaches a's jail; when a box's jails are gone its bridge goes and `eth1` is free
+/// again. Addresses: 198.18.94.0/24.
+#[test]
+fn a_segment_spans_boxes_through_their_links() {
+    if !is_root() {
+        println!("SKIPPED: the netns backend needs root");
+        return;
+    }
+    let pid = std::process::id();
+    let tag = |h: &str| format!("{h}{}", pid % 100_000);
+    let switch = Switch::new(&format!("ct-sw-{pid}"));
+    let ns_a = HostNs::new(&format!("ct-box-a-{pid}"));
+    let ns_b = HostNs::new(&format!("ct-box-b-{pid}"));
+    switch.plug(&ns_a, &tag("a"));
+    switch.plug(&ns_b, &tag("b"));
+    let on =
+        |jail: String, host: &str| jail.replace("host = \"box\"", &format!("host = \"{host}\""));
+    let cluster = r#"
+[cluster]
+name = "t"
+[segments]
+front = "198.18.94.0/24"
+[[host]]
+name = "a"
+backend = "netns"
+addresses = { front = "198.18.94.2" }
+links = { front = "eth1" }
+[[host]]
+name = "b"
+backend = "netns"
+addresses = { front = "198.18.94.3" }
+links = { front = "eth1" }
+"#
+    .to_string()
+        + &on(http_jail("web-a", "front = \"198.18.94.11\"", ""), "a")
+        + &on(http_jail("web-b", "front = \"198.18.94.12\"", ""), "b");
+    let a = ns_a.agent("a", &cluster);
+    let b = ns_b.agent("b", &cluster);
+    a.wait_healthy(&["web-a"], Duration::from_secs(60));
+    b.wait_healthy(&["web-b"], Duration::from_secs(60));
+    std::fs::write(a.data("web-a").join("who"), "web-a").expect("write");
+    std::fs::write(b.data("web-b").join("who"), "web-b").expect("write");
+
+    let from_jail = a.cli(&[
+        "jail",
+        "exec",
+        "web-a",
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        "import urllib.request;print(urllib.request.urlopen('http://198.18.94.12:8000/who', timeout=3).read().decode(),end='')",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&from_jail.stdout),
+        "web-b",
+        "web-a (box a) reaches web-b (box b): {}",
+        String::from_utf8_lossy(&from_jail.stderr)
+    );
+    let from_box = ns_b.run(&[
+        "curl",
+        "-sf",
+        "--max-time",
+        "3",
+        "http://198.18.94.11:8000/who",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&from_box.stdout),
+        "web-a",
+        "box b reaches web-a on box a"
+    );
+    let bridge_addr = ns_a.run(&["ip", "-o", "-4", "addr", "show", "dev", "ctb-front"]);
+    assert!(
+        String::from_utf8_lossy(&bridge_addr.stdout).contains("198.18.94.2/24"),
+        "box a's bridge has box a's address"
+    );
+
+    a.ok(&["down"]);
+    wait_for("agent a exits after down", Duration::from_secs(30), || {
+        (!alive(a.child.id() as i32)).then_some(())
+    });
+    nothing_left(&ns_a, &a, &["web-a"], "down of agent a");
+    let eth1 = String::from_utf8_lossy(&ns_a.run(&["ip", "-o", "link", "show", "eth1"]).stdout)
+        .into_owned();
+    assert!(
+        eth1.contains("eth1") && !eth1.contains("master"),
+        "eth1 is released with the bridge: {eth1}"
+    );
+}

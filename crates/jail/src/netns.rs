@@ -50,6 +50,9 @@ pub struct JailIface {
     pub bridge_addr: Option<String>,
     /// The jail's address, `ADDR/PREFIX`.
     pub addr: String,
+    /// The host's interface that joins the bridge to the segment's other boxes.
+    #[serde(default)]
+    pub uplink: Option<String>,
 }
 
 /// What a netns jail needs beyond a process jail.
@@ -197,8 +200,17 @@ fn link_exists(name: &str) -> bool {
     links().iter().any(|l| l == name)
 }
 
+/// How many jails' veths are on a bridge (an uplink does not keep a bridge alive: deleting the
+/// bridge releases it, and the next jail enslaves it again).
 fn bridge_ports(name: &str) -> usize {
-    ip_lines(&["link", "show", "master", name]).len()
+    ip_lines(&["link", "show", "master", name])
+        .iter()
+        .filter(|l| {
+            l.split(": ")
+                .nth(1)
+                .is_some_and(|n| n.starts_with(VETH_PREFIX))
+        })
+        .count()
 }
 
 /// Wires a started helper (`pid`) to its segments: bridges (made if missing), veth pairs.
@@ -220,6 +232,10 @@ pub fn attach(jail: &NetnsJail, pid: u32) -> Result<(), String> {
             ip(&["addr", "replace", addr, "dev", &i.bridge])?;
         }
         ip(&["link", "set", &i.bridge, "up"])?;
+        if let Some(uplink) = &i.uplink {
+            // Idempotent: already its master for the other jails of the segment.
+            ip(&["link", "set", uplink, "master", &i.bridge, "up"])?;
+        }
         // A veth of an earlier run of this jail whose namespace is not gone yet.
         if link_exists(&i.host_veth) {
             let _ = ip(&["link", "del", &i.host_veth]);

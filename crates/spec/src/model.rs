@@ -58,8 +58,25 @@ impl Segment {
 pub struct Host {
     pub name: String,
     pub backend: Backend,
+    /// netns: the host's own address on a segment (its bridge takes it; default: the
+    /// segment's first address, which only works with one host per segment).
+    #[serde(default)]
+    pub addresses: BTreeMap<String, std::net::Ipv4Addr>,
+    /// netns: the network interface that joins the segment's bridge to the other boxes.
+    #[serde(default)]
+    pub links: BTreeMap<String, String>,
     #[serde(skip)]
     pub spans: Spans,
+}
+
+impl Host {
+    /// The address this host's bridge takes on `segment`.
+    pub fn bridge_address(&self, segment: &Segment) -> Option<std::net::Ipv4Addr> {
+        self.addresses
+            .get(&segment.name)
+            .copied()
+            .or_else(|| segment.bridge_address())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -297,7 +297,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 const TOP_KEYS: &[&str] = &["cluster", "segments", "host", "jail"];
 const CLUSTER_KEYS: &[&str] = &["name", "zone"];
-const HOST_KEYS: &[&str] = &["name", "backend"];
+const HOST_KEYS: &[&str] = &["name", "backend", "addresses", "links"];
 const JAIL_KEYS: &[&str] = &[
     "name",
     "host",
@@ -484,6 +484,8 @@ fn read_host(f: Fields<'_, '_>, diags: &mut Vec<Diagnostic>) -> Host {
     let mut host = Host {
         name: String::new(),
         backend: Backend::Process,
+        addresses: Default::default(),
+        links: Default::default(),
         spans: Spans::default(),
     };
     if let Some((name, span)) = f.required_str("name", diags) {
@@ -502,6 +504,25 @@ fn read_host(f: Fields<'_, '_>, diags: &mut Vec<Diagnostic>) -> Host {
             )),
         }
         host.spans.set("backend", span);
+    }
+    for (segment, text, span) in f.string_map("addresses", diags) {
+        match Ipv4Addr::from_str(&text) {
+            Ok(addr) => {
+                host.spans.set(format!("addresses.{segment}"), span);
+                host.addresses.insert(segment, addr);
+            }
+            Err(_) => diags.push(Diagnostic::error(
+                Some(span),
+                format!(
+                    "{}: address \"{text}\" on segment `{segment}` is not an IPv4 address",
+                    f.what
+                ),
+            )),
+        }
+    }
+    for (segment, link, span) in f.string_map("links", diags) {
+        host.spans.set(format!("links.{segment}"), span);
+        host.links.insert(segment, link);
     }
     f.finish(diags);
     host
