@@ -7,6 +7,7 @@ mod dbctl;
 mod gatectl;
 mod ops;
 mod output;
+mod pkictl;
 mod roles;
 mod serve;
 mod up;
@@ -64,6 +65,12 @@ enum Command {
     Agent {
         #[command(subcommand)]
         verb: agentctl::AgentVerb,
+    },
+    /// The cluster's hosts: issue one its certificate.
+    #[command(after_help = "Example:\n  citadel host add server-1 192.168.1.12")]
+    Host {
+        #[command(subcommand)]
+        verb: pkictl::HostVerb,
     },
     /// Ask a running `citadel up` to read its cluster file again and apply it (also: SIGHUP).
     #[command(after_help = "Example:\n  citadel reload")]
@@ -302,6 +309,7 @@ fn main() {
         match cli.command {
             Command::Up(args) => up::run(args, json).await,
             Command::Agent { verb } => agentctl::agent(verb, json).await,
+            Command::Host { verb } => pkictl::host(verb, json),
             Command::Down { state } => ops::down(&state.state, json).await,
             Command::Reload { state } => ops::reload(&state.state, json).await,
             Command::Check { file } => ops::check(file.as_deref(), json),

@@ -87,14 +87,24 @@ pub fn init(dir: &Path, force: bool, json: bool) -> anyhow::Result<i32> {
         );
     }
     std::fs::write(&path, BUILTIN).with_context(|| format!("cannot write {}", path.display()))?;
+    let (cluster, _) = load_cluster(Some(&path))?;
+    let pki = crate::pkictl::init_pki(dir, &cluster.name)?;
+    let pki_note = if pki.is_empty() {
+        format!("; kept the cluster CA in {}", dir.join("pki").display())
+    } else {
+        format!(
+            "; made the cluster CA and your certificate in {} (keep ca.key safe)",
+            dir.join("pki").display()
+        )
+    };
     output::done(
         json,
         format_args!(
-            "wrote {}; run it with `citadel up --file {}`",
+            "wrote {}; run it with `citadel up --file {}`{pki_note}",
             path.display(),
             path.display()
         ),
-        serde_json::json!({"wrote": path}),
+        serde_json::json!({"wrote": path, "pki": pki}),
     );
     Ok(0)
 }

@@ -31,6 +31,8 @@ pub enum PkiError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
     #[error("`{0}` is not a valid name for a certificate (a DNS label: letters, digits, `-`)")]
     Name(String),
+    #[error("not a host bundle: {0}")]
+    Bundle(String),
 }
 
 /// Who a certificate belongs to.
@@ -209,4 +211,57 @@ pub fn identity_of(cert_der: &[u8]) -> Option<Identity> {
         x509_parser::extensions::GeneralName::DNSName(d) => Identity::from_dns_name(d),
         _ => None,
     })
+}
+
+/// What a host needs to join the cluster, in one file to copy to it: its name, the cluster's
+/// CA certificate, and its own certificate and key. TOML, so a person can see what it is.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Bundle {
+    pub host: String,
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+impl Bundle {
+    pub fn new(ca: &Ca, host: &str, addrs: &[IpAddr]) -> Result<Bundle, PkiError> {
+        let issued = ca.issue(&Identity::Host(host.to_string()), addrs)?;
+        Ok(Bundle {
+            host: host.to_string(),
+            ca: ca.cert_pem.clone(),
+            cert: issued.cert_pem,
+            key: issued.key_pem,
+        })
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads a bundle and checks that its parts are what they claim (PEM that rustls accepts,
+    /// a certificate for `host`).
+    pub fn from_toml(text: &str) -> Result<Bundle, PkiError> {
+        let bundle: Bundle = toml::from_str(text).map_err(|e| PkiError::Bundle(e.to_string()))?;
+        let issued = bundle.issued();
+        server_config(&bundle.ca, &issued)?;
+        if bundle.identity() != Some(Identity::Host(bundle.host.clone())) {
+            return Err(PkiError::Bundle(format!(
+                "its certificate is not for host `{}`",
+                bundle.host
+            )));
+        }
+        Ok(bundle)
+    }
+
+    /// Who the bundle's certificate says it is.
+    pub fn identity(&self) -> Option<Identity> {
+        identity_of(certs(&self.cert, "the certificate").ok()?.first()?)
+    }
+
+    pub fn issued(&self) -> Issued {
+        Issued {
+            cert_pem: self.cert.clone(),
+            key_pem: self.key.clone(),
+        }
+    }
 }
