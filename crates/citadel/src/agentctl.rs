@@ -26,6 +26,26 @@ pub enum AgentVerb {
         host: String,
         #[command(flatten)]
         up: UpArgs,
+        /// Also serve the operator's machine here, over mutual TLS (needs --bundle).
+        #[arg(long, requires = "bundle")]
+        listen: Option<std::net::SocketAddr>,
+        /// This host's bundle from `citadel host add` (CA, certificate, key).
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+    },
+    /// The status of one host's agent, from the operator's machine (mutual TLS).
+    #[command(after_help = "Example:
+  citadel agent status --host server-1 --addr 192.168.1.12:7443 --dir ./mycluster")]
+    Status {
+        /// The host's name (its certificate must say so).
+        #[arg(long)]
+        host: String,
+        /// Where its agent listens (`agent run --listen`).
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        /// Where `citadel init` wrote `pki/` (the CA and your certificate).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
     /// Install the agent as a systemd service: the unit, its environment file, and start it.
     #[command(after_help = "Examples:
@@ -55,7 +75,37 @@ pub enum AgentVerb {
 
 pub async fn agent(verb: AgentVerb, json: bool) -> anyhow::Result<i32> {
     match verb {
-        AgentVerb::Run { host, up } => crate::up::run_jails(up, json, Some(host)).await,
+        AgentVerb::Run {
+            host,
+            up,
+            listen,
+            bundle,
+        } => {
+            let tls = match (listen, bundle) {
+                (Some(addr), Some(bundle)) => Some(crate::up::TlsListen {
+                    addr,
+                    config: server_config(&bundle, &host)?,
+                }),
+                _ => None,
+            };
+            crate::up::run_jails(up, json, Some(host), tls).await
+        }
+        AgentVerb::Status { host, addr, dir } => {
+            let config = operator_config(&dir)?;
+            let report: citadel_agent::protocol::StatusReport = citadel_agent::control::call_tls(
+                addr,
+                &host,
+                config,
+                &citadel_agent::protocol::Request::Status,
+            )
+            .await?;
+            if json {
+                crate::output::json(&report)?;
+            } else {
+                crate::ops::print_status(&report);
+            }
+            Ok(0)
+        }
         AgentVerb::Install {
             host,
             file,
@@ -65,6 +115,41 @@ pub async fn agent(verb: AgentVerb, json: bool) -> anyhow::Result<i32> {
             no_start,
         } => install(&host, &file, &state, &unit_dir, &env_file, no_start, json),
     }
+}
+
+/// The agent's TLS server config from its bundle, which must be for this host.
+fn server_config(
+    bundle: &Path,
+    host: &str,
+) -> anyhow::Result<std::sync::Arc<tokio_rustls::rustls::ServerConfig>> {
+    let text = std::fs::read_to_string(bundle)
+        .with_context(|| format!("cannot read the bundle {}", bundle.display()))?;
+    let b =
+        citadel_pki::Bundle::from_toml(&text).with_context(|| format!("{}", bundle.display()))?;
+    if b.host != host {
+        bail!(
+            "{} is the bundle of host `{}`, not `{host}`",
+            bundle.display(),
+            b.host
+        );
+    }
+    Ok(citadel_pki::server_config(&b.ca, &b.issued())?)
+}
+
+/// The operator's TLS client config from `DIR/pki`.
+fn operator_config(
+    dir: &Path,
+) -> anyhow::Result<std::sync::Arc<tokio_rustls::rustls::ClientConfig>> {
+    let read = |f: &str| {
+        let p = dir.join("pki").join(f);
+        std::fs::read_to_string(&p)
+            .with_context(|| format!("cannot read {} (made by `citadel init`)", p.display()))
+    };
+    let own = citadel_pki::Issued {
+        cert_pem: read("operator.pem")?,
+        key_pem: read("operator.key")?,
+    };
+    Ok(citadel_pki::client_config(&read("ca.pem")?, &own)?)
 }
 
 /// systemd reads `KEY=value` lines; a value with a space or a quote would need quoting rules

@@ -72,11 +72,22 @@ impl Progress {
 }
 
 pub async fn run(args: UpArgs, json: bool) -> anyhow::Result<i32> {
-    run_jails(args, json, None).await
+    run_jails(args, json, None, None).await
+}
+
+/// Where an agent serves the control protocol over TLS, and with what.
+pub struct TlsListen {
+    pub addr: std::net::SocketAddr,
+    pub config: Arc<tokio_rustls::rustls::ServerConfig>,
 }
 
 /// `up` (every jail, `host` None) and `citadel agent run` (the jails of `host`).
-pub async fn run_jails(args: UpArgs, json: bool, host: Option<String>) -> anyhow::Result<i32> {
+pub async fn run_jails(
+    args: UpArgs,
+    json: bool,
+    host: Option<String>,
+    tls: Option<TlsListen>,
+) -> anyhow::Result<i32> {
     let what = match &host {
         None => "citadel up".to_string(),
         Some(h) => format!("citadel agent (host {h})"),
@@ -115,6 +126,18 @@ pub async fn run_jails(args: UpArgs, json: bool, host: Option<String>) -> anyhow
                 tracing::error!(error = %e, socket = %path.display(), "control socket failed");
             }
         });
+    }
+    if let Some(tls) = tls {
+        let listener = tokio::net::TcpListener::bind(tls.addr)
+            .await
+            .with_context(|| format!("cannot listen on {} for the operator", tls.addr))?;
+        let (runtime, shutdown) = (runtime.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = control::serve_tls(runtime, shutdown, listener, tls.config).await {
+                tracing::error!(error = %e, "TLS control listener failed");
+            }
+        });
+        eprintln!("listening for the operator on {} (mutual TLS)", tls.addr);
     }
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
