@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Notify;
 
 use crate::protocol::{Request, Response};
@@ -40,12 +40,84 @@ pub async fn serve(runtime: Arc<Runtime>, shutdown: Arc<Notify>) -> std::io::Res
     }
 }
 
-async fn handle(
-    stream: UnixStream,
+/// Serves the control protocol over mutually authenticated TLS on `listener` (the agent's
+/// address for the operator's machine): a client must present a certificate of this
+/// cluster's CA (checked in the handshake by `config`), and only an operator's may operate.
+pub async fn serve_tls(
+    runtime: Arc<Runtime>,
+    shutdown: Arc<Notify>,
+    listener: TcpListener,
+    config: Arc<tokio_rustls::rustls::ServerConfig>,
+) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let (tcp, peer) = listener.accept().await?;
+        let (runtime, shutdown, acceptor) = (runtime.clone(), shutdown.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                acceptor.accept(tcp),
+            )
+            .await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, error = %e, "refused a control connection");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, "control connection: no TLS handshake within 10 s");
+                    return;
+                }
+            };
+            let who = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| citadel_pki::identity_of(c));
+            let result = match who {
+                Some(citadel_pki::Identity::Operator(_)) => handle(tls, runtime, shutdown).await,
+                other => {
+                    let who = match other {
+                        Some(citadel_pki::Identity::Host(h)) => format!("host `{h}`"),
+                        _ => "a certificate with no Citadel identity".to_string(),
+                    };
+                    tracing::warn!(%peer, %who, "refused: not an operator");
+                    refuse(
+                        tls,
+                        format!(
+                            "{who} may not operate this agent (an operator certificate is needed)"
+                        ),
+                    )
+                    .await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "control connection ended");
+            }
+        });
+    }
+}
+
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(stream: S, why: String) -> std::io::Result<()> {
+    let (read, mut write) = tokio::io::split(stream);
+    let mut line = String::new();
+    let _ = BufReader::new(read.take(MAX_REQUEST as u64))
+        .read_line(&mut line)
+        .await;
+    let mut out = serde_json::to_vec(&Response::Error(why)).unwrap_or_default();
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await
+}
+
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     runtime: Arc<Runtime>,
     shutdown: Arc<Notify>,
 ) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
+    let (read, mut write) = tokio::io::split(stream);
     let mut lines = BufReader::new(read).take(MAX_REQUEST as u64 + 1);
     let mut line = String::new();
     lines.read_line(&mut line).await?;
@@ -60,7 +132,8 @@ async fn handle(
     let mut out =
         serde_json::to_vec(&response).unwrap_or_else(|_| b"{\"error\":\"unencodable\"}".to_vec());
     out.push(b'\n');
-    write.write_all(&out).await
+    write.write_all(&out).await?;
+    write.shutdown().await
 }
 
 async fn answer(request: Request, rt: &Runtime, shutdown: &Notify) -> Response {
@@ -102,7 +175,9 @@ pub enum ClientError {
         "no `citadel up` is running with state directory {0} (cannot reach {1}); start one with `citadel up`, or pass the --state it uses"
     )]
     NotRunning(String, String),
-    #[error("control socket: {0}")]
+    #[error("host `{0}` ({1}): unreachable: {2}")]
+    Unreachable(String, std::net::SocketAddr, String),
+    #[error("control connection: {0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Refused(String),
@@ -119,12 +194,45 @@ pub async fn call<T: serde::de::DeserializeOwned>(
     let stream = UnixStream::connect(&path).await.map_err(|_| {
         ClientError::NotRunning(state_dir.display().to_string(), path.display().to_string())
     })?;
-    let (read, mut write) = stream.into_split();
+    exchange(stream, request).await
+}
+
+/// Sends one request to the agent of host `host` at `addr` over mutually authenticated TLS.
+pub async fn call_tls<T: serde::de::DeserializeOwned>(
+    addr: std::net::SocketAddr,
+    host: &str,
+    config: Arc<tokio_rustls::rustls::ClientConfig>,
+    request: &Request,
+) -> Result<T, ClientError> {
+    let name = citadel_pki::server_name(host).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let unreachable = |why: String| ClientError::Unreachable(host.to_string(), addr, why);
+    let tcp = tokio::time::timeout(std::time::Duration::from_secs(3), TcpStream::connect(addr))
+        .await
+        .map_err(|_| unreachable("no answer within 3 s".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| unreachable(format!("TLS: {e}")))?;
+    exchange(tls, request).await
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin, T: serde::de::DeserializeOwned>(
+    stream: S,
+    request: &Request,
+) -> Result<T, ClientError> {
+    let (read, mut write) = tokio::io::split(stream);
     let mut line = serde_json::to_vec(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
     line.push(b'\n');
     write.write_all(&line).await?;
     let mut answer = String::new();
     BufReader::new(read).read_line(&mut answer).await?;
+    if answer.is_empty() {
+        return Err(ClientError::Refused(
+            "the agent closed the connection without an answer (does it accept this certificate?)"
+                .into(),
+        ));
+    }
     match serde_json::from_str::<Response>(&answer) {
         Ok(Response::Ok(v)) => {
             serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))

@@ -89,6 +89,12 @@ pub struct StatusReport {
 pub struct Identity {
     pub env: BTreeMap<String, String>,
     pub cwd: PathBuf,
+    /// A netns jail's init (host PID): `exec` enters its namespaces.
+    #[serde(default)]
+    pub netns_pid: Option<u32>,
+    /// The `cgroup.procs` files of a netns jail: `exec` joins them, so its limits hold.
+    #[serde(default)]
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 /// The outcome of clone and restore.

@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use citadel_jail::netns::{self, JailIface, NetnsJail};
 use citadel_jail::{
     Health, JailPaths, JailState, Launch, Reaper, Supervisor, copy_tree, expand_vars, identity_env,
     read_archive, resolve_program, write_archive,
 };
-use citadel_spec::{Capabilities, Cluster, Jail, JailAddress, Role, Spans};
+use citadel_spec::{Backend, Capabilities, Cluster, Jail, JailAddress, Limits, Role, Spans};
 use nix::sys::signal::Signal;
 use tokio::sync::Mutex;
 
@@ -123,13 +124,54 @@ impl Launcher {
                 (self.self_exe.clone(), args)
             }
         };
+        let netns = (cluster.backend_of(jail) == Backend::Netns).then(|| self.netns(cluster, jail));
         Ok(Launch {
             jail: jail.clone(),
             paths,
             program,
             args,
             env,
+            netns,
         })
+    }
+
+    /// A netns jail's interfaces (`eth0`… in address order, each on its segment's bridge),
+    /// cgroup (scoped by state dir, so agents never touch each other's) and limits.
+    fn netns(&self, cluster: &Cluster, jail: &Jail) -> NetnsJail {
+        let scope = netns::scope_of(&self.state_dir);
+        let host = cluster.host(&jail.host);
+        let ifaces = jail
+            .addresses
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let seg = cluster.segment(&a.segment);
+                let prefix = seg.map_or(32, |s| s.net.prefix_len());
+                JailIface {
+                    segment: a.segment.clone(),
+                    inside: format!("eth{i}"),
+                    host_veth: netns::veth_name(&scope, &jail.name, &a.segment),
+                    bridge: netns::bridge_name(&a.segment),
+                    bridge_addr: seg
+                        .and_then(|s| match host {
+                            Some(h) => h.bridge_address(s),
+                            None => s.bridge_address(),
+                        })
+                        .map(|b| format!("{b}/{prefix}")),
+                    uplink: host.and_then(|h| h.links.get(&a.segment).cloned()),
+                    addr: format!("{}/{prefix}", a.addr),
+                }
+            })
+            .collect();
+        NetnsJail {
+            init_program: self.self_exe.clone(),
+            hostname: jail.name.clone(),
+            ifaces,
+            cgroup: format!("citadel/{scope}/{}", jail.name),
+            memory: jail.limits.memory,
+            cpus: jail.limits.cpus,
+            pids: jail.limits.pids.unwrap_or(Limits::DEFAULT_PIDS),
+        }
     }
 
     fn supervise(&self, cluster: &Cluster, jail: &Jail) -> Result<Supervisor, RuntimeError> {
@@ -142,6 +184,9 @@ impl Launcher {
 
 pub struct Runtime {
     cluster: Mutex<Cluster>,
+    /// `citadel agent`: only this host's jails run here (the whole cluster is still what
+    /// roles derive their config from). `citadel up`: None, every jail runs here.
+    local_host: Option<String>,
     file: String,
     source: Source,
     state_dir: PathBuf,
@@ -176,7 +221,18 @@ impl Runtime {
         caps: Capabilities,
         roles: Arc<dyn Roles>,
         reaper: Arc<Reaper>,
+        local_host: Option<String>,
     ) -> Result<Runtime, RuntimeError> {
+        if let Some(host) = &local_host
+            && cluster.host(host).is_none()
+        {
+            let hosts: Vec<&str> = cluster.hosts.iter().map(|h| h.name.as_str()).collect();
+            return Err(RuntimeError::Invalid(format!(
+                "host `{host}` is not in {file} (its hosts: {})",
+                hosts.join(", ")
+            )));
+        }
+        let local = |j: &Jail| local_host.as_ref().is_none_or(|h| &j.host == h);
         let from_file: Vec<String> = cluster.jails.iter().map(|j| j.name.clone()).collect();
         for jail in saved_jails(&state_dir)? {
             if cluster.jail(&jail.name).is_none() {
@@ -189,6 +245,17 @@ impl Runtime {
             &state_dir.join("jails").display().to_string(),
         )
         .map_err(|r| RuntimeError::Invalid(r.to_string()))?;
+        if cluster
+            .jails
+            .iter()
+            .any(|j| local(j) && cluster.backend_of(j) == Backend::Netns)
+        {
+            // What netns jails of this state dir left when everything died at once (the
+            // watchdog included): cgroups, unused bridges.
+            for leftover in netns::reconcile(&netns::scope_of(&state_dir)) {
+                tracing::warn!(%leftover, "removed what an earlier run left behind");
+            }
+        }
         let launcher = Launcher {
             state_dir: state_dir.clone(),
             self_exe,
@@ -196,7 +263,7 @@ impl Runtime {
             reaper,
         };
         let mut jails = BTreeMap::new();
-        for jail in &cluster.jails {
+        for jail in cluster.jails.iter().filter(|j| local(j)) {
             jails.insert(
                 jail.name.clone(),
                 Entry {
@@ -207,6 +274,7 @@ impl Runtime {
         }
         Ok(Runtime {
             cluster: Mutex::new(cluster),
+            local_host,
             file,
             source,
             state_dir,
@@ -252,10 +320,20 @@ impl Runtime {
                 if let Some(entry) = jails.remove(&old.name) {
                     entry.supervisor.stop().await;
                 }
-                report.removed.push(old.name.clone());
+                if self.is_local(old) {
+                    report.removed.push(old.name.clone());
+                }
             }
         }
         for jail in &next.jails {
+            if !self.is_local(jail) {
+                // Moved to another host: it stops here (its data stays, as for a removal).
+                if let Some(entry) = jails.remove(&jail.name) {
+                    entry.supervisor.stop().await;
+                    report.removed.push(jail.name.clone());
+                }
+                continue;
+            }
             match cluster.jail(&jail.name) {
                 Some(old) if same(old, jail) => {
                     let Some(entry) = jails.get(&jail.name) else {
@@ -300,6 +378,16 @@ impl Runtime {
         }
         *cluster = next;
         Ok(report)
+    }
+
+    /// Whether `jail` runs under this runtime (every jail for `up`, the host's for an agent).
+    fn is_local(&self, jail: &Jail) -> bool {
+        self.local_host.as_ref().is_none_or(|h| &jail.host == h)
+    }
+
+    /// The host this runtime is the agent of (None: `citadel up`, every host).
+    pub fn local_host(&self) -> Option<&str> {
+        self.local_host.as_deref()
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -476,9 +564,36 @@ impl Runtime {
             "jail `{name}`: cannot create {}",
             paths.root.display()
         )))?;
+        let netns_pid = if cluster.backend_of(jail) == Backend::Netns {
+            let helper = self
+                .jails
+                .lock()
+                .await
+                .get(name)
+                .and_then(|e| e.supervisor.status().pid);
+            Some(
+                helper
+                    .and_then(netns::init_pid)
+                    .ok_or_else(|| RuntimeError::Start(format!("jail `{name}` is not running: start it before exec (`citadel jail start {name}`)")))?,
+            )
+        } else {
+            None
+        };
+        let cgroup_procs = if netns_pid.is_some() {
+            let rel = self.launcher.netns(&cluster, jail).cgroup;
+            netns::Cgroups::detect()
+                .dirs(&rel)
+                .into_iter()
+                .map(|d| d.join("cgroup.procs"))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Identity {
             env: identity_env(&cluster, jail, &paths),
             cwd: paths.data(),
+            netns_pid,
+            cgroup_procs,
         })
     }
 
@@ -674,6 +789,15 @@ impl Runtime {
     /// and gives it a (stopped) supervisor.
     async fn add(&self, mut jail: Jail, bytes: u64) -> Result<Created, RuntimeError> {
         jail.spans = Spans::default();
+        if !self.is_local(&jail) {
+            return Err(RuntimeError::Invalid(format!(
+                "jail `{}` would be on host `{}`; this agent runs host `{}` (restore it with --host {}, or on that host's agent)",
+                jail.name,
+                jail.host,
+                self.local_host.as_deref().unwrap_or_default(),
+                self.local_host.as_deref().unwrap_or_default()
+            )));
+        }
         let mut cluster = self.cluster.lock().await;
         if cluster.jail(&jail.name).is_some() {
             return Err(RuntimeError::Exists(jail.name.clone()));

@@ -1,11 +1,13 @@
 //! `citadel`: one binary for the whole cluster — the operator's commands, and the programs
 //! that run inside jails.
 
+mod agentctl;
 mod appctl;
 mod dbctl;
 mod gatectl;
 mod ops;
 mod output;
+mod pkictl;
 mod roles;
 mod serve;
 mod storectl;
@@ -57,6 +59,20 @@ enum Command {
   citadel up                          the built-in cluster (the source diagram)
   citadel up --file citadel.toml --state /var/lib/citadel")]
     Up(up::UpArgs),
+    /// The agent of one host: runs that host's jails (systemd service), and installs itself.
+    #[command(after_help = "Examples:
+  citadel agent run --host server-1 --file /etc/citadel/cluster.toml --state /var/lib/citadel
+  citadel agent install --host server-1 --file /etc/citadel/cluster.toml")]
+    Agent {
+        #[command(subcommand)]
+        verb: agentctl::AgentVerb,
+    },
+    /// The cluster's hosts: issue one its certificate.
+    #[command(after_help = "Example:\n  citadel host add server-1 192.168.1.12")]
+    Host {
+        #[command(subcommand)]
+        verb: pkictl::HostVerb,
+    },
     /// Ask a running `citadel up` to read its cluster file again and apply it (also: SIGHUP).
     #[command(after_help = "Example:\n  citadel reload")]
     Reload {
@@ -182,6 +198,14 @@ enum Command {
     /// The watchdog that kills every jail when `citadel up` dies (started by `up`).
     #[command(hide = true, name = "__reaper")]
     Reaper,
+    /// Runs a netns jail's program inside its namespaces (started by the agent, which has
+    /// unshared them).
+    #[command(hide = true, name = "__jail-init")]
+    JailInit {
+        config: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 /// The log filter of a command that runs a role (what a jail runs), or None for the
@@ -220,7 +244,13 @@ fn default_log_filter(command: &Command) -> &'static str {
 fn serves(command: &Command) -> bool {
     matches!(
         command,
-        Command::Up(_) | Command::Serve(_) | Command::Reaper
+        Command::Up(_)
+            | Command::Serve(_)
+            | Command::Reaper
+            | Command::JailInit { .. }
+            | Command::Agent {
+                verb: agentctl::AgentVerb::Run { .. },
+            }
     ) || role_log_filter(command).is_some()
 }
 
@@ -257,6 +287,10 @@ fn main() {
     if let Command::Reaper = cli.command {
         citadel_jail::run_reaper();
     }
+    // Before anything starts a thread: the helper forks the jail's init.
+    if let Command::JailInit { config, command } = &cli.command {
+        citadel_jail::netns::run_jail_init(config, &command[0], &command[1..]);
+    }
     if !serves(&cli.command) {
         use nix::sys::signal::{SigHandler, Signal, signal};
         // SAFETY: set before any other thread exists; SIG_DFL installs no handler code.
@@ -282,6 +316,8 @@ fn main() {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => up::run(args, json).await,
+            Command::Agent { verb } => agentctl::agent(verb, json).await,
+            Command::Host { verb } => pkictl::host(verb, json),
             Command::Down { state } => ops::down(&state.state, json).await,
             Command::Reload { state } => ops::reload(&state.state, json).await,
             Command::Check { file } => ops::check(file.as_deref(), json),
@@ -311,7 +347,9 @@ fn main() {
                 Ok(0)
             }
             Command::Man { dir } => man(dir),
-            Command::Reaper => unreachable!("handled before the runtime starts"),
+            Command::Reaper | Command::JailInit { .. } => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     });
     match result {

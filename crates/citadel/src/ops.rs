@@ -25,7 +25,7 @@ pub fn capabilities() -> Capabilities {
             ("store", crate::roles::store::check),
         ],
         builtin_roles: vec![Role::Gate, Role::Db, Role::Witness, Role::App, Role::Store],
-        backends: vec![Backend::Process],
+        backends: vec![Backend::Process, Backend::Netns],
     }
 }
 
@@ -88,14 +88,24 @@ pub fn init(dir: &Path, force: bool, json: bool) -> anyhow::Result<i32> {
         );
     }
     std::fs::write(&path, BUILTIN).with_context(|| format!("cannot write {}", path.display()))?;
+    let (cluster, _) = load_cluster(Some(&path))?;
+    let pki = crate::pkictl::init_pki(dir, &cluster.name)?;
+    let pki_note = if pki.is_empty() {
+        format!("; kept the cluster CA in {}", dir.join("pki").display())
+    } else {
+        format!(
+            "; made the cluster CA and your certificate in {} (keep ca.key safe)",
+            dir.join("pki").display()
+        )
+    };
     output::done(
         json,
         format_args!(
-            "wrote {}; run it with `citadel up --file {}`",
+            "wrote {}; run it with `citadel up --file {}`{pki_note}",
             path.display(),
             path.display()
         ),
-        serde_json::json!({"wrote": path}),
+        serde_json::json!({"wrote": path, "pki": pki}),
     );
     Ok(0)
 }
@@ -325,7 +335,22 @@ pub async fn jail(verb: JailVerb, state: &Path, json: bool) -> anyhow::Result<i3
         JailVerb::Exec { jail, command } => {
             let id: Identity = call(state, &Request::Identity { jail: jail.clone() }).await?;
             let (program, args) = command.split_first().context("no command given")?;
-            let status = std::process::Command::new(program)
+            let mut cmd = match id.netns_pid {
+                None => std::process::Command::new(program),
+                // A netns jail: enter its namespaces (nsenter forks, so the command is in
+                // the jail's PID namespace too).
+                Some(pid) => {
+                    let mut c = std::process::Command::new("nsenter");
+                    c.arg(format!("--target={pid}"))
+                        .args(["--net", "--mount", "--uts", "--ipc", "--pid"])
+                        .arg(format!("--wd={}", id.cwd.display()))
+                        .arg("--")
+                        .arg(program);
+                    join_cgroups(&mut c, &id.cgroup_procs)?;
+                    c
+                }
+            };
+            let status = cmd
                 .args(args)
                 .env_clear()
                 .envs(&id.env)
@@ -440,4 +465,33 @@ fn print_created(c: &Created, how: &str, json: bool) -> anyhow::Result<()> {
 /// The agent may run in another directory: send it absolute paths.
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(p).with_context(|| format!("cannot resolve {}", p.display()))
+}
+
+/// Makes the command (and so everything it starts) join a netns jail's cgroups before it runs,
+/// so `exec` is held to the jail's limits. The paths are made C strings first: between fork
+/// and exec nothing may allocate.
+fn join_cgroups(cmd: &mut std::process::Command, procs: &[PathBuf]) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let paths: Vec<std::ffi::CString> = procs
+        .iter()
+        .map(|p| std::ffi::CString::new(p.as_os_str().as_bytes()))
+        .collect::<Result<_, _>>()
+        .context("a cgroup path has a NUL byte")?;
+    // SAFETY: open/write/close only, on memory prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            for p in &paths {
+                let fd = nix::fcntl::open(
+                    p.as_c_str(),
+                    nix::fcntl::OFlag::O_WRONLY,
+                    nix::sys::stat::Mode::empty(),
+                )?;
+                // "0" is the writing process itself.
+                nix::unistd::write(&fd, b"0")?;
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }

@@ -21,9 +21,9 @@ use crate::roles::BuiltinRoles;
 pub struct UpArgs {
     /// The cluster file (default: the built-in cluster, the source design's diagram).
     #[arg(long, short)]
-    file: Option<PathBuf>,
+    pub file: Option<PathBuf>,
     #[command(flatten)]
-    state: StateArg,
+    pub state: StateArg,
 }
 
 /// Progress lines on stderr: a live bar on a terminal, plain lines otherwise.
@@ -72,6 +72,26 @@ impl Progress {
 }
 
 pub async fn run(args: UpArgs, json: bool) -> anyhow::Result<i32> {
+    run_jails(args, json, None, None).await
+}
+
+/// Where an agent serves the control protocol over TLS, and with what.
+pub struct TlsListen {
+    pub addr: std::net::SocketAddr,
+    pub config: Arc<tokio_rustls::rustls::ServerConfig>,
+}
+
+/// `up` (every jail, `host` None) and `citadel agent run` (the jails of `host`).
+pub async fn run_jails(
+    args: UpArgs,
+    json: bool,
+    host: Option<String>,
+    tls: Option<TlsListen>,
+) -> anyhow::Result<i32> {
+    let what = match &host {
+        None => "citadel up".to_string(),
+        Some(h) => format!("citadel agent (host {h})"),
+    };
     let (cluster, origin) = load_cluster(args.file.as_deref())?;
     let state_dir = prepare_state_dir(&args.state.state)?;
     let _lock = lock_state_dir(&state_dir)?;
@@ -94,6 +114,7 @@ pub async fn run(args: UpArgs, json: bool) -> anyhow::Result<i32> {
             state_dir: state_dir.clone(),
         }),
         reaper,
+        host,
     )?);
     let shutdown = Arc::new(Notify::new());
     {
@@ -106,11 +127,23 @@ pub async fn run(args: UpArgs, json: bool) -> anyhow::Result<i32> {
             }
         });
     }
+    if let Some(tls) = tls {
+        let listener = tokio::net::TcpListener::bind(tls.addr)
+            .await
+            .with_context(|| format!("cannot listen on {} for the operator", tls.addr))?;
+        let (runtime, shutdown) = (runtime.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = control::serve_tls(runtime, shutdown, listener, tls.config).await {
+                tracing::error!(error = %e, "TLS control listener failed");
+            }
+        });
+        eprintln!("listening for the operator on {} (mutual TLS)", tls.addr);
+    }
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
 
     let total = runtime.status().await.jails.len();
-    eprintln!("citadel up: {origin}, state in {}", state_dir.display());
+    eprintln!("{what}: {origin}, state in {}", state_dir.display());
     let progress = Progress::new(total);
     let start = runtime.start_all(|event| match event {
         StartProgress::Tier {
@@ -154,7 +187,7 @@ pub async fn run(args: UpArgs, json: bool) -> anyhow::Result<i32> {
         );
     }
     eprintln!(
-        "citadel up is running (pid {}); Ctrl-C or `citadel down` stops every jail",
+        "{what} is running (pid {}); Ctrl-C or `citadel down` stops every jail",
         std::process::id()
     );
 

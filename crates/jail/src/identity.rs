@@ -40,6 +40,8 @@ pub enum LaunchError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("jail `{jail}`: cannot set up its namespaces: {error}")]
+    Netns { jail: String, error: String },
     #[error("jail `{jail}`: cannot start {program}: {source}")]
     Spawn {
         jail: String,
@@ -56,6 +58,8 @@ pub struct Launch {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// Set for a jail of the `netns` backend: its namespaces, veths and cgroups.
+    pub netns: Option<crate::netns::NetnsJail>,
 }
 
 /// Environment variable name for a segment's address: `front` → `CITADEL_ADDR_FRONT`.

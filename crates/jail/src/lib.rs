@@ -7,6 +7,7 @@ mod data;
 mod health;
 mod identity;
 mod logs;
+pub mod netns;
 mod paths;
 mod reaper;
 mod supervisor;

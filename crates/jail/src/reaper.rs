@@ -49,6 +49,19 @@ impl Reaper {
         self.send(format!("+{pgid}\n"));
     }
 
+    /// What a netns jail leaves on the host if everything dies at once: its cgroup
+    /// directories and its bridges (removed when unused).
+    pub fn watch_netns(&self, jail: &crate::netns::NetnsJail) {
+        let mut lines = String::new();
+        for dir in crate::netns::Cgroups::detect().dirs(&jail.cgroup) {
+            lines.push_str(&format!("c{}\n", dir.display()));
+        }
+        for i in &jail.ifaces {
+            lines.push_str(&format!("b{}\n", i.bridge));
+        }
+        self.send(lines);
+    }
+
     pub fn forget(&self, pgid: u32) {
         self.send(format!("-{pgid}\n"));
     }
@@ -61,9 +74,22 @@ impl Reaper {
 /// The watchdog's main loop.
 pub fn run_reaper() -> ! {
     let mut groups = BTreeSet::new();
+    let mut cgroups = BTreeSet::new();
+    let mut bridges = BTreeSet::new();
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         let (sign, num) = line.split_at(line.len().min(1));
+        match sign {
+            "c" => {
+                cgroups.insert(std::path::PathBuf::from(num));
+                continue;
+            }
+            "b" => {
+                bridges.insert(num.to_string());
+                continue;
+            }
+            _ => {}
+        }
         let Ok(pgid) = num.trim().parse::<i32>() else {
             continue;
         };
@@ -81,6 +107,12 @@ pub fn run_reaper() -> ! {
         }
     }
     kill_groups(&groups, Duration::from_secs(3));
+    // The jails' processes are gone: their network namespaces, and with them the veths, are
+    // freed by the kernel; cgroups and bridges are ours to remove.
+    for dir in &cgroups {
+        crate::netns::remove_jail_cgroup(dir, Duration::from_secs(3));
+    }
+    crate::netns::remove_unused_bridges(bridges.iter().map(String::as_str));
     std::process::exit(0)
 }
 

@@ -329,6 +329,9 @@ impl Actor {
         // finds its ports free.
         let _ = kill(Pid::from_raw(-(run.pgid as i32)), Signal::SIGKILL);
         self.reaper.forget(run.pgid);
+        if let Some(n) = &self.launch.netns {
+            crate::netns::cleanup(n);
+        }
         let ran_for = run.started.elapsed();
         let (code, signal, success) = match &exit {
             Ok(st) => {
@@ -384,6 +387,9 @@ impl Actor {
         };
         let _ = kill(group, Signal::SIGKILL);
         self.reaper.forget(run.pgid);
+        if let Some(n) = &self.launch.netns {
+            crate::netns::cleanup(n);
+        }
         if let Ok(st) = exit {
             use std::os::unix::process::ExitStatusExt;
             self.status.send_modify(|s| {
@@ -411,19 +417,54 @@ impl Actor {
             path: l.paths.root.clone(),
             source,
         })?;
-        check_ports(l)?;
+        if l.netns.is_none() {
+            check_ports(l)?;
+        }
         let log = RotatingLog::open(l.paths.console_log(), crate::LOG_MAX_BYTES, crate::LOG_KEEP)
             .map_err(|source| LaunchError::StateDir {
             jail: name.clone(),
             path: l.paths.console_log(),
             source,
         })?;
-        let mut child = Command::new(&l.program)
+        // A netns jail's init reports on this pipe once its namespaces are set up.
+        let ready = match &l.netns {
+            None => None,
+            Some(_) => Some(
+                nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| {
+                    LaunchError::Netns {
+                        jail: name.clone(),
+                        error: format!("cannot make a pipe: {e}"),
+                    }
+                })?,
+            ),
+        };
+        let mut command = match (&l.netns, &ready) {
+            (Some(n), Some((_, ready_w))) => {
+                let mut c = Command::new(&n.init_program);
+                c.arg("__jail-init")
+                    .arg(netns_init_config(&l.paths.data(), n))
+                    .arg("--")
+                    .arg(&l.program);
+                use std::os::fd::AsRawFd;
+                let ready_w = ready_w.as_raw_fd();
+                // SAFETY: between fork and exec only `unshare`, `dup2` and `fcntl`.
+                unsafe {
+                    c.pre_exec(move || crate::netns::prepare_helper(ready_w));
+                }
+                c
+            }
+            _ => Command::new(&l.program),
+        };
+        let mut child = command
             .args(&l.args)
             .env_clear()
             .envs(&l.env)
             .current_dir(l.paths.data())
-            .stdin(Stdio::null())
+            .stdin(if l.netns.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -436,6 +477,20 @@ impl Actor {
             })?;
         let pgid = child.id().unwrap_or(0);
         self.reaper.watch(pgid);
+        if let (Some(n), Some((ready_r, ready_w))) = (&l.netns, ready) {
+            // Ours closed, the helper's copy is the only writer: EOF means it died.
+            drop(ready_w);
+            self.reaper.watch_netns(n);
+            if let Err(e) = wire_netns(n, pgid, &mut child, &ready_r) {
+                let _ = kill(Pid::from_raw(-(pgid as i32)), Signal::SIGKILL);
+                self.reaper.forget(pgid);
+                crate::netns::cleanup(n);
+                return Err(LaunchError::Netns {
+                    jail: name.clone(),
+                    error: e,
+                });
+            }
+        }
         let log = Arc::new(Mutex::new(log));
         if let Some(out) = child.stdout.take() {
             tokio::spawn(pump(out, log.clone()));
@@ -450,6 +505,43 @@ impl Actor {
             started: Instant::now(),
         })
     }
+}
+
+/// How long a netns jail's init may take to set up its namespaces (a few `ip` commands).
+const NETNS_SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The helper's command-line config: hostname, working directory, the addresses to set.
+fn netns_init_config(data: &std::path::Path, n: &crate::netns::NetnsJail) -> String {
+    let cfg = crate::netns::InitConfig {
+        hostname: n.hostname.clone(),
+        data: std::path::absolute(data).unwrap_or_else(|_| data.to_path_buf()),
+        ifaces: n
+            .ifaces
+            .iter()
+            .map(|i| (i.inside.clone(), i.addr.clone()))
+            .collect(),
+    };
+    serde_json::to_string(&cfg).unwrap_or_default()
+}
+
+/// Puts a just-started helper in its cgroups and on its segments, then lets it go on.
+fn wire_netns(
+    n: &crate::netns::NetnsJail,
+    pid: u32,
+    child: &mut Child,
+    ready: &std::os::fd::OwnedFd,
+) -> Result<(), String> {
+    crate::netns::enter_cgroups(&crate::netns::Cgroups::detect(), n, pid)?;
+    crate::netns::attach(n, pid)?;
+    let stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| "the jail helper has no stdin".to_string())?;
+    // Three bytes into an empty pipe never block, even on a non-blocking descriptor.
+    nix::unistd::write(&stdin, b"go\n")
+        .map_err(|e| format!("cannot tell the jail helper to go on: {e}"))?;
+    // Addresses up, mounts made: only now is the jail "running" (and probed).
+    crate::netns::wait_ready(ready, NETNS_SETUP_TIMEOUT)
 }
 
 /// Refuses to start a jail whose ports are taken on its own addresses: a clear error now beats
@@ -516,8 +608,11 @@ async fn pump(mut from: impl AsyncRead + Unpin, log: Arc<Mutex<RotatingLog>>) {
 }
 
 /// How long after a start failed probes still count as "starting" rather than unhealthy, and
-/// how fast the probes come meanwhile.
+/// how fast the probes come meanwhile: 5 ms after the first, doubling up to every 100 ms, so
+/// a jail that is ready in 30 ms is seen healthy at ~35 ms, not at the next 100 ms tick,
+/// without a storm of probes at one that takes seconds.
 const START_PERIOD: Duration = Duration::from_secs(10);
+const START_PROBE_FIRST: Duration = Duration::from_millis(5);
 const START_PROBE_EVERY: Duration = Duration::from_millis(100);
 
 async fn health_loop(
@@ -527,6 +622,8 @@ async fn health_loop(
     out: Arc<watch::Sender<JailStatus>>,
 ) {
     let mut proven: Option<u32> = None;
+    // Probes of the current pid while it is starting, for the quick early schedule.
+    let mut early: (Option<u32>, u32) = (None, 0);
     loop {
         // Probe only a live process; otherwise wait for the state to change.
         let pid = status.borrow_and_update().pid;
@@ -554,8 +651,12 @@ async fn health_loop(
         });
         // Our own update is not news.
         status.borrow_and_update();
+        if early.0 != Some(pid) {
+            early = (Some(pid), 0);
+        }
+        early.1 = early.1.saturating_add(1);
         let pause = if starting && proven != Some(pid) {
-            START_PROBE_EVERY
+            (START_PROBE_FIRST * 2u32.pow(early.1.min(8) - 1)).min(START_PROBE_EVERY)
         } else {
             check.interval
         };

@@ -45,12 +45,38 @@ pub struct Segment {
     pub spans: Spans,
 }
 
+impl Segment {
+    /// The address a netns host's bridge takes on this segment (its first usable one): how
+    /// the host itself reaches its jails there. `None` for a /31 or /32, which has no room.
+    pub fn bridge_address(&self) -> Option<std::net::Ipv4Addr> {
+        (self.net.prefix_len() < 31)
+            .then(|| std::net::Ipv4Addr::from(u32::from(self.net.network()).wrapping_add(1)))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Host {
     pub name: String,
     pub backend: Backend,
+    /// netns: the host's own address on a segment (its bridge takes it; default: the
+    /// segment's first address, which only works with one host per segment).
+    #[serde(default)]
+    pub addresses: BTreeMap<String, std::net::Ipv4Addr>,
+    /// netns: the network interface that joins the segment's bridge to the other boxes.
+    #[serde(default)]
+    pub links: BTreeMap<String, String>,
     #[serde(skip)]
     pub spans: Spans,
+}
+
+impl Host {
+    /// The address this host's bridge takes on `segment`.
+    pub fn bridge_address(&self, segment: &Segment) -> Option<std::net::Ipv4Addr> {
+        self.addresses
+            .get(&segment.name)
+            .copied()
+            .or_else(|| segment.bridge_address())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,6 +219,15 @@ pub struct Limits {
     pub memory: Option<u64>,
     /// CPU share in cores (1.5 = one and a half cores).
     pub cpus: Option<f64>,
+    /// Most processes (and threads) the jail may have at once; netns jails only, which
+    /// default to `DEFAULT_PIDS`.
+    #[serde(default)]
+    pub pids: Option<u64>,
+}
+
+impl Limits {
+    /// The pids cap of a netns jail that names none: a fork bomb stops here.
+    pub const DEFAULT_PIDS: u64 = 1024;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

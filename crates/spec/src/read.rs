@@ -297,7 +297,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 const TOP_KEYS: &[&str] = &["cluster", "segments", "host", "jail"];
 const CLUSTER_KEYS: &[&str] = &["name", "zone"];
-const HOST_KEYS: &[&str] = &["name", "backend"];
+const HOST_KEYS: &[&str] = &["name", "backend", "addresses", "links"];
 const JAIL_KEYS: &[&str] = &[
     "name",
     "host",
@@ -310,6 +310,7 @@ const JAIL_KEYS: &[&str] = &[
     "stop_grace",
     "memory",
     "cpus",
+    "pids",
     "ports",
     "health",
 ];
@@ -483,6 +484,8 @@ fn read_host(f: Fields<'_, '_>, diags: &mut Vec<Diagnostic>) -> Host {
     let mut host = Host {
         name: String::new(),
         backend: Backend::Process,
+        addresses: Default::default(),
+        links: Default::default(),
         spans: Spans::default(),
     };
     if let Some((name, span)) = f.required_str("name", diags) {
@@ -501,6 +504,25 @@ fn read_host(f: Fields<'_, '_>, diags: &mut Vec<Diagnostic>) -> Host {
             )),
         }
         host.spans.set("backend", span);
+    }
+    for (segment, text, span) in f.string_map("addresses", diags) {
+        match Ipv4Addr::from_str(&text) {
+            Ok(addr) => {
+                host.spans.set(format!("addresses.{segment}"), span);
+                host.addresses.insert(segment, addr);
+            }
+            Err(_) => diags.push(Diagnostic::error(
+                Some(span),
+                format!(
+                    "{}: address \"{text}\" on segment `{segment}` is not an IPv4 address",
+                    f.what
+                ),
+            )),
+        }
+    }
+    for (segment, link, span) in f.string_map("links", diags) {
+        host.spans.set(format!("links.{segment}"), span);
+        host.links.insert(segment, link);
     }
     f.finish(diags);
     host
@@ -620,6 +642,19 @@ fn read_jail(mut f: Fields<'_, '_>, diags: &mut Vec<Diagnostic>) -> Jail {
             diags.push(Diagnostic::error(
                 Some(span),
                 format!("{}: cpus must be more than 0, found {cpus}", f.what),
+            ));
+        }
+    }
+    if let Some((pids, span)) = f.int("pids", diags) {
+        if (1..=4_194_304).contains(&pids) {
+            jail.limits.pids = Some(pids as u64);
+        } else {
+            diags.push(Diagnostic::error(
+                Some(span),
+                format!(
+                    "{}: pids must be between 1 and 4194304, found {pids}",
+                    f.what
+                ),
             ));
         }
     }

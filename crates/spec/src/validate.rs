@@ -130,6 +130,94 @@ fn check_hosts(c: &Cluster, caps: &Capabilities, diags: &mut Vec<Diagnostic>) {
                 .hint("use backend = \"process\""),
             );
         }
+        check_host_segments(c, h, diags);
+    }
+}
+
+/// A host's own addresses and links: netns only, on declared segments, inside them, and not
+/// an address a jail or another host has.
+fn check_host_segments(c: &Cluster, h: &Host, diags: &mut Vec<Diagnostic>) {
+    let fields = h
+        .addresses
+        .keys()
+        .map(|s| ("addresses", s))
+        .chain(h.links.keys().map(|s| ("links", s)));
+    for (key, segment) in fields {
+        let span = h.spans.get(&format!("{key}.{segment}"));
+        if h.backend != Backend::Netns {
+            diags.push(
+                Diagnostic::error(
+                    span.clone(),
+                    format!(
+                        "host `{}`: `{key}` is for the netns backend, and this host uses {}",
+                        h.name, h.backend
+                    ),
+                )
+                .hint("add backend = \"netns\", or remove it"),
+            );
+            continue;
+        }
+        if c.segment(segment).is_none() {
+            let known: Vec<&str> = c.segments.iter().map(|s| s.name.as_str()).collect();
+            diags.push(Diagnostic::error(
+                span,
+                format!(
+                    "host `{}`: no segment named `{segment}` (segments: {})",
+                    h.name,
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
+    for (segment, link) in &h.links {
+        let bad = link.is_empty()
+            || link.len() > 15
+            || link
+                .chars()
+                .any(|ch| ch.is_whitespace() || ch == '/' || ch == ':');
+        if bad {
+            diags.push(Diagnostic::error(
+                h.spans.get(&format!("links.{segment}")),
+                format!(
+                    "host `{}`: \"{link}\" is not a network interface name (1–15 characters, no spaces, `/` or `:`)",
+                    h.name
+                ),
+            ));
+        }
+    }
+    for (segment, addr) in &h.addresses {
+        let span = h.spans.get(&format!("addresses.{segment}"));
+        let Some(seg) = c.segment(segment) else {
+            continue;
+        };
+        if !seg.net.contains(addr) || *addr == seg.net.network() || *addr == seg.net.broadcast() {
+            diags.push(Diagnostic::error(
+                span.clone(),
+                format!(
+                    "host `{}`: {addr} is not a host address of segment `{segment}` ({})",
+                    h.name, seg.net
+                ),
+            ));
+        }
+        for j in &c.jails {
+            if j.addresses.iter().any(|a| a.addr == *addr) {
+                diags.push(Diagnostic::error(
+                    span.clone(),
+                    format!(
+                        "host `{}`: {addr} is also jail `{}`'s address",
+                        h.name, j.name
+                    ),
+                ));
+            }
+        }
+        for other in &c.hosts {
+            if other.name < h.name && other.addresses.values().any(|a| a == addr) {
+                diags.push(Diagnostic::error(
+                    span.clone(),
+                    format!("hosts `{}` and `{}` both have {addr}", other.name, h.name),
+                ));
+            }
+        }
     }
 }
 
@@ -212,6 +300,19 @@ fn check_jail<'c>(
                 Diagnostic::error(span.clone(), format!("jail `{name}`: {} is not a loopback address, and host `{}` uses the process backend", a.addr, jail.host))
                     .hint("process jails bind loopback addresses: give segment `".to_string() + &a.segment + "` a range inside 127.0.0.0/8, e.g. \"127.10.0.0/24\""),
             );
+        }
+        if backend == Backend::Netns {
+            if a.addr.is_loopback() {
+                diags.push(
+                    Diagnostic::error(span.clone(), format!("jail `{name}`: {} is a loopback address, and host `{}` uses the netns backend", a.addr, jail.host))
+                        .hint("a netns jail has its own network: give segment `".to_string() + &a.segment + "` a routable range, e.g. \"192.168.1.0/24\""),
+                );
+            } else if segment.net.contains(&a.addr) && Some(a.addr) == segment.bridge_address() {
+                diags.push(
+                    Diagnostic::error(span.clone(), format!("jail `{name}`: {} is the address of host `{}`'s bridge on segment `{}`", a.addr, jail.host, segment.name))
+                        .hint("netns hosts take the first address of each segment; pick another one"),
+                );
+            }
         }
         if let Some(other) = owners.insert(a.addr, name)
             && other != name

@@ -269,3 +269,65 @@ fn role_sections_are_checked_by_their_role_and_kept_for_it() {
     let report = parse(&src, "test.toml", &caps).expect_err("the section check fails");
     assert_error_at(&report, "extra has 2 keys and a colour", "colour");
 }
+
+#[test]
+fn host_addresses_and_links_are_checked() {
+    let src = r#"
+[cluster]
+name = "t"
+[segments]
+front = "198.18.94.0/24"
+[[host]]
+name = "a"
+backend = "netns"
+addresses = { front = "198.18.94.2" }
+links = { front = "eth1" }
+[[host]]
+name = "b"
+backend = "netns"
+addresses = { front = "198.18.95.3", back = "198.18.94.9" }
+links = { front = "a very long interface name" }
+[[host]]
+name = "c"
+addresses = { front = "127.0.0.9" }
+[[jail]]
+name = "j"
+host = "a"
+role = "command"
+command = "true"
+addresses = { front = "198.18.94.2" }
+"#;
+    let report = errors_of(src);
+    assert_error_at(
+        &report,
+        "not a host address of segment `front`",
+        "\"198.18.95.3\"",
+    );
+    assert_error_at(&report, "no segment named `back`", "\"198.18.94.9\"");
+    assert_error_at(&report, "not a network interface name", "\"a very long");
+    assert_error_at(&report, "is for the netns backend", "\"127.0.0.9\"");
+    assert_error_at(
+        &report,
+        "also jail `j`'s address",
+        "\"198.18.94.2\" }\nlinks",
+    );
+
+    let ok = src
+        .replace("198.18.95.3", "198.18.94.3")
+        .replace(", back = \"198.18.94.9\"", "")
+        .replace("a very long interface name", "eth1")
+        .replace("addresses = { front = \"127.0.0.9\" }\n", "")
+        .replace("addresses = { front = \"198.18.94.2\" }\n\"#", "")
+        .replace(
+            "command = \"true\"\naddresses = { front = \"198.18.94.2\" }",
+            "command = \"true\"\naddresses = { front = \"198.18.94.11\" }",
+        );
+    let (cluster, _) = parse(&ok, "ok.toml", &Capabilities::all()).expect("valid");
+    let a = cluster.host("a").expect("host a");
+    assert_eq!(a.links.get("front").map(String::as_str), Some("eth1"));
+    let front = cluster.segment("front").expect("front");
+    assert_eq!(
+        a.bridge_address(front).map(|x| x.to_string()),
+        Some("198.18.94.2".into())
+    );
+}
