@@ -1,12 +1,14 @@
 //! `citadel up`: run a whole cluster on this machine until told to stop.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use citadel_agent::protocol::StatusReport;
 use citadel_agent::{Runtime, Source, StartProgress, control};
+use citadel_jail::Health;
 use citadel_jail::Reaper;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -15,7 +17,8 @@ use tokio::sync::Notify;
 
 use crate::StateArg;
 use crate::ops::{capabilities, load_cluster, print_status};
-use crate::roles::BuiltinRoles;
+use crate::roles::{BuiltinRoles, gate};
+use citadel_spec::Role;
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -174,6 +177,8 @@ pub async fn run_jails(
         _ = sigint.recv() => { runtime.stop_all().await; return Ok(130) }
         _ = sigterm.recv() => { runtime.stop_all().await; return Ok(143) }
     };
+    let ready = runtime.status().await;
+    let in_rotation = wait_for_gates(&state_dir, &ready, &progress).await;
     progress.finish();
     let report = runtime.status().await;
     if json {
@@ -184,6 +189,11 @@ pub async fn run_jails(
     if failures > 0 {
         eprintln!(
             "{failures} jail(s) did not come up; see `citadel status` and `citadel jail logs JAIL`"
+        );
+    }
+    if !in_rotation {
+        eprintln!(
+            "the gate has not taken every healthy jail into rotation; see `citadel gate backends`"
         );
     }
     eprintln!(
@@ -209,6 +219,60 @@ pub async fn run_jails(
     let _ = std::fs::remove_file(control::socket_path(&state_dir));
     eprintln!("stopped");
     Ok(code)
+}
+
+/// A jail's own check passing does not put it behind the gate: the gate takes it into rotation
+/// at its next checks. Waits (bounded by the gates' check settings) until every gate this
+/// agent runs has each healthy member it balances up, so the table that follows means the
+/// service answers through the gate. False if some member is still out when the bound passes.
+async fn wait_for_gates(state_dir: &Path, report: &StatusReport, progress: &Progress) -> bool {
+    let healthy: Vec<&str> = report
+        .jails
+        .iter()
+        .filter(|j| j.health == Health::Healthy)
+        .map(|j| j.name.as_str())
+        .collect();
+    let gates: Vec<&str> = report
+        .jails
+        .iter()
+        .filter(|j| j.role == Role::Gate.to_string() && healthy.contains(&j.name.as_str()))
+        .map(|j| j.name.as_str())
+        .collect();
+    if gates.is_empty() {
+        return true;
+    }
+    // Slack for a loaded machine: the bound is the checks' schedule, not their run time.
+    let bound = gate::rotation_bound(state_dir, &gates) + Duration::from_secs(2);
+    progress.message("waiting for the gate to take the jails into rotation".to_string());
+    let began = Instant::now();
+    loop {
+        let members = gate::rotation(state_dir, &gates, &healthy).await;
+        let out: Vec<String> = members
+            .iter()
+            .filter(|m| !m.up)
+            .map(|m| format!("{} ({} at {})", m.member, m.service, m.gate))
+            .collect();
+        let took = began.elapsed().as_secs_f64();
+        if out.is_empty() {
+            let mut names: Vec<&str> = members.iter().map(|m| m.member.as_str()).collect();
+            names.dedup();
+            if !names.is_empty() {
+                progress.line(format!(
+                    "  ✓ in rotation at the gate after {took:.1}s: {}",
+                    names.join(", ")
+                ));
+            }
+            return true;
+        }
+        if began.elapsed() >= bound {
+            progress.line(format!(
+                "  ✗ not in rotation at the gate after {took:.1}s: {}",
+                out.join(", ")
+            ));
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn prepare_state_dir(dir: &std::path::Path) -> anyhow::Result<PathBuf> {

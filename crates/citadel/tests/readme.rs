@@ -135,37 +135,42 @@ fn the_readme_commands_work_in_a_fresh_clone() {
             if let Some(code) = up.0.try_wait().expect("wait") {
                 panic!("`{}` exited ({code}):\n{}", commands[0], tail(&log));
             }
-            let out = Command::new(&citadel)
-                .args(["status", "--json"])
-                .current_dir(&clone)
-                .output()
-                .ok()?;
-            let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-            let jails = status["jails"].as_array()?;
-            (jails.len() == 8 && jails.iter().all(|j| j["health"] == "healthy")).then_some(())
-        },
-    );
-
-    // The gate starts before the app and store jails (their db lookups go through its DNS),
-    // so it takes each into rotation at its next health check after the jail came up; a
-    // newcomer reads the table `up` printed first.
-    wait_for(
-        "the gate to take both app and both store jails",
-        Duration::from_secs(30),
-        || {
-            let out = Command::new(&citadel)
-                .args(["gate", "backends"])
-                .current_dir(&clone)
-                .output()
-                .ok()?;
-            let table = String::from_utf8_lossy(&out.stdout).to_string();
-            (table
-                .lines()
-                .filter(|l| (l.contains(" app-") || l.contains(" store-")) && l.contains(" up "))
-                .count()
-                == 4)
+            // `up` prints its table, then this line: from here the README says the cluster
+            // answers.
+            std::fs::read_to_string(&log)
+                .ok()?
+                .contains("is running (pid")
                 .then_some(())
         },
+    );
+    let out = Command::new(&citadel)
+        .args(["status", "--json"])
+        .current_dir(&clone)
+        .output()
+        .expect("citadel status");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    let jails = status["jails"].as_array().expect("jails");
+    assert!(
+        jails.len() == 8 && jails.iter().all(|j| j["health"] == "healthy"),
+        "up printed its table before every jail was healthy: {status:#}"
+    );
+    // No wait here: `up` waits for the gate's verdicts before it prints its table, so every
+    // balanced jail is in rotation already.
+    let out = Command::new(&citadel)
+        .args(["gate", "backends"])
+        .current_dir(&clone)
+        .output()
+        .expect("citadel gate backends");
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    let in_rotation = table
+        .lines()
+        .filter(|l| (l.contains(" app-") || l.contains(" store-")) && l.contains(" up "))
+        .count();
+    assert_eq!(
+        in_rotation,
+        4,
+        "up printed its table before the gate had both app and both store jails up:\n{table}\n{}",
+        tail(&log)
     );
 
     // The "Try it" block, pasted into a second shell in the same directory.

@@ -300,3 +300,73 @@ async fn in_flight(admin: SocketAddr, member: &str) -> u64 {
         .filter_map(|m| m["active"].as_u64())
         .sum()
 }
+
+/// A member that a running gate balances, and whether the gate has it in rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Balanced {
+    pub gate: String,
+    pub service: String,
+    pub member: String,
+    pub up: bool,
+}
+
+/// How long the gates among `gates` need, at most, to take a member that just became healthy
+/// into rotation: a check that found it not yet listening, then `rise` passing checks.
+pub fn rotation_bound(state_dir: &Path, gates: &[&str]) -> Duration {
+    gates
+        .iter()
+        .filter_map(|gate| running_config(state_dir, gate).ok())
+        .flat_map(|config| config.services)
+        .map(|s| {
+            Duration::from_millis(
+                s.health.interval_ms * (u64::from(s.health.rise) + 1) + s.health.timeout_ms,
+            )
+        })
+        .max()
+        .unwrap_or_default()
+}
+
+/// The members among `ready` (jails whose own check passes) that one of `gates` balances, and
+/// whether its admin API reports each up. An unreachable gate has none of them up.
+pub async fn rotation(state_dir: &Path, gates: &[&str], ready: &[&str]) -> Vec<Balanced> {
+    let mut found = Vec::new();
+    for gate in gates {
+        let Ok(config) = running_config(state_dir, gate) else {
+            continue;
+        };
+        let view = match http_request(
+            config.admin,
+            "GET",
+            "/backends",
+            None,
+            Duration::from_secs(2),
+        )
+        .await
+        {
+            Ok((200, text)) => serde_json::from_str::<serde_json::Value>(&text).ok(),
+            _ => None,
+        };
+        let up_at_gate = |service: &str, member: &str| {
+            view.iter()
+                .flat_map(|v| v.as_array().into_iter().flatten())
+                .filter(|s| s["name"] == service)
+                .flat_map(|s| s["members"].as_array().into_iter().flatten())
+                .any(|m| m["name"] == member && m["up"] == true)
+        };
+        for service in &config.services {
+            for member in service
+                .members
+                .iter()
+                .filter(|m| ready.contains(&m.name.as_str()))
+            {
+                found.push(Balanced {
+                    gate: gate.to_string(),
+                    service: service.name.clone(),
+                    member: member.name.clone(),
+                    up: up_at_gate(&service.name, &member.name),
+                });
+            }
+        }
+    }
+    found
+}
