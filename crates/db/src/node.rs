@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::ClientWriteError;
@@ -39,6 +39,35 @@ type ReadWaiter = oneshot::Sender<Result<u64, String>>;
 struct ReadBatcher {
     /// (a round is running, readers waiting for the next round)
     waiters: std::sync::Mutex<(bool, Vec<ReadWaiter>)>,
+    /// The leader's read lease (crates/db/NOTES.md, "Read leases"): while it holds, reads
+    /// are served without a round.
+    lease: std::sync::Mutex<Option<ReadLease>>,
+    /// A round to renew the lease is running or queued (only one at a time).
+    renewing: AtomicBool,
+    /// Reads this node led under its lease, and read-index rounds it ran (INFO).
+    by_lease: AtomicU64,
+    rounds: AtomicU64,
+}
+
+/// A data leader's proof that no other leader can be elected before `until`: a quorum
+/// acknowledged a heartbeat of `term` sent at `until - lease`, and every voter refuses votes
+/// for its own lease after hearing from a leader.
+#[derive(Clone, Copy, Debug)]
+struct ReadLease {
+    term: u64,
+    until: Instant,
+    /// The round's read index: the lease serves reads only once this node has applied it
+    /// (everything committed before its term).
+    index: u64,
+}
+
+/// How long a leader may serve reads after a quorum acknowledged its heartbeat: three
+/// quarters of the shortest time any voter refuses votes after hearing from a leader (openraft
+/// 0.9's vote lease is each member's `election_timeout_max`; the witness's is the shorter,
+/// three heartbeats), the rest a margin for clock-rate drift and scheduling.
+pub fn read_lease(t: &crate::config::Tunables) -> Duration {
+    let shortest_vote_lease = t.election_max_ms.min(witness_election(t).1);
+    Duration::from_millis(shortest_vote_lease * 3 / 4)
 }
 
 type Waiter = oneshot::Sender<Result<Reply, String>>;
@@ -66,6 +95,9 @@ pub struct Node {
     /// Deliberately broken mode for the linearizability test: serve every read locally, as
     /// READONLY does. Set by the environment variable `CITADEL_DB_UNSAFE_LOCAL_READS=1`.
     pub unsafe_local_reads: bool,
+    /// How long a read lease lasts (0: no leases, every read takes a round). Longer than safe
+    /// only in the deliberately broken test mode `CITADEL_DB_UNSAFE_READ_LEASE_MS`.
+    read_lease: Duration,
     proposer: Proposer,
     pub cfg: DbConfig,
     pub raft: Raft,
@@ -373,8 +405,16 @@ impl Node {
         match self.leader() {
             Some(l) if l == self.id() => {
                 let wait = self.peers.rpc_timeout() * 2;
+                self.reads.rounds.fetch_add(1, Ordering::Relaxed);
+                let term = self.raft.metrics().borrow().current_term;
+                // Before the call: the round's heartbeats are sent after this instant.
+                let sent = Instant::now();
                 match tokio::time::timeout(wait, self.raft.get_read_log_id()).await {
-                    Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index).unwrap_or(0)),
+                    Ok(Ok((read, _applied))) => {
+                        let index = read.map(|l| l.index).unwrap_or(0);
+                        self.grant_lease(term, sent, index);
+                        Ok(index)
+                    }
                     Ok(Err(e)) => Err(format!("TRYAGAIN {e}")),
                     Err(_) => Err("TRYAGAIN leadership not confirmed in time".into()),
                 }
@@ -389,6 +429,71 @@ impl Node {
                 Err(e) => Err(format!("TRYAGAIN {e}")),
             },
             None => Err(TRYAGAIN.into()),
+        }
+    }
+
+    /// Records a read lease after a round of `term` confirmed leadership with heartbeats sent
+    /// after `sent`. Only a data member leads reads; a witness never serves them.
+    fn grant_lease(&self, term: u64, sent: Instant, index: u64) {
+        if self.read_lease.is_zero() || self.is_witness() {
+            return;
+        }
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_term != term || m.current_leader != Some(self.id()) {
+            return;
+        }
+        let until = sent + self.read_lease;
+        let mut lease = self.reads.lease.lock().unwrap_or_else(|p| p.into_inner());
+        if lease.is_none_or(|l| l.term != term || l.until < until) {
+            *lease = Some(ReadLease { term, until, index });
+        }
+    }
+
+    /// A read index without a round, if this node leads under a lease that holds: its own
+    /// applied index (every write it acknowledged is applied here first). Past half the
+    /// lease, starts one round in the background to renew it, so a steady load of reads
+    /// costs a round per half lease instead of one per batch.
+    fn lease_read_index(self: &Arc<Self>) -> Option<u64> {
+        let lease = (*self.reads.lease.lock().unwrap_or_else(|p| p.into_inner()))?;
+        let now = Instant::now();
+        if now >= lease.until {
+            return None;
+        }
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_term != lease.term || m.current_leader != Some(self.id()) {
+            return None;
+        }
+        let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+        if applied < lease.index {
+            return None;
+        }
+        if lease.until - now < self.read_lease / 2
+            && !self.reads.renewing.swap(true, Ordering::AcqRel)
+        {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _ = me.read_index_batched().await;
+                me.reads.renewing.store(false, Ordering::Release);
+            });
+        }
+        self.reads.by_lease.fetch_add(1, Ordering::Relaxed);
+        Some(applied)
+    }
+
+    /// (reads led under the lease, read-index rounds run) by this node since it started.
+    pub fn read_counts(&self) -> (u64, u64) {
+        (
+            self.reads.by_lease.load(Ordering::Relaxed),
+            self.reads.rounds.load(Ordering::Relaxed),
+        )
+    }
+
+    /// A read index: from the lease when it holds, else from a round batched with concurrent
+    /// readers.
+    async fn read_index(self: &Arc<Self>) -> Result<u64, String> {
+        match self.lease_read_index() {
+            Some(index) => Ok(index),
+            None => self.read_index_batched().await,
         }
     }
 
@@ -433,7 +538,7 @@ impl Node {
     pub async fn linearize(self: &Arc<Self>) -> Result<u64, String> {
         let deadline = Instant::now() + Duration::from_millis(self.cfg.tunables.write_wait_ms);
         loop {
-            match self.read_index_batched().await {
+            match self.read_index().await {
                 Ok(idx) => {
                     let left = deadline
                         .saturating_duration_since(Instant::now())
@@ -610,7 +715,7 @@ impl PeerHandler for Node {
                 })
             }
             PeerReq::ReadIndex => PeerResp::ReadIndex(if self.leader() == Some(self.id()) {
-                self.read_index_batched().await
+                self.read_index().await
             } else {
                 Err(TRYAGAIN.into())
             }),
@@ -988,10 +1093,22 @@ pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
     if unsafe_local_reads {
         tracing::warn!("CITADEL_DB_UNSAFE_LOCAL_READS=1: reads are NOT linearizable (test mode)");
     }
+    let read_lease = match std::env::var("CITADEL_DB_UNSAFE_READ_LEASE_MS") {
+        Ok(ms) => {
+            let ms: u64 = ms.parse().unwrap_or(0);
+            tracing::warn!(
+                lease_ms = ms,
+                "CITADEL_DB_UNSAFE_READ_LEASE_MS: a read lease of this length is NOT safe (test mode)"
+            );
+            Duration::from_millis(ms)
+        }
+        Err(_) => read_lease(&cfg.tunables),
+    };
     let node = Arc::new(Node {
         last_leader_contact: AtomicU64::new(0),
         started: Instant::now(),
         unsafe_local_reads,
+        read_lease,
         proposer: Proposer {
             queue: std::sync::Mutex::new(Vec::new()),
             wake: tokio::sync::Notify::new(),
@@ -1003,6 +1120,10 @@ pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
         peers,
         reads: ReadBatcher {
             waiters: std::sync::Mutex::new((false, Vec::new())),
+            lease: std::sync::Mutex::new(None),
+            renewing: AtomicBool::new(false),
+            by_lease: AtomicU64::new(0),
+            rounds: AtomicU64::new(0),
         },
         rid_base,
         rid_seq: AtomicU64::new(1),

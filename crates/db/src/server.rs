@@ -445,6 +445,10 @@ fn info(node: &Node) -> Reply {
         .sm
         .read(|g| g.tables.dbs.iter().map(|d| d.map.len()).sum());
     s.push_str(&format!("keys_in_memory:{in_memory}\r\n"));
+    let (by_lease, rounds) = node.read_counts();
+    s.push_str(&format!(
+        "reads_by_lease:{by_lease}\r\nread_index_rounds:{rounds}\r\n"
+    ));
     s.push_str("# Keyspace\r\n");
     node.sm.read(|g| {
         for (i, db) in g.tables.dbs.iter().enumerate() {

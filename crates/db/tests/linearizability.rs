@@ -242,3 +242,87 @@ fn checker_catches_a_broken_build_serving_local_reads() {
         "the checker never caught the broken build's stale reads"
     );
 }
+
+/// A leader paused for longer than its read lease, deposed meanwhile (the others elect and
+/// acknowledge a write), and resumed while the new majority is itself frozen — so nothing
+/// tells it of its deposition — reads through it at once. Returns the history: the two
+/// acknowledged writes, and the read if it answered.
+fn read_through_a_deposed_leader(net: &str, env: &[(&str, &str)]) -> (Vec<Op>, Option<u64>) {
+    const WITNESS: u64 = 3;
+    let c = trio(net, env);
+    let old = c.wait_leader(&[A, B], Duration::from_secs(20));
+    let other = if old == A { B } else { A };
+    let origin = Instant::now();
+    let ns = || origin.elapsed().as_nanos() as u64;
+    let mut ops = Vec::new();
+    let mut oc = c.conn(old);
+    let call = ns();
+    let _: String = redis::cmd("SET").arg("reg").arg(1).query(&mut oc).unwrap();
+    ops.push(w(call, ns(), 1));
+    // Reads through the old leader: the first takes a round and grants the lease, the rest
+    // ride on it (or its renewals). The pause below outlasts it.
+    for _ in 0..200 {
+        let v: Option<u64> = redis::cmd("GET").arg("reg").query(&mut oc).unwrap();
+        assert_eq!(v, Some(1));
+    }
+    let by_lease: u64 = c
+        .info(old, "reads_by_lease")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(by_lease > 0, "no read was served under the lease");
+
+    c.pause(old);
+    assert_eq!(c.wait_data_leader(&[other], Duration::from_secs(20)), other);
+    let call = ns();
+    assert!(
+        c.set_retry(&[other], "reg", "2", Duration::from_secs(20)),
+        "the new leader never acknowledged the write"
+    );
+    ops.push(w(call, ns(), 2));
+    c.pause(other);
+    c.pause(WITNESS);
+    c.resume(old);
+    let call = ns();
+    let read: redis::RedisResult<Option<u64>> = redis::cmd("GET").arg("reg").query(&mut oc);
+    let ret = ns();
+    c.resume(other);
+    c.resume(WITNESS);
+    let seen = match read {
+        Ok(v) => {
+            ops.push(r(call, ret, v));
+            v
+        }
+        Err(e) => {
+            eprintln!("the deposed leader refused the read: {e}");
+            None
+        }
+    };
+    (ops, seen)
+}
+
+/// Leases (crates/db/NOTES.md, "Read leases"): the lease ends before any voter would vote for
+/// another leader, so a deposed leader never serves the value from before the new write.
+#[test]
+fn a_leader_paused_past_its_lease_never_serves_a_stale_read() {
+    let (ops, seen) = read_through_a_deposed_leader("127.60.13", &[]);
+    assert_ne!(
+        seen,
+        Some(1),
+        "the deposed leader served the overwritten value"
+    );
+    assert!(check(&ops), "history not linearizable: {ops:?}");
+}
+
+/// The same with the lease broken on purpose (a minute, far past the voters' vote lease):
+/// the deposed leader serves the overwritten value and the checker catches it.
+#[test]
+fn checker_catches_a_broken_build_with_a_too_long_lease() {
+    let (ops, seen) =
+        read_through_a_deposed_leader("127.60.14", &[("CITADEL_DB_UNSAFE_READ_LEASE_MS", "60000")]);
+    assert_eq!(
+        seen,
+        Some(1),
+        "the broken build did not serve the stale value"
+    );
+    assert!(!check(&ops), "the checker accepted a stale read: {ops:?}");
+}
