@@ -9,6 +9,11 @@
 #   bench/e2e/run.sh                 # DUR=10 s per run, wrk -t2 -c64, 1000 documents of ~200 B
 #   DUR=20 CONNS=128 bench/e2e/run.sh
 #   PROFILE=0 bench/e2e/run.sh       # skip the perf profiles
+#   SEED=0 bench/e2e/run.sh          # skip the seed stack (HAProxy → Erlang → Mnesia) run
+#
+# Then, in turn (it uses 127.30.0.11–12 too), the source design's own stack from
+# ../shared/anchors/seed_stack with the same wrk settings, and the ratio Citadel / seed stack
+# for GET keep-alive, PUT keep-alive and GET with a new connection each.
 #
 # For each run it prints req/s, p99, errors, and the CPU time each part of the cluster spent
 # per request (utime+stime from /proc, µs/request), and with PROFILE=1 (default, if `perf`
@@ -26,7 +31,7 @@ export IDS=${IDS:-1000}
 W=$(mktemp -d /tmp/citadel-e2e-bench.XXXXXX)
 UP_PID=
 NGINX_PID=
-cleanup() {
+stop_citadel() {
   [ -n "$NGINX_PID" ] && kill "$NGINX_PID" 2>/dev/null || true
   if [ -n "$UP_PID" ]; then
     kill -TERM "$UP_PID" 2>/dev/null || true
@@ -35,6 +40,10 @@ cleanup() {
     wait "$UP_PID" 2>/dev/null || true
   fi
   [ -n "$NGINX_PID" ] && wait "$NGINX_PID" 2>/dev/null || true
+  UP_PID= NGINX_PID=
+}
+cleanup() {
+  stop_citadel
   rm -rf "$W"
 }
 trap cleanup EXIT
@@ -48,7 +57,7 @@ fi
 (cd "$ROOT" && cargo build --release -q -p citadel)
 CITADEL=$ROOT/target/release/citadel
 sed -e 's/127\.10\.0\./127.30.0./g' -e 's/127\.20\.0\./127.31.0./g' \
-    -e 's/127\.0\.0\.1:8080/127.32.0.1:8080/g' "$ROOT/crates/spec/src/builtin.toml" > "$W/cluster.toml"
+    -e 's/127\.0\.0\.1:8080/127.32.0.1:8080/g' -e 's/127\.0\.0\.1:8081/127.32.0.1:8081/g' "$ROOT/crates/spec/src/builtin.toml" > "$W/cluster.toml"
 "$CITADEL" up --file "$W/cluster.toml" --state "$W/state" </dev/null >"$W/up.out" 2>"$W/up.log" &
 UP_PID=$!
 st() { "$CITADEL" "$1" --state "$W/state" "${@:2}"; }
@@ -64,7 +73,7 @@ all_healthy() {
   st status --json | python3 -c '
 import json, sys
 js = json.load(sys.stdin)["jails"]
-sys.exit(0 if len(js) == 6 and all(j["health"] == "healthy" for j in js) else 1)'
+sys.exit(0 if len(js) >= 6 and all(j["health"] == "healthy" for j in js) else 1)'
 }
 apps_in_rotation() {
   st gate backends --json | python3 -c '
@@ -206,3 +215,47 @@ info = dict(l.split(":", 1) for l in buf.decode().splitlines() if ":" in l)
 print(f"  {sys.argv[1]}: role {info.get('role')}, raft_applied_index {info.get('raft_applied_index')}")
 PY
 done
+
+[ "${SEED:-1}" = 1 ] || exit 0
+SEED_STACK=${SEED_STACK:-$ROOT/../shared/anchors/seed_stack}
+echo
+echo "== Citadel stopped; the seed stack in turn ($SEED_STACK, same wrk settings)"
+stop_citadel
+mkdir -p "$W/seed"
+if ! RES=$W/seed PARTS=steady CASES=get_gate,put_gate,get_close_gate REPEATS=1 \
+    DUR=$DUR CONNS=$CONNS THREADS=$THREADS bash "$SEED_STACK/seed_stack.sh" > "$W/seed.out" 2>&1; then
+  echo "the seed stack run failed:"; tail -30 "$W/seed.out"; exit 1
+fi
+grep -E '^(get_gate|put_gate|get_close_gate) rep' "$W/seed.out" || true
+echo
+python3 - "$SUMMARY" "$W/seed/steady.tsv" <<'PY'
+import sys
+def ms(t):
+    t = t.strip()
+    for unit, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if t.endswith(unit):
+            return float(t[: -len(unit)]) * f
+    return float(t)
+ours = {}
+for line in open(sys.argv[1]):
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if len(cells) >= 3 and cells[1]:
+        ours[cells[0]] = (float(cells[1]), ms(cells[2]))
+seed = {}
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[2])]
+head = rows[0]
+for r in rows[1:]:
+    d = dict(zip(head, r))
+    seed[d["case"]] = (float(d["req_s"]), ms(d["p99"]))
+pairs = [("GET keep-alive (linearizable)", "gate-get-keepalive", "get_gate", 2.5),
+         ("PUT keep-alive (fsynced on a majority)", "gate-put-keepalive", "put_gate", 2.0),
+         ("GET, a new connection each", "gate-get-close", "get_close_gate", 1.5)]
+print("| through the gate | seed stack req/s | Citadel req/s | ratio | target | p99 seed / Citadel (ms) |")
+print("|---|---|---|---|---|---|")
+for name, a, b, target in pairs:
+    if a in ours and b in seed:
+        (cr, cp), (sr, sp) = ours[a], seed[b]
+        print(f"| {name} | {sr:.0f} | {cr:.0f} | {cr / sr:.2f} | ≥ {target} | {sp:.2f} / {cp:.2f} |")
+    else:
+        print(f"| {name} | missing | | | | |")
+PY
