@@ -9,6 +9,7 @@
 #   bench/e2e/run.sh                 # DUR=10 s per run, wrk -t2 -c64, 1000 documents of ~200 B
 #   DUR=20 CONNS=128 bench/e2e/run.sh
 #   PROFILE=0 bench/e2e/run.sh       # skip the perf profiles
+#   GATE_THREADS=1 bench/e2e/run.sh  # the gate on tokio's current-thread scheduler
 #   SEED=0 bench/e2e/run.sh          # skip the seed stack (HAProxy → Erlang → Mnesia) run
 #
 # Then, in turn (it uses 127.30.0.11–12 too), the source design's own stack from
@@ -58,6 +59,11 @@ fi
 CITADEL=$ROOT/target/release/citadel
 sed -e 's/127\.10\.0\./127.30.0./g' -e 's/127\.20\.0\./127.31.0./g' \
     -e 's/127\.0\.0\.1:8080/127.32.0.1:8080/g' -e 's/127\.0\.0\.1:8081/127.32.0.1:8081/g' "$ROOT/crates/spec/src/builtin.toml" > "$W/cluster.toml"
+# GATE_THREADS=N sets the gate's `threads` (0: one worker per core; 1: current-thread).
+if [ -n "${GATE_THREADS:-}" ]; then
+  sed -i "s/^\[gate\]\$/[gate]\nthreads = $GATE_THREADS/" "$W/cluster.toml"
+  grep -A1 '^\[gate\]$' "$W/cluster.toml"
+fi
 "$CITADEL" up --file "$W/cluster.toml" --state "$W/state" </dev/null >"$W/up.out" 2>"$W/up.log" &
 UP_PID=$!
 st() { "$CITADEL" "$1" --state "$W/state" "${@:2}"; }

@@ -49,20 +49,29 @@ pub enum GateVerb {
     Backends,
 }
 
+/// `citadel gate run`: the gate on a runtime of its own, as its `threads` setting asks.
+pub fn run_gate(config: &Path, data: &Path) -> anyhow::Result<()> {
+    let cfg = citadel_gate::GateConfig::load(config)?;
+    let threads = match cfg.threads {
+        0 => None,
+        n => Some(n),
+    };
+    let opts = citadel_gate::RunOptions {
+        state_dir: data.to_path_buf(),
+        config_path: Some(config.to_path_buf()),
+    };
+    citadel_gate::run_blocking(cfg, opts, threads)?;
+    Ok(())
+}
+
 pub async fn gate(
     verb: GateVerb,
     state: &Path,
     jail: Option<&str>,
     json: bool,
 ) -> anyhow::Result<i32> {
-    if let GateVerb::Run { config, data } = verb {
-        let cfg = citadel_gate::GateConfig::load(&config)?;
-        let opts = citadel_gate::RunOptions {
-            state_dir: data,
-            config_path: Some(config),
-        };
-        citadel_gate::run(cfg, opts).await?;
-        return Ok(0);
+    if let GateVerb::Run { .. } = verb {
+        bail!("`citadel gate run` builds its own runtime: main runs it before any other starts");
     }
     let admin = admin_address(state, jail)?;
     let (method, path, body) = match &verb {

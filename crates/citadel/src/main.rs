@@ -305,6 +305,20 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // The gate builds its own runtime: its `threads` setting decides which scheduler.
+    if let Command::Gate {
+        verb: gatectl::GateVerb::Run { config, data },
+        ..
+    } = &cli.command
+    {
+        match gatectl::run_gate(config, data) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+        }
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -7,6 +7,7 @@
 //! | `admin` | `127.0.0.1:9100` |
 //! | `admin_token` | none (no token asked; bind the admin API where only operators reach it) |
 //! | `shutdown_grace_ms` | 10000 (SIGTERM: open connections may finish this long) |
+//! | `threads` | 0 = one worker per core (1: tokio's current-thread scheduler; read at start only) |
 //! | `listeners[].kind` | `http` |
 //! | `services[].policy` | `round_robin` |
 //! | `services[].hash_header` | none (consistent hashing keys on the client IP) |
@@ -69,6 +70,11 @@ pub struct GateConfig {
     /// On SIGTERM/SIGINT, how long open connections may take to finish.
     #[serde(default = "d_10000")]
     pub shutdown_grace_ms: u64,
+    /// Worker threads: 0 = one per core; 1 = tokio's current-thread scheduler (no cross-thread
+    /// wake-ups: the least CPU per request where the gate shares its cores with other work).
+    /// Read at start only; a reload keeps the running value.
+    #[serde(default)]
+    pub threads: usize,
 }
 
 fn default_admin() -> SocketAddr {
