@@ -225,7 +225,7 @@ done
 [ "${SEED:-1}" = 1 ] || exit 0
 SEED_STACK=${SEED_STACK:-$ROOT/../shared/anchors/seed_stack}
 echo
-echo "== Citadel stopped; the seed stack in turn ($SEED_STACK, same wrk settings)"
+echo "== Citadel stopped; the seed stack in turn (${SEED_STACK#"$ROOT/"}, same wrk settings)"
 stop_citadel
 mkdir -p "$W/seed"
 if ! RES=$W/seed PARTS=steady CASES=get_gate,put_gate,get_close_gate REPEATS=1 \

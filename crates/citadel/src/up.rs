@@ -241,12 +241,13 @@ async fn wait_for_gates(state_dir: &Path, report: &StatusReport, progress: &Prog
     if gates.is_empty() {
         return true;
     }
+    let gates = gate::running_configs(state_dir, &gates);
     // Slack for a loaded machine: the bound is the checks' schedule, not their run time.
-    let bound = gate::rotation_bound(state_dir, &gates) + Duration::from_secs(2);
+    let bound = gate::rotation_bound(&gates) + Duration::from_secs(2);
     progress.message("waiting for the gate to take the jails into rotation".to_string());
     let began = Instant::now();
     loop {
-        let members = gate::rotation(state_dir, &gates, &healthy).await;
+        let members = gate::rotation(&gates, &healthy).await;
         let out: Vec<String> = members
             .iter()
             .filter(|m| !m.up)
@@ -255,6 +256,7 @@ async fn wait_for_gates(state_dir: &Path, report: &StatusReport, progress: &Prog
         let took = began.elapsed().as_secs_f64();
         if out.is_empty() {
             let mut names: Vec<&str> = members.iter().map(|m| m.member.as_str()).collect();
+            names.sort_unstable();
             names.dedup();
             if !names.is_empty() {
                 progress.line(format!(

@@ -438,8 +438,12 @@ impl Node {
         if self.read_lease.is_zero() || self.is_witness() {
             return;
         }
-        let m = self.raft.metrics().borrow().clone();
-        if m.current_term != term || m.current_leader != Some(self.id()) {
+        let (now_term, leader) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (m.current_term, m.current_leader)
+        };
+        if now_term != term || leader != Some(self.id()) {
             return;
         }
         let until = sent + self.read_lease;
@@ -459,12 +463,17 @@ impl Node {
         if now >= lease.until {
             return None;
         }
-        let m = self.raft.metrics().borrow().clone();
-        if m.current_term != lease.term || m.current_leader != Some(self.id()) {
-            return None;
-        }
-        let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
-        if applied < lease.index {
+        // Fields only: cloning the metrics (membership, replication map) on every read costs.
+        let (term, leader, applied) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (
+                m.current_term,
+                m.current_leader,
+                m.last_applied.map(|l| l.index).unwrap_or(0),
+            )
+        };
+        if term != lease.term || leader != Some(self.id()) || applied < lease.index {
             return None;
         }
         if lease.until - now < self.read_lease / 2

@@ -281,23 +281,37 @@ pub async fn drain(state_dir: &Path, cluster: &Cluster, jail: &Jail, on: bool) {
     }
 }
 
-/// Requests the gate has in flight to `member`, over all its services.
-async fn in_flight(admin: SocketAddr, member: &str) -> u64 {
+/// Every member the gate's admin API reports (`GET /backends`), with its service's name;
+/// empty if the gate does not answer.
+async fn backends(admin: SocketAddr) -> Vec<(String, serde_json::Value)> {
     let Ok((200, text)) =
         http_request(admin, "GET", "/backends", None, Duration::from_secs(2)).await
     else {
-        return 0;
+        return Vec::new();
     };
-    let Ok(services) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return 0;
+    let Ok(serde_json::Value::Array(services)) = serde_json::from_str(&text) else {
+        return Vec::new();
     };
     services
-        .as_array()
         .into_iter()
-        .flatten()
-        .flat_map(|s| s["members"].as_array().cloned().unwrap_or_default())
-        .filter(|m| m["name"] == member)
-        .filter_map(|m| m["active"].as_u64())
+        .flat_map(|mut s| {
+            let service = s["name"].as_str().unwrap_or_default().to_string();
+            let members = match s["members"].take() {
+                serde_json::Value::Array(m) => m,
+                _ => Vec::new(),
+            };
+            members.into_iter().map(move |m| (service.clone(), m))
+        })
+        .collect()
+}
+
+/// Requests the gate has in flight to `member`, over all its services.
+async fn in_flight(admin: SocketAddr, member: &str) -> u64 {
+    backends(admin)
+        .await
+        .iter()
+        .filter(|(_, m)| m["name"] == member)
+        .filter_map(|(_, m)| m["active"].as_u64())
         .sum()
 }
 
@@ -310,13 +324,20 @@ pub struct Balanced {
     pub up: bool,
 }
 
-/// How long the gates among `gates` need, at most, to take a member that just became healthy
-/// into rotation: a check that found it not yet listening, then `rise` passing checks.
-pub fn rotation_bound(state_dir: &Path, gates: &[&str]) -> Duration {
+/// The configs `citadel up` wrote for the named gate jails (those without one are skipped).
+pub fn running_configs(state_dir: &Path, gates: &[&str]) -> Vec<(String, GateConfig)> {
     gates
         .iter()
-        .filter_map(|gate| running_config(state_dir, gate).ok())
-        .flat_map(|config| config.services)
+        .filter_map(|g| Some((g.to_string(), running_config(state_dir, g).ok()?)))
+        .collect()
+}
+
+/// How long `gates` need, at most, to take a member that just became healthy into rotation:
+/// a check that found it not yet listening, then `rise` passing checks.
+pub fn rotation_bound(gates: &[(String, GateConfig)]) -> Duration {
+    gates
+        .iter()
+        .flat_map(|(_, config)| &config.services)
         .map(|s| {
             Duration::from_millis(
                 s.health.interval_ms * (u64::from(s.health.rise) + 1) + s.health.timeout_ms,
@@ -328,42 +349,24 @@ pub fn rotation_bound(state_dir: &Path, gates: &[&str]) -> Duration {
 
 /// The members among `ready` (jails whose own check passes) that one of `gates` balances, and
 /// whether its admin API reports each up. An unreachable gate has none of them up.
-pub async fn rotation(state_dir: &Path, gates: &[&str], ready: &[&str]) -> Vec<Balanced> {
+pub async fn rotation(gates: &[(String, GateConfig)], ready: &[&str]) -> Vec<Balanced> {
     let mut found = Vec::new();
-    for gate in gates {
-        let Ok(config) = running_config(state_dir, gate) else {
-            continue;
-        };
-        let view = match http_request(
-            config.admin,
-            "GET",
-            "/backends",
-            None,
-            Duration::from_secs(2),
-        )
-        .await
-        {
-            Ok((200, text)) => serde_json::from_str::<serde_json::Value>(&text).ok(),
-            _ => None,
-        };
-        let up_at_gate = |service: &str, member: &str| {
-            view.iter()
-                .flat_map(|v| v.as_array().into_iter().flatten())
-                .filter(|s| s["name"] == service)
-                .flat_map(|s| s["members"].as_array().into_iter().flatten())
-                .any(|m| m["name"] == member && m["up"] == true)
-        };
+    for (gate, config) in gates {
+        let view = backends(config.admin).await;
         for service in &config.services {
             for member in service
                 .members
                 .iter()
                 .filter(|m| ready.contains(&m.name.as_str()))
             {
+                let up = view.iter().any(|(s, m)| {
+                    *s == service.name && m["name"] == member.name.as_str() && m["up"] == true
+                });
                 found.push(Balanced {
-                    gate: gate.to_string(),
+                    gate: gate.clone(),
                     service: service.name.clone(),
                     member: member.name.clone(),
-                    up: up_at_gate(&service.name, &member.name),
+                    up,
                 });
             }
         }
