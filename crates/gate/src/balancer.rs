@@ -8,17 +8,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Serialize;
 
 use crate::config::{HealthKind, Policy, ServiceConfig};
+use crate::upstream::Pool;
 
 /// Errors of bodies the proxy relays (hyper's, or the gate's own body idle timeout).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
-pub type HttpClient = Client<HttpConnector, ProxyBody>;
 
 /// One backend of a service. Its state survives reloads that keep its name and address.
 pub struct Member {
@@ -37,6 +34,8 @@ pub struct Member {
     pub active: AtomicU64,
     pub requests: AtomicU64,
     pub failures: AtomicU64,
+    /// Keep-alive connections to this member (kept across reloads with the member).
+    pub pool: Pool,
 }
 
 #[derive(Serialize)]
@@ -68,6 +67,7 @@ impl Member {
             active: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            pool: Pool::default(),
         }
     }
 
@@ -158,21 +158,8 @@ impl Drop for ActiveGuard {
 pub struct Service {
     pub cfg: ServiceConfig,
     pub members: Vec<Arc<Member>>,
-    pub client: HttpClient,
     rr: AtomicUsize,
     dns_rr: AtomicUsize,
-}
-
-pub fn new_client(cfg: &ServiceConfig) -> HttpClient {
-    let mut conn = HttpConnector::new();
-    conn.set_connect_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
-    conn.set_nodelay(true);
-    conn.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(cfg.pool_idle_per_member)
-        .build(conn)
 }
 
 fn hash_of(key: &impl Hash, name: &str) -> u64 {
@@ -183,7 +170,7 @@ fn hash_of(key: &impl Hash, name: &str) -> u64 {
 }
 
 impl Service {
-    /// Builds the service, reusing member state (and the client pool) from `old` where the
+    /// Builds the service, reusing member state (and its connection pool) from `old` where the
     /// member's name and address are unchanged.
     pub fn new(cfg: ServiceConfig, old: Option<&Service>) -> Self {
         let members = cfg
@@ -200,19 +187,9 @@ impl Service {
                 .unwrap_or_else(|| Arc::new(Member::new(m.name.clone(), addr)))
             })
             .collect();
-        let client = match old {
-            Some(o)
-                if o.cfg.connect_timeout_ms == cfg.connect_timeout_ms
-                    && o.cfg.pool_idle_per_member == cfg.pool_idle_per_member =>
-            {
-                o.client.clone()
-            }
-            _ => new_client(&cfg),
-        };
         Self {
             cfg,
             members,
-            client,
             rr: AtomicUsize::new(0),
             dns_rr: AtomicUsize::new(0),
         }
@@ -289,11 +266,12 @@ impl Service {
 
 async fn health_loop(svc: Weak<Service>, i: usize) {
     loop {
-        let (member, hc, client, name) = match svc.upgrade() {
+        let (member, hc, connect_timeout, idle, name) = match svc.upgrade() {
             Some(s) => (
                 s.members[i].clone(),
                 s.cfg.health.clone(),
-                s.client.clone(),
+                Duration::from_millis(s.cfg.connect_timeout_ms),
+                s.cfg.pool_idle_per_member,
                 s.cfg.name.clone(),
             ),
             None => return,
@@ -304,19 +282,24 @@ async fn health_loop(svc: Weak<Service>, i: usize) {
                 tokio::time::timeout(timeout, tokio::net::TcpStream::connect(member.addr)).await,
                 Ok(Ok(_))
             ),
-            HealthKind::Http => http_check(&client, member.addr, &hc.path, timeout).await,
+            HealthKind::Http => http_check(&member, &hc.path, connect_timeout, idle, timeout).await,
             HealthKind::None => true,
         };
         member.record_check(ok, hc.rise, hc.fall, &name);
         drop(member);
-        drop(client);
         tokio::time::sleep(Duration::from_millis(hc.interval_ms)).await;
     }
 }
 
-async fn http_check(client: &HttpClient, addr: SocketAddr, path: &str, timeout: Duration) -> bool {
-    let uri = format!("http://{addr}{path}");
-    let req = match hyper::Request::get(uri)
+async fn http_check(
+    member: &Member,
+    path: &str,
+    connect_timeout: Duration,
+    max_idle: usize,
+    timeout: Duration,
+) -> bool {
+    let req = match hyper::Request::get(path)
+        .header(hyper::header::HOST, member.authority.as_str())
         .header(hyper::header::USER_AGENT, "citadel-gate-health")
         .body(Empty::<Bytes>::new().map_err(|n| match n {}).boxed())
     {
@@ -324,10 +307,15 @@ async fn http_check(client: &HttpClient, addr: SocketAddr, path: &str, timeout: 
         Err(_) => return false,
     };
     let fut = async {
-        let resp = client.request(req).await.ok()?;
+        let (resp, lease) = member
+            .pool
+            .send(member.addr, connect_timeout, req)
+            .await
+            .ok()?;
         let ok = resp.status().is_success() || resp.status().is_redirection();
-        // Drain the body so the connection returns to the pool.
-        let _ = resp.into_body().collect().await;
+        // Read the body to its end so the connection can serve traffic afterwards.
+        resp.into_body().collect().await.ok()?;
+        member.pool.give_back(lease, max_idle);
         Some(ok)
     };
     matches!(tokio::time::timeout(timeout, fut).await, Ok(Some(true)))

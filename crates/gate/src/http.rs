@@ -22,6 +22,7 @@ use crate::balancer::{ActiveGuard, BoxError, ProxyBody};
 use crate::config::Policy;
 use crate::firewall::Refusal;
 use crate::metrics::HttpStats;
+use crate::upstream;
 
 /// Which HTTP version a connection speaks, decided before serving it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,16 +239,36 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Removes the hop-by-hop headers, and those named in Connection. One pass over what is
+/// there rather than a hashed removal of every candidate: most messages carry none or one,
+/// and this runs twice per request.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Headers named in Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for (name, value) in h.iter() {
+        if !HOP_BY_HOP.contains(name) {
+            continue;
+        }
+        if !doomed.contains(name) {
+            doomed.push(name.clone());
+        }
+        if name == header::CONNECTION {
+            // `close` and `keep-alive` are options, not names to parse (a Keep-Alive header
+            // is hop-by-hop anyway and met in this same pass).
+            let named = value.to_str().ok().into_iter().flat_map(|v| v.split(','));
+            doomed.extend(
+                named
+                    .map(str::trim)
+                    .filter(|n| {
+                        !n.eq_ignore_ascii_case("close") && !n.eq_ignore_ascii_case("keep-alive")
+                    })
+                    .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()),
+            );
+        }
+    }
+    for n in &doomed {
         h.remove(n);
     }
 }
@@ -290,17 +311,17 @@ impl Peer {
 
 /// Adds X-Forwarded-For, X-Forwarded-Proto and Forwarded for this hop.
 fn forwarded_headers(h: &mut HeaderMap, peer: &Peer, host: Option<&str>) {
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => {
             HeaderValue::from_str(&format!("{prev}, {}", peer.ip_value.to_str().unwrap_or(""))).ok()
         }
         None => Some(peer.ip_value.clone()),
     };
     if let Some(v) = xff {
-        h.insert("x-forwarded-for", v);
+        h.insert(X_FORWARDED_FOR, v);
     }
     h.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if peer.scheme == "https" {
             "https"
         } else {
@@ -319,7 +340,8 @@ fn forwarded_headers(h: &mut HeaderMap, peer: &Peer, host: Option<&str>) {
         val.push_str(host);
         val.push('"');
     }
-    if let Ok(v) = HeaderValue::from_str(&val) {
+    // Hands the string's buffer over rather than copying it.
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(val)) {
         h.insert(header::FORWARDED, v);
     }
 }
@@ -351,14 +373,16 @@ async fn proxy(
     // through, and after a 101 the two connections are spliced.
     let upgrade = upgrade_protocol(&req).map(|proto| (proto, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+    let host: Option<HeaderValue> = match parts.headers.get(header::HOST) {
+        Some(v) => Some(v.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
     strip_hop_by_hop(&mut parts.headers);
-    forwarded_headers(&mut parts.headers, peer, host.as_deref());
+    let host_text = host.as_ref().and_then(|v| v.to_str().ok());
+    forwarded_headers(&mut parts.headers, peer, host_text);
     if let Some((proto, _)) = &upgrade {
         parts.headers.insert(header::UPGRADE, proto.clone());
         parts
@@ -366,7 +390,7 @@ async fn proxy(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     if !parts.headers.contains_key(header::HOST)
-        && let Some(v) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
+        && let Some(v) = host
     {
         parts.headers.insert(header::HOST, v);
     }
@@ -375,7 +399,6 @@ async fn proxy(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    parts.version = http::Version::HTTP_11;
 
     let hash_key: Vec<u8> = match (svc.cfg.policy, &svc.cfg.hash_header) {
         (Policy::ConsistentHash, Some(hn)) => parts
@@ -396,6 +419,7 @@ async fn proxy(
         1
     };
     let timeout = Duration::from_millis(svc.cfg.response_timeout_ms);
+    let connect_timeout = Duration::from_millis(svc.cfg.connect_timeout_ms);
     let mut tried: Vec<usize> = Vec::new();
 
     for attempt in 0..attempts {
@@ -415,14 +439,6 @@ async fn proxy(
                 .inc("gate_retries_total", &[("service", &svc.cfg.name)], 1);
         }
         let guard = ActiveGuard::new(member.clone());
-        let mut up = http::uri::Parts::default();
-        up.scheme = Some(http::uri::Scheme::HTTP);
-        up.authority = Some(member.authority.clone());
-        up.path_and_query = Some(path_q.clone());
-        let uri: Uri = match Uri::from_parts(up) {
-            Ok(u) => u,
-            Err(_) => return short(StatusCode::BAD_REQUEST, "400 bad request target\n"),
-        };
         let out_body: ProxyBody = if replayable {
             Empty::<Bytes>::new().map_err(|n| match n {}).boxed()
         } else {
@@ -437,14 +453,18 @@ async fn proxy(
         };
         let mut out = Request::new(out_body);
         *out.method_mut() = parts.method.clone();
-        *out.uri_mut() = uri;
+        *out.uri_mut() = Uri::from(path_q.clone());
         *out.headers_mut() = parts.headers.clone();
-        match tokio::time::timeout(timeout, svc.client.request(out)).await {
-            Ok(Ok(mut resp)) => {
+        upstream::origin_form(&mut out, &member.authority);
+        let sent = member.pool.send(member.addr, connect_timeout, out);
+        match tokio::time::timeout(timeout, sent).await {
+            Ok(Ok((mut resp, lease))) => {
                 member.record_traffic(true, svc.cfg.passive_fail, &svc.cfg.name);
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                     && let Some((_, client_side)) = upgrade
                 {
+                    // The connection is the tunnel's now: its lease is not given back.
+                    drop(lease);
                     let backend_side = hyper::upgrade::on(&mut resp);
                     let idle = Duration::from_millis(svc.cfg.idle_timeout_ms);
                     tokio::spawn(splice(client_side, backend_side, idle, guard));
@@ -466,7 +486,9 @@ async fn proxy(
                     idle: Duration::from_millis(svc.cfg.idle_timeout_ms),
                     timer: None,
                     inner: rb,
-                    _guard: guard,
+                    ended: false,
+                    lease: Some((lease, svc.cfg.pool_idle_per_member)),
+                    guard,
                 }
                 .boxed();
                 return Response::from_parts(rp, body);
@@ -526,11 +548,15 @@ async fn splice(
 }
 
 /// A backend response body that keeps its member's in-flight count until it ends, so
-/// least-connections and draining see streaming responses, and that gives up when the
-/// backend sends nothing for `idle` (the client's connection is then closed, not held).
+/// least-connections and draining see streaming responses, that gives up when the
+/// backend sends nothing for `idle` (the client's connection is then closed, not held),
+/// and that gives its connection back to the member's pool if it was read to the end.
 struct GuardedBody {
     inner: Incoming,
-    _guard: ActiveGuard,
+    guard: ActiveGuard,
+    ended: bool,
+    /// The connection and the pool's idle cap.
+    lease: Option<(upstream::Lease, usize)>,
     stats: Arc<HttpStats>,
     idle: Duration,
     /// Armed only while the body waits on the backend.
@@ -569,6 +595,16 @@ impl Body for InCount {
     }
 }
 
+impl Drop for GuardedBody {
+    fn drop(&mut self) {
+        if (self.ended || self.inner.is_end_stream())
+            && let Some((lease, max_idle)) = self.lease.take()
+        {
+            self.guard.0.pool.give_back(lease, max_idle);
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("backend sent no body data for {0:?}")]
 struct BodyIdle(Duration);
@@ -584,6 +620,9 @@ impl Body for GuardedBody {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(r) => {
                 self.timer = None;
+                if r.is_none() {
+                    self.ended = true;
+                }
                 if let Some(Ok(f)) = &r
                     && let Some(d) = f.data_ref()
                 {

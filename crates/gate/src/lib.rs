@@ -19,6 +19,7 @@ pub mod l4;
 pub mod listeners;
 pub mod metrics;
 pub mod tls;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
