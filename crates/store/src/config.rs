@@ -23,12 +23,55 @@ pub struct StoreConfig {
     /// Region name clients sign with. Default `citadel`.
     #[serde(default = "default_region")]
     pub region: String,
+    /// This server's name in the catalogue (`s3:status`). Default: the S3 listen address.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Admin HTTP: Prometheus `/metrics`, `/health`, `POST /scrub`. Convention: port 9100.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Re-cloning copies missing blocks from the peer at most this fast, so clients keep
+    /// their speed. Default 50.
+    #[serde(default = "default_reclone")]
+    pub reclone_mib_per_s: f64,
+    /// How often the catalogue is recomputed (and missing blocks re-cloned, and unreferenced
+    /// ones collected). Default 10 s.
+    #[serde(default = "default_catalogue")]
+    pub catalogue_interval_secs: f64,
+    /// A block no object references is removed only once it has not been written or touched
+    /// for this long. Must exceed twice the longest metadata commit (the db client gives up
+    /// after 8 s). Default one hour.
+    #[serde(default = "default_grace")]
+    pub gc_grace_secs: f64,
+    /// Every block on this disk is read and checked this often; 0 = only on request
+    /// (`citadel store scrub`). Default one day.
+    #[serde(default = "default_scrub")]
+    pub scrub_interval_secs: f64,
     pub db: DbConfig,
 }
 
 fn default_region() -> String {
     "citadel".to_string()
 }
+pub const DEFAULT_RECLONE_MIB_PER_S: f64 = 50.0;
+pub const DEFAULT_CATALOGUE_INTERVAL_SECS: f64 = 10.0;
+pub const DEFAULT_GC_GRACE_SECS: f64 = 3600.0;
+pub const DEFAULT_SCRUB_INTERVAL_SECS: f64 = 86_400.0;
+
+fn default_reclone() -> f64 {
+    DEFAULT_RECLONE_MIB_PER_S
+}
+fn default_catalogue() -> f64 {
+    DEFAULT_CATALOGUE_INTERVAL_SECS
+}
+fn default_grace() -> f64 {
+    DEFAULT_GC_GRACE_SECS
+}
+fn default_scrub() -> f64 {
+    DEFAULT_SCRUB_INTERVAL_SECS
+}
+
+/// Smallest grace accepted: below it a PUT's metadata commit could outlast the grace.
+pub const MIN_GC_GRACE_SECS: f64 = 1.0;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,12 +88,35 @@ impl StoreConfig {
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         let cfg: StoreConfig =
             toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        if cfg.db.addrs.is_empty() {
-            return Err(Error::Config(format!(
-                "{}: [db] addrs must name at least one db member",
-                path.display()
-            )));
-        }
+        cfg.check()
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         Ok(cfg)
+    }
+
+    /// What serde cannot say about a config: empty lists and out-of-range numbers.
+    pub fn check(&self) -> Result<(), String> {
+        if self.db.addrs.is_empty() {
+            return Err("[db] addrs must name at least one db member".into());
+        }
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !positive(self.reclone_mib_per_s) {
+            return Err("reclone_mib_per_s must be a positive number".into());
+        }
+        if !positive(self.catalogue_interval_secs) {
+            return Err("catalogue_interval_secs must be a positive number".into());
+        }
+        if !(self.gc_grace_secs.is_finite() && self.gc_grace_secs >= MIN_GC_GRACE_SECS) {
+            return Err(format!(
+                "gc_grace_secs must be at least {MIN_GC_GRACE_SECS} (default 3600)"
+            ));
+        }
+        if !(self.scrub_interval_secs.is_finite() && self.scrub_interval_secs >= 0.0) {
+            return Err("scrub_interval_secs must be 0 (on request only) or more".into());
+        }
+        Ok(())
+    }
+
+    pub fn server_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.listen.to_string())
     }
 }

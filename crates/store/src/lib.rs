@@ -1,15 +1,23 @@
 //! The store role: an S3 API (s3s) whose object metadata lives in the db and whose content
 //! lives in content-addressed, checksummed blocks on both data servers' disks.
 
+pub mod admin;
 pub mod blocks;
+pub mod catalogue;
 pub mod config;
+pub mod gc;
+pub mod http;
 pub mod keys;
+pub mod maintain;
 pub mod meta;
 pub mod multipart;
 pub mod peer;
 pub mod s3;
+pub mod scrub;
+pub mod stats;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use s3s::auth::{S3Auth, SecretKey};
@@ -84,17 +92,40 @@ pub async fn run_until(
     };
     let s3_listener = bind(cfg.listen).await?;
     let peer_listener = bind(cfg.peer_listen).await?;
+    let admin_listener = match cfg.admin_listen {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
     let store = s3::Store {
         db: Arc::clone(&db),
         blocks: blocks.clone(),
         peer: cfg.peer.map(peer::PeerClient::new),
         region: cfg.region.clone(),
+        stats: Arc::new(stats::Stats::default()),
+        gc_grace: Duration::from_secs_f64(cfg.gc_grace_secs),
+        scrub_lock: Arc::default(),
     };
+    let mut tasks = vec![tokio::spawn(peer::serve(peer_listener, blocks))];
+    if let Some(l) = admin_listener {
+        tasks.push(tokio::spawn(admin::serve(l, store.clone())));
+    }
+    let maintainer = Arc::new(maintain::Maintainer {
+        store: store.clone(),
+        name: cfg.server_name(),
+        interval: Duration::from_secs_f64(cfg.catalogue_interval_secs),
+        reclone_bytes_per_s: cfg.reclone_mib_per_s * 1024.0 * 1024.0,
+    });
+    tasks.push(tokio::spawn(maintainer.run()));
+    if cfg.scrub_interval_secs > 0.0 {
+        tasks.push(tokio::spawn(scrub_every(
+            store.clone(),
+            Duration::from_secs_f64(cfg.scrub_interval_secs),
+        )));
+    }
     let mut builder = S3ServiceBuilder::new(store);
     builder.set_auth(DbAuth(db));
     let service = builder.build();
-    tracing::info!(s3 = %cfg.listen, peer = %cfg.peer_listen, "store serving");
-    let peer_task = tokio::spawn(peer::serve(peer_listener, blocks));
+    tracing::info!(s3 = %cfg.listen, peer = %cfg.peer_listen, admin = ?cfg.admin_listen, "store serving");
     let accept = async {
         loop {
             let Ok((stream, _)) = s3_listener.accept().await else {
@@ -112,6 +143,23 @@ pub async fn run_until(
         () = accept => {}
         () = shutdown => {}
     }
-    peer_task.abort();
+    for t in tasks {
+        t.abort();
+    }
     Ok(())
+}
+
+async fn scrub_every(store: s3::Store, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        match store.scrub().await {
+            Ok(r) => tracing::info!(
+                checked = r.checked,
+                rotten = r.rotten,
+                repaired = r.repaired,
+                "scrub done"
+            ),
+            Err(e) => tracing::warn!(error = %e, "scrub failed"),
+        }
+    }
 }

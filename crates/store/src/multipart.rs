@@ -19,10 +19,10 @@ use crate::s3::{BodyChecks, Store, check_content_md5, internal, part_checksums, 
 pub const MIN_PART: u64 = 5 * 1024 * 1024;
 const MAX_PART_NUMBER: i32 = 10_000;
 
-fn uploads_key(bucket: &str) -> String {
+pub(crate) fn uploads_key(bucket: &str) -> String {
     format!("s3:uploads:{bucket}")
 }
-fn parts_key(upload: &str) -> String {
+pub(crate) fn parts_key(upload: &str) -> String {
     format!("s3:parts:{upload}")
 }
 
@@ -105,14 +105,15 @@ impl Store {
             return Err(s3_error!(InvalidArgument, "part number must be 1 to 10000"));
         }
         self.upload(&i.bucket, &i.key, &i.upload_id).await?;
-        let (blocks, sizes, total, md5) = self.store_body(i.body, i.content_length, checks).await?;
-        check_content_md5(i.content_md5.as_deref(), &md5)?;
+        let body = self.store_body(i.body, i.content_length, checks).await?;
+        check_content_md5(i.content_md5.as_deref(), &body.md5)?;
+        self.keep_blocks(&body.blocks, body.started, false).await?;
         let part = PartMeta {
-            etag: hex::encode(md5),
-            size: total,
+            etag: hex::encode(body.md5),
+            size: body.total,
             modified: now_secs(),
-            blocks,
-            block_sizes: sizes,
+            blocks: body.blocks,
+            block_sizes: body.sizes,
         };
         self.db
             .hset_json(&parts_key(&i.upload_id), &i.part_number.to_string(), &part)

@@ -1,74 +1,74 @@
 //! The block service between the two servers (internal HTTP on the back segment):
 //! `PUT /blocks/<sha256>` stores and fsyncs a block (rejected unless the body matches the
-//! name), `GET /blocks/<sha256>` returns it (404 when absent).
+//! name), `GET /blocks/<sha256>` returns it (404 when absent or rotten), `POST /touch` with
+//! one block name a line refreshes those blocks and answers the names it does not hold.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::{Method, Request, StatusCode};
 
 use crate::Error;
-use crate::blocks::{BlockStore, MAX_BLOCK};
+use crate::blocks::{BlockStore, MAX_BLOCK, hash_of};
+use crate::http::{HttpClient, Reply, reply};
+
+/// A touch names at most this many blocks (a 10 GiB object in 1 MiB blocks).
+const MAX_TOUCH: usize = 10_240;
 
 pub async fn serve(listener: tokio::net::TcpListener, blocks: BlockStore) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let blocks = blocks.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(blocks.clone(), req));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
+    crate::http::serve(listener, move |req| handle(blocks.clone(), req)).await
+}
+
+async fn body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Reply> {
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => Err(reply(StatusCode::BAD_REQUEST, e.to_string())),
     }
 }
 
-async fn handle(
-    blocks: BlockStore,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let reply = |code: StatusCode, body: Bytes| {
-        let mut r = Response::new(Full::new(body));
-        *r.status_mut() = code;
-        Ok(r)
-    };
+fn failed(e: Error) -> Reply {
+    match e {
+        Error::BadBlock(_) => reply(StatusCode::BAD_REQUEST, e.to_string()),
+        e => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn handle(blocks: BlockStore, req: Request<Incoming>) -> Reply {
     let path = req.uri().path().to_string();
+    if path == "/touch" && req.method() == Method::POST {
+        let text = match body(req, MAX_TOUCH * 65).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let names: Vec<String> = String::from_utf8_lossy(&text)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        return match blocks.touch(names).await {
+            Ok(missing) => reply(StatusCode::OK, missing.join("\n")),
+            Err(e) => failed(e),
+        };
+    }
     let Some(hash) = path.strip_prefix("/blocks/") else {
-        return reply(StatusCode::NOT_FOUND, Bytes::from_static(b"no such path\n"));
+        return reply(StatusCode::NOT_FOUND, "no such path\n");
     };
     let hash = hash.to_string();
     match *req.method() {
         Method::GET => match blocks.get(&hash).await {
             Ok(Some(data)) => reply(StatusCode::OK, data),
             Ok(None) => reply(StatusCode::NOT_FOUND, Bytes::new()),
-            Err(e) => reply(StatusCode::BAD_REQUEST, Bytes::from(e.to_string())),
+            Err(e) => failed(e),
         },
-        Method::PUT => {
-            let body = match Limited::new(req.into_body(), MAX_BLOCK).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    return reply(StatusCode::BAD_REQUEST, Bytes::from(e.to_string()));
-                }
-            };
-            match blocks.put(&hash, body).await {
+        Method::PUT => match body(req, MAX_BLOCK).await {
+            Ok(data) => match blocks.put(&hash, data).await {
                 Ok(()) => reply(StatusCode::NO_CONTENT, Bytes::new()),
-                Err(e @ Error::BadBlock(_)) => {
-                    reply(StatusCode::BAD_REQUEST, Bytes::from(e.to_string()))
-                }
-                Err(e) => reply(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    Bytes::from(e.to_string()),
-                ),
-            }
-        }
+                Err(e) => failed(e),
+            },
+            Err(r) => r,
+        },
         _ => reply(StatusCode::METHOD_NOT_ALLOWED, Bytes::new()),
     }
 }
@@ -76,84 +76,91 @@ async fn handle(
 /// Client of the peer's block service.
 #[derive(Clone)]
 pub struct PeerClient {
-    addr: SocketAddr,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: HttpClient,
 }
 
 const PEER_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl PeerClient {
     pub fn new(addr: SocketAddr) -> PeerClient {
-        let mut conn = HttpConnector::new();
-        conn.set_connect_timeout(Some(Duration::from_secs(1)));
-        conn.set_nodelay(true);
         PeerClient {
-            addr,
-            http: Client::builder(TokioExecutor::new()).build(conn),
+            http: HttpClient::new(addr),
         }
     }
 
-    fn uri(&self, hash: &str) -> String {
-        format!("http://{}/blocks/{hash}", self.addr)
+    pub fn addr(&self) -> SocketAddr {
+        self.http.addr
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        what: &str,
+    ) -> Result<(StatusCode, Bytes), Error> {
+        let (status, body) = self.http.call(method, path, body, PEER_TIMEOUT).await?;
+        if !status.is_success() && status != StatusCode::NOT_FOUND {
+            return Err(Error::Peer(format!("{}: {what}: {status}", self.addr())));
+        }
+        Ok((status, body))
     }
 
     /// Returns once the peer has the block on disk (fsynced).
     pub async fn put(&self, hash: &str, data: Bytes) -> Result<(), Error> {
-        let req = Request::put(self.uri(hash))
-            .body(Full::new(data))
-            .map_err(|e| Error::Peer(e.to_string()))?;
-        let resp = tokio::time::timeout(PEER_TIMEOUT, self.http.request(req))
-            .await
-            .map_err(|_| Error::Peer(format!("{}: timed out", self.addr)))?
-            .map_err(|e| Error::Peer(format!("{}: {e}", self.addr)))?;
-        if !resp.status().is_success() {
-            return Err(Error::Peer(format!(
-                "{}: PUT block: {}",
-                self.addr,
-                resp.status()
-            )));
+        let (status, _) = self
+            .call(Method::PUT, &format!("/blocks/{hash}"), data, "PUT block")
+            .await?;
+        if status == StatusCode::NOT_FOUND {
+            return Err(Error::Peer(format!("{}: PUT block: 404", self.addr())));
         }
         Ok(())
     }
 
     pub async fn get(&self, hash: &str) -> Result<Option<Bytes>, Error> {
-        let req = Request::get(self.uri(hash))
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| Error::Peer(e.to_string()))?;
-        let fetch = async {
-            let resp = self
-                .http
-                .request(req)
-                .await
-                .map_err(|e| Error::Peer(format!("{}: {e}", self.addr)))?;
-            if resp.status() == StatusCode::NOT_FOUND {
-                return Ok(None);
-            }
-            if !resp.status().is_success() {
-                return Err(Error::Peer(format!(
-                    "{}: GET block: {}",
-                    self.addr,
-                    resp.status()
-                )));
-            }
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| Error::Peer(format!("{}: {e}", self.addr)))?
-                .to_bytes();
-            Ok(Some(body))
-        };
-        let got = tokio::time::timeout(PEER_TIMEOUT, fetch)
-            .await
-            .map_err(|_| Error::Peer(format!("{}: timed out", self.addr)))??;
-        // Never trust the wire: the name is the checksum.
-        match got {
-            Some(b) if crate::blocks::hash_of(&b) != hash => Err(Error::Peer(format!(
-                "{}: block {hash} came back with other content",
-                self.addr
-            ))),
-            other => Ok(other),
+        let (status, body) = self
+            .call(
+                Method::GET,
+                &format!("/blocks/{hash}"),
+                Bytes::new(),
+                "GET block",
+            )
+            .await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
         }
+        // Never trust the wire: the name is the checksum.
+        if hash_of(&body) != hash {
+            return Err(Error::Peer(format!(
+                "{}: block {hash} came back with other content",
+                self.addr()
+            )));
+        }
+        Ok(Some(body))
+    }
+
+    /// Refreshes the named blocks on the peer; returns the names it does not hold.
+    pub async fn touch(&self, hashes: &[String]) -> Result<Vec<String>, Error> {
+        let mut missing = Vec::new();
+        for chunk in hashes.chunks(MAX_TOUCH) {
+            let (status, body) = self
+                .call(
+                    Method::POST,
+                    "/touch",
+                    Bytes::from(chunk.join("\n")),
+                    "touch blocks",
+                )
+                .await?;
+            if status == StatusCode::NOT_FOUND {
+                return Err(Error::Peer(format!("{}: touch: 404", self.addr())));
+            }
+            missing.extend(
+                String::from_utf8_lossy(&body)
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string),
+            );
+        }
+        Ok(missing)
     }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -16,6 +17,7 @@ use crate::Error;
 use crate::blocks::{BlockStore, MAX_BLOCK, hash_of};
 use crate::meta::{BUCKETS, BucketMeta, Db, ObjectMeta, now_secs, objects_key};
 use crate::peer::PeerClient;
+use crate::stats::{Stats, bump};
 
 #[derive(Clone)]
 pub struct Store {
@@ -23,6 +25,19 @@ pub struct Store {
     pub blocks: BlockStore,
     pub peer: Option<PeerClient>,
     pub region: String,
+    pub stats: Arc<Stats>,
+    /// See `gc`: how long an unreferenced block is kept.
+    pub gc_grace: Duration,
+    pub scrub_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A body cut into blocks, on both disks; `started` is before the first block was written.
+pub(crate) struct Stored {
+    pub blocks: Vec<String>,
+    pub sizes: Vec<u64>,
+    pub total: u64,
+    pub md5: [u8; 16],
+    pub started: Instant,
 }
 
 pub(crate) fn internal(e: Error) -> S3Error {
@@ -78,6 +93,8 @@ impl Store {
         Ok(hash)
     }
 
+    /// The local copy, else the peer's, which then replaces the missing or rotten local
+    /// one (read repair) without delaying the reply.
     async fn read_block(&self, hash: &str) -> Result<Bytes, Error> {
         if let Some(b) = self.blocks.get(hash).await? {
             return Ok(b);
@@ -85,19 +102,59 @@ impl Store {
         if let Some(p) = &self.peer
             && let Some(b) = p.get(hash).await?
         {
+            let (me, hash, copy) = (self.clone(), hash.to_string(), b.clone());
+            tokio::spawn(async move {
+                match me.blocks.repair(&hash, copy).await {
+                    Ok(()) => bump(&me.stats.read_repairs, 1),
+                    Err(e) => tracing::warn!(error = %e, block = %hash, "read repair failed"),
+                }
+            });
             return Ok(b);
         }
         Err(Error::Io(format!("block {hash} is on neither server")))
     }
 
-    /// Reads the body into blocks (written to both servers as they fill), returning the
-    /// block list, sizes, total size and the MD5 of the whole.
+    /// Makes sure GC cannot have taken, nor take, the blocks a metadata commit is about to
+    /// name (the rule is in `gc`): a writer that started less than a quarter of the grace
+    /// ago may commit; a slower one (or `always`, for a copy of old blocks) touches every
+    /// block on both servers first, and fails if one is gone.
+    pub(crate) async fn keep_blocks(
+        &self,
+        blocks: &[String],
+        started: Instant,
+        always: bool,
+    ) -> S3Result<()> {
+        if !always && started.elapsed() < self.gc_grace / 4 {
+            return Ok(());
+        }
+        let mut names = blocks.to_vec();
+        names.sort();
+        names.dedup();
+        let peer = async {
+            match &self.peer {
+                Some(p) => p.touch(&names).await,
+                None => Ok(Vec::new()),
+            }
+        };
+        let (local, peer) = tokio::join!(self.blocks.touch(names.clone()), peer);
+        let gone = local.map_err(internal)?.len() + peer.map_err(internal)?.len();
+        if gone > 0 {
+            return Err(s3_error!(
+                ServiceUnavailable,
+                "{gone} block(s) of this upload were collected while it stalled; retry it"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads the body into blocks (written to both servers as they fill).
     pub(crate) async fn store_body(
         &self,
         body: Option<StreamingBlob>,
         expected_len: Option<i64>,
         mut checks: BodyChecks,
-    ) -> S3Result<(Vec<String>, Vec<u64>, u64, [u8; 16])> {
+    ) -> S3Result<Stored> {
+        let started = Instant::now();
         let mut md5 = Md5::new();
         let mut blocks = Vec::new();
         let mut sizes = Vec::new();
@@ -137,7 +194,15 @@ impl Store {
             ));
         }
         checks.verify()?;
-        Ok((blocks, sizes, total, md5.finalize().into()))
+        bump(&self.stats.puts, 1);
+        bump(&self.stats.put_bytes, total);
+        Ok(Stored {
+            blocks,
+            sizes,
+            total,
+            md5: md5.finalize().into(),
+            started,
+        })
     }
 
     /// Streams bytes `range` of an object, block by block (a task feeds a bounded channel,
@@ -599,18 +664,19 @@ impl S3 for Store {
                 Err(e) => return Err(internal(e)),
             }
         }
-        let (blocks, sizes, total, md5) = self
+        let body = self
             .store_body(input.body, input.content_length, checks)
             .await?;
-        check_content_md5(input.content_md5.as_deref(), &md5)?;
+        check_content_md5(input.content_md5.as_deref(), &body.md5)?;
+        self.keep_blocks(&body.blocks, body.started, false).await?;
         let meta = ObjectMeta {
-            size: total,
-            etag: hex::encode(md5),
+            size: body.total,
+            etag: hex::encode(body.md5),
             content_type: input.content_type.map(|c| c.to_string()),
             user_meta: input.metadata.unwrap_or_default().into_iter().collect(),
             modified: now_secs(),
-            blocks,
-            block_sizes: sizes,
+            blocks: body.blocks,
+            block_sizes: body.sizes,
         };
         // Blocks are on both disks (fsynced); only now does the object exist.
         self.db
@@ -657,6 +723,7 @@ impl S3 for Store {
             }
         };
         let body = self.stream_range(&meta, range.clone());
+        bump(&self.stats.gets, 1);
         Ok(S3Response::new(GetObjectOutput {
             body: Some(body),
             content_length: Some((range.end - range.start) as i64),
@@ -701,7 +768,8 @@ impl S3 for Store {
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
         let i = &req.input;
         self.bucket_exists(&i.bucket).await?;
-        // S3 answers 204 whether or not the key existed. Blocks stay until GC (a later session).
+        // S3 answers 204 whether or not the key existed. The blocks go with the next GC pass
+        // that finds them unreferenced and past the grace (`gc`).
         self.db
             .hdel(&objects_key(&i.bucket), &i.key)
             .await
@@ -788,7 +856,9 @@ impl S3 for Store {
             ));
         }
         meta.modified = now_secs();
-        // Blocks are content-addressed and already on both servers: a copy is metadata only.
+        // Blocks are content-addressed and already on both servers: a copy is metadata only,
+        // once they are touched (the source may be deleted and collected meanwhile).
+        self.keep_blocks(&meta.blocks, Instant::now(), true).await?;
         self.db
             .hset_json(&objects_key(&i.bucket), &i.key, &meta)
             .await

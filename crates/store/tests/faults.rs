@@ -4,17 +4,10 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-
-fn lines(p: &Path) -> usize {
-    std::fs::read_to_string(p)
-        .map(|s| s.lines().count())
-        .unwrap_or(0)
-}
 
 #[test]
 fn kill_9_of_one_store_mid_load_loses_no_acknowledged_object() {
@@ -40,21 +33,8 @@ fn kill_9_of_one_store_mid_load_loses_no_acknowledged_object() {
         tmp.path().join("fails"),
         tmp.path().join("stop"),
     );
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/s3_load.py");
-    let run = |mode: &str| {
-        let mut c = Command::new(venv.join("bin/python"));
-        c.arg(script)
-            .arg(mode)
-            .env("ENDPOINTS", format!("http://{},http://{}", s1.s3, s2.s3))
-            .env("KEY", &key)
-            .env("SECRET", &secret)
-            .env("ACKS", &acks)
-            .env("FAILS", &fails)
-            .env("STOP_FILE", &stop)
-            .env("LIMIT", "800")
-            .env("DEADLINE", "90");
-        c
-    };
+    let endpoints = format!("http://{},http://{}", s1.s3, s2.s3);
+    let run = |mode: &str| s3_load(&venv, mode, &endpoints, (&key, &secret), tmp.path(), 800);
     let load = run("load").stdout(Stdio::piped()).spawn().unwrap();
 
     wait_until("30 acknowledged PUTs", Duration::from_secs(60), || {

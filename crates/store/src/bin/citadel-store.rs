@@ -17,6 +17,10 @@ struct Cli {
 enum Cmd {
     /// Serve S3 and the peer block service (default).
     Serve,
+    /// Every server's catalogue record (JSON, one object per server).
+    Status,
+    /// Scrub this server's disk now (through its admin address) and print the report.
+    Scrub,
     /// Manage access keys.
     Key {
         #[command(subcommand)]
@@ -43,6 +47,19 @@ async fn main() -> anyhow::Result<()> {
     let cfg = citadel_store::StoreConfig::from_file(&cli.config)?;
     match cli.cmd.unwrap_or(Cmd::Serve) {
         Cmd::Serve => citadel_store::run(cfg).await?,
+        Cmd::Status => {
+            let db = citadel_store::connect_db(&cfg)?;
+            let all = citadel_store::catalogue::read_all(&db).await?;
+            println!("{}", serde_json::to_string(&all)?);
+        }
+        Cmd::Scrub => {
+            let admin = cfg
+                .admin_listen
+                .ok_or_else(|| anyhow::anyhow!("the config sets no admin_listen"))?;
+            let r =
+                citadel_store::admin::scrub(admin, std::time::Duration::from_secs(3600)).await?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
         Cmd::Key { cmd } => {
             let db = citadel_store::connect_db(&cfg)?;
             match cmd {

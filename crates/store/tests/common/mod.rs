@@ -1,5 +1,5 @@
 //! Test harness: a real redis-server (the db speaks the same protocol) and real citadel-store
-//! processes on loopback addresses in 127.140.0.0–127.143.255.255 (each test its own /24),
+//! processes on loopback addresses in 127.140.0.0–127.145.255.255 (each test its own /24),
 //! killed by PID when dropped; a cached Python venv with boto3 and aws-cli.
 #![allow(dead_code)]
 
@@ -71,12 +71,23 @@ pub struct StoreNode {
 }
 
 pub fn write_config(dir: &Path, ip: &str, peer: Option<&str>, db: SocketAddr) -> PathBuf {
+    write_config_with(dir, ip, peer, db, "")
+}
+
+/// A config with `extra` top-level settings (admin on `<ip>:9100` always).
+pub fn write_config_with(
+    dir: &Path,
+    ip: &str,
+    peer: Option<&str>,
+    db: SocketAddr,
+    extra: &str,
+) -> PathBuf {
     let data = dir.join("data");
     let peer = peer
         .map(|p| format!("peer = \"{p}:3901\"\n"))
         .unwrap_or_default();
     let text = format!(
-        "listen = \"{ip}:3900\"\npeer_listen = \"{ip}:3901\"\n{peer}data_dir = \"{}\"\n[db]\naddrs = [\"{db}\"]\n",
+        "listen = \"{ip}:3900\"\npeer_listen = \"{ip}:3901\"\nadmin_listen = \"{ip}:9100\"\n{peer}{extra}\ndata_dir = \"{}\"\n[db]\naddrs = [\"{db}\"]\n",
         data.display()
     );
     std::fs::create_dir_all(dir).unwrap();
@@ -100,7 +111,17 @@ pub fn start_store(config: &Path, log: &Path) -> Proc {
 
 impl StoreNode {
     pub fn start(dir: &Path, ip: &str, peer: Option<&str>, db: SocketAddr) -> StoreNode {
-        let config = write_config(dir, ip, peer, db);
+        StoreNode::start_with(dir, ip, peer, db, "")
+    }
+
+    pub fn start_with(
+        dir: &Path,
+        ip: &str,
+        peer: Option<&str>,
+        db: SocketAddr,
+        extra: &str,
+    ) -> StoreNode {
+        let config = write_config_with(dir, ip, peer, db, extra);
         let proc = start_store(&config, &dir.join("store.log"));
         let s3: SocketAddr = format!("{ip}:3900").parse().unwrap();
         let blocks: SocketAddr = format!("{ip}:3901").parse().unwrap();
@@ -139,19 +160,90 @@ pub fn create_key(config: &Path) -> (String, String) {
 
 /// Block files under a store's data dir.
 pub fn block_files(data: &Path) -> usize {
-    let mut n = 0;
+    block_paths(data).len()
+}
+
+/// Paths of the block files under a store's data dir, sorted.
+pub fn block_paths(data: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
     let Ok(dirs) = std::fs::read_dir(data.join("blocks")) else {
-        return 0;
+        return out;
     };
     for d in dirs.flatten() {
         if let Ok(files) = std::fs::read_dir(d.path()) {
-            n += files
-                .flatten()
-                .filter(|f| !f.file_name().to_string_lossy().starts_with(".tmp"))
-                .count();
+            out.extend(
+                files
+                    .flatten()
+                    .filter(|f| !f.file_name().to_string_lossy().starts_with(".tmp"))
+                    .map(|f| f.path()),
+            );
         }
     }
-    n
+    out.sort();
+    out
+}
+
+/// Whether a block file holds what its name says.
+pub fn block_is_sound(path: &Path) -> bool {
+    use sha2::Digest;
+    std::fs::read(path).is_ok_and(|d| {
+        hex::encode(sha2::Sha256::digest(&d))
+            == path.file_name().unwrap().to_string_lossy().as_ref()
+    })
+}
+
+/// Flips one bit of a block file in place (bit rot).
+pub fn rot(path: &Path) {
+    let mut d = std::fs::read(path).unwrap();
+    let mid = d.len() / 2;
+    d[mid] ^= 0x01;
+    std::fs::write(path, d).unwrap();
+}
+
+/// Runs the store binary's `status` against a config: every server's catalogue record.
+pub fn catalogue(config: &Path) -> Vec<serde_json::Value> {
+    let out = store_cmd(config, &["status"]);
+    serde_json::from_str::<Vec<serde_json::Value>>(&out).unwrap()
+}
+
+/// One server's record from `catalogue`, by S3 address (the default server name).
+pub fn record_of(config: &Path, s3: SocketAddr) -> Option<serde_json::Value> {
+    catalogue(config)
+        .into_iter()
+        .find(|r| r["name"] == s3.to_string())
+}
+
+/// Runs the store binary with a subcommand; its stdout (it must succeed).
+pub fn store_cmd(config: &Path, args: &[&str]) -> String {
+    let out = Command::new(STORE_BIN)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run citadel-store");
+    assert!(
+        out.status.success(),
+        "citadel-store {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A plain HTTP/1.0 GET (the admin address); the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+/// A counter or gauge's value from Prometheus text.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// A venv with boto3 and aws-cli, cached under `target/pyenv/<hash of the requirements>`
@@ -197,4 +289,35 @@ pub fn pyenv() -> Option<PathBuf> {
     }
     std::fs::write(&ready, b"").unwrap();
     Some(venv)
+}
+
+/// The load checker (`s3_load.py`) in `mode` against `endpoints` ("http://a,http://b"), its
+/// files (`acks`, `fails`, `stop`) in `dir`, at most `limit` objects in 90 s.
+pub fn s3_load(
+    venv: &Path,
+    mode: &str,
+    endpoints: &str,
+    (key, secret): (&str, &str),
+    dir: &Path,
+    limit: usize,
+) -> Command {
+    let mut c = Command::new(venv.join("bin/python"));
+    c.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/s3_load.py"))
+        .arg(mode)
+        .env("ENDPOINTS", endpoints)
+        .env("KEY", key)
+        .env("SECRET", secret)
+        .env("ACKS", dir.join("acks"))
+        .env("FAILS", dir.join("fails"))
+        .env("STOP_FILE", dir.join("stop"))
+        .env("LIMIT", limit.to_string())
+        .env("DEADLINE", "90");
+    c
+}
+
+/// Lines in a file (0 when it does not exist yet).
+pub fn lines(p: &Path) -> usize {
+    std::fs::read_to_string(p)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
 }

@@ -1,0 +1,207 @@
+//! The background pass, every `catalogue_interval_secs`: list this disk, walk the metadata,
+//! collect unreferenced blocks past their grace, publish the catalogue record, then copy
+//! every referenced block this disk lacks from the peer (re-cloning a returning or wiped
+//! server) at a capped rate.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+use crate::Error;
+use crate::catalogue::{self, Referenced};
+use crate::meta::now_secs;
+use crate::s3::Store;
+use crate::stats::{ServerStatus, bump};
+
+/// Blocks copied at once while re-cloning (fsync latency hides behind the others).
+const RECLONE_PARALLEL: usize = 4;
+/// How often a running re-clone republishes its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+pub struct Maintainer {
+    pub store: Store,
+    pub name: String,
+    pub interval: Duration,
+    pub reclone_bytes_per_s: f64,
+}
+
+impl Maintainer {
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.pass().await {
+                tracing::warn!(error = %e, "catalogue pass failed; next one in {:?}", self.interval);
+            }
+            tokio::time::sleep(self.interval).await;
+        }
+    }
+
+    async fn publish(&self) {
+        let mut st = self.store.stats.snapshot();
+        st.name.clone_from(&self.name);
+        st.updated = now_secs();
+        st.interval_secs = self.interval.as_secs_f64();
+        if let Err(e) = catalogue::publish(&self.store.db, &st).await {
+            tracing::warn!(error = %e, "cannot publish the catalogue record");
+        }
+    }
+
+    async fn pass(&self) -> Result<(), Error> {
+        let local = self.store.blocks.list().await?;
+        let marked_at = Instant::now();
+        let refs = catalogue::walk(&self.store.db).await?;
+        let held: HashSet<&str> = local.iter().map(|b| b.hash.as_str()).collect();
+        let unreferenced: Vec<_> = local
+            .iter()
+            .filter(|b| !refs.blocks.contains_key(&b.hash))
+            .collect();
+        let mut missing: Vec<(String, u64)> = refs
+            .blocks
+            .iter()
+            .filter(|(h, _)| !held.contains(h.as_str()))
+            .map(|(h, s)| (h.clone(), *s))
+            .collect();
+        missing.sort();
+        let peer_up = match &self.store.peer {
+            Some(p) => p.touch(&[]).await.is_ok(),
+            None => false,
+        };
+        self.store.stats.update(|st| {
+            count(st, &local, &refs, &held, unreferenced.len(), &missing);
+            st.peer_up = peer_up;
+        });
+
+        let candidates: Vec<String> = unreferenced.iter().map(|b| b.hash.clone()).collect();
+        self.store.collect(candidates, marked_at).await?;
+        self.publish().await;
+        if !missing.is_empty() && peer_up {
+            self.reclone(missing).await?;
+        }
+        Ok(())
+    }
+
+    /// Copies `missing` from the peer, at most `reclone_bytes_per_s`.
+    async fn reclone(&self, missing: Vec<(String, u64)>) -> Result<(), Error> {
+        let Some(peer) = self.store.peer.clone() else {
+            return Ok(());
+        };
+        let total_bytes = missing.iter().map(|(_, s)| s).sum();
+        self.store.stats.update(|st| {
+            st.reclone = crate::stats::RecloneProgress {
+                active: true,
+                total_blocks: missing.len() as u64,
+                total_bytes,
+                started: now_secs(),
+                ..Default::default()
+            };
+        });
+        tracing::info!(
+            blocks = missing.len(),
+            bytes = total_bytes,
+            "re-cloning missing blocks from the peer"
+        );
+        let pace = Pace::new(self.reclone_bytes_per_s);
+        let store = &self.store;
+        let mut copies = futures::stream::iter(missing)
+            .map(|(hash, size)| {
+                let (peer, pace) = (&peer, &pace);
+                async move {
+                    if store.blocks.has(&hash).await {
+                        return Ok((0, true)); // written by a PUT since the listing
+                    }
+                    pace.take(size).await;
+                    match peer.get(&hash).await? {
+                        Some(data) => {
+                            let n = data.len() as u64;
+                            store.blocks.put(&hash, data).await?;
+                            Ok((n, true))
+                        }
+                        None => Ok((0, false)),
+                    }
+                }
+            })
+            .buffer_unordered(RECLONE_PARALLEL);
+        let mut last_publish = Instant::now();
+        let mut outcome = Ok(());
+        while let Some(r) = copies.next().await {
+            match r {
+                Ok((n, found)) => {
+                    bump(&store.stats.reclone_blocks, u64::from(n > 0));
+                    bump(&store.stats.reclone_bytes, n);
+                    store.stats.update(|st| {
+                        st.reclone.done_blocks += 1;
+                        st.reclone.done_bytes += n;
+                        st.reclone.lost_blocks += u64::from(!found);
+                    });
+                }
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+            if last_publish.elapsed() >= PROGRESS_EVERY {
+                self.publish().await;
+                last_publish = Instant::now();
+            }
+        }
+        drop(copies);
+        store.stats.update(|st| {
+            st.reclone.active = false;
+            st.reclone.finished = now_secs();
+            if outcome.is_ok() && st.reclone.lost_blocks == 0 {
+                st.missing_blocks = 0;
+                st.missing_bytes = 0;
+                st.objects_held = st.objects;
+            }
+        });
+        self.publish().await;
+        outcome
+    }
+}
+
+fn count(
+    st: &mut ServerStatus,
+    local: &[crate::blocks::BlockFile],
+    refs: &Referenced,
+    held: &HashSet<&str>,
+    unreferenced: usize,
+    missing: &[(String, u64)],
+) {
+    st.blocks = local.len() as u64;
+    st.bytes = local.iter().map(|b| b.size).sum();
+    st.objects = refs.objects.len() as u64;
+    st.objects_held = refs
+        .objects
+        .iter()
+        .filter(|blocks| blocks.iter().all(|h| held.contains(h.as_str())))
+        .count() as u64;
+    st.missing_blocks = missing.len() as u64;
+    st.missing_bytes = missing.iter().map(|(_, s)| s).sum();
+    st.unreferenced_blocks = unreferenced as u64;
+}
+
+/// Spaces out starts so that bytes started never run ahead of `bytes_per_s`.
+struct Pace {
+    bytes_per_s: f64,
+    next: std::sync::Mutex<Instant>,
+}
+
+impl Pace {
+    fn new(bytes_per_s: f64) -> Pace {
+        Pace {
+            bytes_per_s,
+            next: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    async fn take(&self, bytes: u64) {
+        let at = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let start = (*next).max(Instant::now());
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_s);
+            start
+        };
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
