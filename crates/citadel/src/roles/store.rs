@@ -2,7 +2,10 @@
 //! its first address (port 3900, what the gate's `store` service balances), serves blocks to
 //! the other store jail on the address they share last-declared (the back segment, port
 //! 3901), reaches the db jails directly at their addresses (port 6379) with the `[db]`
-//! password, and keeps its blocks in the jail's data directory. `[store]` holds `region`.
+//! password, keeps its blocks in the jail's data directory, and serves `/metrics` and
+//! `POST /scrub` on its first address, port 9100. `[store]` holds `region` and the upkeep
+//! settings (`reclone_mib_per_s`, `catalogue_interval_secs`, `gc_grace_secs`,
+//! `scrub_interval_secs`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -10,19 +13,24 @@ use std::path::{Path, PathBuf};
 use citadel_jail::JailPaths;
 use citadel_spec::{Cluster, Diagnostic, Jail, Role};
 use citadel_store::StoreConfig;
-use citadel_store::config::DbConfig;
+use citadel_store::config::{self, DbConfig};
 use serde::Deserialize;
 
 use super::{db, locate, write_config};
 
 pub const S3_PORT: u16 = 3900;
 pub const PEER_PORT: u16 = 3901;
+pub const ADMIN_PORT: u16 = 9100;
 
 /// The `[store]` section: what an operator may set; the rest is derived.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct StoreSection {
     region: Option<String>,
+    reclone_mib_per_s: Option<f64>,
+    catalogue_interval_secs: Option<f64>,
+    gc_grace_secs: Option<f64>,
+    scrub_interval_secs: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -86,17 +94,33 @@ pub fn resolve(cluster: &Cluster, me: &Jail, data_dir: &Path) -> Result<StoreCon
     if addrs.is_empty() {
         return Err("no db jail it can reach (the store keeps its metadata in the db)".into());
     }
-    Ok(StoreConfig {
+    let resolved = StoreConfig {
         listen: SocketAddr::new(IpAddr::V4(own), S3_PORT),
         peer_listen: SocketAddr::new(IpAddr::V4(peer_ip), PEER_PORT),
         peer,
         data_dir: data_dir.to_path_buf(),
         region: section.region.unwrap_or_else(|| "citadel".into()),
+        name: Some(me.name.clone()),
+        admin_listen: Some(SocketAddr::new(IpAddr::V4(own), ADMIN_PORT)),
+        reclone_mib_per_s: section
+            .reclone_mib_per_s
+            .unwrap_or(config::DEFAULT_RECLONE_MIB_PER_S),
+        catalogue_interval_secs: section
+            .catalogue_interval_secs
+            .unwrap_or(config::DEFAULT_CATALOGUE_INTERVAL_SECS),
+        gc_grace_secs: section
+            .gc_grace_secs
+            .unwrap_or(config::DEFAULT_GC_GRACE_SECS),
+        scrub_interval_secs: section
+            .scrub_interval_secs
+            .unwrap_or(config::DEFAULT_SCRUB_INTERVAL_SECS),
         db: DbConfig {
             addrs,
             password: db::section(cluster)?.password,
         },
-    })
+    };
+    resolved.check()?;
+    Ok(resolved)
 }
 
 pub fn prepare(cluster: &Cluster, jail: &Jail, paths: &JailPaths) -> Result<Vec<String>, String> {
