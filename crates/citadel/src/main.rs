@@ -226,7 +226,7 @@ fn role_log_filter(command: &Command) -> Option<&'static str> {
             ..
         }
         | Command::Store {
-            verb: storectl::StoreVerb::Run { .. },
+            verb: storectl::StoreVerb::Run { .. } | storectl::StoreVerb::Spare { .. },
             ..
         } => Some("info"),
         _ => None,

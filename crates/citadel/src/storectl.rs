@@ -24,6 +24,16 @@ pub enum StoreVerb {
     /// one from the other server's copy. Waits for the reports.
     #[command(after_help = "Example:\n  citadel store scrub")]
     Scrub,
+    /// Run a spare block holder (a command jail on the gate box, named by `[store] spare`):
+    /// it keeps the second copy of blocks written while one store is down.
+    #[command(after_help = "Example (a command jail's args):
+  citadel store spare --listen ${CITADEL_ADDR}:3901 --data ${CITADEL_DATA}")]
+    Spare {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        data: PathBuf,
+    },
     /// S3 access keys (access key id + secret), stored in the db.
     #[command(
         after_help = "Examples:\n  citadel store key create backups\n  citadel store key list"
@@ -56,6 +66,13 @@ pub async fn store(verb: StoreVerb, state: &Path, json: bool) -> anyhow::Result<
             citadel_store::run(config).await?;
         }
         StoreVerb::Status => status(state, json).await?,
+        StoreVerb::Spare { listen, data } => {
+            citadel_store::run_spare(citadel_store::SpareConfig {
+                listen,
+                data_dir: data,
+            })
+            .await?;
+        }
         StoreVerb::Scrub => return scrub(state, json).await,
         StoreVerb::Key { verb } => {
             let config = crate::roles::store::running_config(state)?;

@@ -1,7 +1,9 @@
 //! The store in a cluster, through the real `citadel up` (front 127.145.1.0/24, back
 //! 127.145.2.0/24): one db jail and a store jail on each of two hosts. `citadel store status`
 //! shows what each server holds; `citadel store scrub` scrubs both; a stopped store shows
-//! stale; emptied and started again, it re-clones by itself and holds everything again.
+//! stale and a PUT meanwhile is acknowledged (its second copy on the spare, a command jail
+//! on a third host running `citadel store spare`); emptied and started again, the store
+//! re-clones by itself, holds everything again, and the spare lets its copy go.
 
 mod harness;
 
@@ -21,6 +23,8 @@ back = "127.145.2.0/24"
 name = "h1"
 [[host]]
 name = "h2"
+[[host]]
+name = "h3"
 
 [[jail]]
 name = "db-1"
@@ -46,8 +50,19 @@ addresses = { front = "127.145.1.23", back = "127.145.2.23" }
 ports = [3900, 3901, 9100]
 health = { check = "tcp", port = 3900 }
 
+[[jail]]
+name = "spare"
+host = "h3"
+role = "command"
+addresses = { front = "127.145.1.4" }
+command = "citadel"
+args = ["store", "spare", "--listen", "${CITADEL_ADDR}:3901", "--data", "${CITADEL_DATA}"]
+ports = [3901]
+health = { check = "tcp", port = 3901 }
+
 [store]
 catalogue_interval_secs = 0.5
+spare = "spare"
 "#;
 
 fn server(status: &Value, name: &str) -> Option<Value> {
@@ -70,7 +85,10 @@ fn holds(status: &Value, name: &str, objects: u64) -> bool {
 #[test]
 fn store_status_shows_each_server_and_a_wiped_one_reclones() {
     let up = Up::start(CLUSTER);
-    up.wait_healthy(&["db-1", "store-1", "store-2"], Duration::from_secs(60));
+    up.wait_healthy(
+        &["db-1", "store-1", "store-2", "spare"],
+        Duration::from_secs(60),
+    );
     let key: Value =
         serde_json::from_str(&up.ok(&["store", "key", "create", "t", "--json"])).unwrap();
     let (id, secret) = (
@@ -154,14 +172,41 @@ fn store_status_shows_each_server_and_a_wiped_one_reclones() {
         server(&status(), "store-2").and_then(|s| (s["stale"] == true).then_some(()))
     });
     assert!(up.ok(&["store", "status"]).contains("stale"));
+    let small = up.dir.path().join("small");
+    std::fs::write(&small, b"written while store-2 was down").unwrap();
+    let put = curl(&[
+        "-T",
+        small.to_str().unwrap(),
+        "http://127.145.1.13:3900/bkt/o2",
+    ]);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let spare_blocks = || {
+        std::fs::read_dir(up.data("spare").join("blocks"))
+            .map(|d| {
+                d.flatten()
+                    .map(|sub| std::fs::read_dir(sub.path()).map_or(0, |f| f.count()))
+                    .sum::<usize>()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(spare_blocks(), 1, "the spare holds the second copy");
     std::fs::remove_dir_all(up.data("store-2").join("blocks")).unwrap();
     up.ok(&["jail", "start", "store-2"]);
     wait_for("store-2 re-cloned", Duration::from_secs(30), || {
         let s = status();
         let r = server(&s, "store-2")?;
-        (holds(&s, "store-2", 1) && r["reclone"]["done_blocks"] == 3 && r["blocks"] == 3)
+        (holds(&s, "store-2", 2) && r["reclone"]["done_blocks"] == 4 && r["blocks"] == 4)
             .then_some(())
+    });
+    wait_for("the spare's copy dropped", Duration::from_secs(30), || {
+        (spare_blocks() == 0).then_some(())
     });
     let got = curl(&["http://127.145.1.23:3900/bkt/o"]);
     assert!(got.status.success() && got.stdout == content);
+    let got = curl(&["http://127.145.1.23:3900/bkt/o2"]);
+    assert!(got.status.success() && got.stdout == b"written while store-2 was down");
 }

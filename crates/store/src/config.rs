@@ -18,6 +18,11 @@ pub struct StoreConfig {
     /// The other server's block service; `None` runs a single copy (tests, one server).
     #[serde(default)]
     pub peer: Option<SocketAddr>,
+    /// A spare's block service (on the gate box): holds the second copy of blocks written
+    /// while the peer is down, until both servers hold them again. `None`: a PUT fails
+    /// while the peer is down.
+    #[serde(default)]
+    pub spare: Option<SocketAddr>,
     /// Where blocks live (`<data_dir>/blocks/ab/abcdef…`).
     pub data_dir: PathBuf,
     /// Region name clients sign with. Default `citadel`.
@@ -118,5 +123,22 @@ impl StoreConfig {
 
     pub fn server_name(&self) -> String {
         self.name.clone().unwrap_or_else(|| self.listen.to_string())
+    }
+}
+
+/// A spare block holder's configuration (`citadel store spare`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpareConfig {
+    /// Its block service; the data servers' `spare`. Convention: port 3901.
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+impl SpareConfig {
+    pub fn from_file(path: &Path) -> Result<SpareConfig, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 }

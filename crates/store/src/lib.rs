@@ -12,6 +12,7 @@ pub mod maintain;
 pub mod meta;
 pub mod multipart;
 pub mod peer;
+pub mod replicas;
 pub mod s3;
 pub mod scrub;
 pub mod stats;
@@ -24,7 +25,7 @@ use s3s::auth::{S3Auth, SecretKey};
 use s3s::service::S3ServiceBuilder;
 use s3s::{S3Result, s3_error};
 
-pub use config::StoreConfig;
+pub use config::{SpareConfig, StoreConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -64,18 +65,18 @@ pub fn connect_db(cfg: &StoreConfig) -> Result<meta::Db, Error> {
 
 /// Runs the store until SIGTERM or Ctrl-C.
 pub async fn run(cfg: StoreConfig) -> Result<(), Error> {
-    run_until(cfg, async {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    })
-    .await
+    run_until(cfg, terminated()).await
+}
+
+async fn terminated() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
 
 /// Serves S3 on `listen` and the block service on `peer_listen` until `shutdown` resolves.
@@ -99,13 +100,16 @@ pub async fn run_until(
     let store = s3::Store {
         db: Arc::clone(&db),
         blocks: blocks.clone(),
-        peer: cfg.peer.map(peer::PeerClient::new),
+        remote: Arc::new(replicas::Replicas::new(
+            cfg.peer.map(peer::PeerClient::new),
+            cfg.spare.map(peer::PeerClient::new),
+        )),
         region: cfg.region.clone(),
         stats: Arc::new(stats::Stats::default()),
         gc_grace: Duration::from_secs_f64(cfg.gc_grace_secs),
         scrub_lock: Arc::default(),
     };
-    let mut tasks = vec![tokio::spawn(peer::serve(peer_listener, blocks))];
+    let mut tasks = vec![tokio::spawn(peer::serve(peer_listener, blocks, false))];
     if let Some(l) = admin_listener {
         tasks.push(tokio::spawn(admin::serve(l, store.clone())));
     }
@@ -162,4 +166,18 @@ async fn scrub_every(store: s3::Store, every: Duration) {
             Err(e) => tracing::warn!(error = %e, "scrub failed"),
         }
     }
+}
+
+/// Runs a spare block holder (see `replicas`) until SIGTERM or Ctrl-C.
+pub async fn run_spare(cfg: SpareConfig) -> Result<(), Error> {
+    let blocks = blocks::BlockStore::open(&cfg.data_dir)?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| Error::Io(format!("listen on {}: {e}", cfg.listen)))?;
+    tracing::info!(blocks = %cfg.listen, "spare serving");
+    tokio::select! {
+        () = peer::serve(listener, blocks, true) => {}
+        () = terminated() => {}
+    }
+    Ok(())
 }

@@ -1,7 +1,8 @@
 //! The background pass, every `catalogue_interval_secs`: list this disk, walk the metadata,
 //! collect unreferenced blocks past their grace, publish the catalogue record, then copy
 //! every referenced block this disk lacks from the peer (re-cloning a returning or wiped
-//! server) at a capped rate.
+//! server) — or from the spare while the peer is down — at a capped rate; once this disk
+//! lacks nothing and the peer is up, the spare's copies both servers hold are dropped.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -63,10 +64,12 @@ impl Maintainer {
             .map(|(h, s)| (h.clone(), *s))
             .collect();
         missing.sort();
-        let peer_up = match &self.store.peer {
-            Some(p) => p.touch(&[]).await.is_ok(),
+        let remote = &self.store.remote;
+        let peer_up = match &remote.peer {
+            Some(p) => p.ping().await.is_ok(),
             None => false,
         };
+        remote.set_peer_up(peer_up);
         self.store.stats.update(|st| {
             count(st, &local, &refs, &held, unreferenced.len(), &missing);
             st.peer_up = peer_up;
@@ -75,17 +78,17 @@ impl Maintainer {
         let candidates: Vec<String> = unreferenced.iter().map(|b| b.hash.clone()).collect();
         self.store.collect(candidates, marked_at).await?;
         self.publish().await;
-        if !missing.is_empty() && peer_up {
-            self.reclone(missing).await?;
+        if !missing.is_empty() && (peer_up || remote.spare.is_some()) {
+            self.reclone(missing, peer_up).await?;
+        } else if missing.is_empty() && peer_up {
+            remote.drop_spare_copies(&self.store.blocks).await?;
         }
         Ok(())
     }
 
-    /// Copies `missing` from the peer, at most `reclone_bytes_per_s`.
-    async fn reclone(&self, missing: Vec<(String, u64)>) -> Result<(), Error> {
-        let Some(peer) = self.store.peer.clone() else {
-            return Ok(());
-        };
+    /// Copies `missing` from the peer (or the spare: see `replicas`), at most
+    /// `reclone_bytes_per_s`. A block no holder has is lost only if the peer was asked.
+    async fn reclone(&self, missing: Vec<(String, u64)>, peer_up: bool) -> Result<(), Error> {
         let total_bytes = missing.iter().map(|(_, s)| s).sum();
         self.store.stats.update(|st| {
             st.reclone = crate::stats::RecloneProgress {
@@ -105,13 +108,13 @@ impl Maintainer {
         let store = &self.store;
         let mut copies = futures::stream::iter(missing)
             .map(|(hash, size)| {
-                let (peer, pace) = (&peer, &pace);
+                let pace = &pace;
                 async move {
                     if store.blocks.has(&hash).await {
                         return Ok((0, true)); // written by a PUT since the listing
                     }
                     pace.take(size).await;
-                    match peer.get(&hash).await? {
+                    match store.remote.get(&hash).await? {
                         Some(data) => {
                             let n = data.len() as u64;
                             store.blocks.put(&hash, data).await?;
@@ -124,15 +127,17 @@ impl Maintainer {
             .buffer_unordered(RECLONE_PARALLEL);
         let mut last_publish = Instant::now();
         let mut outcome = Ok(());
+        let mut unfound = 0;
         while let Some(r) = copies.next().await {
             match r {
                 Ok((n, found)) => {
+                    unfound += u64::from(!found);
                     bump(&store.stats.reclone_blocks, u64::from(n > 0));
                     bump(&store.stats.reclone_bytes, n);
                     store.stats.update(|st| {
                         st.reclone.done_blocks += 1;
                         st.reclone.done_bytes += n;
-                        st.reclone.lost_blocks += u64::from(!found);
+                        st.reclone.lost_blocks += u64::from(!found && peer_up);
                     });
                 }
                 Err(e) => {
@@ -149,7 +154,7 @@ impl Maintainer {
         store.stats.update(|st| {
             st.reclone.active = false;
             st.reclone.finished = now_secs();
-            if outcome.is_ok() && st.reclone.lost_blocks == 0 {
+            if outcome.is_ok() && unfound == 0 {
                 st.missing_blocks = 0;
                 st.missing_bytes = 0;
                 st.objects_held = st.objects;

@@ -2,6 +2,8 @@
 //! `PUT /blocks/<sha256>` stores and fsyncs a block (rejected unless the body matches the
 //! name), `GET /blocks/<sha256>` returns it (404 when absent or rotten), `POST /touch` with
 //! one block name a line refreshes those blocks and answers the names it does not hold.
+//! A spare (the third block holder, see `replicas`) also answers `GET /list` (every block
+//! name it holds) and `POST /drop` (names to remove: both servers hold them again).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,8 +20,16 @@ use crate::http::{HttpClient, Reply, reply};
 /// A touch names at most this many blocks (a 10 GiB object in 1 MiB blocks).
 const MAX_TOUCH: usize = 10_240;
 
-pub async fn serve(listener: tokio::net::TcpListener, blocks: BlockStore) {
-    crate::http::serve(listener, move |req| handle(blocks.clone(), req)).await
+pub async fn serve(listener: tokio::net::TcpListener, blocks: BlockStore, spare: bool) {
+    crate::http::serve(listener, move |req| handle(blocks.clone(), spare, req)).await
+}
+
+fn names(text: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(text)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 async fn body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Reply> {
@@ -36,21 +46,52 @@ fn failed(e: Error) -> Reply {
     }
 }
 
-async fn handle(blocks: BlockStore, req: Request<Incoming>) -> Reply {
+async fn handle(blocks: BlockStore, spare: bool, req: Request<Incoming>) -> Reply {
     let path = req.uri().path().to_string();
-    if path == "/touch" && req.method() == Method::POST {
-        let text = match body(req, MAX_TOUCH * 65).await {
-            Ok(b) => b,
-            Err(r) => return r,
-        };
-        let names: Vec<String> = String::from_utf8_lossy(&text)
-            .lines()
-            .map(str::to_string)
-            .collect();
-        return match blocks.touch(names).await {
-            Ok(missing) => reply(StatusCode::OK, missing.join("\n")),
-            Err(e) => failed(e),
-        };
+    match (req.method().clone(), path.as_str()) {
+        (Method::POST, "/touch") => {
+            let text = match body(req, MAX_TOUCH * 65).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            return match blocks.touch(names(&text)).await {
+                Ok(missing) => reply(StatusCode::OK, missing.join("\n")),
+                Err(e) => failed(e),
+            };
+        }
+        (Method::GET, "/list") if spare => {
+            return match blocks.list().await {
+                Ok(all) => reply(
+                    StatusCode::OK,
+                    all.into_iter()
+                        .map(|b| b.hash)
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                ),
+                Err(e) => failed(e),
+            };
+        }
+        (Method::POST, "/drop") if spare => {
+            let text = match body(req, MAX_TOUCH * 65).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let list = names(&text);
+            if let Some(h) = list.iter().find(|h| !crate::blocks::valid_hash(h)) {
+                return reply(StatusCode::BAD_REQUEST, format!("not a block name: {h}"));
+            }
+            let removed = tokio::task::spawn_blocking(move || {
+                list.iter()
+                    .try_for_each(|h| blocks.remove_if_older(h, Duration::ZERO).map(|_| ()))
+            })
+            .await;
+            return match removed {
+                Ok(Ok(())) => reply(StatusCode::NO_CONTENT, Bytes::new()),
+                Ok(Err(e)) => failed(e),
+                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            };
+        }
+        _ => {}
     }
     let Some(hash) = path.strip_prefix("/blocks/") else {
         return reply(StatusCode::NOT_FOUND, "no such path\n");
@@ -154,13 +195,48 @@ impl PeerClient {
             if status == StatusCode::NOT_FOUND {
                 return Err(Error::Peer(format!("{}: touch: 404", self.addr())));
             }
-            missing.extend(
-                String::from_utf8_lossy(&body)
-                    .lines()
-                    .filter(|l| !l.is_empty())
-                    .map(str::to_string),
-            );
+            missing.extend(names(&body));
         }
         Ok(missing)
+    }
+
+    /// Whether the peer's block service answers (an empty touch).
+    pub async fn ping(&self) -> Result<(), Error> {
+        let (status, _) = self
+            .call(Method::POST, "/touch", Bytes::new(), "ping")
+            .await?;
+        if status == StatusCode::NOT_FOUND {
+            return Err(Error::Peer(format!("{}: ping: 404", self.addr())));
+        }
+        Ok(())
+    }
+
+    /// Every block a spare holds.
+    pub async fn list(&self) -> Result<Vec<String>, Error> {
+        let (status, body) = self
+            .call(Method::GET, "/list", Bytes::new(), "list blocks")
+            .await?;
+        if status == StatusCode::NOT_FOUND {
+            return Err(Error::Peer(format!("{}: not a spare", self.addr())));
+        }
+        Ok(names(&body))
+    }
+
+    /// Removes blocks from a spare.
+    pub async fn drop_blocks(&self, hashes: &[String]) -> Result<(), Error> {
+        for chunk in hashes.chunks(MAX_TOUCH) {
+            let (status, _) = self
+                .call(
+                    Method::POST,
+                    "/drop",
+                    Bytes::from(chunk.join("\n")),
+                    "drop blocks",
+                )
+                .await?;
+            if status == StatusCode::NOT_FOUND {
+                return Err(Error::Peer(format!("{}: not a spare", self.addr())));
+            }
+        }
+        Ok(())
     }
 }

@@ -16,14 +16,15 @@ use s3s::{S3, S3Error, S3Request, S3Response, S3Result, s3_error};
 use crate::Error;
 use crate::blocks::{BlockStore, MAX_BLOCK, hash_of};
 use crate::meta::{BUCKETS, BucketMeta, Db, ObjectMeta, now_secs, objects_key};
-use crate::peer::PeerClient;
+use crate::replicas::Replicas;
 use crate::stats::{Stats, bump};
 
 #[derive(Clone)]
 pub struct Store {
     pub db: Arc<Db>,
     pub blocks: BlockStore,
-    pub peer: Option<PeerClient>,
+    /// The other disks: the peer's, and the spare's while the peer is down.
+    pub remote: Arc<Replicas>,
     pub region: String,
     pub stats: Arc<Stats>,
     /// See `gc`: how long an unreferenced block is kept.
@@ -78,18 +79,16 @@ impl Store {
         }
     }
 
-    /// One block on this server's disk and the peer's, both fsynced, before returning.
+    /// One block on this server's disk and the peer's (the spare's while the peer is
+    /// down), both fsynced, before returning.
     async fn write_block(&self, data: Bytes) -> Result<String, Error> {
         let hash = hash_of(&data);
-        let local = self.blocks.put(&hash, data.clone());
-        match &self.peer {
-            Some(p) => {
-                let (a, b) = tokio::join!(local, p.put(&hash, data));
-                a?;
-                b?;
-            }
-            None => local.await?,
-        }
+        let (a, b) = tokio::join!(
+            self.blocks.put(&hash, data.clone()),
+            self.remote.put(&hash, data)
+        );
+        a?;
+        b?;
         Ok(hash)
     }
 
@@ -99,9 +98,7 @@ impl Store {
         if let Some(b) = self.blocks.get(hash).await? {
             return Ok(b);
         }
-        if let Some(p) = &self.peer
-            && let Some(b) = p.get(hash).await?
-        {
+        if let Some(b) = self.remote.get(hash).await? {
             let (me, hash, copy) = (self.clone(), hash.to_string(), b.clone());
             tokio::spawn(async move {
                 match me.blocks.repair(&hash, copy).await {
@@ -130,13 +127,8 @@ impl Store {
         let mut names = blocks.to_vec();
         names.sort();
         names.dedup();
-        let peer = async {
-            match &self.peer {
-                Some(p) => p.touch(&names).await,
-                None => Ok(Vec::new()),
-            }
-        };
-        let (local, peer) = tokio::join!(self.blocks.touch(names.clone()), peer);
+        let (local, peer) =
+            tokio::join!(self.blocks.touch(names.clone()), self.remote.touch(&names));
         let gone = local.map_err(internal)?.len() + peer.map_err(internal)?.len();
         if gone > 0 {
             return Err(s3_error!(

@@ -31,13 +31,10 @@ impl Store {
             report.rotten += 1;
             bump(&self.stats.scrub_rotten, 1);
             tracing::error!(block = %block.hash, "scrub: checksum mismatch on disk");
-            let good = match &self.peer {
-                Some(p) => p.get(&block.hash).await.unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "scrub: cannot fetch the peer's copy");
-                    None
-                }),
-                None => None,
-            };
+            let good = self.remote.get(&block.hash).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "scrub: cannot fetch another copy");
+                None
+            });
             match good {
                 Some(data) => {
                     self.blocks.repair(&block.hash, data).await?;

@@ -1,5 +1,5 @@
 //! kill -9 of one server's store mid-load (127.140.3.0/24): PUTs fail while it is down
-//! (the temporary copy on the gate is a later step), and once it is back no acknowledged
+//! (no spare configured here; `spare.rs` has one), and once it is back no acknowledged
 //! object is lost or corrupted, read through either server; GETs never return wrong bytes.
 
 mod common;

@@ -2,7 +2,7 @@
 found later can be checked. Modes:
   load   — 4 threads PUT (and GET back) objects across ENDPOINTS until STOP_FILE exists or
            LIMIT objects / DEADLINE seconds; each acknowledged PUT is appended to ACKS (key
-           sha256) and each failure bumps a line in FAILS.
+           sha256) and each failure bumps a line in FAILS. Keys start with PREFIX (if set).
   verify — every key in ACKS must read back exact from every endpoint; every key listed in
            the bucket must hold its key's content (no partial or wrong bytes)."""
 import hashlib, os, sys, threading, time
@@ -28,7 +28,10 @@ def content(k):
     return bytes(out[:n])
 
 def load():
-    clients[0].create_bucket(Bucket=BUCKET)
+    try:
+        clients[0].create_bucket(Bucket=BUCKET)
+    except clients[0].exceptions.BucketAlreadyOwnedByYou:
+        pass  # a second load into the same bucket
     acks, fails = open(os.environ["ACKS"], "a"), open(os.environ["FAILS"], "a")
     lock = threading.Lock()
     counter = [0]
@@ -42,7 +45,7 @@ def load():
                 i = counter[0]
             if i > limit:
                 return
-            k = f"obj-{t}-{i:05d}"
+            k = f"{os.environ.get('PREFIX', '')}obj-{t}-{i:05d}"
             body = content(k)
             c = clients[i % len(clients)]
             try:

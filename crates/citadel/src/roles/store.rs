@@ -31,6 +31,9 @@ struct StoreSection {
     catalogue_interval_secs: Option<f64>,
     gc_grace_secs: Option<f64>,
     scrub_interval_secs: Option<f64>,
+    /// The jail (on the gate box) running `citadel store spare`: the second copy of a block
+    /// written while the other store is down.
+    spare: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -90,6 +93,20 @@ pub fn resolve(cluster: &Cluster, me: &Jail, data_dir: &Path) -> Result<StoreCon
         Some(p) => cluster.reach(p, me).unwrap_or(own),
         None => own,
     };
+    let spare = match &section.spare {
+        Some(name) => {
+            let jail = cluster
+                .jails
+                .iter()
+                .find(|j| &j.name == name)
+                .ok_or_else(|| format!("[store] spare names no jail `{name}`"))?;
+            let ip = cluster
+                .reach(me, jail)
+                .ok_or_else(|| format!("shares no segment with the spare `{name}`"))?;
+            Some(SocketAddr::new(IpAddr::V4(ip), PEER_PORT))
+        }
+        None => None,
+    };
     let addrs = db::reachable_addrs(cluster, me);
     if addrs.is_empty() {
         return Err("no db jail it can reach (the store keeps its metadata in the db)".into());
@@ -98,6 +115,7 @@ pub fn resolve(cluster: &Cluster, me: &Jail, data_dir: &Path) -> Result<StoreCon
         listen: SocketAddr::new(IpAddr::V4(own), S3_PORT),
         peer_listen: SocketAddr::new(IpAddr::V4(peer_ip), PEER_PORT),
         peer,
+        spare,
         data_dir: data_dir.to_path_buf(),
         region: section.region.unwrap_or_else(|| "citadel".into()),
         name: Some(me.name.clone()),

@@ -17,6 +17,8 @@ struct Cli {
 enum Cmd {
     /// Serve S3 and the peer block service (default).
     Serve,
+    /// Run a spare block holder; `--config` is then a spare's (`listen`, `data_dir`).
+    Spare,
     /// Every server's catalogue record (JSON, one object per server).
     Status,
     /// Scrub this server's disk now (through its admin address) and print the report.
@@ -44,9 +46,15 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Some(Cmd::Spare) = cli.cmd {
+        let cfg = citadel_store::SpareConfig::from_file(&cli.config)?;
+        citadel_store::run_spare(cfg).await?;
+        return Ok(());
+    }
     let cfg = citadel_store::StoreConfig::from_file(&cli.config)?;
     match cli.cmd.unwrap_or(Cmd::Serve) {
         Cmd::Serve => citadel_store::run(cfg).await?,
+        Cmd::Spare => unreachable!("handled above"),
         Cmd::Status => {
             let db = citadel_store::connect_db(&cfg)?;
             let all = citadel_store::catalogue::read_all(&db).await?;
