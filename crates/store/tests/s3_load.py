@@ -4,7 +4,8 @@ found later can be checked. Modes:
            LIMIT objects / DEADLINE seconds; each acknowledged PUT is appended to ACKS (key
            sha256) and each failure bumps a line in FAILS. Keys start with PREFIX (if set).
   verify — every key in ACKS must read back exact from every endpoint; every key listed in
-           the bucket must hold its key's content (no partial or wrong bytes)."""
+           the bucket must hold its key's content (no partial or wrong bytes).
+  copy   — CopyObject of every key in ACKS to `<key>-copy` (see `copy`)."""
 import hashlib, os, sys, threading, time
 
 import boto3
@@ -20,6 +21,7 @@ BUCKET = "load"
 SIZES = [0, 1, 1000, 300_000, 1_500_000]
 
 def content(k):
+    k = k.removesuffix("-copy")  # a CopyObject of k (mode copy)
     n = SIZES[int(hashlib.sha256(k.encode()).hexdigest(), 16) % len(SIZES)]
     out, block = bytearray(), hashlib.sha256(k.encode()).digest()
     while len(out) < n:
@@ -88,4 +90,18 @@ def verify():
                 print("WRONG CONTENT", o["Key"], flush=True); sys.exit(2)
     print(f"VERIFIED {len(acked)} acknowledged, {listed} listed", flush=True)
 
-{"load": load, "verify": verify}[sys.argv[1]]()
+def copy():
+    """Copies every acknowledged object to `<key>-copy` through the first endpoint, checks
+    each copy's bytes, and records the copies as acknowledged too."""
+    acked = [line.split() for line in open(os.environ["ACKS"])]
+    with open(os.environ["ACKS"], "a") as acks:
+        for k, h in acked:
+            clients[0].copy_object(Bucket=BUCKET, Key=k + "-copy",
+                                   CopySource={"Bucket": BUCKET, "Key": k})
+            got = clients[0].get_object(Bucket=BUCKET, Key=k + "-copy")["Body"].read()
+            if hashlib.sha256(got).hexdigest() != h:
+                print("WRONG COPY", k, flush=True); sys.exit(2)
+            acks.write(f"{k}-copy {h}\n")
+    print("COPIED", len(acked), flush=True)
+
+{"load": load, "verify": verify, "copy": copy}[sys.argv[1]]()

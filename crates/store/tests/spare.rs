@@ -1,5 +1,6 @@
 //! The spare (127.144.4.0/24): with server 1 killed -9, PUTs through server 2 are
-//! acknowledged with their second copy on the spare (the gate box's block holder); then
+//! acknowledged with their second copy on the spare (the gate box's block holder), and so
+//! are CopyObjects; then
 //! server 2 is killed -9 too and server 1 comes back: it re-clones what it missed from the
 //! spare, and every acknowledged object reads back exact from it alone. Once server 2 is
 //! back as well, the spare's copies are dropped.
@@ -93,6 +94,15 @@ fn a_put_acknowledged_while_one_server_is_down_survives_losing_the_other() {
     assert_eq!(lines(&b.join("acks")), 40);
     let on_spare = block_files(&spare_data);
     assert!(on_spare > 0, "the spare holds the second copies");
+    // CopyObject touches its blocks before committing: with the peer down, the local ones.
+    let out = s3_load(&venv, "copy", &one(&s2), keys, &a, 0)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("COPIED 20"),
+        "copy while server 1 is down: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Then server 2 dies, and server 1 comes back: it has only the spare to copy from.
     s2.proc.kill();
@@ -101,8 +111,8 @@ fn a_put_acknowledged_while_one_server_is_down_survives_losing_the_other() {
     let held = wait_for_record(Duration::from_secs(60), || {
         last = record_of(&s1.config, s1.s3);
         last.as_ref().is_some_and(|r| {
-            r["objects"] == 60
-                && r["objects_held"] == 60
+            r["objects"] == 80
+                && r["objects_held"] == 80
                 && r["missing_blocks"] == 0
                 && r["peer_up"] == false
         })
