@@ -104,6 +104,7 @@ impl Maintainer {
             bytes = total_bytes,
             "re-cloning missing blocks from the peer"
         );
+        let began = Instant::now();
         let pace = Pace::new(self.reclone_bytes_per_s);
         let store = &self.store;
         let mut copies = futures::stream::iter(missing)
@@ -154,6 +155,7 @@ impl Maintainer {
         store.stats.update(|st| {
             st.reclone.active = false;
             st.reclone.finished = now_secs();
+            st.reclone.elapsed_ms = began.elapsed().as_millis() as u64;
             if outcome.is_ok() && unfound == 0 {
                 st.missing_blocks = 0;
                 st.missing_bytes = 0;

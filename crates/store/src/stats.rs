@@ -43,6 +43,9 @@ pub struct RecloneProgress {
     /// Unix seconds; 0 = never.
     pub started: i64,
     pub finished: i64,
+    /// How long the last re-clone took, milliseconds.
+    #[serde(default)]
+    pub elapsed_ms: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
