@@ -151,7 +151,7 @@ fn the_readme_commands_work_in_a_fresh_clone() {
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
     let jails = status["jails"].as_array().expect("jails");
     assert!(
-        jails.len() == 8 && jails.iter().all(|j| j["health"] == "healthy"),
+        jails.len() == 9 && jails.iter().all(|j| j["health"] == "healthy"),
         "up printed its table before every jail was healthy: {status:#}"
     );
     // No wait here: `up` waits for the gate's verdicts before it prints its table, so every
