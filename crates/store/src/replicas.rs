@@ -79,11 +79,13 @@ impl Replicas {
         }
     }
 
-    /// A copy from another disk, checked against its name: the peer's, else the spare's.
-    /// `Ok(None)` only when every holder asked answered that it has none.
+    /// A copy from another disk, checked against its name: the peer's (unless it is taken
+    /// as down), else the spare's. `Ok(None)` only when every holder asked answered that it
+    /// has none.
     pub async fn get(&self, hash: &str) -> Result<Option<Bytes>, Error> {
         let mut failed = None;
-        for holder in [&self.peer, &self.spare].into_iter().flatten() {
+        let peer = self.peer.as_ref().filter(|_| !self.peer_skipped());
+        for holder in [peer, self.spare.as_ref()].into_iter().flatten() {
             match holder.get(hash).await {
                 Ok(Some(b)) => return Ok(Some(b)),
                 Ok(None) => {}
