@@ -81,14 +81,22 @@ pub async fn agent(verb: AgentVerb, json: bool) -> anyhow::Result<i32> {
             listen,
             bundle,
         } => {
-            let tls = match (listen, bundle) {
-                (Some(addr), Some(bundle)) => Some(crate::up::TlsListen {
-                    addr,
-                    config: server_config(&bundle, &host)?,
-                }),
-                _ => None,
+            let (tls, peers) = match (listen, bundle) {
+                (Some(addr), Some(bundle)) => {
+                    let b = read_bundle(&bundle, &host)?;
+                    let own = b.issued();
+                    (
+                        Some(crate::up::TlsListen {
+                            addr,
+                            config: citadel_pki::server_config(&b.ca, &own)?,
+                        }),
+                        Some(citadel_pki::client_config(&b.ca, &own)?),
+                    )
+                }
+                _ => (None, None),
             };
-            crate::up::run_jails(up, json, Some(host), tls).await
+            let agent = crate::up::AgentMode { host, tls, peers };
+            crate::up::run_jails(up, json, Some(agent)).await
         }
         AgentVerb::Status { host, addr, dir } => {
             let config = operator_config(&dir)?;
@@ -117,11 +125,8 @@ pub async fn agent(verb: AgentVerb, json: bool) -> anyhow::Result<i32> {
     }
 }
 
-/// The agent's TLS server config from its bundle, which must be for this host.
-fn server_config(
-    bundle: &Path,
-    host: &str,
-) -> anyhow::Result<std::sync::Arc<tokio_rustls::rustls::ServerConfig>> {
+/// The agent's bundle, which must be for this host.
+fn read_bundle(bundle: &Path, host: &str) -> anyhow::Result<citadel_pki::Bundle> {
     let text = std::fs::read_to_string(bundle)
         .with_context(|| format!("cannot read the bundle {}", bundle.display()))?;
     let b =
@@ -133,11 +138,11 @@ fn server_config(
             b.host
         );
     }
-    Ok(citadel_pki::server_config(&b.ca, &b.issued())?)
+    Ok(b)
 }
 
 /// The operator's TLS client config from `DIR/pki`.
-fn operator_config(
+pub fn operator_config(
     dir: &Path,
 ) -> anyhow::Result<std::sync::Arc<tokio_rustls::rustls::ClientConfig>> {
     let read = |f: &str| {

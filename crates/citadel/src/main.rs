@@ -4,6 +4,7 @@
 mod agentctl;
 mod appctl;
 mod dbctl;
+mod deploy;
 mod gatectl;
 mod ops;
 mod output;
@@ -72,6 +73,21 @@ enum Command {
     Host {
         #[command(subcommand)]
         verb: pkictl::HostVerb,
+    },
+    /// Show, per host, what applying a cluster file would change (asks every host's agent).
+    #[command(after_help = "Example:\n  citadel plan cluster.toml --dir ./mycluster")]
+    Plan(deploy::DeployArgs),
+    /// Apply a cluster file to every host: each stores it as the next generation and
+    /// converges; balanced services and db members restart one at a time.
+    #[command(after_help = "Examples:
+  citadel apply cluster.toml --dir ./mycluster
+  citadel apply cluster.toml --timeout 60s      wait longer for each restarted jail")]
+    Apply {
+        #[command(flatten)]
+        args: deploy::DeployArgs,
+        /// How long each restarted jail may take to be healthy and back in rotation.
+        #[arg(long, default_value = "30s", value_parser = deploy::parse_timeout)]
+        timeout: std::time::Duration,
     },
     /// Ask a running `citadel up` to read its cluster file again and apply it (also: SIGHUP).
     #[command(after_help = "Example:\n  citadel reload")]
@@ -331,6 +347,8 @@ fn main() {
         match cli.command {
             Command::Up(args) => up::run(args, json).await,
             Command::Agent { verb } => agentctl::agent(verb, json).await,
+            Command::Plan(args) => deploy::plan(args, json).await,
+            Command::Apply { args, timeout } => deploy::apply(args, json, timeout).await,
             Command::Host { verb } => pkictl::host(verb, json),
             Command::Down { state } => ops::down(&state.state, json).await,
             Command::Reload { state } => ops::reload(&state.state, json).await,

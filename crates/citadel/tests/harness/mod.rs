@@ -332,3 +332,121 @@ pub fn builtin_addresses() -> nix::fcntl::Flock<std::fs::File> {
         .map_err(|(_, e)| e)
         .expect("lock the built-in addresses")
 }
+
+/// The operator's directory: `citadel init` (CA, operator certificate) and one bundle per host
+/// from `citadel host add`; runs `citadel plan|apply` with it.
+pub struct Operator {
+    pub dir: tempfile::TempDir,
+}
+
+impl Operator {
+    pub fn new(hosts: &[(&str, &str)]) -> Operator {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = |args: &[&str]| {
+            let out = Command::new(CITADEL)
+                .args(args)
+                .arg("--dir")
+                .arg(dir.path())
+                .output()
+                .expect("run citadel");
+            assert!(
+                out.status.success(),
+                "citadel {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let init = Command::new(CITADEL)
+            .arg("init")
+            .arg(dir.path())
+            .output()
+            .expect("citadel init");
+        assert!(init.status.success(), "init");
+        for (host, addr) in hosts {
+            run(&["host", "add", host, addr]);
+        }
+        Operator { dir }
+    }
+
+    pub fn bundle(&self, host: &str) -> PathBuf {
+        self.dir.path().join(format!("pki/hosts/{host}.bundle"))
+    }
+
+    /// `citadel VERB FILE --dir DIR …` (plan, apply): (success, stdout + stderr).
+    pub fn run(&self, verb: &str, file: &Path, extra: &[&str]) -> (bool, String) {
+        self.run_with(Command::new(CITADEL), verb, file, extra)
+    }
+
+    pub fn run_with(
+        &self,
+        mut cmd: Command,
+        verb: &str,
+        file: &Path,
+        extra: &[&str],
+    ) -> (bool, String) {
+        let out = cmd
+            .arg(verb)
+            .arg(file)
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(extra)
+            .output()
+            .expect("run citadel");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("write cluster file");
+        path
+    }
+}
+
+/// `citadel agent run --host HOST --state DIR/state --listen ADDR --bundle B` with no file:
+/// it waits for `citadel apply`. Its stderr is `DIR/up.log`.
+pub fn agent_command(host: &str, dir: &Path, listen: &str, bundle: &Path) -> Command {
+    let mut cmd = Command::new(CITADEL);
+    cmd.args(["agent", "run", "--host", host, "--state"])
+        .arg(dir.join("state"))
+        .args(["--listen", listen, "--bundle"])
+        .arg(bundle)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("up.out")).expect("out"))
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("up.log"))
+                .expect("log"),
+        );
+    cmd
+}
+
+impl Up {
+    /// The generation of the file this agent last applied (`applied.json`).
+    pub fn generation(&self) -> u64 {
+        let text = std::fs::read_to_string(self.state.join("applied.json")).unwrap_or_default();
+        serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["generation"].as_u64())
+            .unwrap_or(0)
+    }
+}
+
+/// Runs the app's load checker (a bounded mixed read/write load that reads every acknowledged
+/// write back at the end) on its own thread.
+pub fn spawn_load(
+    opts: citadel_app::load::LoadOptions,
+) -> std::thread::JoinHandle<Result<citadel_app::load::LoadReport, citadel_app::load::LoadError>> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(citadel_app::load::run(opts))
+    })
+}
