@@ -411,7 +411,7 @@ impl Runtime {
             }
             for (name, sup) in waiting {
                 let deadline = started + TIER_TIMEOUT;
-                match wait_up(&sup, deadline).await {
+                match wait_up(&sup, deadline, TIER_TIMEOUT).await {
                     Ok(healthy) => progress(StartProgress::Ready {
                         jail: &name,
                         healthy,
@@ -505,7 +505,10 @@ impl Runtime {
         StatusReport {
             cluster: cluster.name.clone(),
             zone: cluster.zone.clone(),
-            file: self.file.clone(),
+            file: match self.applied() {
+                Some(a) if a.generation > 0 => a.origin(),
+                _ => self.file.clone(),
+            },
             state_dir: self.state_dir.clone(),
             agent_pid: std::process::id(),
             jails: rows,
@@ -836,7 +839,7 @@ impl Runtime {
 
 /// Waits until a started jail is up: healthy if it has a health check, running if not.
 /// Returns whether it was seen healthy.
-async fn wait_up(sup: &Supervisor, deadline: Instant) -> Result<bool, String> {
+async fn wait_up(sup: &Supervisor, deadline: Instant, limit: Duration) -> Result<bool, String> {
     let mut rx = sup.watch();
     loop {
         let s = rx.borrow_and_update().clone();
@@ -849,7 +852,7 @@ async fn wait_up(sup: &Supervisor, deadline: Instant) -> Result<bool, String> {
         if wait.is_zero() {
             return Err(match (s.state, s.health, s.last_exit) {
                 (_, Health::Unhealthy(why), _) => {
-                    format!("not healthy after {}s: {why}", TIER_TIMEOUT.as_secs())
+                    format!("not healthy after {}s: {why}", limit.as_secs())
                 }
                 (JailState::Running, Health::Unknown, _) if s.pid.is_some() => {
                     return Ok(false);

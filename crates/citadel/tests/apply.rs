@@ -70,23 +70,7 @@ fn healthy_everywhere(agents: &[&Up]) {
     wait_for(
         "every jail healthy on its host",
         Duration::from_secs(90),
-        || {
-            let healthy: Vec<String> = agents
-                .iter()
-                .flat_map(|a| {
-                    a.status()["jails"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|j| j["health"] == "healthy")
-                        .map(|j| j["name"].as_str().unwrap_or_default().to_string())
-                })
-                .collect();
-            ALL.iter()
-                .all(|n| healthy.iter().any(|h| h == n))
-                .then_some(())
-        },
+        || all_healthy(agents, &ALL).then_some(()),
     );
 }
 
@@ -264,6 +248,44 @@ fn plan_apply_and_a_rolling_restart_under_load() {
     assert_eq!(
         (gate.generation(), s1.generation(), s2.generation()),
         (2, 2, 2)
+    );
+
+    // A rollout that fails stops there, names the jail, host and error, and leaves the rest
+    // serving: app-1 cannot start with a bad argument, so app-2 is not touched.
+    let broken = op.write(
+        "broken.toml",
+        &builtin_on_hosts()
+            .replace("max_document_bytes = 65536", "max_document_bytes = 131072")
+            .replace(
+                "name = \"app-1\"\nhost = \"server-1\"\nrole = \"app\"\n",
+                "name = \"app-1\"\nhost = \"server-1\"\nrole = \"app\"\nargs = [\"--no-such-flag\"]\n",
+            )
+            .replace(
+                "name = \"app-2\"\nhost = \"server-2\"\nrole = \"app\"\n",
+                "name = \"app-2\"\nhost = \"server-2\"\nrole = \"app\"\nenv = { ROLL = \"2\" }\n",
+            ),
+    );
+    let app_2 = s2.pid("app-2");
+    let (ok, out) = op.run("apply", &broken, &["--timeout", "5s"]);
+    assert!(!ok, "a failed rollout fails: {out}");
+    assert!(
+        out.contains("rollout stopped at app-1 on server-1")
+            && out.contains("jail `app-1` on host `server-1`")
+            && out.contains("not restarted (still on the old config, serving): app-2"),
+        "{out}"
+    );
+    assert_eq!(s2.pid("app-2"), app_2, "app-2 untouched");
+    wait_for(
+        "the service answers through the gate",
+        Duration::from_secs(10),
+        || curl("http://127.126.0.1:8080/health").map(|_| ()),
+    );
+    let (ok, plan) = op.run("plan", &changed, &[]);
+    assert!(ok && plan.contains("restart app-1"), "{plan}");
+    let (ok, out) = op.run("apply", &changed, &[]);
+    assert!(
+        ok && out.contains("✓ app-1"),
+        "the good file rolls app-1 back: {out}"
     );
 }
 

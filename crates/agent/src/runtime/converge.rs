@@ -255,7 +255,9 @@ impl Runtime {
         let at =
             |e: String| RuntimeError::Start(format!("jail `{name}` on host `{}`: {e}", jail.host));
         supervisor.start().await.map_err(at)?;
-        wait_up(&supervisor, began + timeout).await.map_err(at)?;
+        wait_up(&supervisor, began + timeout, timeout)
+            .await
+            .map_err(at)?;
         Ok(began.elapsed())
     }
 

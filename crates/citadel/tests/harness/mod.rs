@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod ns;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -307,15 +309,21 @@ impl Up {
     /// Whether the gate (`citadel gate backends`) has `member` of `service` up.
     pub fn backend_up(&self, service: &str, member: &str) -> bool {
         let out = self.cli(&["gate", "backends", "--json"]);
-        let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) else {
-            return false;
-        };
-        v.as_array()
-            .and_then(|s| s.iter().find(|s| s["name"] == service))
-            .and_then(|s| s["members"].as_array())
-            .and_then(|m| m.iter().find(|m| m["name"] == member))
-            .is_some_and(|m| m["up"] == true && m["draining"] == false)
+        in_rotation(&out.stdout, service, member)
     }
+}
+
+/// Whether the gate's backends (its `/backends` JSON) have `member` of `service` up and not
+/// draining.
+pub fn in_rotation(backends: &[u8], service: &str, member: &str) -> bool {
+    let Ok(v) = serde_json::from_slice::<Value>(backends) else {
+        return false;
+    };
+    v.as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == service))
+        .and_then(|s| s["members"].as_array())
+        .and_then(|m| m.iter().find(|m| m["name"] == member))
+        .is_some_and(|m| m["up"] == true && m["draining"] == false)
 }
 
 /// Held while a test uses the built-in cluster's fixed addresses (127.10.0.0/24,
@@ -442,11 +450,39 @@ impl Up {
 pub fn spawn_load(
     opts: citadel_app::load::LoadOptions,
 ) -> std::thread::JoinHandle<Result<citadel_app::load::LoadReport, citadel_app::load::LoadError>> {
+    spawn_load_in(opts, None)
+}
+
+/// `spawn_load` from inside the named network namespace (the thread's sockets live there).
+pub fn spawn_load_in(
+    opts: citadel_app::load::LoadOptions,
+    netns: Option<String>,
+) -> std::thread::JoinHandle<Result<citadel_app::load::LoadReport, citadel_app::load::LoadError>> {
     std::thread::spawn(move || {
+        if let Some(name) = netns {
+            ns::enter_thread(&name);
+        }
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime")
             .block_on(citadel_app::load::run(opts))
     })
+}
+
+/// Whether every one of `jails` is healthy on one of `agents`.
+pub fn all_healthy(agents: &[&Up], jails: &[&str]) -> bool {
+    let healthy: Vec<String> = agents
+        .iter()
+        .flat_map(|a| {
+            a.status()["jails"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|j| j["health"] == "healthy")
+                .map(|j| j["name"].as_str().unwrap_or_default().to_string())
+        })
+        .collect();
+    jails.iter().all(|j| healthy.iter().any(|h| h == j))
 }
