@@ -335,7 +335,18 @@ fn main() {
             }
         }
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    // An agent runs for months next to its jails: two workers (its supervisors and TLS
+    // connections are mostly idle) keep its memory small whatever the box's core count.
+    let runtime = match &cli.command {
+        Command::Agent {
+            verb: agentctl::AgentVerb::Run { .. },
+        } => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Runtime::new(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

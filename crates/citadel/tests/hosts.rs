@@ -668,6 +668,55 @@ fn the_seed_topology_survives_losing_a_box() {
         "users ↛ front"
     );
 
+    // A rolling apply of a changed app setting under the load: no request fails.
+    let changed = topo.op.write(
+        "changed.toml",
+        &cluster_file().replace("max_document_bytes = 65536", "max_document_bytes = 131072"),
+    );
+    let load = load_from_users(&topo.users, "rolling", 20);
+    let probe = Probe::start(&topo.users, "rolling", Duration::from_secs(60));
+    wait_for("the probe's writes", Duration::from_secs(20), || {
+        (probe.acked.load(Ordering::Relaxed) >= 20).then_some(())
+    });
+    let rolled = Instant::now();
+    let (ok, out) = topo.apply(&changed);
+    let took = rolled.elapsed();
+    assert!(ok, "rolling apply: {out}");
+    assert!(out.contains("✓ app-1") && out.contains("✓ app-2"), "{out}");
+    let log = probe.finish();
+    let report = load.join().expect("load thread").expect("load ran");
+    let failed = log
+        .reads
+        .iter()
+        .chain(&log.writes)
+        .filter(|(_, ok)| !ok)
+        .count();
+    println!(
+        "rolling apply over netns: {:.1}s; load: {} reads, {} writes, {} failed; probe: {failed} failed\n{out}",
+        took.as_secs_f64(),
+        report.reads_ok,
+        report.writes_ok,
+        report.reads_err + report.writes_err
+    );
+    assert!(
+        report
+            .seconds
+            .iter()
+            .any(|s| s.t as f64 > took.as_secs_f64()),
+        "the load outlasted the rollout"
+    );
+    assert_eq!(
+        (report.reads_err, report.writes_err, failed),
+        (0, 0, 0),
+        "no request may fail during a rolling apply: {:?}",
+        report.errors
+    );
+    assert!(
+        report.lost.is_empty() && report.unverified.is_empty(),
+        "{:?}",
+        report.lost
+    );
+
     // Whole-box loss of server-1 under the mixed load.
     let load = load_from_users(&topo.users, "mixed", 40);
     let probe = Probe::start(&topo.users, "probe", Duration::from_secs(90));
