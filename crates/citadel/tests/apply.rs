@@ -214,24 +214,7 @@ fn plan_apply_and_a_rolling_restart_under_load() {
         took.as_secs_f64(),
         report.timeline()
     );
-    assert!(
-        report
-            .seconds
-            .iter()
-            .any(|s| s.t as f64 > took.as_secs_f64()),
-        "the load outlasted the rollout"
-    );
-    assert_eq!(
-        (report.reads_err, report.writes_err),
-        (0, 0),
-        "no request may fail during a rolling apply: {:?}",
-        report.errors
-    );
-    assert!(
-        report.lost.is_empty() && report.unverified.is_empty(),
-        "{:?}",
-        report.lost
-    );
+    assert_rolled_without_failure(&report, took);
     assert!(
         report.acknowledged > 50,
         "too little load: {}",

@@ -486,3 +486,27 @@ pub fn all_healthy(agents: &[&Up], jails: &[&str]) -> bool {
         .collect();
     jails.iter().all(|j| healthy.iter().any(|h| h == j))
 }
+
+/// A load that ran through a rolling apply taking `took`: it outlasted the rollout, no
+/// request failed, and every acknowledged write reads back.
+pub fn assert_rolled_without_failure(report: &citadel_app::load::LoadReport, took: Duration) {
+    assert!(
+        report
+            .seconds
+            .iter()
+            .any(|s| s.t as f64 > took.as_secs_f64()),
+        "the load outlasted the rollout"
+    );
+    assert_eq!(
+        (report.reads_err, report.writes_err),
+        (0, 0),
+        "no request may fail during a rolling apply: {:?}",
+        report.errors
+    );
+    assert!(
+        report.lost.is_empty() && report.unverified.is_empty(),
+        "acknowledged writes lost: {:?}; unverified: {:?}",
+        report.lost,
+        report.unverified
+    );
+}
