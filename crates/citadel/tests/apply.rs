@@ -356,6 +356,11 @@ fn a_host_down_during_apply_catches_up_from_its_peers() {
     // then generation 2 from a peer, with no operator.
     let c = agent_in(&op, "c", "127.126.3.3:7443", c_dir);
     wait_for(
+        "c back on its last file (generation 1) with no operator",
+        Duration::from_secs(5),
+        || (env_tag(&c, "web-c").as_deref() == Some("one")).then_some(()),
+    );
+    wait_for(
         "c catches up to generation 2",
         Duration::from_secs(30),
         || (c.generation() == 2).then_some(()),
