@@ -674,6 +674,11 @@ backend = "netns"
     )));
     let env = std::fs::read_to_string(units.join("agent.env")).expect("env");
     assert!(env.contains("CITADEL_HOST=a\n"), "{env}");
+    assert!(env.contains("CITADEL_TLS=\n"), "no TLS asked: {env}");
+    assert!(
+        unit.contains("--state ${CITADEL_STATE} $CITADEL_TLS"),
+        "{unit}"
+    );
     assert!(
         env.contains(&format!("CITADEL_FILE={}\n", file.display())),
         "{env}"
