@@ -157,7 +157,20 @@ pub async fn plan(args: DeployArgs, json: bool) -> anyhow::Result<i32> {
 struct Gate {
     host: String,
     members: Vec<String>,
+    /// Each service's members.
+    services: Vec<Vec<String>>,
     check: Duration,
+}
+
+impl Gate {
+    /// The other members of each service of this gate that `jail` is a member of.
+    fn peers_of(&self, jail: &str) -> Vec<&[String]> {
+        self.services
+            .iter()
+            .filter(|s| s.iter().any(|m| m == jail) && s.len() > 1)
+            .map(Vec::as_slice)
+            .collect()
+    }
 }
 
 fn gates(cluster: &Cluster) -> Vec<Gate> {
@@ -167,11 +180,12 @@ fn gates(cluster: &Cluster) -> Vec<Gate> {
         .filter(|j| j.role == Role::Gate && j.command.is_none())
         .filter_map(|g| {
             let config = gate::resolve(cluster, g).ok()?;
-            let members = config
+            let services: Vec<Vec<String>> = config
                 .services
                 .iter()
-                .flat_map(|s| s.members.iter().map(|m| m.name.clone()))
+                .map(|s| s.members.iter().map(|m| m.name.clone()).collect())
                 .collect();
+            let members = services.iter().flatten().cloned().collect();
             let check = config
                 .services
                 .iter()
@@ -181,6 +195,7 @@ fn gates(cluster: &Cluster) -> Vec<Gate> {
             Some(Gate {
                 host: g.host.clone(),
                 members,
+                services,
                 check,
             })
         })
@@ -361,6 +376,7 @@ async fn roll_one(
             }
         }
     };
+    others_in_rotation(session, jail, gates, timeout).await?;
     drain(true).await;
     let request = Request::Roll {
         jail: jail.to_string(),
@@ -406,6 +422,49 @@ async fn roll_one(
             took as f64 / 1000.0,
             began.elapsed().as_secs_f64()
         );
+    }
+    Ok(())
+}
+
+/// Waits until, at every gate, each service `jail` belongs to has another member in rotation:
+/// draining `jail` must not leave a service with no member (one the gate took out under load
+/// while the previous jail rolled, say).
+async fn others_in_rotation(
+    session: &Session,
+    jail: &str,
+    gates: &[&Gate],
+    timeout: Duration,
+) -> Result<(), String> {
+    let began = Instant::now();
+    for g in gates {
+        for members in g.peers_of(jail) {
+            loop {
+                let mut up = false;
+                for other in members.iter().filter(|m| *m != jail) {
+                    let request = Request::InRotation {
+                        jail: other.clone(),
+                    };
+                    if let Ok(Some(true)) =
+                        session.ask::<Option<bool>>(&g.host, &request, ASK).await
+                    {
+                        up = true;
+                        break;
+                    }
+                }
+                if up {
+                    break;
+                }
+                if began.elapsed() > timeout {
+                    return Err(format!(
+                        "not drained: no other member of its service is in rotation at the gate on {} ({}) after {}s",
+                        g.host,
+                        members.join(", "),
+                        timeout.as_secs()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
     Ok(())
 }

@@ -697,6 +697,8 @@ fn the_seed_topology_survives_losing_a_box() {
         .chain(&log.writes)
         .filter(|(_, ok)| !ok)
         .count();
+    println!("{}", report.timeline());
+    println!("{}", log.timeline(rolled));
     println!(
         "rolling apply over netns: {:.1}s; load: {} reads, {} writes, {} failed; probe: {failed} failed\n{out}",
         took.as_secs_f64(),
