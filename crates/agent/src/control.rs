@@ -11,8 +11,18 @@ use tokio::sync::Notify;
 use crate::protocol::{Request, Response};
 use crate::runtime::Runtime;
 
-/// A request line longer than this is refused: no request needs more.
-const MAX_REQUEST: usize = 64 << 10;
+/// A request line longer than this is refused: no request needs more (a cluster file to
+/// apply is the largest).
+const MAX_REQUEST: usize = 1 << 20;
+
+/// Who is asking: the host itself (Unix socket), the operator, or another host's agent
+/// (which may only gossip).
+#[derive(Clone, Debug)]
+enum Caller {
+    Local,
+    Operator,
+    Host(String),
+}
 
 pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("control.sock")
@@ -33,7 +43,7 @@ pub async fn serve(runtime: Arc<Runtime>, shutdown: Arc<Notify>) -> std::io::Res
         let runtime = runtime.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, runtime, shutdown).await {
+            if let Err(e) = handle(stream, runtime, shutdown, Caller::Local).await {
                 tracing::debug!(error = %e, "control connection ended");
             }
         });
@@ -77,18 +87,17 @@ pub async fn serve_tls(
                 .and_then(|c| c.first())
                 .and_then(|c| citadel_pki::identity_of(c));
             let result = match who {
-                Some(citadel_pki::Identity::Operator(_)) => handle(tls, runtime, shutdown).await,
-                other => {
-                    let who = match other {
-                        Some(citadel_pki::Identity::Host(h)) => format!("host `{h}`"),
-                        _ => "a certificate with no Citadel identity".to_string(),
-                    };
-                    tracing::warn!(%peer, %who, "refused: not an operator");
+                Some(citadel_pki::Identity::Operator(_)) => {
+                    handle(tls, runtime, shutdown, Caller::Operator).await
+                }
+                Some(citadel_pki::Identity::Host(h)) => {
+                    handle(tls, runtime, shutdown, Caller::Host(h)).await
+                }
+                None => {
+                    tracing::warn!(%peer, "refused: a certificate with no Citadel identity");
                     refuse(
                         tls,
-                        format!(
-                            "{who} may not operate this agent (an operator certificate is needed)"
-                        ),
+                        "a certificate with no Citadel identity may not operate this agent".into(),
                     )
                     .await
                 }
@@ -116,6 +125,7 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     runtime: Arc<Runtime>,
     shutdown: Arc<Notify>,
+    caller: Caller,
 ) -> std::io::Result<()> {
     let (read, mut write) = tokio::io::split(stream);
     let mut lines = BufReader::new(read).take(MAX_REQUEST as u64 + 1);
@@ -125,7 +135,15 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         Response::Error("request too long".into())
     } else {
         match serde_json::from_str::<Request>(&line) {
-            Ok(request) => answer(request, &runtime, &shutdown).await,
+            Ok(request) => match &caller {
+                Caller::Host(h) if !request.allowed_to_hosts() => {
+                    tracing::warn!(host = %h, "refused: a host may only gossip");
+                    Response::Error(format!(
+                        "host `{h}` may not operate this agent (an operator certificate is needed)"
+                    ))
+                }
+                _ => answer(request, &runtime, &shutdown).await,
+            },
             Err(e) => Response::Error(format!("bad request: {e}")),
         }
     };
@@ -165,6 +183,22 @@ async fn answer(request: Request, rt: &Runtime, shutdown: &Notify) -> Response {
             shutdown.notify_one();
             return ok(());
         }
+        Request::Plan { file } => rt.plan(&file).await.map(ok),
+        Request::Apply {
+            file,
+            generation,
+            hold,
+        } => rt.apply(file, generation, &hold).await.map(ok),
+        Request::Roll { jail, timeout_ms } => rt
+            .roll(&jail, std::time::Duration::from_millis(timeout_ms))
+            .await
+            .map(|took| ok(took.as_millis() as u64)),
+        Request::Drain { jail, on } => {
+            rt.drain(&jail, on).await;
+            return ok(());
+        }
+        Request::InRotation { jail } => rt.in_rotation(&jail).await.map(ok),
+        Request::Gossip { generation, sha256 } => return ok(rt.gossip(generation, sha256)),
     };
     result.unwrap_or_else(|e| Response::Error(e.to_string()))
 }
@@ -210,10 +244,14 @@ pub async fn call_tls<T: serde::de::DeserializeOwned>(
         .await
         .map_err(|_| unreachable("no answer within 3 s".into()))?
         .map_err(|e| unreachable(e.to_string()))?;
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| unreachable(format!("TLS: {e}")))?;
+    // A frozen box's kernel still accepts TCP; its agent never answers the handshake.
+    let tls = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| unreachable("no TLS handshake within 3 s".into()))?
+    .map_err(|e| unreachable(format!("TLS: {e}")))?;
     exchange(tls, request).await
 }
 

@@ -44,6 +44,46 @@ pub enum Request {
     /// Read the cluster file again and apply it.
     Reload,
     Shutdown,
+    /// What applying this cluster file would change here.
+    Plan {
+        file: String,
+    },
+    /// Store this file as generation `generation` and converge to it, except the restarts
+    /// of `hold`, which the operator rolls one at a time (`Roll`).
+    Apply {
+        file: String,
+        generation: u64,
+        #[serde(default)]
+        hold: Vec<String>,
+    },
+    /// Restart a jail with its launch from the applied file and wait until it is healthy.
+    Roll {
+        jail: String,
+        timeout_ms: u64,
+    },
+    /// At this host's gates: stop sending `jail` work and wait for its requests in flight
+    /// (`on`), or send it work again.
+    Drain {
+        jail: String,
+        on: bool,
+    },
+    /// Whether this host's gates that balance `jail` have it in rotation (null: none does).
+    InRotation {
+        jail: String,
+    },
+    /// A peer agent's version of the file; the answer carries ours, with the file if the peer
+    /// is behind.
+    Gossip {
+        generation: u64,
+        sha256: String,
+    },
+}
+
+impl Request {
+    /// What another host's agent (a host certificate) may ask: only the peers' exchange.
+    pub fn allowed_to_hosts(&self) -> bool {
+        matches!(self, Request::Gossip { .. })
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]

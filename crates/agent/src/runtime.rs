@@ -17,6 +17,8 @@ use tokio::sync::Mutex;
 
 use crate::protocol::{Created, Identity, JailReport, StatusReport};
 
+mod converge;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("no jail named `{0}`; `citadel status` lists them")]
@@ -60,6 +62,15 @@ pub enum StartProgress<'a> {
 struct Entry {
     supervisor: Supervisor,
     from_file: bool,
+    /// What the supervisor launches: compared with a new file by `plan`.
+    launched: Launched,
+}
+
+/// A jail's definition and its role's derived config (None for a command jail), as launched.
+#[derive(Clone, Debug, PartialEq)]
+struct Launched {
+    jail: serde_json::Value,
+    derived: Option<String>,
 }
 
 /// What the roles built into this citadel need from the agent: a jail with a role and no
@@ -72,20 +83,32 @@ pub trait Roles: Send + Sync {
         jail: &Jail,
         paths: &JailPaths,
     ) -> Result<Vec<String>, String>;
+    /// The config `prepare` writes for a role jail, as text (what `plan` compares).
+    fn derive(&self, cluster: &Cluster, jail: &Jail, paths: &JailPaths) -> Result<String, String>;
     /// The signal that makes a running jail of this role re-read its config, if it can.
     fn reload_signal(&self, role: Role) -> Option<Signal>;
     /// Before an operator stops or restarts `jail` (`on`), whatever sends it work stops doing
     /// so and lets the work in flight finish; after it is back (`!on`), sends work again.
     fn drain<'a>(&'a self, cluster: &'a Cluster, jail: &'a Jail, on: bool) -> BoxFuture<'a>;
+    /// Whether the gates of this host that balance `jail` all have it in rotation; None when
+    /// none of them balances it.
+    fn in_rotation<'a>(
+        &'a self,
+        cluster: &'a Cluster,
+        jail: &'a Jail,
+    ) -> BoxFuture<'a, Option<bool>>;
 }
 
-pub type BoxFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+pub type BoxFuture<'a, T = ()> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// Where the cluster came from, so that `reload` can read it again.
 #[derive(Clone, Debug)]
 pub enum Source {
     File(PathBuf),
     Builtin,
+    /// The file last applied to this agent (`citadel apply`, or a peer): `applied.json`.
+    Applied,
 }
 
 /// Everything needed to turn a jail definition into a running supervisor.
@@ -174,11 +197,41 @@ impl Launcher {
         }
     }
 
-    fn supervise(&self, cluster: &Cluster, jail: &Jail) -> Result<Supervisor, RuntimeError> {
-        Ok(Supervisor::new(
-            self.launch(cluster, jail)?,
-            self.reaper.clone(),
-        ))
+    fn supervise(
+        &self,
+        cluster: &Cluster,
+        jail: &Jail,
+    ) -> Result<(Supervisor, Launched), RuntimeError> {
+        let supervisor = Supervisor::new(self.launch(cluster, jail)?, self.reaper.clone());
+        Ok((supervisor, self.launched(cluster, jail)))
+    }
+
+    /// What launching `jail` of `cluster` means, to compare with what runs.
+    fn launched(&self, cluster: &Cluster, jail: &Jail) -> Launched {
+        let derived = jail.command.is_none().then(|| {
+            let paths = JailPaths::new(&self.state_dir, &jail.name);
+            self.roles
+                .derive(cluster, jail, &paths)
+                .unwrap_or_else(|e| format!("(cannot derive: {e})"))
+        });
+        Launched {
+            jail: serde_json::to_value(jail).unwrap_or_default(),
+            derived,
+        }
+    }
+
+    fn entry(
+        &self,
+        cluster: &Cluster,
+        jail: &Jail,
+        from_file: bool,
+    ) -> Result<Entry, RuntimeError> {
+        let (supervisor, launched) = self.supervise(cluster, jail)?;
+        Ok(Entry {
+            supervisor,
+            from_file,
+            launched,
+        })
     }
 }
 
@@ -193,6 +246,10 @@ pub struct Runtime {
     caps: Capabilities,
     launcher: Launcher,
     jails: Mutex<BTreeMap<String, Entry>>,
+    /// The agent's file and generation (None for `citadel up`).
+    applied: std::sync::Mutex<Option<crate::applied::Applied>>,
+    /// One apply (operator's or a peer's file) at a time.
+    applying: Mutex<()>,
 }
 
 /// What a reload changed.
@@ -203,6 +260,12 @@ pub struct ReloadReport {
     pub restarted: Vec<String>,
     /// Role jails told to re-read their config (e.g. the gate, by SIGHUP).
     pub reloaded: Vec<String>,
+    /// Jails that were not running and were started.
+    #[serde(default)]
+    pub started: Vec<String>,
+    /// Restarts left to the operator's rollout.
+    #[serde(default)]
+    pub held: Vec<String>,
 }
 
 /// How long `up` waits for one tier of jails to come up before it goes on without them.
@@ -266,10 +329,7 @@ impl Runtime {
         for jail in cluster.jails.iter().filter(|j| local(j)) {
             jails.insert(
                 jail.name.clone(),
-                Entry {
-                    supervisor: launcher.supervise(&cluster, jail)?,
-                    from_file: from_file.contains(&jail.name),
-                },
+                launcher.entry(&cluster, jail, from_file.contains(&jail.name))?,
             );
         }
         Ok(Runtime {
@@ -281,6 +341,8 @@ impl Runtime {
             caps,
             launcher,
             jails: Mutex::new(jails),
+            applied: std::sync::Mutex::new(None),
+            applying: Mutex::new(()),
         })
     }
 
@@ -288,96 +350,23 @@ impl Runtime {
     /// removed ones stop (their data stays), changed ones restart, and role jails that can
     /// re-read their config (the gate) are told to. An invalid file changes nothing.
     pub async fn reload(&self) -> Result<ReloadReport, RuntimeError> {
-        let (text, origin) = match &self.source {
-            Source::File(path) => (
+        // Once an apply (or a peer) gave this agent a file, that is what it runs.
+        let (text, origin) = match (&self.source, self.applied()) {
+            (_, Some(a)) if a.generation > 0 => (a.text.clone(), a.origin()),
+            (Source::Applied, Some(a)) => (a.text.clone(), a.origin()),
+            (Source::Applied, None) => return Ok(ReloadReport::default()),
+            (Source::File(path), _) => (
                 std::fs::read_to_string(path).map_err(io(format!("reading {}", path.display())))?,
                 path.display().to_string(),
             ),
-            Source::Builtin => (
+            (Source::Builtin, _) => (
                 citadel_spec::BUILTIN.to_string(),
                 citadel_spec::BUILTIN_ORIGIN.to_string(),
             ),
         };
-        let (mut next, _) = citadel_spec::parse(&text, &origin, &self.caps)
-            .map_err(|r| RuntimeError::Invalid(r.to_string().trim_end().to_string()))?;
-        let mut cluster = self.cluster.lock().await;
-        let mut jails = self.jails.lock().await;
-        let file_names: Vec<String> = next.jails.iter().map(|j| j.name.clone()).collect();
-        for j in &cluster.jails {
-            let runtime_made = jails.get(&j.name).is_some_and(|e| !e.from_file);
-            if runtime_made && next.jail(&j.name).is_none() {
-                next.jails.push(j.clone());
-            }
-        }
-        citadel_spec::recheck(&next, &self.caps, &origin)
-            .map_err(|r| RuntimeError::Invalid(r.to_string().trim_end().to_string()))?;
-
-        let mut report = ReloadReport::default();
-        let same =
-            |a: &Jail, b: &Jail| serde_json::to_value(a).ok() == serde_json::to_value(b).ok();
-        for old in &cluster.jails {
-            if next.jail(&old.name).is_none() {
-                if let Some(entry) = jails.remove(&old.name) {
-                    entry.supervisor.stop().await;
-                }
-                if self.is_local(old) {
-                    report.removed.push(old.name.clone());
-                }
-            }
-        }
-        for jail in &next.jails {
-            if !self.is_local(jail) {
-                // Moved to another host: it stops here (its data stays, as for a removal).
-                if let Some(entry) = jails.remove(&jail.name) {
-                    entry.supervisor.stop().await;
-                    report.removed.push(jail.name.clone());
-                }
-                continue;
-            }
-            match cluster.jail(&jail.name) {
-                Some(old) if same(old, jail) => {
-                    let Some(entry) = jails.get(&jail.name) else {
-                        continue;
-                    };
-                    if jail.command.is_some() {
-                        continue;
-                    }
-                    let Some(signal) = self.launcher.roles.reload_signal(jail.role) else {
-                        continue;
-                    };
-                    // Rewrite the role's config from the new cluster, then tell it.
-                    self.launcher.launch(&next, jail)?;
-                    if entry.supervisor.status().pid.is_some() {
-                        let _ = entry.supervisor.signal(signal).await;
-                        report.reloaded.push(jail.name.clone());
-                    }
-                }
-                existing => {
-                    if existing.is_some() {
-                        if let Some(entry) = jails.remove(&jail.name) {
-                            entry.supervisor.stop().await;
-                        }
-                        report.restarted.push(jail.name.clone());
-                    } else {
-                        report.added.push(jail.name.clone());
-                    }
-                    let supervisor = self.launcher.supervise(&next, jail)?;
-                    if let Err(e) = supervisor.start().await {
-                        tracing::warn!(jail = %jail.name, error = %e, "jail did not start after reload");
-                    }
-                    let from_file = file_names.contains(&jail.name);
-                    jails.insert(
-                        jail.name.clone(),
-                        Entry {
-                            supervisor,
-                            from_file,
-                        },
-                    );
-                }
-            }
-        }
-        *cluster = next;
-        Ok(report)
+        let next = self.parse(&text, &origin)?;
+        let _one = self.applying.lock().await;
+        Ok(self.converge(next, &[], false).await?.1)
     }
 
     /// Whether `jail` runs under this runtime (every jail for `up`, the host's for an agent).
@@ -422,7 +411,7 @@ impl Runtime {
             }
             for (name, sup) in waiting {
                 let deadline = started + TIER_TIMEOUT;
-                match wait_up(&sup, deadline).await {
+                match wait_up(&sup, deadline, TIER_TIMEOUT).await {
                     Ok(healthy) => progress(StartProgress::Ready {
                         jail: &name,
                         healthy,
@@ -516,7 +505,10 @@ impl Runtime {
         StatusReport {
             cluster: cluster.name.clone(),
             zone: cluster.zone.clone(),
-            file: self.file.clone(),
+            file: match self.applied() {
+                Some(a) if a.generation > 0 => a.origin(),
+                _ => self.file.clone(),
+            },
             state_dir: self.state_dir.clone(),
             agent_pid: std::process::id(),
             jails: rows,
@@ -524,7 +516,7 @@ impl Runtime {
     }
 
     /// Tells the roles that send a jail work (the gate) to drain it, or to use it again.
-    async fn drain(&self, name: &str, on: bool) {
+    pub async fn drain(&self, name: &str, on: bool) {
         let cluster = self.cluster.lock().await.clone();
         if let Some(jail) = cluster.jail(name) {
             self.launcher.roles.drain(&cluster, jail, on).await;
@@ -814,14 +806,8 @@ impl Runtime {
             serde_json::to_vec_pretty(&jail).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
         std::fs::write(paths.definition(), json)
             .map_err(io(format!("writing {}", paths.definition().display())))?;
-        let supervisor = self.launcher.supervise(&candidate, &jail)?;
-        self.jails.lock().await.insert(
-            jail.name.clone(),
-            Entry {
-                supervisor,
-                from_file: false,
-            },
-        );
+        let entry = self.launcher.entry(&candidate, &jail, false)?;
+        self.jails.lock().await.insert(jail.name.clone(), entry);
         *cluster = candidate;
         Ok(Created {
             name: jail.name.clone(),
@@ -853,7 +839,7 @@ impl Runtime {
 
 /// Waits until a started jail is up: healthy if it has a health check, running if not.
 /// Returns whether it was seen healthy.
-async fn wait_up(sup: &Supervisor, deadline: Instant) -> Result<bool, String> {
+async fn wait_up(sup: &Supervisor, deadline: Instant, limit: Duration) -> Result<bool, String> {
     let mut rx = sup.watch();
     loop {
         let s = rx.borrow_and_update().clone();
@@ -866,7 +852,7 @@ async fn wait_up(sup: &Supervisor, deadline: Instant) -> Result<bool, String> {
         if wait.is_zero() {
             return Err(match (s.state, s.health, s.last_exit) {
                 (_, Health::Unhealthy(why), _) => {
-                    format!("not healthy after {}s: {why}", TIER_TIMEOUT.as_secs())
+                    format!("not healthy after {}s: {why}", limit.as_secs())
                 }
                 (JailState::Running, Health::Unknown, _) if s.pid.is_some() => {
                     return Ok(false);

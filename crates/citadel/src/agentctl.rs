@@ -49,7 +49,7 @@ pub enum AgentVerb {
     },
     /// Install the agent as a systemd service: the unit, its environment file, and start it.
     #[command(after_help = "Examples:
-  citadel agent install --host server-1 --file /etc/citadel/cluster.toml
+  citadel agent install --host server-1 --file /etc/citadel/cluster.toml --listen 192.168.1.12:7443 --bundle server-1.bundle
   citadel agent install --host server-1 --file ./c.toml --unit-dir /tmp/u --env-file /tmp/u/agent.env --no-start")]
     Install {
         /// This machine's name in the cluster file.
@@ -70,6 +70,13 @@ pub enum AgentVerb {
         /// Write the files only; do not run systemctl.
         #[arg(long)]
         no_start: bool,
+        /// Where the agent serves `citadel plan|apply` and the other agents (mutual TLS;
+        /// needs --bundle).
+        #[arg(long, requires = "bundle")]
+        listen: Option<std::net::SocketAddr>,
+        /// This host's bundle from `citadel host add` (checked now: it must be this host's).
+        #[arg(long, requires = "listen")]
+        bundle: Option<PathBuf>,
     },
 }
 
@@ -81,14 +88,22 @@ pub async fn agent(verb: AgentVerb, json: bool) -> anyhow::Result<i32> {
             listen,
             bundle,
         } => {
-            let tls = match (listen, bundle) {
-                (Some(addr), Some(bundle)) => Some(crate::up::TlsListen {
-                    addr,
-                    config: server_config(&bundle, &host)?,
-                }),
-                _ => None,
+            let (tls, peers) = match (listen, bundle) {
+                (Some(addr), Some(bundle)) => {
+                    let b = read_bundle(&bundle, &host)?;
+                    let own = b.issued();
+                    (
+                        Some(crate::up::TlsListen {
+                            addr,
+                            config: citadel_pki::server_config(&b.ca, &own)?,
+                        }),
+                        Some(citadel_pki::client_config(&b.ca, &own)?),
+                    )
+                }
+                _ => (None, None),
             };
-            crate::up::run_jails(up, json, Some(host), tls).await
+            let agent = crate::up::AgentMode { host, tls, peers };
+            crate::up::run_jails(up, json, Some(agent)).await
         }
         AgentVerb::Status { host, addr, dir } => {
             let config = operator_config(&dir)?;
@@ -113,15 +128,29 @@ pub async fn agent(verb: AgentVerb, json: bool) -> anyhow::Result<i32> {
             unit_dir,
             env_file,
             no_start,
-        } => install(&host, &file, &state, &unit_dir, &env_file, no_start, json),
+            listen,
+            bundle,
+        } => {
+            let tls = match (listen, bundle) {
+                (Some(addr), Some(bundle)) => {
+                    read_bundle(&bundle, &host)?;
+                    let bundle = std::path::absolute(&bundle)?;
+                    Some((addr, bundle))
+                }
+                _ => None,
+            };
+            let paths = InstallPaths {
+                state: &state,
+                unit_dir: &unit_dir,
+                env_file: &env_file,
+            };
+            install(&host, &file, paths, tls, no_start, json)
+        }
     }
 }
 
-/// The agent's TLS server config from its bundle, which must be for this host.
-fn server_config(
-    bundle: &Path,
-    host: &str,
-) -> anyhow::Result<std::sync::Arc<tokio_rustls::rustls::ServerConfig>> {
+/// The agent's bundle, which must be for this host.
+fn read_bundle(bundle: &Path, host: &str) -> anyhow::Result<citadel_pki::Bundle> {
     let text = std::fs::read_to_string(bundle)
         .with_context(|| format!("cannot read the bundle {}", bundle.display()))?;
     let b =
@@ -133,11 +162,11 @@ fn server_config(
             b.host
         );
     }
-    Ok(citadel_pki::server_config(&b.ca, &b.issued())?)
+    Ok(b)
 }
 
 /// The operator's TLS client config from `DIR/pki`.
-fn operator_config(
+pub fn operator_config(
     dir: &Path,
 ) -> anyhow::Result<std::sync::Arc<tokio_rustls::rustls::ClientConfig>> {
     let read = |f: &str| {
@@ -165,15 +194,26 @@ fn env_value(what: &str, value: &str) -> anyhow::Result<String> {
     Ok(value.to_string())
 }
 
+/// Where `install` puts things.
+struct InstallPaths<'a> {
+    state: &'a Path,
+    unit_dir: &'a Path,
+    env_file: &'a Path,
+}
+
 fn install(
     host: &str,
     file: &Path,
-    state: &Path,
-    unit_dir: &Path,
-    env_file: &Path,
+    paths: InstallPaths<'_>,
+    tls: Option<(std::net::SocketAddr, PathBuf)>,
     no_start: bool,
     json: bool,
 ) -> anyhow::Result<i32> {
+    let InstallPaths {
+        state,
+        unit_dir,
+        env_file,
+    } = paths;
     let file =
         std::path::absolute(file).with_context(|| format!("cannot resolve {}", file.display()))?;
     let (cluster, origin) = load_cluster(Some(&file))?;
@@ -186,8 +226,15 @@ fn install(
     }
     let exe = std::env::current_exe().context("cannot find the citadel binary itself")?;
     let exe = env_value("the citadel binary", &exe.to_string_lossy())?;
+    let tls = match &tls {
+        Some((addr, bundle)) => format!(
+            "CITADEL_TLS=--listen {addr} --bundle {}\n",
+            env_value("the bundle", &bundle.to_string_lossy())?
+        ),
+        None => "CITADEL_TLS=\n".to_string(),
+    };
     let env = format!(
-        "# Written by `citadel agent install`; read by citadel-agent.service.\nCITADEL_HOST={}\nCITADEL_FILE={}\nCITADEL_STATE={}\n",
+        "# Written by `citadel agent install`; read by citadel-agent.service.\nCITADEL_HOST={}\nCITADEL_FILE={}\nCITADEL_STATE={}\n{tls}",
         env_value("the host", host)?,
         env_value("the cluster file", &file.to_string_lossy())?,
         env_value(

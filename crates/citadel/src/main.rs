@@ -4,6 +4,7 @@
 mod agentctl;
 mod appctl;
 mod dbctl;
+mod deploy;
 mod gatectl;
 mod ops;
 mod output;
@@ -72,6 +73,21 @@ enum Command {
     Host {
         #[command(subcommand)]
         verb: pkictl::HostVerb,
+    },
+    /// Show, per host, what applying a cluster file would change (asks every host's agent).
+    #[command(after_help = "Example:\n  citadel plan cluster.toml --dir ./mycluster")]
+    Plan(deploy::DeployArgs),
+    /// Apply a cluster file to every host: each stores it as the next generation and
+    /// converges; balanced services and db members restart one at a time.
+    #[command(after_help = "Examples:
+  citadel apply cluster.toml --dir ./mycluster
+  citadel apply cluster.toml --timeout 60s      wait longer for each restarted jail")]
+    Apply {
+        #[command(flatten)]
+        args: deploy::DeployArgs,
+        /// How long each restarted jail may take to be healthy and back in rotation.
+        #[arg(long, default_value = "30s", value_parser = deploy::parse_timeout)]
+        timeout: std::time::Duration,
     },
     /// Ask a running `citadel up` to read its cluster file again and apply it (also: SIGHUP).
     #[command(after_help = "Example:\n  citadel reload")]
@@ -319,7 +335,18 @@ fn main() {
             }
         }
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    // An agent runs for months next to its jails: two workers (its supervisors and TLS
+    // connections are mostly idle) keep its memory small whatever the box's core count.
+    let runtime = match &cli.command {
+        Command::Agent {
+            verb: agentctl::AgentVerb::Run { .. },
+        } => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Runtime::new(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -331,6 +358,8 @@ fn main() {
         match cli.command {
             Command::Up(args) => up::run(args, json).await,
             Command::Agent { verb } => agentctl::agent(verb, json).await,
+            Command::Plan(args) => deploy::plan(args, json).await,
+            Command::Apply { args, timeout } => deploy::apply(args, json, timeout).await,
             Command::Host { verb } => pkictl::host(verb, json),
             Command::Down { state } => ops::down(&state.state, json).await,
             Command::Reload { state } => ops::reload(&state.state, json).await,

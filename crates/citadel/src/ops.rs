@@ -40,7 +40,12 @@ pub fn load_cluster(file: Option<&Path>) -> anyhow::Result<(Cluster, String)> {
         ),
         None => (BUILTIN.to_string(), BUILTIN_ORIGIN.to_string()),
     };
-    match citadel_spec::parse(&source, &origin, &capabilities()) {
+    parse_cluster(&source, origin)
+}
+
+/// Checks a cluster file's text, printing its warnings; on any error, prints them all and fails.
+pub fn parse_cluster(source: &str, origin: String) -> anyhow::Result<(Cluster, String)> {
+    match citadel_spec::parse(source, &origin, &capabilities()) {
         Ok((cluster, warnings)) => {
             if !warnings.diagnostics.is_empty() {
                 eprint!("{warnings}");

@@ -16,8 +16,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
 
 use crate::StateArg;
-use crate::ops::{capabilities, load_cluster, print_status};
+use crate::ops::{capabilities, load_cluster, parse_cluster, print_status};
 use crate::roles::{BuiltinRoles, gate};
+use citadel_agent::applied::Applied;
 use citadel_spec::Role;
 
 #[derive(Args)]
@@ -75,7 +76,38 @@ impl Progress {
 }
 
 pub async fn run(args: UpArgs, json: bool) -> anyhow::Result<i32> {
-    run_jails(args, json, None, None).await
+    run_jails(args, json, None).await
+}
+
+/// `citadel agent run`: the host whose jails run here, and, with a bundle, where the operator
+/// reaches it and how it reaches its peers.
+pub struct AgentMode {
+    pub host: String,
+    pub tls: Option<TlsListen>,
+    pub peers: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+}
+
+/// How often an agent compares its file with its peers'.
+const GOSSIP_EVERY: Duration = Duration::from_secs(2);
+
+/// The file an agent starts from: the one last applied to it (its generation > 0 wins over
+/// `--file`, which is what it was installed with), else `--file` as generation 0, else an
+/// empty cluster waiting for `citadel apply`.
+fn agent_file(state_dir: &Path, host: &str, file: Option<&Path>) -> anyhow::Result<Applied> {
+    let stored = Applied::load(state_dir).map_err(anyhow::Error::msg)?;
+    let applied = match (stored, file) {
+        (Some(a), file) if a.generation > 0 || file.is_none() => return Ok(a),
+        (_, Some(path)) => Applied::new(
+            0,
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read cluster file {}", path.display()))?,
+        ),
+        (_, None) => Applied::new(0, citadel_agent::applied::placeholder(host)),
+    };
+    applied
+        .store(state_dir)
+        .with_context(|| format!("cannot write {}", Applied::path(state_dir).display()))?;
+    Ok(applied)
 }
 
 /// Where an agent serves the control protocol over TLS, and with what.
@@ -84,26 +116,39 @@ pub struct TlsListen {
     pub config: Arc<tokio_rustls::rustls::ServerConfig>,
 }
 
-/// `up` (every jail, `host` None) and `citadel agent run` (the jails of `host`).
-pub async fn run_jails(
-    args: UpArgs,
-    json: bool,
-    host: Option<String>,
-    tls: Option<TlsListen>,
-) -> anyhow::Result<i32> {
+/// `up` (every jail, `agent` None) and `citadel agent run` (the jails of one host).
+pub async fn run_jails(args: UpArgs, json: bool, agent: Option<AgentMode>) -> anyhow::Result<i32> {
+    let (host, tls, peers) = match agent {
+        Some(a) => (Some(a.host), a.tls, a.peers),
+        None => (None, None, None),
+    };
     let what = match &host {
         None => "citadel up".to_string(),
         Some(h) => format!("citadel agent (host {h})"),
     };
-    let (cluster, origin) = load_cluster(args.file.as_deref())?;
+    // `up`: an invalid file creates no state dir. An agent's file may be in its state dir.
+    let checked = match &host {
+        None => Some(load_cluster(args.file.as_deref())?),
+        Some(_) => None,
+    };
     let state_dir = prepare_state_dir(&args.state.state)?;
     let _lock = lock_state_dir(&state_dir)?;
+    let applied = match &host {
+        Some(h) => Some(agent_file(&state_dir, h, args.file.as_deref())?),
+        None => None,
+    };
+    let (cluster, origin) = match (checked, &applied) {
+        (Some(checked), _) => checked,
+        (None, Some(a)) => parse_cluster(&a.text, a.origin())?,
+        (None, None) => load_cluster(args.file.as_deref())?,
+    };
     let self_exe = std::env::current_exe().context("cannot find the citadel binary itself")?;
     let reaper = Arc::new(
         Reaper::spawn(&self_exe, &["__reaper"]).context("cannot start the jail watchdog")?,
     );
     let source = match &args.file {
         Some(path) => Source::File(std::path::absolute(path)?),
+        None if applied.is_some() => Source::Applied,
         None => Source::Builtin,
     };
     let runtime = Arc::new(Runtime::new(
@@ -119,6 +164,9 @@ pub async fn run_jails(
         reaper,
         host,
     )?);
+    if let Some(applied) = applied {
+        runtime.set_applied(applied);
+    }
     let shutdown = Arc::new(Notify::new());
     {
         let runtime = runtime.clone();
@@ -141,6 +189,13 @@ pub async fn run_jails(
             }
         });
         eprintln!("listening for the operator on {} (mutual TLS)", tls.addr);
+    }
+    if let Some(client) = peers {
+        tokio::spawn(citadel_agent::peers::gossip(
+            runtime.clone(),
+            client,
+            GOSSIP_EVERY,
+        ));
     }
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;

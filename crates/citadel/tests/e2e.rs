@@ -304,13 +304,7 @@ fn kill_9_in_turn_under_load_loses_no_acknowledged_write() {
         verify_timeout: Duration::from_secs(30),
     };
     let start = Instant::now();
-    let load = std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(citadel_app::load::run(opts))
-    });
+    let load = spawn_load(opts);
     let mut drill = Drill {
         up: &up,
         start,

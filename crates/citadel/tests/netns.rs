@@ -5,102 +5,14 @@
 
 mod harness;
 
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use harness::ns::*;
 use harness::*;
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
-}
-
-/// A network namespace made for the test, deleted when dropped.
-struct HostNs {
-    name: String,
-}
-
-impl HostNs {
-    fn new(name: &str) -> HostNs {
-        // A namespace of the same name left by an earlier, killed run of this test.
-        let _ = Command::new("ip")
-            .args(["netns", "del", name])
-            .stderr(Stdio::null())
-            .status();
-        let ok = Command::new("ip")
-            .args(["netns", "add", name])
-            .status()
-            .expect("run ip netns add");
-        assert!(ok.success(), "ip netns add {name}");
-        let ns = HostNs { name: name.into() };
-        ns.run(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .output()
-            .expect("run ip netns exec")
-    }
-
-    fn links(&self) -> String {
-        String::from_utf8_lossy(&self.run(&["ip", "-o", "link"]).stdout).into_owned()
-    }
-
-    /// Starts `citadel up` inside this namespace (setns in the child before exec).
-    fn up(&self, cluster: &str) -> Up {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("cluster.toml"), cluster).expect("write cluster file");
-        self.up_in(dir)
-    }
-
-    /// Starts `citadel up` again on what an earlier one left in `dir` (file, state dir).
-    fn up_in(&self, dir: tempfile::TempDir) -> Up {
-        self.run_in(dir, &["up"])
-    }
-
-    /// Starts `citadel agent run --host HOST` on `cluster` inside this namespace.
-    fn agent(&self, host: &str, cluster: &str) -> Up {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("cluster.toml"), cluster).expect("write cluster file");
-        self.run_in(dir, &["agent", "run", "--host", host])
-    }
-
-    /// Runs `citadel VERB… --file DIR/cluster.toml --state DIR/state` inside this namespace.
-    fn run_in(&self, dir: tempfile::TempDir, verb: &[&str]) -> Up {
-        let file = dir.path().join("cluster.toml");
-        let state = dir.path().join("state");
-        // A socket left by a killed `up`: wait for the new one, not the old file.
-        let _ = std::fs::remove_file(state.join("control.sock"));
-        let ns = std::fs::File::open(format!("/run/netns/{}", self.name)).expect("open netns");
-        let mut cmd = Command::new(CITADEL);
-        cmd.args(verb)
-            .arg("--file")
-            .arg(&file)
-            .arg("--state")
-            .arg(&state)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.path().join("up.out")).expect("out"))
-            .stderr(std::fs::File::create(dir.path().join("up.log")).expect("log"));
-        // SAFETY: setns is one system call on a descriptor opened before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
-            });
-        }
-        Up::attach(cmd.spawn().expect("spawn citadel up"), dir, state)
-    }
-}
-
-impl Drop for HostNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
 }
 
 fn http_jail(name: &str, addresses: &str, extra: &str) -> String {
@@ -762,57 +674,15 @@ backend = "netns"
     )));
     let env = std::fs::read_to_string(units.join("agent.env")).expect("env");
     assert!(env.contains("CITADEL_HOST=a\n"), "{env}");
+    assert!(env.contains("CITADEL_TLS=\n"), "no TLS asked: {env}");
+    assert!(
+        unit.contains("--state ${CITADEL_STATE} $CITADEL_TLS"),
+        "{unit}"
+    );
     assert!(
         env.contains(&format!("CITADEL_FILE={}\n", file.display())),
         "{env}"
     );
-}
-
-/// A "switch" for a segment spanning boxes: a namespace holding a bridge; `plug` joins a host
-/// namespace to it by a veth pair whose host end is `eth1` there.
-struct Switch {
-    ns: HostNs,
-}
-
-impl Switch {
-    fn new(name: &str) -> Switch {
-        let ns = HostNs::new(name);
-        for args in [
-            &["ip", "link", "add", "sw", "type", "bridge"][..],
-            &["ip", "link", "set", "sw", "up"][..],
-        ] {
-            assert!(ns.run(args).status.success(), "{args:?}");
-        }
-        Switch { ns }
-    }
-
-    fn plug(&self, host: &HostNs, tag: &str) {
-        let (outer, inner) = (format!("ctp{tag}"), format!("ctq{tag}"));
-        let ip = |args: &[&str]| {
-            let out = Command::new("ip").args(args).output().expect("run ip");
-            assert!(
-                out.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        ip(&[
-            "link", "add", &outer, "type", "veth", "peer", "name", &inner,
-        ]);
-        ip(&["link", "set", &outer, "netns", &host.name, "name", "eth1"]);
-        ip(&["link", "set", &inner, "netns", &self.ns.name]);
-        assert!(
-            host.run(&["ip", "link", "set", "eth1", "up"])
-                .status
-                .success()
-        );
-        assert!(
-            self.ns
-                .run(&["ip", "link", "set", &inner, "master", "sw", "up"])
-                .status
-                .success()
-        );
-    }
 }
 
 /// One segment across two boxes: each host's bridge takes the host's own address and enslaves
@@ -830,8 +700,8 @@ fn a_segment_spans_boxes_through_their_links() {
     let switch = Switch::new(&format!("ct-sw-{pid}"));
     let ns_a = HostNs::new(&format!("ct-box-a-{pid}"));
     let ns_b = HostNs::new(&format!("ct-box-b-{pid}"));
-    switch.plug(&ns_a, &tag("a"));
-    switch.plug(&ns_b, &tag("b"));
+    switch.plug(&ns_a, &tag("a"), "eth1");
+    switch.plug(&ns_b, &tag("b"), "eth1");
     let on =
         |jail: String, host: &str| jail.replace("host = \"box\"", &format!("host = \"{host}\""));
     let cluster = r#"

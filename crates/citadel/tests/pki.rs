@@ -185,4 +185,37 @@ fn an_agent_serves_the_operator_over_mutual_tls_only() {
     let err = refused(status("h1", "127.125.0.9:7443", d));
     assert!(err.contains("unreachable"), "no agent: {err}");
     drop(agent);
+
+    // `agent install --listen --bundle` puts them in the unit's environment; another host's
+    // bundle is refused.
+    let install = |host: &str| {
+        Command::new(CITADEL)
+            .args(["agent", "install", "--host", host, "--file"])
+            .arg(&cluster)
+            .args(["--listen", "127.125.0.1:7443", "--bundle"])
+            .arg(d.join("pki/hosts/h1.bundle"))
+            .arg("--unit-dir")
+            .arg(d.join("units"))
+            .arg("--env-file")
+            .arg(d.join("units/agent.env"))
+            .arg("--no-start")
+            .output()
+            .expect("agent install")
+    };
+    let err = refused(install("h2"));
+    assert!(err.contains("is the bundle of host `h1`"), "{err}");
+    let out = install("h1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env = std::fs::read_to_string(d.join("units/agent.env")).expect("env");
+    assert!(
+        env.contains(&format!(
+            "CITADEL_TLS=--listen 127.125.0.1:7443 --bundle {}\n",
+            d.join("pki/hosts/h1.bundle").display()
+        )),
+        "{env}"
+    );
 }

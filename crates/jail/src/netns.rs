@@ -73,8 +73,12 @@ pub struct NetnsJail {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InitConfig {
     pub hostname: String,
-    /// The jail's data directory (absolute), kept visible if it lies under /tmp.
+    /// The jail's data directory (absolute): its working directory.
     pub data: PathBuf,
+    /// The jail's directory (absolute; holds `data` and the role's config), kept visible if
+    /// it lies under /tmp.
+    #[serde(default)]
+    pub root: PathBuf,
     pub ifaces: Vec<(String, String)>,
 }
 
@@ -684,10 +688,16 @@ fn init_setup(cfg: &InitConfig) -> Result<(), String> {
         None::<&str>,
     )
     .map_err(|e| format!("cannot make mounts private: {e}"))?;
-    // The data directory may itself lie under /tmp (a state dir in a temporary directory):
-    // hold it by a descriptor, and bind it back at its path on the fresh /tmp.
-    let data = std::fs::File::open(&cfg.data)
-        .map_err(|e| format!("cannot open the data directory {}: {e}", cfg.data.display()))?;
+    // The jail's directory (its data, and the config a role reads) may lie under /tmp (a state
+    // dir in a temporary directory): hold it by a descriptor, and bind it back at its path on
+    // the fresh /tmp.
+    let keep = if cfg.root.as_os_str().is_empty() {
+        &cfg.data
+    } else {
+        &cfg.root
+    };
+    let data = std::fs::File::open(keep)
+        .map_err(|e| format!("cannot open the jail's directory {}: {e}", keep.display()))?;
     mount(
         Some("tmpfs"),
         "/tmp",
@@ -696,23 +706,19 @@ fn init_setup(cfg: &InitConfig) -> Result<(), String> {
         Some("mode=1777"),
     )
     .map_err(|e| format!("cannot mount a private /tmp: {e}"))?;
-    if cfg.data.starts_with("/tmp") {
+    if keep.starts_with("/tmp") {
         use std::os::fd::AsRawFd;
-        std::fs::create_dir_all(&cfg.data).map_err(|e| {
-            format!(
-                "cannot create {} on the private /tmp: {e}",
-                cfg.data.display()
-            )
-        })?;
+        std::fs::create_dir_all(keep)
+            .map_err(|e| format!("cannot create {} on the private /tmp: {e}", keep.display()))?;
         let held = format!("/proc/self/fd/{}", data.as_raw_fd());
         mount(
             Some(held.as_str()),
-            &cfg.data,
+            keep,
             None::<&str>,
             MsFlags::MS_BIND,
             None::<&str>,
         )
-        .map_err(|e| format!("cannot keep {} visible: {e}", cfg.data.display()))?;
+        .map_err(|e| format!("cannot keep {} visible: {e}", keep.display()))?;
     }
     drop(data);
     std::env::set_current_dir(&cfg.data)

@@ -442,7 +442,7 @@ impl Actor {
             (Some(n), Some((_, ready_w))) => {
                 let mut c = Command::new(&n.init_program);
                 c.arg("__jail-init")
-                    .arg(netns_init_config(&l.paths.data(), n))
+                    .arg(netns_init_config(&l.paths, n))
                     .arg("--")
                     .arg(&l.program);
                 use std::os::fd::AsRawFd;
@@ -510,11 +510,13 @@ impl Actor {
 /// How long a netns jail's init may take to set up its namespaces (a few `ip` commands).
 const NETNS_SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The helper's command-line config: hostname, working directory, the addresses to set.
-fn netns_init_config(data: &std::path::Path, n: &crate::netns::NetnsJail) -> String {
+/// The helper's command-line config: hostname, directories, the addresses to set.
+fn netns_init_config(paths: &crate::JailPaths, n: &crate::netns::NetnsJail) -> String {
+    let abs = |p: std::path::PathBuf| std::path::absolute(&p).unwrap_or(p);
     let cfg = crate::netns::InitConfig {
         hostname: n.hostname.clone(),
-        data: std::path::absolute(data).unwrap_or_else(|_| data.to_path_buf()),
+        data: abs(paths.data()),
+        root: abs(paths.root.clone()),
         ifaces: n
             .ifaces
             .iter()

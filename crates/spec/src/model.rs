@@ -65,11 +65,17 @@ pub struct Host {
     /// netns: the network interface that joins the segment's bridge to the other boxes.
     #[serde(default)]
     pub links: BTreeMap<String, String>,
+    /// Where the host's agent listens for the operator and the other agents (mutual TLS).
+    #[serde(default)]
+    pub agent: Option<std::net::SocketAddr>,
     #[serde(skip)]
     pub spans: Spans,
 }
 
 impl Host {
+    /// The agents' port when `agent` names an address only, or nothing.
+    pub const AGENT_PORT: u16 = 7443;
+
     /// The address this host's bridge takes on `segment`.
     pub fn bridge_address(&self, segment: &Segment) -> Option<std::net::Ipv4Addr> {
         self.addresses
@@ -306,6 +312,17 @@ impl Cluster {
 
     pub fn segment(&self, name: &str) -> Option<&Segment> {
         self.segments.iter().find(|s| s.name == name)
+    }
+
+    /// Where `host`'s agent is reached: its `agent`, else its own address on the first
+    /// declared segment it has one on, port `Host::AGENT_PORT`; None when it has neither.
+    pub fn agent_addr(&self, host: &Host) -> Option<std::net::SocketAddr> {
+        host.agent.or_else(|| {
+            self.segments
+                .iter()
+                .find_map(|s| host.addresses.get(&s.name))
+                .map(|a| std::net::SocketAddr::new((*a).into(), Host::AGENT_PORT))
+        })
     }
 
     pub fn backend_of(&self, jail: &Jail) -> Backend {

@@ -297,7 +297,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 const TOP_KEYS: &[&str] = &["cluster", "segments", "host", "jail"];
 const CLUSTER_KEYS: &[&str] = &["name", "zone"];
-const HOST_KEYS: &[&str] = &["name", "backend", "addresses", "links"];
+const HOST_KEYS: &[&str] = &["name", "backend", "addresses", "links", "agent"];
 const JAIL_KEYS: &[&str] = &[
     "name",
     "host",
@@ -486,6 +486,7 @@ fn read_host(f: Fields<'_, '_>, diags: &mut Vec<Diagnostic>) -> Host {
         backend: Backend::Process,
         addresses: Default::default(),
         links: Default::default(),
+        agent: None,
         spans: Spans::default(),
     };
     if let Some((name, span)) = f.required_str("name", diags) {
@@ -523,6 +524,24 @@ fn read_host(f: Fields<'_, '_>, diags: &mut Vec<Diagnostic>) -> Host {
     for (segment, link, span) in f.string_map("links", diags) {
         host.spans.set(format!("links.{segment}"), span);
         host.links.insert(segment, link);
+    }
+    if let Some((text, span)) = f.str("agent", diags) {
+        let addr = std::net::SocketAddr::from_str(&text).ok().or_else(|| {
+            std::net::IpAddr::from_str(&text)
+                .ok()
+                .map(|ip| std::net::SocketAddr::new(ip, Host::AGENT_PORT))
+        });
+        match addr {
+            Some(addr) => host.agent = Some(addr),
+            None => diags.push(Diagnostic::error(
+                Some(span.clone()),
+                format!(
+                    "{}: agent \"{text}\" is not an address (\"192.168.1.12\" or \"192.168.1.12:7443\")",
+                    f.what
+                ),
+            )),
+        }
+        host.spans.set("agent", span);
     }
     f.finish(diags);
     host

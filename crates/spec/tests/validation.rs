@@ -331,3 +331,49 @@ addresses = { front = "198.18.94.2" }
         Some("198.18.94.2".into())
     );
 }
+
+#[test]
+fn a_hosts_agent_address_is_read_or_derived() {
+    let src = r#"
+[cluster]
+name = "t"
+[segments]
+front = "198.18.94.0/24"
+back = "198.18.95.0/24"
+[[host]]
+name = "a"
+backend = "netns"
+addresses = { back = "198.18.95.2", front = "198.18.94.2" }
+[[host]]
+name = "b"
+agent = "192.0.2.7"
+[[host]]
+name = "c"
+agent = "192.0.2.8:9443"
+[[host]]
+name = "d"
+agent = "nowhere:7443"
+[[jail]]
+name = "j"
+host = "a"
+role = "command"
+command = "true"
+addresses = { front = "198.18.94.11" }
+"#;
+    assert_error_at(
+        &errors_of(src),
+        "agent \"nowhere:7443\" is not an address",
+        "\"nowhere",
+    );
+    let ok = src.replace("[[host]]\nname = \"d\"\nagent = \"nowhere:7443\"\n", "");
+    let (cluster, _) = parse(&ok, "ok.toml", &Capabilities::all()).expect("valid");
+    let addr = |h: &str| {
+        cluster
+            .agent_addr(cluster.host(h).expect("host"))
+            .map(|a| a.to_string())
+    };
+    // The host's own address on its first declared segment (front), not the first by name.
+    assert_eq!(addr("a").as_deref(), Some("198.18.94.2:7443"));
+    assert_eq!(addr("b").as_deref(), Some("192.0.2.7:7443"));
+    assert_eq!(addr("c").as_deref(), Some("192.0.2.8:9443"));
+}

@@ -8,11 +8,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use citadel_app::{AppConfig, DnsConfig};
-use citadel_jail::JailPaths;
 use citadel_spec::{Cluster, Diagnostic, Jail, Role};
 use serde::Deserialize;
 
-use super::{db, gate, write_config};
+use super::{db, gate};
 
 pub const HTTP_PORT: u16 = 8000;
 pub const ADMIN_PORT: u16 = 9100;
@@ -89,11 +88,11 @@ pub fn resolve(cluster: &Cluster, me: &Jail) -> Result<AppConfig, String> {
     Ok(config)
 }
 
-pub fn prepare(cluster: &Cluster, jail: &Jail, paths: &JailPaths) -> Result<Vec<String>, String> {
+/// The config an app jail runs with, checked.
+pub fn config(cluster: &Cluster, jail: &Jail) -> Result<AppConfig, String> {
     let config = resolve(cluster, jail)?;
     config.validate().map_err(|e| e.to_string())?;
-    let file = write_config(paths, "app.toml", &config)?;
-    Ok(vec!["run".into(), "--config".into(), file])
+    Ok(config)
 }
 
 /// The config of some app jail that has run with this state directory: how operator commands

@@ -10,7 +10,7 @@ use citadel_jail::JailPaths;
 use citadel_spec::{Cluster, Diagnostic, Jail, Role};
 use serde::Deserialize;
 
-use super::{locate, write_config};
+use super::locate;
 
 pub const REDIS_PORT: u16 = 6379;
 pub const PEER_PORT: u16 = 7000;
@@ -138,10 +138,10 @@ pub fn resolve(cluster: &Cluster, me: &Jail) -> Result<DbConfig, String> {
     })
 }
 
-pub fn prepare(cluster: &Cluster, jail: &Jail, paths: &JailPaths) -> Result<Vec<String>, String> {
+/// The config a db or witness jail runs with, checked.
+pub fn config(cluster: &Cluster, jail: &Jail, paths: &JailPaths) -> Result<DbConfig, String> {
     let mut config = resolve(cluster, jail)?;
     config.data_dir = paths.data().join("db");
     config.validate().map_err(|e| e.to_string())?;
-    let file = write_config(paths, "db.toml", &config)?;
-    Ok(vec!["run".into(), "--config".into(), file])
+    Ok(config)
 }

@@ -11,11 +11,11 @@ use citadel_gate::GateConfig;
 use citadel_gate::config::{
     DnsConfig, DnsRecord, DnsServiceName, HealthKind, MemberConfig, ServiceConfig,
 };
-use citadel_jail::{JailPaths, http_request};
+use citadel_jail::http_request;
 use citadel_spec::{Cluster, Diagnostic, Jail, Probe, Role};
 use serde::Deserialize;
 
-use super::{locate, write_config};
+use super::locate;
 
 pub const ADMIN_PORT: u16 = 9100;
 pub const DNS_PORT: u16 = 5353;
@@ -75,18 +75,11 @@ pub fn check(source: &str, cluster: &Cluster) -> Vec<Diagnostic> {
     diags
 }
 
-pub fn prepare(cluster: &Cluster, jail: &Jail, paths: &JailPaths) -> Result<Vec<String>, String> {
+/// The config a gate jail runs with, checked.
+pub fn config(cluster: &Cluster, jail: &Jail) -> Result<GateConfig, String> {
     let config = resolve(cluster, jail)?;
     config.validate().map_err(|e| e.to_string())?;
-    let file = write_config(paths, "gate.toml", &config)?;
-    let data = paths.root.join("gate");
-    Ok(vec![
-        "run".into(),
-        "--config".into(),
-        file,
-        "--data".into(),
-        data.to_string_lossy().into_owned(),
-    ])
+    Ok(config)
 }
 
 /// The gate's complete config for `gate` (a jail of role gate), derived from the cluster.
@@ -249,36 +242,47 @@ const DRAIN_WAIT: Duration = Duration::from_secs(10);
 /// flight are done; or puts it back into rotation (`!on`). A gate that cannot be reached is
 /// skipped: it will see the jail go down by its health checks anyway.
 pub async fn drain(state_dir: &Path, cluster: &Cluster, jail: &Jail, on: bool) {
-    for gate in cluster
-        .jails
-        .iter()
-        .filter(|j| j.role == Role::Gate && j.command.is_none())
-    {
-        let Ok(config) = running_config(state_dir, &gate.name) else {
-            continue;
-        };
-        let services: Vec<&str> = config
-            .services
-            .iter()
-            .filter(|s| s.members.iter().any(|m| m.name == jail.name))
-            .map(|s| s.name.as_str())
-            .collect();
+    for (gate, config, services) in balancing(state_dir, cluster, jail) {
         let verb = if on { "drain" } else { "undrain" };
         for service in &services {
             let path = format!("/{verb}/{service}/{}", jail.name);
             if let Err(e) =
                 http_request(config.admin, "POST", &path, None, Duration::from_secs(2)).await
             {
-                tracing::warn!(gate = %gate.name, jail = %jail.name, error = %e, "cannot {verb} at the gate");
+                tracing::warn!(%gate, jail = %jail.name, error = %e, "cannot {verb} at the gate");
             }
         }
-        if on && !services.is_empty() {
+        if on {
             let deadline = Instant::now() + DRAIN_WAIT;
             while Instant::now() < deadline && in_flight(config.admin, &jail.name).await > 0 {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
+}
+
+/// The gates of the cluster whose config is in this state dir (they run here) and that
+/// balance `jail`: each with its config and the services `jail` is a member of.
+fn balancing(
+    state_dir: &Path,
+    cluster: &Cluster,
+    jail: &Jail,
+) -> Vec<(String, GateConfig, Vec<String>)> {
+    cluster
+        .jails
+        .iter()
+        .filter(|j| j.role == Role::Gate && j.command.is_none())
+        .filter_map(|gate| {
+            let config = running_config(state_dir, &gate.name).ok()?;
+            let services: Vec<String> = config
+                .services
+                .iter()
+                .filter(|s| s.members.iter().any(|m| m.name == jail.name))
+                .map(|s| s.name.clone())
+                .collect();
+            (!services.is_empty()).then(|| (gate.name.clone(), config, services))
+        })
+        .collect()
 }
 
 /// Every member the gate's admin API reports (`GET /backends`), with its service's name;
@@ -372,4 +376,23 @@ pub async fn rotation(gates: &[(String, GateConfig)], ready: &[&str]) -> Vec<Bal
         }
     }
     found
+}
+
+/// Whether every gate of this state dir that balances `jail` has it up and not draining; None
+/// when none of them balances it (or none runs here).
+pub async fn in_rotation(state_dir: &Path, cluster: &Cluster, jail: &Jail) -> Option<bool> {
+    let mut seen = None;
+    for (_, config, services) in balancing(state_dir, cluster, jail) {
+        let view = backends(config.admin).await;
+        let up = services.iter().all(|service| {
+            view.iter().any(|(s, m)| {
+                s == service
+                    && m["name"] == jail.name.as_str()
+                    && m["up"] == true
+                    && m["draining"] == false
+            })
+        });
+        seen = Some(seen.unwrap_or(true) && up);
+    }
+    seen
 }

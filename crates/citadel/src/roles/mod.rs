@@ -23,13 +23,25 @@ impl Roles for BuiltinRoles {
         jail: &Jail,
         paths: &JailPaths,
     ) -> Result<Vec<String>, String> {
-        match jail.role {
-            Role::Gate => gate::prepare(cluster, jail, paths),
-            Role::Db | Role::Witness => db::prepare(cluster, jail, paths),
-            Role::App => app::prepare(cluster, jail, paths),
-            Role::Store => store::prepare(cluster, jail, paths),
-            Role::Command => Err("a command jail needs a `command`".into()),
+        let (file, text) = derive(cluster, jail, paths)?;
+        let path = paths.root.join(file);
+        let header = "# Written by citadel from the cluster file at each start and reload; edit the cluster file instead.\n";
+        std::fs::write(&path, format!("{header}{text}"))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let mut args = vec![
+            "run".into(),
+            "--config".into(),
+            path.to_string_lossy().into_owned(),
+        ];
+        if jail.role == Role::Gate {
+            args.push("--data".into());
+            args.push(paths.root.join("gate").to_string_lossy().into_owned());
         }
+        Ok(args)
+    }
+
+    fn derive(&self, cluster: &Cluster, jail: &Jail, paths: &JailPaths) -> Result<String, String> {
+        derive(cluster, jail, paths).map(|(_, text)| text)
     }
 
     fn reload_signal(&self, role: Role) -> Option<Signal> {
@@ -38,6 +50,38 @@ impl Roles for BuiltinRoles {
 
     fn drain<'a>(&'a self, cluster: &'a Cluster, jail: &'a Jail, on: bool) -> BoxFuture<'a> {
         Box::pin(gate::drain(&self.state_dir, cluster, jail, on))
+    }
+
+    fn in_rotation<'a>(
+        &'a self,
+        cluster: &'a Cluster,
+        jail: &'a Jail,
+    ) -> BoxFuture<'a, Option<bool>> {
+        Box::pin(gate::in_rotation(&self.state_dir, cluster, jail))
+    }
+}
+
+/// A role jail's config derived from the cluster: the file it goes into (in the jail's
+/// directory) and its text. What `prepare` writes and what `plan` compares.
+fn derive(
+    cluster: &Cluster,
+    jail: &Jail,
+    paths: &JailPaths,
+) -> Result<(&'static str, String), String> {
+    fn text(
+        file: &'static str,
+        config: &impl serde::Serialize,
+    ) -> Result<(&'static str, String), String> {
+        toml::to_string_pretty(config)
+            .map(|t| (file, t))
+            .map_err(|e| format!("cannot encode {file}: {e}"))
+    }
+    match jail.role {
+        Role::Gate => text("gate.toml", &gate::config(cluster, jail)?),
+        Role::Db | Role::Witness => text("db.toml", &db::config(cluster, jail, paths)?),
+        Role::App => text("app.toml", &app::config(cluster, jail)?),
+        Role::Store => text("store.toml", &store::resolve(cluster, jail, &paths.data())?),
+        Role::Command => Err("a command jail needs a `command`".into()),
     }
 }
 
@@ -73,20 +117,6 @@ pub fn locate(source: &str, after: &str, needle: &str) -> Option<std::ops::Range
     let start = source.find(after)?;
     let at = start + source[start..].find(needle)?;
     Some(at..at + needle.len())
-}
-
-/// Writes a role's derived config as TOML into the jail's directory.
-pub fn write_config(
-    paths: &JailPaths,
-    file: &str,
-    config: &impl serde::Serialize,
-) -> Result<String, String> {
-    let text = toml::to_string_pretty(config).map_err(|e| format!("cannot encode {file}: {e}"))?;
-    let path = paths.root.join(file);
-    let header = "# Written by citadel from the cluster file at each start and reload; edit the cluster file instead.\n";
-    std::fs::write(&path, format!("{header}{text}"))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    Ok(path.to_string_lossy().into_owned())
 }
 
 /// The jails of a state directory that have run with a role's config file (`gate.toml`, …):

@@ -10,13 +10,12 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use citadel_jail::JailPaths;
 use citadel_spec::{Cluster, Diagnostic, Jail, Role};
 use citadel_store::StoreConfig;
 use citadel_store::config::{self, DbConfig};
 use serde::Deserialize;
 
-use super::{db, locate, write_config};
+use super::{db, locate};
 
 pub const S3_PORT: u16 = 3900;
 pub const PEER_PORT: u16 = 3901;
@@ -139,12 +138,6 @@ pub fn resolve(cluster: &Cluster, me: &Jail, data_dir: &Path) -> Result<StoreCon
     };
     resolved.check()?;
     Ok(resolved)
-}
-
-pub fn prepare(cluster: &Cluster, jail: &Jail, paths: &JailPaths) -> Result<Vec<String>, String> {
-    let config = resolve(cluster, jail, &paths.data())?;
-    let file = write_config(paths, "store.toml", &config)?;
-    Ok(vec!["run".into(), "--config".into(), file])
 }
 
 /// The config of some store jail that has run with this state directory: how

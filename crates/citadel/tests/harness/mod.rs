@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod ns;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -307,15 +309,21 @@ impl Up {
     /// Whether the gate (`citadel gate backends`) has `member` of `service` up.
     pub fn backend_up(&self, service: &str, member: &str) -> bool {
         let out = self.cli(&["gate", "backends", "--json"]);
-        let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) else {
-            return false;
-        };
-        v.as_array()
-            .and_then(|s| s.iter().find(|s| s["name"] == service))
-            .and_then(|s| s["members"].as_array())
-            .and_then(|m| m.iter().find(|m| m["name"] == member))
-            .is_some_and(|m| m["up"] == true && m["draining"] == false)
+        in_rotation(&out.stdout, service, member)
     }
+}
+
+/// Whether the gate's backends (its `/backends` JSON) have `member` of `service` up and not
+/// draining.
+pub fn in_rotation(backends: &[u8], service: &str, member: &str) -> bool {
+    let Ok(v) = serde_json::from_slice::<Value>(backends) else {
+        return false;
+    };
+    v.as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == service))
+        .and_then(|s| s["members"].as_array())
+        .and_then(|m| m.iter().find(|m| m["name"] == member))
+        .is_some_and(|m| m["up"] == true && m["draining"] == false)
 }
 
 /// Held while a test uses the built-in cluster's fixed addresses (127.10.0.0/24,
@@ -331,4 +339,174 @@ pub fn builtin_addresses() -> nix::fcntl::Flock<std::fs::File> {
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| e)
         .expect("lock the built-in addresses")
+}
+
+/// The operator's directory: `citadel init` (CA, operator certificate) and one bundle per host
+/// from `citadel host add`; runs `citadel plan|apply` with it.
+pub struct Operator {
+    pub dir: tempfile::TempDir,
+}
+
+impl Operator {
+    pub fn new(hosts: &[(&str, &str)]) -> Operator {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = |args: &[&str]| {
+            let out = Command::new(CITADEL)
+                .args(args)
+                .arg("--dir")
+                .arg(dir.path())
+                .output()
+                .expect("run citadel");
+            assert!(
+                out.status.success(),
+                "citadel {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let init = Command::new(CITADEL)
+            .arg("init")
+            .arg(dir.path())
+            .output()
+            .expect("citadel init");
+        assert!(init.status.success(), "init");
+        for (host, addr) in hosts {
+            run(&["host", "add", host, addr]);
+        }
+        Operator { dir }
+    }
+
+    pub fn bundle(&self, host: &str) -> PathBuf {
+        self.dir.path().join(format!("pki/hosts/{host}.bundle"))
+    }
+
+    /// `citadel VERB FILE --dir DIR …` (plan, apply): (success, stdout + stderr).
+    pub fn run(&self, verb: &str, file: &Path, extra: &[&str]) -> (bool, String) {
+        self.run_with(Command::new(CITADEL), verb, file, extra)
+    }
+
+    pub fn run_with(
+        &self,
+        mut cmd: Command,
+        verb: &str,
+        file: &Path,
+        extra: &[&str],
+    ) -> (bool, String) {
+        let out = cmd
+            .arg(verb)
+            .arg(file)
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(extra)
+            .output()
+            .expect("run citadel");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("write cluster file");
+        path
+    }
+}
+
+/// `citadel agent run --host HOST --state DIR/state --listen ADDR --bundle B` with no file:
+/// it waits for `citadel apply`. Its stderr is `DIR/up.log`.
+pub fn agent_command(host: &str, dir: &Path, listen: &str, bundle: &Path) -> Command {
+    let mut cmd = Command::new(CITADEL);
+    cmd.args(["agent", "run", "--host", host, "--state"])
+        .arg(dir.join("state"))
+        .args(["--listen", listen, "--bundle"])
+        .arg(bundle)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("up.out")).expect("out"))
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("up.log"))
+                .expect("log"),
+        );
+    cmd
+}
+
+impl Up {
+    /// The generation of the file this agent last applied (`applied.json`).
+    pub fn generation(&self) -> u64 {
+        let text = std::fs::read_to_string(self.state.join("applied.json")).unwrap_or_default();
+        serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["generation"].as_u64())
+            .unwrap_or(0)
+    }
+}
+
+/// Runs the app's load checker (a bounded mixed read/write load that reads every acknowledged
+/// write back at the end) on its own thread.
+pub fn spawn_load(
+    opts: citadel_app::load::LoadOptions,
+) -> std::thread::JoinHandle<Result<citadel_app::load::LoadReport, citadel_app::load::LoadError>> {
+    spawn_load_in(opts, None)
+}
+
+/// `spawn_load` from inside the named network namespace (the thread's sockets live there).
+pub fn spawn_load_in(
+    opts: citadel_app::load::LoadOptions,
+    netns: Option<String>,
+) -> std::thread::JoinHandle<Result<citadel_app::load::LoadReport, citadel_app::load::LoadError>> {
+    std::thread::spawn(move || {
+        if let Some(name) = netns {
+            ns::enter_thread(&name);
+        }
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(citadel_app::load::run(opts))
+    })
+}
+
+/// Whether every one of `jails` is healthy on one of `agents`.
+pub fn all_healthy(agents: &[&Up], jails: &[&str]) -> bool {
+    let healthy: Vec<String> = agents
+        .iter()
+        .flat_map(|a| {
+            a.status()["jails"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|j| j["health"] == "healthy")
+                .map(|j| j["name"].as_str().unwrap_or_default().to_string())
+        })
+        .collect();
+    jails.iter().all(|j| healthy.iter().any(|h| h == j))
+}
+
+/// A load that ran through a rolling apply taking `took`: it outlasted the rollout, no
+/// request failed, and every acknowledged write reads back.
+pub fn assert_rolled_without_failure(report: &citadel_app::load::LoadReport, took: Duration) {
+    assert!(
+        report
+            .seconds
+            .iter()
+            .any(|s| s.t as f64 > took.as_secs_f64()),
+        "the load outlasted the rollout"
+    );
+    assert_eq!(
+        (report.reads_err, report.writes_err),
+        (0, 0),
+        "no request may fail during a rolling apply: {:?}",
+        report.errors
+    );
+    assert!(
+        report.lost.is_empty() && report.unverified.is_empty(),
+        "acknowledged writes lost: {:?}; unverified: {:?}",
+        report.lost,
+        report.unverified
+    );
 }
