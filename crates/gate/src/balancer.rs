@@ -227,6 +227,25 @@ impl Service {
         Some((idx, self.members[idx].clone()))
     }
 
+    /// Records how real traffic to `member` went. Passive ejection never takes out the last
+    /// member in rotation (as Envoy's max_ejection_percent bounds it): with none left every
+    /// request fails fast with 503, where a member that is slow for a moment — carrying the
+    /// whole load alone, or waiting on a db failover — still answers most; a member that is
+    /// really gone leaves at its active checks' `fall`.
+    pub fn record_traffic(&self, member: &Member, ok: bool) {
+        let others_in_rotation = || {
+            self.members
+                .iter()
+                .any(|m| !std::ptr::eq(&**m, member) && m.eligible())
+        };
+        let threshold = if ok || others_in_rotation() {
+            self.cfg.passive_fail
+        } else {
+            0
+        };
+        member.record_traffic(ok, threshold, &self.cfg.name);
+    }
+
     /// Members for DNS, rotated per call: the healthy ones, and those not judged yet. At the
     /// gate's start every member is unjudged for one check's time; an empty answer then would
     /// make a client that resolved at that instant (an app resolving the db while the gate
@@ -416,5 +435,25 @@ mod tests {
             s.members[0].record_traffic(false, 3, "app");
         }
         assert!(!s.members[0].is_up());
+    }
+
+    #[tokio::test]
+    async fn passive_ejection_spares_the_last_member_in_rotation() {
+        let s = svc(Policy::RoundRobin, 2);
+        for m in &s.members {
+            m.record_check(true, 1, 1, "app");
+        }
+        for _ in 0..3 {
+            s.record_traffic(&s.members[0], false);
+        }
+        assert!(!s.members[0].is_up(), "ejected while app2 serves");
+        for _ in 0..10 {
+            s.record_traffic(&s.members[1], false);
+        }
+        assert!(s.members[1].is_up(), "the last member in rotation stays");
+        // Once another is back, the failures already counted eject it at the next one.
+        s.members[0].record_check(true, 1, 1, "app");
+        s.record_traffic(&s.members[1], false);
+        assert!(!s.members[1].is_up());
     }
 }

@@ -459,7 +459,7 @@ async fn proxy(
         let sent = member.pool.send(member.addr, connect_timeout, out);
         match tokio::time::timeout(timeout, sent).await {
             Ok(Ok((mut resp, lease))) => {
-                member.record_traffic(true, svc.cfg.passive_fail, &svc.cfg.name);
+                svc.record_traffic(&member, true);
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                     && let Some((_, client_side)) = upgrade
                 {
@@ -496,12 +496,12 @@ async fn proxy(
             Ok(Err(e)) => {
                 // No response byte has reached the client: a replayable request may try
                 // another member.
-                member.record_traffic(false, svc.cfg.passive_fail, &svc.cfg.name);
+                svc.record_traffic(&member, false);
                 tracing::debug!(service = %svc.cfg.name, member = %member.name, error = %e, attempt, "backend request failed");
                 continue;
             }
             Err(_) => {
-                member.record_traffic(false, svc.cfg.passive_fail, &svc.cfg.name);
+                svc.record_traffic(&member, false);
                 return short(
                     StatusCode::GATEWAY_TIMEOUT,
                     "504 gateway timeout: backend too slow\n",

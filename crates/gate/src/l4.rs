@@ -44,11 +44,11 @@ pub async fn proxy_tcp(
         let guard = ActiveGuard::new(m.clone());
         match tokio::time::timeout(connect_timeout, TcpStream::connect(m.addr)).await {
             Ok(Ok(s)) => {
-                m.record_traffic(true, svc.cfg.passive_fail, &svc.cfg.name);
+                svc.record_traffic(&m, true);
                 upstream = Some((s, guard));
                 break;
             }
-            _ => m.record_traffic(false, svc.cfg.passive_fail, &svc.cfg.name),
+            _ => svc.record_traffic(&m, false),
         }
     }
     let Some((mut up, _guard)) = upstream else {
