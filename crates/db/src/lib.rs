@@ -2,6 +2,9 @@
 //! top, and a vote-only witness role so that two data servers plus a witness survive the
 //! loss of any one box.
 
+pub mod admin;
+pub mod blocking;
+pub mod clients;
 pub mod codec;
 pub mod config;
 pub mod data;
@@ -10,6 +13,7 @@ pub mod net;
 pub mod node;
 pub mod resp;
 pub mod server;
+pub mod settings;
 pub mod sm;
 pub mod store;
 pub mod types;

@@ -108,11 +108,18 @@ pub struct Node {
     rid_base: u64,
     rid_seq: AtomicU64,
     takeover_sent: Mutex<Option<Instant>>,
+    /// CONFIG GET/SET's values (local to this member, as in Redis).
+    pub settings: crate::settings::Settings,
 }
 
 impl Node {
     pub fn id(&self) -> NodeId {
         self.cfg.id
+    }
+
+    /// Time since this node started (INFO's uptime).
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
     }
 
     pub fn is_witness(&self) -> bool {
@@ -1114,6 +1121,7 @@ pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
         Err(_) => read_lease(&cfg.tunables),
     };
     let node = Arc::new(Node {
+        settings: Default::default(),
         last_leader_contact: AtomicU64::new(0),
         started: Instant::now(),
         unsafe_local_reads,

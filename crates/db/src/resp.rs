@@ -193,8 +193,11 @@ pub enum Reply {
     NilArray,
     /// A map in RESP3, a flat array in RESP2.
     Map(Vec<(Reply, Reply)>),
-    /// A double in RESP3, a bulk string in RESP2.
+    /// A double in RESP3, a bulk string in RESP2 (formatted as Redis 7.0's `%.17g`).
     Double(f64),
+    /// (member, score)-style pairs: a flat array in RESP2, an array of two-element arrays in
+    /// RESP3 (ZRANGE … WITHSCORES, HRANDFIELD … WITHVALUES).
+    Pairs(Vec<(Reply, Reply)>),
 }
 
 impl Reply {
@@ -270,8 +273,27 @@ impl Reply {
                     v.encode(proto, out);
                 }
             }
+            Reply::Pairs(pairs) => {
+                out.push(b'*');
+                if proto >= 3 {
+                    out.extend_from_slice(pairs.len().to_string().as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                    for (k, v) in pairs {
+                        out.extend_from_slice(b"*2\r\n");
+                        k.encode(proto, out);
+                        v.encode(proto, out);
+                    }
+                } else {
+                    out.extend_from_slice((pairs.len() * 2).to_string().as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                    for (k, v) in pairs {
+                        k.encode(proto, out);
+                        v.encode(proto, out);
+                    }
+                }
+            }
             Reply::Double(d) => {
-                let s = format_double(*d);
+                let s = format_g17(*d);
                 if proto >= 3 {
                     out.push(b',');
                     push_line(out, s.as_bytes());
@@ -292,6 +314,41 @@ pub fn format_double(d: f64) -> String {
         return format!("{}", d as i64);
     }
     format!("{d}")
+}
+
+/// C's `%.17g`, which Redis 7.0 uses for scores: 17 significant digits, trailing zeros
+/// dropped, exponent form below 1e-4 and from 1e17.
+pub fn format_g17(d: f64) -> String {
+    if d.is_infinite() {
+        return if d > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    if d.is_nan() {
+        return "nan".into();
+    }
+    if d == 0.0 {
+        return if d.is_sign_negative() {
+            "-0".into()
+        } else {
+            "0".into()
+        };
+    }
+    let sci = format!("{d:.16e}");
+    let (mant, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let trim = |s: &str| -> String {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    if !(-4..17).contains(&exp) {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{}e{sign}{:02}", trim(mant), exp.abs())
+    } else {
+        let decimals = (16 - exp).max(0) as usize;
+        trim(&format!("{d:.decimals$}"))
+    }
 }
 
 fn push_line(out: &mut Vec<u8>, s: &[u8]) {
@@ -354,6 +411,18 @@ mod tests {
         v.clear();
         Reply::Map(vec![(Reply::bulk("a"), Reply::Nil)]).encode(3, &mut v);
         assert_eq!(v, b"%1\r\n$1\r\na\r\n_\r\n");
+    }
+
+    #[test]
+    fn g17_matches_c() {
+        assert_eq!(format_g17(1.5), "1.5");
+        assert_eq!(format_g17(1.1), "1.1000000000000001");
+        assert_eq!(format_g17(10.0), "10");
+        assert_eq!(format_g17(1e20), "1e+20");
+        assert_eq!(format_g17(0.0001), "0.0001");
+        assert_eq!(format_g17(0.00001), "1.0000000000000001e-05");
+        assert_eq!(format_g17(-3.0), "-3");
+        assert_eq!(format_g17(123456789.0), "123456789");
     }
 
     proptest::proptest! {

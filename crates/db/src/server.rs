@@ -6,7 +6,8 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::data::{Class, NUM_DBS, Watch, WriteReq, arity_err, check_arity, classify};
+use crate::clients::{Client, Registry};
+use crate::data::{Class, NUM_DBS, Watch, WriteReq, arity_err, check_arity, classify, is_blocking};
 use crate::node::{Node, now_ms};
 use crate::resp::{ParseError, Reply, parse_command, pending_limit};
 
@@ -14,6 +15,8 @@ static CLIENT_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::
 
 struct Conn {
     id: u64,
+    /// This connection as CLIENT LIST/KILL see it.
+    me: Arc<Client>,
     proto: u8,
     db: u32,
     authed: bool,
@@ -46,12 +49,19 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
 
 async fn handle_conn(mut s: TcpStream, node: Arc<Node>) -> std::io::Result<()> {
     let _ = s.set_nodelay(true);
+    let id = CLIENT_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let me = Registry::global().register(id, &s);
+    let _unregister = crate::clients::Unregister(id);
+    // With no password configured at all, a connection may do everything (as Redis's
+    // default user with nopass).
+    let open = node.cfg.password.is_none() && node.cfg.admin_password.is_none();
     let mut c = Conn {
-        id: CLIENT_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        id,
+        me,
         proto: 2,
         db: 0,
         authed: node.cfg.password.is_none(),
-        admin: false,
+        admin: open,
         readonly: false,
         name: None,
         multi: None,
@@ -60,8 +70,12 @@ async fn handle_conn(mut s: TcpStream, node: Arc<Node>) -> std::io::Result<()> {
     };
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut out = Vec::with_capacity(16 * 1024);
+    let killed = c.me.killed.clone();
     loop {
-        let n = s.read_buf(&mut buf).await?;
+        let n = tokio::select! {
+            n = s.read_buf(&mut buf) => n?,
+            _ = killed.notified() => return Ok(()),
+        };
         if n == 0 {
             return Ok(());
         }
@@ -111,7 +125,18 @@ async fn handle_conn(mut s: TcpStream, node: Arc<Node>) -> std::io::Result<()> {
                 continue;
             }
             let quit = argv[0].eq_ignore_ascii_case(b"QUIT");
-            let r = command(&mut c, &node, argv).await;
+            c.me.set_cmd(&argv[0], c.db);
+            let name = upper(&argv[0]);
+            let r = if is_blocking(&name)
+                && c.multi.is_none()
+                && c.authed
+                && !node.is_witness()
+                && check_arity(&name, argv.len())
+            {
+                crate::blocking::serve(&node, c.db, &name, argv, &s, &killed).await
+            } else {
+                command(&mut c, &node, argv).await
+            };
             r.encode(c.proto, &mut out);
             if quit {
                 s.write_all(&out).await?;
@@ -142,7 +167,8 @@ fn pipelinable(c: &Conn, node: &Node, argv: &[Vec<u8>]) -> bool {
     }
     let name = upper(&argv[0]);
     matches!(classify(&name), Some((Class::Write, _)))
-        && name != "FLUSHDB"
+        && !needs_admin(&name)
+        && !is_blocking(&name)
         && check_arity(&name, argv.len())
 }
 
@@ -230,11 +256,14 @@ async fn command(c: &mut Conn, node: &Arc<Node>, argv: Vec<Vec<u8>>) -> Reply {
         }
         "HELLO" => hello(c, node, &argv),
         "CLIENT" => client_cmd(c, &argv),
-        "COMMAND" => match argv.get(1).map(|a| upper(a)).as_deref() {
-            Some("COUNT") => Reply::Int(0),
-            Some("DOCS") => Reply::Map(Vec::new()),
-            _ => Reply::Array(Vec::new()),
-        },
+        "COMMAND" => crate::admin::command(&argv),
+        "CONFIG" => crate::admin::config(node, &argv),
+        "TIME" => crate::admin::time(&argv),
+        "FUNCTION" => crate::admin::function(&argv),
+        "DEBUG" => crate::admin::debug(&argv),
+        "LASTSAVE" if argv.len() == 1 => Reply::Int((now_ms() / 1000) as i64),
+        // Every acknowledged write is already fsynced on a majority: nothing to save.
+        "SAVE" | "BGSAVE" | "BGREWRITEAOF" => Reply::ok(),
         "SELECT" => select(c, &argv),
         "READONLY" => {
             c.readonly = true;
@@ -253,7 +282,7 @@ async fn command(c: &mut Conn, node: &Arc<Node>, argv: Vec<Vec<u8>>) -> Reply {
             c.proto = 2;
             Reply::Simple("RESET".into())
         }
-        "INFO" => info(node),
+        "INFO" => info(node, &argv),
         "MULTI" => {
             if c.multi.is_some() {
                 return Reply::err("ERR MULTI calls can not be nested");
@@ -298,7 +327,7 @@ fn queue(c: &mut Conn, name: String, argv: Vec<Vec<u8>>) -> Reply {
     let err = match classify(&name) {
         None => Some(unknown(&argv)),
         Some(_) if !check_arity(&name, argv.len()) => Some(arity_err(&name)),
-        Some(_) if name == "FLUSHDB" && !c.admin => Some(noperm()),
+        Some(_) if needs_admin(&name) && !c.admin => Some(noperm(&name)),
         Some(_) => None,
     };
     if let Some(e) = err {
@@ -311,8 +340,16 @@ fn queue(c: &mut Conn, name: String, argv: Vec<Vec<u8>>) -> Reply {
     Reply::Simple("QUEUED".into())
 }
 
-fn noperm() -> Reply {
-    Reply::err("NOPERM this user has no permissions to run the 'flushdb' command")
+/// Commands only the admin user may run (they wipe or swap whole databases).
+fn needs_admin(name: &str) -> bool {
+    matches!(name, "FLUSHDB" | "FLUSHALL" | "SWAPDB")
+}
+
+fn noperm(name: &str) -> Reply {
+    Reply::err(format!(
+        "NOPERM this user has no permissions to run the '{}' command",
+        name.to_ascii_lowercase()
+    ))
 }
 
 fn select(c: &mut Conn, argv: &[Vec<u8>]) -> Reply {
@@ -396,30 +433,43 @@ fn hello(c: &mut Conn, node: &Node, argv: &[Vec<u8>]) -> Reply {
 }
 
 fn client_cmd(c: &mut Conn, argv: &[Vec<u8>]) -> Reply {
+    let reg = Registry::global();
     match argv.get(1).map(|a| upper(a)).as_deref() {
         Some("SETNAME") if argv.len() == 3 => {
-            c.name = Some(String::from_utf8_lossy(&argv[2]).into_owned());
+            if argv[2].iter().any(|&b| b <= b' ' || b > b'~') {
+                return Reply::err(
+                    "ERR Client names cannot contain spaces, newlines or special characters.",
+                );
+            }
+            let name = String::from_utf8_lossy(&argv[2]).into_owned();
+            c.name = (!name.is_empty()).then_some(name);
+            c.me.set_name(c.name.clone());
             Reply::ok()
         }
-        Some("GETNAME") => c.name.as_ref().map(Reply::bulk).unwrap_or(Reply::Nil),
-        Some("SETINFO") => Reply::ok(),
-        Some("ID") => Reply::Int(c.id as i64),
-        Some("INFO") => Reply::bulk(format!(
-            "id={} name={} db={} resp={}\n",
-            c.id,
-            c.name.as_deref().unwrap_or(""),
-            c.db,
-            c.proto
-        )),
+        Some("GETNAME") if argv.len() == 2 => {
+            c.name.as_ref().map(Reply::bulk).unwrap_or(Reply::Nil)
+        }
+        Some("SETINFO") | Some("NO-EVICT") | Some("NO-TOUCH") => Reply::ok(),
+        Some("ID") if argv.len() == 2 => Reply::Int(c.id as i64),
+        Some("INFO") if argv.len() == 2 => Reply::bulk(reg.describe(c.id) + "\n"),
+        Some("LIST") => match reg.list(&argv[2..]) {
+            Ok(s) => Reply::bulk(s),
+            Err(e) => Reply::err(e),
+        },
+        Some("KILL") => match reg.kill(&argv[2..]) {
+            Ok(Some(n)) => Reply::Int(n as i64),
+            Ok(None) => Reply::ok(),
+            Err(e) => Reply::err(e),
+        },
         Some(_) => Reply::err(format!(
-            "ERR unknown subcommand '{}'. Try CLIENT HELP.",
+            "ERR unknown subcommand or wrong number of arguments for '{}'. Try CLIENT HELP.",
             lower(&argv[1])
         )),
         None => arity_err("client"),
     }
 }
 
-fn info(node: &Node) -> Reply {
+fn info(node: &Node, argv: &[Vec<u8>]) -> Reply {
     let st = node.status();
     let role = if st.leader == Some(st.id) {
         "master"
@@ -427,37 +477,86 @@ fn info(node: &Node) -> Reply {
         "slave"
     };
     let now = now_ms();
-    let mut s = String::new();
-    s.push_str("# Server\r\nredis_version:7.2.0\r\nredis_mode:standalone\r\ncitadel_db:1\r\n");
-    s.push_str(&format!("# Replication\r\nrole:{role}\r\n"));
-    s.push_str(&format!(
-        "# Raft\r\nraft_id:{}\r\nraft_state:{}\r\nraft_leader:{}\r\nraft_term:{}\r\nraft_last_log_index:{}\r\nraft_applied_index:{}\r\nraft_snapshot_index:{}\r\ndisk_bytes:{}\r\n",
-        st.id,
-        st.state,
-        st.leader.map(|l| l.to_string()).unwrap_or_default(),
-        st.term,
-        st.last_log_index.unwrap_or(0),
-        st.applied_index.unwrap_or(0),
-        st.snapshot_index.unwrap_or(0),
-        st.disk_bytes
-    ));
-    let in_memory: usize = node
-        .sm
-        .read(|g| g.tables.dbs.iter().map(|d| d.map.len()).sum());
-    s.push_str(&format!("keys_in_memory:{in_memory}\r\n"));
-    let (by_lease, rounds) = node.read_counts();
-    s.push_str(&format!(
-        "reads_by_lease:{by_lease}\r\nread_index_rounds:{rounds}\r\n"
-    ));
-    s.push_str("# Keyspace\r\n");
-    node.sm.read(|g| {
-        for (i, db) in g.tables.dbs.iter().enumerate() {
-            let n = db.live_len(now);
-            if n > 0 {
-                s.push_str(&format!("db{i}:keys={n},expires=0,avg_ttl=0\r\n"));
-            }
-        }
+    let (keys_in_memory, keyspace) = node.sm.read(|g| {
+        let total: usize = g.tables.dbs.iter().map(|d| d.map.len()).sum();
+        let per_db: Vec<(usize, usize, usize)> = g
+            .tables
+            .dbs
+            .iter()
+            .enumerate()
+            .map(|(i, db)| (i, db.live_len(now), db.expires_len(now)))
+            .filter(|(_, n, _)| *n > 0)
+            .collect();
+        (total, per_db)
     });
+    let (by_lease, rounds) = node.read_counts();
+    let mut sections: Vec<(&str, String)> = Vec::new();
+    sections.push((
+        "server",
+        format!(
+            "redis_version:7.0.15\r\nredis_mode:standalone\r\ncitadel_db:1\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n",
+            std::process::id(),
+            node.cfg.me().and_then(|m| m.redis).map(|a| a.port()).unwrap_or(0),
+            node.uptime().as_secs()
+        ),
+    ));
+    sections.push((
+        "clients",
+        format!(
+            "connected_clients:{}\r\nblocked_clients:{}\r\n",
+            Registry::global().count(),
+            crate::blocking::blocked_clients()
+        ),
+    ));
+    sections.push((
+        "memory",
+        format!(
+            "used_memory:{}\r\nmaxmemory:0\r\n",
+            crate::admin::rss_bytes()
+        ),
+    ));
+    sections.push((
+        "persistence",
+        "loading:0\r\nasync_loading:0\r\nrdb_changes_since_last_save:0\r\nrdb_bgsave_in_progress:0\r\naof_enabled:0\r\naof_rewrite_in_progress:0\r\naof_rewrite_scheduled:0\r\n".into(),
+    ));
+    sections.push((
+        "replication",
+        format!("role:{role}\r\nconnected_slaves:0\r\n"),
+    ));
+    sections.push((
+        "raft",
+        format!(
+            "raft_id:{}\r\nraft_state:{}\r\nraft_leader:{}\r\nraft_term:{}\r\nraft_last_log_index:{}\r\nraft_applied_index:{}\r\nraft_snapshot_index:{}\r\ndisk_bytes:{}\r\nkeys_in_memory:{keys_in_memory}\r\nreads_by_lease:{by_lease}\r\nread_index_rounds:{rounds}\r\n",
+            st.id,
+            st.state,
+            st.leader.map(|l| l.to_string()).unwrap_or_default(),
+            st.term,
+            st.last_log_index.unwrap_or(0),
+            st.applied_index.unwrap_or(0),
+            st.snapshot_index.unwrap_or(0),
+            st.disk_bytes
+        ),
+    ));
+    sections.push((
+        "keyspace",
+        keyspace
+            .iter()
+            .map(|(i, n, e)| format!("db{i}:keys={n},expires={e},avg_ttl=0\r\n"))
+            .collect(),
+    ));
+    let wanted: Vec<String> = argv[1..].iter().map(|a| lower(a)).collect();
+    let all = wanted.is_empty()
+        || wanted
+            .iter()
+            .any(|w| w == "all" || w == "everything" || w == "default");
+    let mut s = String::new();
+    for (name, body) in sections {
+        if all || wanted.iter().any(|w| w == name) {
+            let mut title = name.to_string();
+            title[..1].make_ascii_uppercase();
+            s.push_str(&format!("# {title}\r\n{body}\r\n"));
+        }
+    }
     Reply::Bulk(s.into_bytes())
 }
 
@@ -534,11 +633,17 @@ async fn data_cmd(c: &mut Conn, node: &Arc<Node>, name: String, argv: Vec<Vec<u8
             }
             let now = now_ms();
             let db = c.db as usize;
+            if name == "OBJECT" {
+                let limits = node.settings.limits();
+                return node
+                    .sm
+                    .read(|g| g.tables.dbs[db].object(&argv, now, &limits));
+            }
             node.sm.read(|g| g.tables.dbs[db].read(&argv, now))
         }
         Class::Write => {
-            if name == "FLUSHDB" && !c.admin {
-                return noperm();
+            if needs_admin(&name) && !c.admin {
+                return noperm(&name);
             }
             let req = WriteReq {
                 rid: 0,

@@ -28,6 +28,8 @@ pub struct SmShared {
     pub witness: bool,
     store: Arc<Store>,
     seq: AtomicU64,
+    /// Woken after every applied batch (clients blocked in BLPOP & co. look again).
+    pub applied: tokio::sync::Notify,
 }
 
 impl SmShared {
@@ -75,6 +77,7 @@ impl StateMachine {
                 witness,
                 store,
                 seq: AtomicU64::new(0),
+                applied: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -156,6 +159,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             out.push(r);
         }
+        drop(g);
+        self.shared.applied.notify_waiters();
         Ok(out)
     }
 

@@ -1,0 +1,198 @@
+//! Server commands that touch no data: COMMAND, CONFIG, TIME, FUNCTION, DEBUG.
+
+use crate::data::{Class, all_commands};
+use crate::node::Node;
+use crate::resp::Reply;
+
+/// Commands the server itself answers (besides the data commands): (name, arity).
+const SERVER: &[(&str, i32)] = &[
+    ("PING", -1),
+    ("ECHO", 2),
+    ("QUIT", -1),
+    ("AUTH", -2),
+    ("HELLO", -1),
+    ("CLIENT", -2),
+    ("COMMAND", -1),
+    ("CONFIG", -2),
+    ("TIME", 1),
+    ("FUNCTION", -2),
+    ("DEBUG", -2),
+    ("LASTSAVE", 1),
+    ("SAVE", 1),
+    ("BGSAVE", -1),
+    ("BGREWRITEAOF", 1),
+    ("SELECT", 2),
+    ("READONLY", 1),
+    ("READWRITE", 1),
+    ("RESET", 1),
+    ("INFO", -1),
+    ("MULTI", 1),
+    ("DISCARD", 1),
+    ("EXEC", 1),
+    ("WATCH", -2),
+    ("UNWATCH", 1),
+    ("OBJECT", -2),
+];
+
+fn lower(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_ascii_lowercase()
+}
+
+/// COMMAND's per-command entry: name, arity, flags, first key, last key, step, ACL
+/// categories, tips, key specs, subcommands.
+fn info_of(name: &str) -> Option<Reply> {
+    let up = name.to_ascii_uppercase();
+    let (arity, flags, keys) = match crate::data::spec(&up) {
+        Some(s) => (
+            s.arity,
+            if s.class == Class::Write {
+                "write"
+            } else {
+                "readonly"
+            },
+            (s.first, s.last, s.step),
+        ),
+        None => {
+            let &(_, a) = SERVER.iter().find(|(n, _)| *n == up)?;
+            (a, "fast", (0, 0, 0))
+        }
+    };
+    Some(Reply::Array(vec![
+        Reply::bulk(name.to_ascii_lowercase()),
+        Reply::Int(arity as i64),
+        Reply::Array(vec![Reply::Simple(flags.into())]),
+        Reply::Int(keys.0 as i64),
+        Reply::Int(keys.1 as i64),
+        Reply::Int(keys.2 as i64),
+        Reply::Array(Vec::new()),
+        Reply::Array(Vec::new()),
+        Reply::Array(Vec::new()),
+        Reply::Array(Vec::new()),
+    ]))
+}
+
+fn names() -> Vec<String> {
+    all_commands()
+        .map(|(n, _)| n.to_string())
+        .chain(SERVER.iter().map(|(n, _)| n.to_string()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+pub fn command(argv: &[Vec<u8>]) -> Reply {
+    let sub = argv.get(1).map(|a| lower(a));
+    match sub.as_deref() {
+        None => Reply::Array(names().iter().filter_map(|n| info_of(n)).collect()),
+        Some("count") => Reply::Int(names().len() as i64),
+        Some("list") => Reply::Array(
+            names()
+                .iter()
+                .map(|n| Reply::bulk(n.to_ascii_lowercase()))
+                .collect(),
+        ),
+        Some("info") => Reply::Array(
+            argv[2..]
+                .iter()
+                .map(|n| info_of(&lower(n)).unwrap_or(Reply::Nil))
+                .collect(),
+        ),
+        Some("docs") => {
+            let wanted: Vec<String> = if argv.len() > 2 {
+                argv[2..].iter().map(|n| lower(n)).collect()
+            } else {
+                names().iter().map(|n| n.to_ascii_lowercase()).collect()
+            };
+            Reply::Map(
+                wanted
+                    .into_iter()
+                    .filter(|n| info_of(n).is_some())
+                    .map(|n| {
+                        (
+                            Reply::bulk(&n),
+                            Reply::Map(vec![(Reply::bulk("summary"), Reply::bulk(""))]),
+                        )
+                    })
+                    .collect(),
+            )
+        }
+        Some("getkeys") if argv.len() > 2 => {
+            let name = String::from_utf8_lossy(&argv[2]).to_ascii_uppercase();
+            let args = &argv[2..];
+            if crate::data::spec(&name).is_none() {
+                return Reply::err("ERR Invalid command specified");
+            }
+            let keys = crate::data::keys_of(&name, args);
+            if keys.is_empty() {
+                return Reply::err("ERR The command has no key arguments");
+            }
+            Reply::Array(keys.into_iter().map(Reply::bulk).collect())
+        }
+        Some(other) => Reply::err(format!(
+            "ERR unknown subcommand or wrong number of arguments for '{other}'. Try COMMAND HELP."
+        )),
+    }
+}
+
+pub fn config(node: &Node, argv: &[Vec<u8>]) -> Reply {
+    match argv.get(1).map(|a| lower(a)).as_deref() {
+        Some("get") if argv.len() >= 3 => Reply::Map(
+            node.settings
+                .get(&argv[2..])
+                .into_iter()
+                .map(|(k, v)| (Reply::bulk(k), Reply::bulk(v)))
+                .collect(),
+        ),
+        Some("set") if argv.len() >= 4 => match node.settings.set(&argv[2..]) {
+            Ok(()) => Reply::ok(),
+            Err(e) => Reply::err(e),
+        },
+        Some("resetstat") if argv.len() == 2 => Reply::ok(),
+        Some("rewrite") if argv.len() == 2 => {
+            Reply::err("ERR The server is running without a config file")
+        }
+        Some(sub) => Reply::err(format!(
+            "ERR unknown subcommand or wrong number of arguments for '{sub}'. Try CONFIG HELP."
+        )),
+        None => crate::data::arity_err("config"),
+    }
+}
+
+pub fn time(argv: &[Vec<u8>]) -> Reply {
+    if argv.len() != 1 {
+        return crate::data::arity_err("time");
+    }
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Reply::Array(vec![
+        Reply::bulk(d.as_secs().to_string()),
+        Reply::bulk(d.subsec_micros().to_string()),
+    ])
+}
+
+/// Redis functions are not supported; with none loaded, FLUSH and LIST are still truthful.
+pub fn function(argv: &[Vec<u8>]) -> Reply {
+    match argv.get(1).map(|a| lower(a)).as_deref() {
+        Some("flush") => Reply::ok(),
+        Some("list") => Reply::Array(Vec::new()),
+        _ => Reply::err("ERR functions are not supported by this server"),
+    }
+}
+
+pub fn debug(argv: &[Vec<u8>]) -> Reply {
+    match argv.get(1).map(|a| lower(a)).as_deref() {
+        // Data is always durable (the Raft log and snapshots): a reload would change nothing.
+        Some("reload") | Some("set-active-expire") | Some("change-repl-id") => Reply::ok(),
+        _ => Reply::err("ERR DEBUG subcommand not supported by this server"),
+    }
+}
+
+/// The process's resident set size (INFO memory's used_memory).
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}

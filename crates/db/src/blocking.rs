@@ -1,0 +1,131 @@
+//! Blocking pops (BLPOP, BRPOP, BLMOVE, BRPOPLPUSH, BLMPOP, BZPOPMIN/MAX, BZMPOP).
+//!
+//! A blocked client waits on this member for applied writes; whenever a write has been
+//! applied and one of its keys holds something, it proposes the command's one-shot form
+//! through the Raft log like any write (forwarded to the leader from a follower). The log
+//! decides who gets an element, so a pop is never served twice or lost, whichever member
+//! the client is on and however leadership moves meanwhile. A client that disconnects
+//! while waiting stops waiting and takes nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use crate::data::{WriteReq, block_sources, block_timeout};
+use crate::node::{Node, now_ms};
+use crate::resp::Reply;
+
+static BLOCKED: AtomicUsize = AtomicUsize::new(0);
+
+/// Clients waiting in a blocking command now (INFO's `blocked_clients`).
+pub fn blocked_clients() -> usize {
+    BLOCKED.load(Ordering::Relaxed)
+}
+
+struct Blocked;
+
+impl Blocked {
+    fn new() -> Blocked {
+        BLOCKED.fetch_add(1, Ordering::Relaxed);
+        Blocked
+    }
+}
+
+impl Drop for Blocked {
+    fn drop(&mut self) {
+        BLOCKED.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a blocking command answers when its time runs out.
+fn timed_out(name: &str) -> Reply {
+    match name {
+        "BRPOPLPUSH" | "BLMOVE" => Reply::Nil,
+        _ => Reply::NilArray,
+    }
+}
+
+fn nothing(r: &Reply) -> bool {
+    matches!(r, Reply::Nil | Reply::NilArray)
+}
+
+/// Resolves when the peer has closed the connection (data it sends meanwhile waits in the
+/// socket buffer, as Redis leaves a blocked client's next commands unread).
+async fn closed(s: &TcpStream) {
+    let mut b = [0u8; 1];
+    loop {
+        match s.peek(&mut b).await {
+            Ok(0) | Err(_) => return,
+            // Pipelined commands behind the blocking one: stop watching, keep waiting.
+            Ok(_) => std::future::pending::<()>().await,
+        }
+    }
+}
+
+pub async fn serve(
+    node: &Arc<Node>,
+    db: u32,
+    name: &str,
+    argv: Vec<Vec<u8>>,
+    stream: &TcpStream,
+    killed: &tokio::sync::Notify,
+) -> Reply {
+    let timeout = match block_timeout(name, &argv) {
+        Ok(t) => t,
+        Err(e) => return e,
+    };
+    let deadline = (timeout > 0.0)
+        .then(|| tokio::time::Instant::now() + Duration::from_secs_f64(timeout.min(1e9)));
+    let keys = block_sources(name, &argv);
+    let _count = Blocked::new();
+    let mut first = true;
+    loop {
+        let applied = node.sm.applied.notified();
+        tokio::pin!(applied);
+        applied.as_mut().enable();
+        // Look at the local state first: propose only when there may be something to take
+        // (the first attempt always goes, so errors such as WRONGTYPE come back at once).
+        let now = now_ms();
+        let worth = first
+            || node.sm.read(|g| {
+                let d = &g.tables.dbs[db as usize];
+                keys.iter().any(|k| d.version(k, now) != 0)
+            });
+        first = false;
+        if worth {
+            let req = WriteReq {
+                rid: 0,
+                now_ms: 0,
+                watches: Vec::new(),
+                cmds: vec![(db, argv.clone())],
+                multi: false,
+            };
+            match node.write(req).await {
+                Ok(r) if !nothing(&r) => return r,
+                Ok(_) => {}
+                Err(e) => return Reply::Error(e),
+            }
+        }
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut applied => {}
+            // A write queued behind a leader change is not re-announced: look again now
+            // and then in case a notification was missed.
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = sleep => return timed_out(name),
+            _ = closed(stream) => return Reply::NilArray,
+            _ = killed.notified() => {
+                // Leave the permit for the connection loop, which closes the connection.
+                killed.notify_one();
+                return Reply::err("UNBLOCKED client killed while blocked");
+            }
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! All databases, the replicated write request and the commands that span databases.
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Db, Group, NOT_INT, NUM_DBS, SYNTAX, Watch, arity_err, check_arity, parse_i64, spec, upper,
+};
+use crate::resp::Reply;
+
+/// All databases plus what the state machine needs to know about itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Tables {
+    pub dbs: Vec<Db>,
+    /// Replies of recent requests by request id, for exactly-once retries.
+    pub recent: std::collections::HashMap<u64, Reply>,
+    /// (log index, request id) in apply order, to forget old ids deterministically.
+    pub recent_order: std::collections::VecDeque<(u64, u64)>,
+}
+
+/// How many log entries a request id is remembered for (retries come within seconds).
+pub const DEDUPE_WINDOW: u64 = 20_000;
+/// At most this many request ids are remembered.
+pub const DEDUPE_MAX: usize = 1_000_000;
+
+impl Default for Tables {
+    fn default() -> Self {
+        Tables {
+            dbs: (0..NUM_DBS).map(|_| Db::default()).collect(),
+            recent: Default::default(),
+            recent_order: Default::default(),
+        }
+    }
+}
+
+/// A replicated write: one command, or a MULTI/EXEC transaction guarded by WATCHes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WriteReq {
+    /// Request id for exactly-once retries (0 = none): a retried request that was already
+    /// applied gets the first reply back instead of running twice.
+    pub rid: u64,
+    /// Leader's clock, unix ms, when the write was proposed.
+    pub now_ms: u64,
+    pub watches: Vec<Watch>,
+    /// (db, argv) for each command.
+    pub cmds: Vec<(u32, Vec<Vec<u8>>)>,
+    /// A transaction replies with one array (or nil when a WATCH failed).
+    pub multi: bool,
+}
+
+/// The internal command that drops expired keys (proposed by the leader).
+pub const SWEEP: &[u8] = b"\0citadel-expire-sweep";
+/// Keys one sweep drops in one database, at most (keeps an entry's apply short).
+pub const SWEEP_MAX: usize = 2000;
+
+/// One Raft entry: every client write the leader gathered while the previous entries were
+/// being made durable (group commit: one fsync for the whole batch).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub reqs: Vec<WriteReq>,
+}
+
+impl Tables {
+    /// Applies a write once per request id.
+    pub fn apply_once(&mut self, req: &WriteReq, index: u64) -> Reply {
+        if req.rid != 0
+            && let Some(r) = self.recent.get(&req.rid)
+        {
+            return r.clone();
+        }
+        let r = self.apply(req, index);
+        if req.rid != 0 {
+            self.recent.insert(req.rid, r.clone());
+            self.recent_order.push_back((index, req.rid));
+        }
+        while let Some(&(i, rid)) = self.recent_order.front() {
+            if i + DEDUPE_WINDOW >= index && self.recent_order.len() <= DEDUPE_MAX {
+                break;
+            }
+            self.recent_order.pop_front();
+            self.recent.remove(&rid);
+        }
+        r
+    }
+
+    pub fn apply(&mut self, req: &WriteReq, index: u64) -> Reply {
+        let now = req.now_ms;
+        for w in &req.watches {
+            let Some(db) = self.dbs.get(w.db as usize) else {
+                return Reply::NilArray;
+            };
+            let cur = db.version(&w.key, now);
+            if cur != w.ver || (cur == 0 && db.last_delete > w.at) {
+                return Reply::NilArray;
+            }
+        }
+        let mut out = Vec::with_capacity(req.cmds.len());
+        for (dbi, argv) in &req.cmds {
+            let r = match self.dbs.get_mut(*dbi as usize) {
+                // The leader's expiry sweep: a name clients cannot send (the server refuses
+                // unknown commands before they reach the log).
+                Some(db) if argv.len() == 1 && argv[0] == SWEEP => {
+                    Reply::Int(db.sweep(now, index, SWEEP_MAX) as i64)
+                }
+                Some(_) if !argv.is_empty() && is_cross_db(argv) => {
+                    self.cross_db(*dbi as usize, argv, now, index)
+                }
+                Some(db) if !argv.is_empty() => db.write(argv, now, index),
+                _ => Reply::err("ERR DB index is out of range"),
+            };
+            out.push(r);
+        }
+        if req.multi {
+            Reply::Array(out)
+        } else {
+            out.pop().unwrap_or(Reply::Nil)
+        }
+    }
+}
+
+/// Commands that span databases: FLUSHALL, MOVE, SWAPDB, COPY (which may name a DB).
+fn is_cross_db(argv: &[Vec<u8>]) -> bool {
+    spec(&upper(&argv[0])).is_some_and(|s| s.group == Group::Tables)
+}
+
+/// A database number argument.
+fn db_index(b: &[u8]) -> Result<usize, Reply> {
+    match parse_i64(b) {
+        Some(n) if (0..NUM_DBS as i64).contains(&n) => Ok(n as usize),
+        Some(_) => Err(Reply::err("ERR DB index is out of range")),
+        None => Err(Reply::err(NOT_INT)),
+    }
+}
+
+impl Tables {
+    fn cross_db(&mut self, cur: usize, argv: &[Vec<u8>], now: u64, index: u64) -> Reply {
+        let name = upper(&argv[0]);
+        if !check_arity(&name, argv.len()) {
+            return arity_err(&name);
+        }
+        super::flat(self.cross_db_inner(&name, cur, argv, now, index))
+    }
+
+    fn cross_db_inner(
+        &mut self,
+        name: &str,
+        cur: usize,
+        argv: &[Vec<u8>],
+        now: u64,
+        index: u64,
+    ) -> Result<Reply, Reply> {
+        match name {
+            "FLUSHALL" => {
+                if argv.len() > 2
+                    || argv.get(1).is_some_and(|a| {
+                        !a.eq_ignore_ascii_case(b"SYNC") && !a.eq_ignore_ascii_case(b"ASYNC")
+                    })
+                {
+                    return Err(Reply::err(SYNTAX));
+                }
+                for db in &mut self.dbs {
+                    db.map.clear();
+                    db.last_delete = index;
+                }
+                Ok(Reply::ok())
+            }
+            "SWAPDB" => {
+                let (a, b) = (db_index(&argv[1])?, db_index(&argv[2])?);
+                self.dbs.swap(a, b);
+                // Every key of both changed (WATCH must see it): mark both as just-deleted
+                // and bump the versions of what they now hold.
+                for d in [a, b] {
+                    let db = &mut self.dbs[d];
+                    db.last_delete = index;
+                    for item in db.map.values_mut() {
+                        item.ver = index;
+                    }
+                }
+                Ok(Reply::ok())
+            }
+            "MOVE" => {
+                let to = db_index(&argv[2])?;
+                if to == cur {
+                    return Err(Reply::err(
+                        "ERR source and destination objects are the same",
+                    ));
+                }
+                self.dbs[cur].reap_key(&argv[1], now, index);
+                self.dbs[to].reap_key(&argv[1], now, index);
+                if self.dbs[to].get_live(&argv[1], now).is_some() {
+                    return Ok(Reply::Int(0));
+                }
+                let Some(mut item) = self.dbs[cur].take(&argv[1], index) else {
+                    return Ok(Reply::Int(0));
+                };
+                item.ver = index;
+                self.dbs[to].insert_item(&argv[1], item);
+                Ok(Reply::Int(1))
+            }
+            "COPY" => {
+                let (mut to, mut replace) = (cur, false);
+                let mut i = 3;
+                while i < argv.len() {
+                    match upper(&argv[i]).as_str() {
+                        "REPLACE" => replace = true,
+                        "DB" if i + 1 < argv.len() => {
+                            to = db_index(&argv[i + 1])?;
+                            i += 1;
+                        }
+                        _ => return Err(Reply::err(SYNTAX)),
+                    }
+                    i += 1;
+                }
+                if to == cur && argv[1] == argv[2] {
+                    return Err(Reply::err(
+                        "ERR source and destination objects are the same",
+                    ));
+                }
+                self.dbs[cur].reap_key(&argv[1], now, index);
+                self.dbs[to].reap_key(&argv[2], now, index);
+                let Some(src) = self.dbs[cur].get_live(&argv[1], now).cloned() else {
+                    return Ok(Reply::Int(0));
+                };
+                if self.dbs[to].get_live(&argv[2], now).is_some() && !replace {
+                    return Ok(Reply::Int(0));
+                }
+                let mut item = src;
+                item.ver = index;
+                self.dbs[to].insert_item(&argv[2], item);
+                Ok(Reply::Int(1))
+            }
+            _ => Err(super::unknown_cmd(name)),
+        }
+    }
+}
+
+impl Db {
+    pub(crate) fn reap_key(&mut self, k: &[u8], now: u64, index: u64) {
+        self.reap(k, now, index);
+    }
+
+    /// Removes and returns the item at `k`.
+    pub(crate) fn take(&mut self, k: &[u8], index: u64) -> Option<super::Item> {
+        let item = self.map.remove(&super::SKey::new(k));
+        if item.is_some() {
+            self.last_delete = index;
+        }
+        item
+    }
+
+    pub(crate) fn insert_item(&mut self, k: &[u8], item: super::Item) {
+        self.map.insert(super::SKey::new(k), item);
+    }
+}

@@ -1,0 +1,117 @@
+use super::*;
+
+fn a(s: &str) -> Vec<Vec<u8>> {
+    s.split(' ').map(|x| x.as_bytes().to_vec()).collect()
+}
+
+#[test]
+fn strings_and_ttl() {
+    let mut db = Db::default();
+    assert_eq!(db.write(&a("SET k v EX 10"), 1000, 1), Reply::ok());
+    assert_eq!(db.read(&a("GET k"), 1000), Reply::bulk("v"));
+    assert_eq!(db.read(&a("TTL k"), 1000), Reply::Int(10));
+    assert_eq!(db.read(&a("GET k"), 11_000), Reply::Nil);
+    assert_eq!(db.write(&a("INCR n"), 1, 2), Reply::Int(1));
+    assert_eq!(db.write(&a("INCRBY n 41"), 1, 3), Reply::Int(42));
+    assert_eq!(db.write(&a("INCRBYFLOAT f 1.5"), 1, 4), Reply::bulk("1.5"));
+    assert_eq!(db.write(&a("SET k x NX"), 11_000, 5), Reply::ok());
+    assert_eq!(db.write(&a("SET k y NX"), 11_000, 6), Reply::Nil);
+    assert_eq!(db.write(&a("SET k z XX GET"), 11_000, 7), Reply::bulk("x"));
+    assert_eq!(db.write(&a("HSET h a 1 b 2"), 1, 8), Reply::Int(2));
+    assert!(db.write(&a("INCR h"), 1, 9).is_error());
+    assert_eq!(db.read(&a("TYPE h"), 1), Reply::Simple("hash".into()));
+    assert_eq!(db.write(&a("DEL h k nope"), 11_000, 10), Reply::Int(2));
+}
+
+#[test]
+fn scan_visits_every_key_once_per_pass() {
+    let mut db = Db::default();
+    for i in 0..100 {
+        db.write(&a(&format!("SET key:{i} v")), 0, i + 1);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut cursor = "0".to_string();
+    loop {
+        let r = db.read(&a(&format!("SCAN {cursor} MATCH key:* COUNT 7")), 0);
+        let Reply::Array(parts) = r else { panic!() };
+        let Reply::Bulk(c) = &parts[0] else { panic!() };
+        let Reply::Array(keys) = &parts[1] else {
+            panic!()
+        };
+        for k in keys {
+            let Reply::Bulk(k) = k else { panic!() };
+            seen.insert(k.clone());
+        }
+        cursor = String::from_utf8(c.clone()).unwrap();
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 100);
+}
+
+#[test]
+fn watch_detects_changes() {
+    let mut t = Tables::default();
+    let set = |v: &str| WriteReq {
+        rid: 0,
+        now_ms: 0,
+        watches: vec![Watch {
+            db: 0,
+            key: b"k".to_vec(),
+            ver: 0,
+            at: 0,
+        }],
+        cmds: vec![(0, a(&format!("SET k {v}")))],
+        multi: true,
+    };
+    assert_eq!(t.apply(&set("1"), 1), Reply::Array(vec![Reply::ok()]));
+    // Version moved on: the watch (ver 0) fails.
+    assert_eq!(t.apply(&set("2"), 2), Reply::NilArray);
+}
+
+#[test]
+fn globs() {
+    assert!(glob_match(b"key:*", b"key:1"));
+    assert!(glob_match(b"h?llo", b"hello"));
+    assert!(glob_match(b"h[ae]llo", b"hallo"));
+    assert!(!glob_match(b"h[^e]llo", b"hello"));
+    assert!(glob_match(b"*", b""));
+}
+
+#[test]
+fn sorted_set_ranges() {
+    let mut db = Db::default();
+    db.write(&a("ZADD z 3 c 5 b"), 0, 1);
+    assert_eq!(db.read(&a("ZCOUNT z -inf (5"), 0), Reply::Int(1));
+    assert_eq!(
+        db.write(&a("ZREMRANGEBYSCORE z -inf (5"), 0, 2),
+        Reply::Int(1)
+    );
+    assert_eq!(db.read(&a("ZCARD z"), 0), Reply::Int(1));
+}
+
+#[test]
+fn sorted_set_sequence() {
+    let mut db = Db::default();
+    db.write(&a("ZADD z 1 a 2 b 3 c"), 0, 1);
+    assert_eq!(db.write(&a("ZADD z GT CH 0 a 5 b"), 0, 2), Reply::Int(1));
+    db.write(&a("ZINCRBY z 1.5 a"), 0, 3);
+    assert_eq!(db.read(&a("ZRANK z a"), 0), Reply::Int(0));
+    let pairs = |v: &[(&str, f64)]| {
+        Reply::Pairs(
+            v.iter()
+                .map(|(m, s)| (Reply::bulk(m), Reply::Double(*s)))
+                .collect(),
+        )
+    };
+    assert_eq!(
+        db.read(&a("ZRANGE z 0 -1 WITHSCORES"), 0),
+        pairs(&[("a", 2.5), ("c", 3.0), ("b", 5.0)])
+    );
+    assert_eq!(
+        db.read(&a("ZRANGEBYLEX z - + LIMIT 1 1"), 0),
+        Reply::Array(vec![Reply::bulk("c")])
+    );
+    assert_eq!(db.read(&a("ZRANGEBYLEX z + -"), 0), Reply::Array(vec![]));
+}

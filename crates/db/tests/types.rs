@@ -1,0 +1,376 @@
+//! Lists, sets, sorted sets, the keyspace commands and blocking pops, through stock clients
+//! against a real group (two data members and a witness), including snapshots, catch-up and
+//! restarts. Loopback 127.150.1-9.x.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Cluster, raw, wait_port};
+use redis::{Connection, RedisResult, Value};
+
+fn trio(net: &str) -> Cluster {
+    let mut c = Cluster::new(net, &[false, false, true]);
+    c.start_all();
+    wait_port(c.member(1).redis, Duration::from_secs(20));
+    wait_port(c.member(2).redis, Duration::from_secs(20));
+    c.wait_leader(&[1, 2], Duration::from_secs(20));
+    c
+}
+
+fn q<T: redis::FromRedisValue>(con: &mut Connection, args: &[&str]) -> RedisResult<T> {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query(con)
+}
+
+fn ok<T: redis::FromRedisValue>(con: &mut Connection, args: &[&str]) -> T {
+    q(con, args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+fn err(con: &mut Connection, args: &[&str]) -> String {
+    match q::<Value>(con, args) {
+        Ok(v) => panic!("{args:?} should fail, got {v:?}"),
+        // Redis's error line: its code, then the text.
+        Err(e) => format!("{} {}", e.code().unwrap_or("?"), e.detail().unwrap_or("")),
+    }
+}
+
+fn strs(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn lists_sets_and_sorted_sets_behave_as_redis() {
+    let c = trio("127.150.1");
+    // Through the follower too: writes are forwarded, reads linearizable.
+    for id in [1, 2] {
+        let mut con = c.conn(id);
+        let k = |s: &str| format!("{s}{id}");
+        let l = k("l");
+        assert_eq!(ok::<i64>(&mut con, &["RPUSH", &l, "a", "b", "c"]), 3);
+        assert_eq!(ok::<i64>(&mut con, &["LPUSH", &l, "z"]), 4);
+        assert_eq!(
+            ok::<Vec<String>>(&mut con, &["LRANGE", &l, "0", "-1"]),
+            strs(&["z", "a", "b", "c"])
+        );
+        assert_eq!(ok::<i64>(&mut con, &["LINSERT", &l, "BEFORE", "b", "x"]), 5);
+        assert_eq!(ok::<i64>(&mut con, &["LPOS", &l, "b"]), 3);
+        assert_eq!(
+            ok::<String>(&mut con, &["LMOVE", &l, &k("l2"), "RIGHT", "LEFT"]),
+            "c"
+        );
+        assert_eq!(
+            ok::<Vec<String>>(&mut con, &["LPOP", &l, "2"]),
+            strs(&["z", "a"])
+        );
+        assert_eq!(ok::<String>(&mut con, &["LINDEX", &l, "-1"]), "b");
+        assert_eq!(
+            err(&mut con, &["LSET", &l, "9", "v"]),
+            "ERR index out of range"
+        );
+        assert_eq!(ok::<i64>(&mut con, &["LREM", &l, "0", "x"]), 1);
+        assert_eq!(ok::<String>(&mut con, &["RPOP", &l]), "b");
+        // The emptied list is gone, as in Redis.
+        assert_eq!(ok::<i64>(&mut con, &["EXISTS", &l]), 0);
+
+        let s = k("s");
+        assert_eq!(ok::<i64>(&mut con, &["SADD", &s, "a", "b", "c", "a"]), 3);
+        assert_eq!(ok::<i64>(&mut con, &["SADD", &k("t"), "b", "c", "d"]), 3);
+        let mut inter: Vec<String> = ok(&mut con, &["SINTER", &s, &k("t")]);
+        inter.sort();
+        assert_eq!(inter, strs(&["b", "c"]));
+        assert_eq!(
+            ok::<i64>(&mut con, &["SDIFFSTORE", &k("d"), &s, &k("t")]),
+            1
+        );
+        assert_eq!(
+            ok::<Vec<String>>(&mut con, &["SMEMBERS", &k("d")]),
+            strs(&["a"])
+        );
+        assert_eq!(
+            ok::<Vec<i64>>(&mut con, &["SMISMEMBER", &s, "a", "q"]),
+            vec![1, 0]
+        );
+        let popped: Vec<String> = ok(&mut con, &["SPOP", &s, "2"]);
+        assert_eq!(popped.len(), 2);
+        assert_eq!(ok::<i64>(&mut con, &["SCARD", &s]), 1);
+
+        let z = k("z");
+        assert_eq!(
+            ok::<i64>(&mut con, &["ZADD", &z, "1", "a", "2", "b", "3", "c"]),
+            3
+        );
+        assert_eq!(
+            ok::<i64>(&mut con, &["ZADD", &z, "GT", "CH", "0", "a", "5", "b"]),
+            1
+        );
+        assert_eq!(
+            ok::<Vec<String>>(
+                &mut con,
+                &["ZRANGE", &z, "(1", "+inf", "BYSCORE", "WITHSCORES"]
+            ),
+            strs(&["c", "3", "b", "5"])
+        );
+        assert_eq!(
+            ok::<Vec<String>>(&mut con, &["ZRANGE", &z, "0", "0", "REV"]),
+            strs(&["b"])
+        );
+        assert_eq!(ok::<f64>(&mut con, &["ZINCRBY", &z, "1.5", "a"]), 2.5);
+        assert_eq!(ok::<i64>(&mut con, &["ZRANK", &z, "a"]), 0);
+        assert_eq!(
+            ok::<i64>(
+                &mut con,
+                &[
+                    "ZUNIONSTORE",
+                    &k("u"),
+                    "2",
+                    &z,
+                    &k("t"),
+                    "WEIGHTS",
+                    "2",
+                    "1"
+                ]
+            ),
+            4
+        );
+        assert_eq!(ok::<String>(&mut con, &["ZSCORE", &k("u"), "b"]), "11");
+        assert_eq!(
+            ok::<Vec<String>>(&mut con, &["ZPOPMIN", &z]),
+            strs(&["a", "2.5"])
+        );
+        assert_eq!(
+            ok::<i64>(&mut con, &["ZREMRANGEBYSCORE", &z, "-inf", "(5"]),
+            1
+        );
+        assert_eq!(ok::<i64>(&mut con, &["ZCARD", &z]), 1);
+
+        // Wrong types, arity and syntax get Redis's errors.
+        assert!(err(&mut con, &["LPUSH", &z, "x"]).starts_with("WRONGTYPE"));
+        assert!(err(&mut con, &["SADD", &k("l2"), "x"]).starts_with("WRONGTYPE"));
+        assert!(err(&mut con, &["ZADD", &z, "nan", "x"]).contains("not a valid float"));
+        assert!(err(&mut con, &["ZADD", &z, "NX", "XX", "1", "x"]).contains("not compatible"));
+        assert!(err(&mut con, &["LPOP"]).contains("wrong number of arguments"));
+        assert_eq!(ok::<String>(&mut con, &["TYPE", &z]), "zset");
+        assert_eq!(ok::<String>(&mut con, &["TYPE", &k("l2")]), "list");
+        assert_eq!(ok::<String>(&mut con, &["TYPE", &k("t")]), "set");
+    }
+}
+
+#[test]
+fn keyspace_and_server_commands() {
+    let c = trio("127.150.2");
+    let mut con = c.conn(1);
+    let _: () = ok(&mut con, &["FLUSHALL"]);
+    let _: () = ok(&mut con, &["SET", "a", "1", "EX", "100"]);
+    let _: () = ok(&mut con, &["RENAME", "a", "b"]);
+    assert!(
+        ok::<i64>(&mut con, &["TTL", "b"]) > 90,
+        "RENAME keeps the TTL"
+    );
+    assert_eq!(err(&mut con, &["RENAME", "nope", "x"]), "ERR no such key");
+    assert_eq!(ok::<i64>(&mut con, &["COPY", "b", "c", "DB", "3"]), 1);
+    assert_eq!(ok::<i64>(&mut con, &["MOVE", "b", "4"]), 1);
+    let _: () = ok(&mut con, &["SELECT", "3"]);
+    assert_eq!(ok::<String>(&mut con, &["GET", "c"]), "1");
+    let _: () = ok(&mut con, &["SWAPDB", "3", "4"]);
+    assert_eq!(ok::<String>(&mut con, &["GET", "b"]), "1");
+    assert_eq!(ok::<i64>(&mut con, &["DBSIZE"]), 1);
+    let _: () = ok(&mut con, &["SELECT", "0"]);
+    assert_eq!(ok::<i64>(&mut con, &["DBSIZE"]), 0);
+    let _: () = ok(&mut con, &["FLUSHALL"]);
+    let _: () = ok(&mut con, &["SELECT", "4"]);
+    assert_eq!(
+        ok::<i64>(&mut con, &["DBSIZE"]),
+        0,
+        "FLUSHALL empties every database"
+    );
+    let _: () = ok(&mut con, &["SELECT", "0"]);
+
+    // OBJECT ENCODING follows the CONFIG limits as Redis 7.0 picks encodings.
+    let _: () = ok(&mut con, &["SADD", "s", "1", "2"]);
+    assert_eq!(
+        ok::<String>(&mut con, &["OBJECT", "ENCODING", "s"]),
+        "intset"
+    );
+    let _: () = ok(&mut con, &["ZADD", "z", "1", "a"]);
+    assert_eq!(
+        ok::<String>(&mut con, &["OBJECT", "ENCODING", "z"]),
+        "listpack"
+    );
+    let _: () = ok(
+        &mut con,
+        &["CONFIG", "SET", "zset-max-ziplist-entries", "0"],
+    );
+    assert_eq!(
+        ok::<String>(&mut con, &["OBJECT", "ENCODING", "z"]),
+        "skiplist"
+    );
+    let cfg: Vec<String> = ok(&mut con, &["CONFIG", "GET", "zset-max-listpack-entries"]);
+    assert_eq!(cfg, strs(&["zset-max-listpack-entries", "0"]));
+    assert!(err(&mut con, &["CONFIG", "SET", "no-such-thing", "1"]).contains("Unknown option"));
+
+    // Server surface clients read.
+    let time: Vec<String> = ok(&mut con, &["TIME"]);
+    assert_eq!(time.len(), 2);
+    assert!(ok::<i64>(&mut con, &["COMMAND", "COUNT"]) > 150);
+    let _: () = ok(&mut con, &["CLIENT", "SETNAME", "me"]);
+    let list: String = ok(&mut con, &["CLIENT", "LIST"]);
+    assert!(list.contains("name=me"), "{list}");
+    let info: String = ok(&mut con, &["INFO", "keyspace"]);
+    assert!(info.contains("db0:keys=2,expires=0"), "{info}");
+
+    // CLIENT KILL closes another connection.
+    let mut other = c.conn(1);
+    let id: i64 = ok(&mut other, &["CLIENT", "ID"]);
+    assert_eq!(
+        ok::<i64>(&mut con, &["CLIENT", "KILL", "ID", &id.to_string()]),
+        1
+    );
+    assert!(q::<String>(&mut other, &["PING"]).is_err());
+
+    // Huge and malformed input: an error, the server stays up.
+    let many: Vec<String> = (0..50_000).map(|i| i.to_string()).collect();
+    let mut cmd = redis::cmd("SADD");
+    cmd.arg("big");
+    for m in &many {
+        cmd.arg(m);
+    }
+    assert_eq!(cmd.query::<i64>(&mut con).unwrap(), 50_000);
+    assert_eq!(
+        ok::<String>(&mut con, &["OBJECT", "ENCODING", "big"]),
+        "hashtable"
+    );
+    let reply = raw(
+        c.member(1).redis,
+        b"*3\r\n$5\r\nLPUSH\r\n$1\r\nk\r\n$99999999999\r\n",
+    );
+    assert!(String::from_utf8_lossy(&reply).contains("Protocol error"));
+    assert_eq!(ok::<String>(&mut con, &["PING"]), "PONG");
+}
+
+#[test]
+fn blocking_pops_wait_for_writes_and_time_out() {
+    let c = trio("127.150.3");
+    let leader = c.wait_leader(&[1, 2], Duration::from_secs(20));
+    let follower = if leader == 1 { 2 } else { 1 };
+    let mut con = c.conn(leader);
+
+    // A timeout with nothing to take: nil after about the timeout.
+    let t = Instant::now();
+    let v: Value = ok(&mut con, &["BLPOP", "q", "0.3"]);
+    assert_eq!(v, Value::Nil);
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // Two waiters (one on each member), two pushes: each element goes to exactly one.
+    let mut waiters = Vec::new();
+    for id in [leader, follower] {
+        let mut w = c.conn(id);
+        waiters.push(std::thread::spawn(move || {
+            q::<Vec<String>>(&mut w, &["BRPOP", "q", "q2", "10"])
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.info(leader, "blocked_clients").as_deref() != Some("1")
+        || c.info(follower, "blocked_clients").as_deref() != Some("1")
+    {
+        assert!(Instant::now() < deadline, "the waiters never blocked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _: i64 = ok(&mut con, &["LPUSH", "q2", "x"]);
+    let _: i64 = ok(&mut con, &["LPUSH", "q", "y"]);
+    let mut got: Vec<Vec<String>> = waiters
+        .into_iter()
+        .map(|w| w.join().unwrap().unwrap())
+        .collect();
+    got.sort();
+    assert_eq!(got, vec![strs(&["q", "y"]), strs(&["q2", "x"])]);
+    assert_eq!(ok::<i64>(&mut con, &["EXISTS", "q", "q2"]), 0);
+
+    // BLMOVE and BZPOPMIN; inside MULTI they do not wait.
+    let mut w = c.conn(follower);
+    let mover = std::thread::spawn(move || {
+        q::<String>(&mut w, &["BLMOVE", "src", "dst", "LEFT", "RIGHT", "0"])
+    });
+    while c.info(follower, "blocked_clients").as_deref() != Some("1") {
+        assert!(Instant::now() < deadline + Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _: i64 = ok(&mut con, &["RPUSH", "src", "m"]);
+    assert_eq!(mover.join().unwrap().unwrap(), "m");
+    assert_eq!(
+        ok::<Vec<String>>(&mut con, &["LRANGE", "dst", "0", "-1"]),
+        strs(&["m"])
+    );
+    let _: i64 = ok(&mut con, &["ZADD", "zq", "2", "b", "1", "a"]);
+    assert_eq!(
+        ok::<Vec<String>>(&mut con, &["BZPOPMIN", "zq", "1"]),
+        strs(&["zq", "a", "1"])
+    );
+    let mut pipe = redis::pipe();
+    pipe.atomic().cmd("BLPOP").arg("empty").arg("0");
+    let r: Vec<Value> = pipe.query(&mut con).unwrap();
+    assert_eq!(r, vec![Value::Nil]);
+    assert!(err(&mut con, &["BLPOP", "q", "-1"]).contains("timeout is negative"));
+}
+
+#[test]
+fn every_type_survives_snapshots_catch_up_and_restarts() {
+    let mut c = trio("127.150.4");
+    let leader = c.wait_leader(&[1, 2], Duration::from_secs(20));
+    let follower = if leader == 1 { 2 } else { 1 };
+    // The follower misses a stretch of writes longer than the log kept after a snapshot
+    // (snapshot_every = 50, keep 20 in the test config): it catches up by snapshot.
+    c.kill(follower);
+    let mut con = c.conn(leader);
+    for i in 0..120 {
+        let n = i.to_string();
+        let _: i64 = ok(&mut con, &["RPUSH", "list", &n]);
+        let _: i64 = ok(&mut con, &["SADD", "set", &n]);
+        let _: i64 = ok(&mut con, &["ZADD", "zset", &n, &format!("m{n}")]);
+        let _: i64 = ok(&mut con, &["HSET", "hash", &n, &n]);
+    }
+    let _: () = ok(&mut con, &["SET", "str", "v"]);
+    let check = |con: &mut Connection| {
+        assert_eq!(ok::<i64>(con, &["LLEN", "list"]), 120);
+        assert_eq!(ok::<String>(con, &["LINDEX", "list", "119"]), "119");
+        assert_eq!(ok::<i64>(con, &["SCARD", "set"]), 120);
+        assert_eq!(ok::<i64>(con, &["ZCARD", "zset"]), 120);
+        assert_eq!(
+            ok::<Vec<String>>(con, &["ZRANGE", "zset", "-1", "-1"]),
+            strs(&["m119"])
+        );
+        assert_eq!(ok::<i64>(con, &["HLEN", "hash"]), 120);
+        assert_eq!(ok::<String>(con, &["GET", "str"]), "v");
+    };
+    c.start(follower);
+    wait_port(c.member(follower).redis, Duration::from_secs(20));
+    // The caught-up member serves everything once it has applied the leader's index.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut f = c.conn(follower);
+        let _: () = ok(&mut f, &["READONLY"]);
+        if q::<i64>(&mut f, &["HLEN", "hash"]).ok() == Some(120) {
+            check(&mut f);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the follower never caught up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Everyone restarts: the snapshot and the log bring every type back.
+    c.kill(1);
+    c.kill(2);
+    c.kill(3);
+    c.start_all();
+    wait_port(c.member(1).redis, Duration::from_secs(20));
+    wait_port(c.member(2).redis, Duration::from_secs(20));
+    let l = c.wait_leader(&[1, 2], Duration::from_secs(20));
+    let mut con = c.conn(l);
+    check(&mut con);
+}
