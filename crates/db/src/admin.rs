@@ -180,10 +180,49 @@ pub fn function(argv: &[Vec<u8>]) -> Reply {
     }
 }
 
-pub fn debug(argv: &[Vec<u8>]) -> Reply {
+/// DEBUG: the subcommands the test suites and tools use that make sense here.
+pub async fn debug(node: &Node, db: u32, argv: &[Vec<u8>]) -> Reply {
+    let now = crate::node::now_ms();
     match argv.get(1).map(|a| lower(a)).as_deref() {
-        // Data is always durable (the Raft log and snapshots): a reload would change nothing.
-        Some("reload") | Some("set-active-expire") | Some("change-repl-id") => Reply::ok(),
+        // Data is always durable (the Raft log and snapshots): a reload changes nothing.
+        Some("reload") | Some("loadaof") | Some("set-active-expire") | Some("change-repl-id") => {
+            Reply::ok()
+        }
+        // Tuning knobs of Redis's own list nodes, which this server does not have.
+        Some("quicklist-packed-threshold") | Some("listpack-entries") => Reply::ok(),
+        Some("sleep") if argv.len() == 3 => {
+            let secs = String::from_utf8_lossy(&argv[2])
+                .parse::<f64>()
+                .unwrap_or(0.0);
+            tokio::time::sleep(std::time::Duration::from_secs_f64(secs.clamp(0.0, 3600.0))).await;
+            Reply::ok()
+        }
+        Some("object") if argv.len() == 3 => {
+            let limits = node.settings.limits();
+            node.sm.read(|g| {
+                let d = &g.tables.dbs[db as usize];
+                match d.object(&[b"OBJECT".to_vec(), b"ENCODING".to_vec(), argv[2].clone()], now, &limits) {
+                    Reply::Bulk(enc) => Reply::Simple(format!(
+                        "Value at:0x0 refcount:1 encoding:{} serializedlength:{} lru:0 lru_seconds_idle:0 ql_nodes:1",
+                        String::from_utf8_lossy(&enc),
+                        d.memory_usage(&argv[2], now).unwrap_or(0)
+                    )),
+                    _ => Reply::err("ERR no such key"),
+                }
+            })
+        }
+        Some("digest") if argv.len() == 2 => {
+            Reply::Simple(node.sm.read(|g| crate::data::digest(&g.tables, now)))
+        }
+        Some("digest-value") => node.sm.read(|g| {
+            let d = &g.tables.dbs[db as usize];
+            Reply::Array(
+                argv[2..]
+                    .iter()
+                    .map(|k| Reply::Simple(d.digest_value(k, now)))
+                    .collect(),
+            )
+        }),
         _ => Reply::err("ERR DEBUG subcommand not supported by this server"),
     }
 }

@@ -91,8 +91,9 @@ pub async fn serve(
         let worth = first
             || node.sm.read(|g| {
                 let d = &g.tables.dbs[db as usize];
-                keys.iter().any(|k| d.version(k, now) != 0)
+                keys.iter().any(|k| d.can_pop(name, k, now))
             });
+        let first_try = first;
         first = false;
         if worth {
             let req = WriteReq {
@@ -103,6 +104,9 @@ pub async fn serve(
                 multi: false,
             };
             match node.write(req).await {
+                // Once waiting, a key that turned into another type keeps the client
+                // waiting (as Redis), rather than failing it.
+                Ok(Reply::Error(e)) if !first_try && e.starts_with("WRONGTYPE") => {}
                 Ok(r) if !nothing(&r) => return r,
                 Ok(_) => {}
                 Err(e) => return Reply::Error(e),

@@ -260,7 +260,7 @@ async fn command(c: &mut Conn, node: &Arc<Node>, argv: Vec<Vec<u8>>) -> Reply {
         "CONFIG" => crate::admin::config(node, &argv),
         "TIME" => crate::admin::time(&argv),
         "FUNCTION" => crate::admin::function(&argv),
-        "DEBUG" => crate::admin::debug(&argv),
+        "DEBUG" => crate::admin::debug(node, c.db, &argv).await,
         "LASTSAVE" if argv.len() == 1 => Reply::Int((now_ms() / 1000) as i64),
         // Every acknowledged write is already fsynced on a majority: nothing to save.
         "SAVE" | "BGSAVE" | "BGREWRITEAOF" => Reply::ok(),

@@ -37,6 +37,10 @@ const PARAMS: &[(&str, Kind, &str)] = &[
     ("activedefrag", Kind::Bool, "no"), ("lfu-log-factor", Kind::Int, "10"),
     ("lfu-decay-time", Kind::Int, "1"), ("close-on-oom", Kind::Bool, "no"),
     ("list-max-ziplist-size", Kind::Int, "-2"), ("enable-debug-command", Kind::Text, "no"),
+    ("repl-ping-replica-period", Kind::Int, "10"), ("rdb-key-save-delay", Kind::Int, "0"),
+    ("key-load-delay", Kind::Int, "0"), ("min-replicas-to-write", Kind::Int, "0"),
+    ("replica-serve-stale-data", Kind::Bool, "yes"), ("hll-sparse-max-bytes", Kind::Int, "3000"),
+    ("lazyfree-lazy-eviction", Kind::Bool, "no"), ("dynamic-hz", Kind::Bool, "yes"),
 ];
 
 /// Redis 7.0's old names for the listpack limits.

@@ -20,6 +20,7 @@ pub enum Group {
     Set,
     ZSet,
     Keys,
+    Bits,
     /// Commands that span databases (FLUSHALL, MOVE, SWAPDB, COPY … DB): run on the tables.
     Tables,
 }
@@ -53,6 +54,9 @@ const TABLE: &[(&str, Class, i32, i32, i32, i32, Group)] = &[
     ("MSET", W, -3, 1, -1, 2, Str), ("MSETNX", W, -3, 1, -1, 2, Str),
     ("INCR", W, 2, 1, 1, 1, Str), ("DECR", W, 2, 1, 1, 1, Str), ("INCRBY", W, 3, 1, 1, 1, Str),
     ("DECRBY", W, 3, 1, 1, 1, Str), ("INCRBYFLOAT", W, 3, 1, 1, 1, Str),
+    // bitmaps
+    ("GETBIT", R, 3, 1, 1, 1, Bits), ("BITCOUNT", R, -2, 1, 1, 1, Bits), ("BITPOS", R, -3, 1, 1, 1, Bits),
+    ("SETBIT", W, 4, 1, 1, 1, Bits), ("BITOP", W, -4, 2, -1, 1, Bits),
     // hashes
     ("HGET", R, 3, 1, 1, 1, Hash), ("HMGET", R, -3, 1, 1, 1, Hash), ("HGETALL", R, 2, 1, 1, 1, Hash),
     ("HKEYS", R, 2, 1, 1, 1, Hash), ("HVALS", R, 2, 1, 1, 1, Hash), ("HLEN", R, 2, 1, 1, 1, Hash),
@@ -103,7 +107,8 @@ const TABLE: &[(&str, Class, i32, i32, i32, i32, Group)] = &[
     ("PTTL", R, 2, 1, 1, 1, Keys), ("EXPIRETIME", R, 2, 1, 1, 1, Keys),
     ("PEXPIRETIME", R, 2, 1, 1, 1, Keys), ("SCAN", R, -2, 0, 0, 0, Keys), ("KEYS", R, 2, 0, 0, 0, Keys),
     ("DBSIZE", R, 1, 0, 0, 0, Keys), ("RANDOMKEY", R, 1, 0, 0, 0, Keys), ("TOUCH", R, -2, 1, -1, 1, Keys),
-    ("OBJECT", R, -2, 2, 2, 1, Keys),
+    ("OBJECT", R, -2, 2, 2, 1, Keys), ("MEMORY", R, -2, 2, 2, 1, Keys),
+    ("DUMP", R, 2, 1, 1, 1, Keys), ("RESTORE", W, -4, 1, 1, 1, Keys),
     ("DEL", W, -2, 1, -1, 1, Keys), ("UNLINK", W, -2, 1, -1, 1, Keys), ("EXPIRE", W, -3, 1, 1, 1, Keys),
     ("PEXPIRE", W, -3, 1, 1, 1, Keys), ("EXPIREAT", W, -3, 1, 1, 1, Keys),
     ("PEXPIREAT", W, -3, 1, 1, 1, Keys), ("PERSIST", W, 2, 1, 1, 1, Keys),

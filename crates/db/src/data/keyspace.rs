@@ -75,6 +75,119 @@ impl Db {
     }
 }
 
+impl Db {
+    /// MEMORY USAGE: the key's encoded size plus a fixed per-key overhead (an estimate, as
+    /// Redis's own figure is).
+    pub fn memory_usage(&self, k: &[u8], now: u64) -> Option<usize> {
+        let item = self.get_live(k, now)?;
+        Some(crate::codec::enc(&item.value).map(|b| b.len()).unwrap_or(0) + k.len() + 56)
+    }
+
+    /// DEBUG DIGEST-VALUE: a hash of the key's value (40 hex digits, zeros when absent).
+    pub fn digest_value(&self, k: &[u8], now: u64) -> String {
+        match self.get_live(k, now) {
+            None => "0".repeat(40),
+            Some(item) => hex40(&[crate::codec::enc(&item.value).unwrap_or_default()]),
+        }
+    }
+}
+
+/// DUMP's format: the value (postcard), a format version, and a checksum of both, so that
+/// RESTORE refuses anything else (as Redis's RDB payload + version + CRC64).
+const DUMP_VERSION: u8 = 1;
+
+fn dump(v: &Value) -> Vec<u8> {
+    let mut out = crate::codec::enc(v).unwrap_or_default();
+    out.push(DUMP_VERSION);
+    let sum = super::key_hash(&out);
+    out.extend_from_slice(&sum.to_le_bytes());
+    out
+}
+
+fn undump(b: &[u8]) -> Option<Value> {
+    if b.len() < 9 {
+        return None;
+    }
+    let (body, sum) = b.split_at(b.len() - 8);
+    if super::key_hash(body).to_le_bytes() != sum || body.last() != Some(&DUMP_VERSION) {
+        return None;
+    }
+    crate::codec::dec(&body[..body.len() - 1]).ok()
+}
+
+fn restore(db: &mut Db, argv: &[Vec<u8>], at: At) -> Result<Reply, Reply> {
+    let ttl = parse_i64(&argv[2]).ok_or_else(|| Reply::err(NOT_INT))?;
+    if ttl < 0 {
+        return Err(Reply::err("ERR Invalid TTL value, must be >= 0"));
+    }
+    let (mut replace, mut abs) = (false, false);
+    let mut i = 4;
+    while i < argv.len() {
+        match upper(&argv[i]).as_str() {
+            "REPLACE" => replace = true,
+            "ABSTTL" => abs = true,
+            "IDLETIME" | "FREQ" if i + 1 < argv.len() => {
+                match parse_i64(&argv[i + 1]) {
+                    Some(v) if v >= 0 => {}
+                    _ => return Err(Reply::err("ERR Invalid IDLETIME value, must be >= 0")),
+                }
+                i += 1;
+            }
+            _ => return Err(Reply::err(SYNTAX)),
+        }
+        i += 1;
+    }
+    if !replace && db.get_live(&argv[1], at.now).is_some() {
+        return Err(Reply::err("BUSYKEY Target key name already exists."));
+    }
+    let value = undump(&argv[3])
+        .ok_or_else(|| Reply::err("ERR DUMP payload version or checksum are wrong"))?;
+    let expire_at = match (ttl, abs) {
+        (0, _) => None,
+        (t, true) => Some(t as u64),
+        (t, false) => Some(at.now.saturating_add(t as u64)),
+    };
+    db.del(&argv[1], at.index);
+    if expire_at.is_none_or(|e| e > at.now) {
+        db.put(&argv[1], value, expire_at, at.index);
+    }
+    Ok(Reply::ok())
+}
+
+/// Two FNV passes over the parts, as 40 hex digits (Redis's digests are SHA-1 sized).
+fn hex40(parts: &[Vec<u8>]) -> String {
+    let mut a = 0xcbf29ce484222325u64;
+    let mut b = 0x84222325cbf29ce4u64;
+    for p in parts {
+        for &x in p {
+            a = (a ^ x as u64).wrapping_mul(0x100000001b3);
+            b = (b ^ (x as u64).rotate_left(3)).wrapping_mul(0x100000001b3);
+        }
+        a = a.rotate_left(7) ^ b;
+    }
+    format!("{a:016x}{b:016x}{:08x}", (a ^ b) as u32)
+}
+
+/// DEBUG DIGEST: a hash of every database's live keys, values and expiries, independent
+/// of order (zeros when empty, as Redis).
+pub fn digest(t: &super::Tables, now: u64) -> String {
+    let mut parts: Vec<Vec<u8>> = Vec::new();
+    for (i, db) in t.dbs.iter().enumerate() {
+        for (k, item) in db.map.iter().filter(|(_, i)| i.live(now)) {
+            let mut p = (i as u32).to_le_bytes().to_vec();
+            p.extend_from_slice(&k.1);
+            p.extend(crate::codec::enc(&item.value).unwrap_or_default());
+            p.extend(item.expire_at.unwrap_or(0).to_le_bytes());
+            parts.push(p);
+        }
+    }
+    if parts.is_empty() {
+        return "0".repeat(40);
+    }
+    parts.sort();
+    hex40(&parts)
+}
+
 fn encoding(v: &Value, l: &Limits) -> &'static str {
     match v {
         Value::Str(s) if is_int_repr(s) => "int",
@@ -212,6 +325,21 @@ fn run_read(db: &Db, name: &str, argv: &[Vec<u8>], now: u64) -> Result<Reply, Re
             }
         }
         "OBJECT" => db.object(argv, now, &super::Limits::default()),
+        "DUMP" => db
+            .get_live(&argv[1], now)
+            .map(|i| Reply::Bulk(dump(&i.value)))
+            .unwrap_or(Reply::Nil),
+        "MEMORY" => match upper(&argv[1]).as_str() {
+            "USAGE" if argv.len() == 3 || argv.len() == 5 => db
+                .memory_usage(&argv[2], now)
+                .map(|n| Reply::Int(n as i64))
+                .unwrap_or(Reply::Nil),
+            "DOCTOR" => Reply::bulk("Sam, I have no memory problems"),
+            _ => Reply::err(format!(
+                "ERR unknown subcommand or wrong number of arguments for '{}'. Try MEMORY HELP.",
+                String::from_utf8_lossy(&argv[1])
+            )),
+        },
         _ => return Err(super::unknown_cmd(name)),
     })
 }
@@ -279,6 +407,7 @@ fn run_write(db: &mut Db, name: &str, argv: &[Vec<u8>], at: At) -> Result<Reply,
             Reply::Int(argv[1..].iter().filter(|k| db.del(k, index)).count() as i64)
         }
         "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" => expire(db, name, argv, at)?,
+        "RESTORE" => restore(db, argv, at)?,
         "PERSIST" => match db.map.get_mut(&SKey::new(&argv[1])) {
             Some(i) if i.expire_at.is_some() => {
                 i.expire_at = None;

@@ -278,6 +278,9 @@ fn run_write(db: &mut Db, name: &str, argv: &[Vec<u8>]) -> Result<Reply, Reply> 
             Reply::Int(l.len() as i64)
         }
         "LPOP" | "RPOP" => {
+            if argv.len() > 3 {
+                return Err(super::arity_err(name));
+            }
             let count = super::optional_count(argv)?;
             let from = if name == "LPOP" {
                 End::Left

@@ -7,6 +7,7 @@
 //! command), never from the member. Reads use the local clock to hide expired keys; they
 //! never mutate.
 
+mod bits;
 mod cmds;
 mod glob;
 mod hash;
@@ -28,7 +29,7 @@ pub use cmds::{
     is_blocking, keys as keys_of, spec,
 };
 pub use glob::glob_match;
-pub use keyspace::Limits;
+pub use keyspace::{Limits, digest};
 pub use tables::{DEDUPE_MAX, DEDUPE_WINDOW, Proposal, SWEEP, SWEEP_MAX, Tables, WriteReq};
 pub use zset::ZSet;
 
@@ -438,6 +439,16 @@ impl Db {
             .count()
     }
 
+    /// Whether blocking command `name` could take something from `k` now (a live value of
+    /// its type): a waiting client proposes only then.
+    pub fn can_pop(&self, name: &str, k: &[u8], now: u64) -> bool {
+        match self.get_live(k, now).map(|i| &i.value) {
+            Some(Value::List(_)) => spec(name).is_some_and(|s| s.group == Group::List),
+            Some(Value::ZSet(_)) => spec(name).is_some_and(|s| s.group == Group::ZSet),
+            _ => false,
+        }
+    }
+
     /// Runs a read-only command.
     pub fn read(&self, argv: &[Vec<u8>], now: u64) -> Reply {
         let name = upper(&argv[0]);
@@ -454,6 +465,7 @@ impl Db {
             Group::Set => set::read(self, &name, argv, now),
             Group::ZSet => zset::read(self, &name, argv, now),
             Group::Keys => keyspace::read(self, &name, argv, now),
+            Group::Bits => bits::read(self, &name, argv, now),
             Group::Tables => None,
         };
         r.unwrap_or_else(|| unknown_cmd(&name))
@@ -482,6 +494,7 @@ impl Db {
             Group::Set => set::write(self, &name, argv, at),
             Group::ZSet => zset::write(self, &name, argv, at),
             Group::Keys => keyspace::write(self, &name, argv, at),
+            Group::Bits => bits::write(self, &name, argv, at),
             Group::Tables => None,
         };
         r.unwrap_or_else(|| unknown_cmd(&name))

@@ -115,3 +115,41 @@ fn sorted_set_sequence() {
     );
     assert_eq!(db.read(&a("ZRANGEBYLEX z + -"), 0), Reply::Array(vec![]));
 }
+
+#[test]
+fn bitmaps() {
+    let mut db = Db::default();
+    assert_eq!(db.write(&a("SETBIT b 7 1"), 0, 1), Reply::Int(0));
+    assert_eq!(db.write(&a("SETBIT b 7 1"), 0, 2), Reply::Int(1));
+    assert_eq!(db.read(&a("GET b"), 0), Reply::bulk([1u8]));
+    assert_eq!(db.read(&a("GETBIT b 7"), 0), Reply::Int(1));
+    assert_eq!(db.read(&a("BITCOUNT b"), 0), Reply::Int(1));
+    assert_eq!(db.read(&a("BITPOS b 1"), 0), Reply::Int(7));
+    assert_eq!(db.read(&a("BITPOS b 0 0 -1 BIT"), 0), Reply::Int(0));
+    db.write(&a("SET c \u{ff}"), 0, 3);
+    assert_eq!(db.write(&a("BITOP AND d b c"), 0, 4), Reply::Int(2));
+    assert_eq!(db.read(&a("BITCOUNT d"), 0), Reply::Int(1));
+    assert!(db.write(&a("SETBIT b -1 1"), 0, 5).is_error());
+}
+
+#[test]
+fn dump_and_restore_roundtrip_and_refuse_garbage() {
+    let mut db = Db::default();
+    db.write(&a("RPUSH l a b"), 0, 1);
+    let Reply::Bulk(payload) = db.read(&a("DUMP l"), 0) else {
+        panic!("no dump")
+    };
+    let mut cmd = a("RESTORE l2 0");
+    cmd.push(payload.clone());
+    assert_eq!(db.write(&cmd, 0, 2), Reply::ok());
+    assert_eq!(
+        db.read(&a("LRANGE l2 0 -1"), 0),
+        db.read(&a("LRANGE l 0 -1"), 0)
+    );
+    assert!(db.write(&cmd, 0, 3).is_error(), "BUSYKEY");
+    let mut bad = a("RESTORE l3 0");
+    let mut p = payload;
+    p[0] ^= 1;
+    bad.push(p);
+    assert!(db.write(&bad, 0, 4).is_error());
+}
