@@ -169,6 +169,7 @@ fn pipelinable(c: &Conn, node: &Node, argv: &[Vec<u8>]) -> bool {
     matches!(classify(&name), Some((Class::Write, _)))
         && !needs_admin(&name)
         && !is_blocking(&name)
+        && name != "SCRIPT"
         && check_arity(&name, argv.len())
 }
 
@@ -224,7 +225,7 @@ async fn command(c: &mut Conn, node: &Arc<Node>, argv: Vec<Vec<u8>>) -> Reply {
             "EXEC" | "DISCARD" | "MULTI" | "WATCH" | "QUIT" | "RESET"
         )
     {
-        return queue(c, name, argv);
+        return queue(c, node, name, argv);
     }
     match name.as_str() {
         "PING" => match argv.len() {
@@ -316,7 +317,14 @@ async fn command(c: &mut Conn, node: &Arc<Node>, argv: Vec<Vec<u8>>) -> Reply {
     }
 }
 
-fn queue(c: &mut Conn, name: String, argv: Vec<Vec<u8>>) -> Reply {
+fn queue(c: &mut Conn, node: &Node, name: String, argv: Vec<Vec<u8>>) -> Reply {
+    let (name, argv) = match resolve_sha(node, &name, argv) {
+        Ok(x) => x,
+        Err(e) => {
+            c.multi_dirty = true;
+            return e;
+        }
+    };
     if name == "SELECT" {
         // Applied at once: later queued commands carry the new database.
         return match select(c, &argv) {
@@ -613,7 +621,65 @@ async fn watch(c: &mut Conn, node: &Arc<Node>, keys: &[Vec<u8>]) -> Reply {
     Reply::ok()
 }
 
+/// EVALSHA → EVAL with the script's body from this member's cache (the log always carries
+/// the script itself, so every member runs the same thing).
+fn resolve_sha(
+    node: &Node,
+    name: &str,
+    argv: Vec<Vec<u8>>,
+) -> Result<(String, Vec<Vec<u8>>), Reply> {
+    let eval = match name {
+        "EVALSHA" => "EVAL",
+        "EVALSHA_RO" => "EVAL_RO",
+        _ => return Ok((name.to_string(), argv)),
+    };
+    if argv.len() < 3 {
+        return Err(arity_err(name));
+    }
+    let sha = String::from_utf8_lossy(&argv[1]).to_ascii_lowercase();
+    let body = node.sm.read(|g| g.tables.scripts.0.get(&sha).cloned());
+    let Some(body) = body else {
+        return Err(Reply::err("NOSCRIPT No matching script. Please use EVAL."));
+    };
+    let mut argv = argv;
+    argv[0] = eval.as_bytes().to_vec();
+    argv[1] = body;
+    Ok((eval.to_string(), argv))
+}
+
+/// SCRIPT EXISTS/KILL/HELP (LOAD and FLUSH go through the log).
+fn script_local(node: &Node, argv: &[Vec<u8>]) -> Option<Reply> {
+    match argv.get(1).map(|a| upper(a)).as_deref() {
+        Some("EXISTS") if argv.len() > 2 => Some(node.sm.read(|g| {
+            Reply::Array(
+                argv[2..]
+                    .iter()
+                    .map(|s| {
+                        let sha = String::from_utf8_lossy(s).to_ascii_lowercase();
+                        Reply::Int(g.tables.scripts.0.contains_key(&sha) as i64)
+                    })
+                    .collect(),
+            )
+        })),
+        Some("KILL") => Some(Reply::err("NOTBUSY No scripts in execution right now.")),
+        _ => None,
+    }
+}
+
 async fn data_cmd(c: &mut Conn, node: &Arc<Node>, name: String, argv: Vec<Vec<u8>>) -> Reply {
+    if name == "SCRIPT"
+        && let Some(r) = script_local(node, &argv)
+    {
+        return r;
+    }
+    if name.starts_with("EVALSHA") && !c.readonly && !node.is_witness() {
+        // A script loaded on another member is known here once this member has applied it.
+        let _ = node.linearize().await;
+    }
+    let (name, argv) = match resolve_sha(node, &name, argv) {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
     let Some((class, _)) = classify(&name) else {
         return unknown(&argv);
     };

@@ -374,3 +374,81 @@ fn every_type_survives_snapshots_catch_up_and_restarts() {
     let mut con = c.conn(l);
     check(&mut con);
 }
+
+#[test]
+fn lua_scripts_run_atomically_on_every_member() {
+    let c = trio("127.150.5");
+    let leader = c.wait_leader(&[1, 2], Duration::from_secs(20));
+    let follower = if leader == 1 { 2 } else { 1 };
+    let mut con = c.conn(leader);
+    let script = "redis.call('RPUSH', KEYS[1], ARGV[1]); \
+                  return {redis.call('LLEN', KEYS[1]), redis.call('LRANGE', KEYS[1], 0, -1), \
+                  math.random(1000)}";
+    let r: (i64, Vec<String>, i64) = ok(&mut con, &["EVAL", script, "1", "jobs", "a"]);
+    assert_eq!((r.0, r.1.clone()), (1, strs(&["a"])));
+    let first_random = r.2;
+    // SCRIPT LOAD on one member, EVALSHA on the other.
+    let sha: String = ok(&mut con, &["SCRIPT", "LOAD", script]);
+    let mut f = c.conn(follower);
+    let r: (i64, Vec<String>, i64) = ok(&mut f, &["EVALSHA", &sha, "1", "jobs", "b"]);
+    assert_eq!(r.0, 2);
+    // Every script sees the same random sequence (the members must agree).
+    assert_eq!(r.2, first_random);
+    assert_eq!(
+        ok::<Vec<i64>>(&mut f, &["SCRIPT", "EXISTS", &sha, "nope"]),
+        vec![1, 0]
+    );
+    assert!(err(&mut f, &["EVALSHA", "0000", "0"]).starts_with("NOSCRIPT"));
+    // Errors: from redis.call as Redis's own, from Lua with its message.
+    let _: () = ok(&mut con, &["SET", "s", "x"]);
+    assert!(
+        err(
+            &mut con,
+            &["EVAL", "return redis.call('LPUSH', 's', 1)", "0"]
+        )
+        .starts_with("WRONGTYPE")
+    );
+    assert_eq!(
+        ok::<String>(
+            &mut con,
+            &["EVAL", "return redis.pcall('LPUSH', 's', 1)['err']", "0"]
+        ),
+        "WRONGTYPE Operation against a key holding the wrong kind of value"
+    );
+    assert!(err(&mut con, &["EVAL", "return +", "0"]).contains("compiling"));
+    assert!(err(&mut con, &["EVAL", "return 1", "5"]).contains("greater than"));
+    // A script that never ends is stopped by its budget, at the same point on every member;
+    // both stay up and agree afterwards.
+    let t = Instant::now();
+    let e = err(
+        &mut con,
+        &["EVAL", "redis.call('INCR', 'n'); while true do end", "0"],
+    );
+    assert!(e.contains("instruction budget"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(60));
+    // Deep recursion is an error, not a crash.
+    let e = err(
+        &mut con,
+        &[
+            "EVAL",
+            "local function f(n) return f(n + 1) + 1 end return f(1)",
+            "0",
+        ],
+    );
+    assert!(e.starts_with("ERR"), "{e}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut f = c.conn(follower);
+        let _: () = ok(&mut f, &["READONLY"]);
+        if q::<i64>(&mut f, &["GET", "n"]).ok() == Some(1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower does not agree on n"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(ok::<i64>(&mut con, &["GET", "n"]), 1);
+    assert_eq!(ok::<i64>(&mut f, &["LLEN", "jobs"]), 2);
+}

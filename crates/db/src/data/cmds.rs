@@ -116,6 +116,9 @@ const TABLE: &[(&str, Class, i32, i32, i32, i32, Group)] = &[
     // across databases
     ("MOVE", W, 3, 1, 1, 1, Tables), ("COPY", W, -3, 1, 2, 1, Tables), ("SWAPDB", W, 3, 0, 0, 0, Tables),
     ("FLUSHALL", W, -1, 0, 0, 0, Tables),
+    // scripts (they may touch any key of the database: run on the tables)
+    ("EVAL", W, -3, 3, -1, 1, Tables), ("EVAL_RO", W, -3, 3, -1, 1, Tables),
+    ("SCRIPT", W, -2, 0, 0, 0, Tables),
 ];
 
 /// Commands whose keys follow a count (`numkeys`).

@@ -13,6 +13,7 @@ mod glob;
 mod hash;
 mod keyspace;
 mod list;
+pub mod script;
 mod set;
 mod strings;
 mod tables;

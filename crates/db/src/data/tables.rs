@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Db, Group, NOT_INT, NUM_DBS, SYNTAX, Watch, arity_err, check_arity, parse_i64, spec, upper,
+    Db, Group, NOT_INT, NUM_DBS, SYNTAX, Watch, arity_err, check_arity, parse_i64, script, spec,
+    upper,
 };
 use crate::resp::Reply;
 
@@ -15,6 +16,9 @@ pub struct Tables {
     pub recent: std::collections::HashMap<u64, Reply>,
     /// (log index, request id) in apply order, to forget old ids deterministically.
     pub recent_order: std::collections::VecDeque<(u64, u64)>,
+    /// Scripts seen in EVAL and SCRIPT LOAD (not in snapshots, as Redis 7 keeps none).
+    #[serde(skip)]
+    pub scripts: super::script::Scripts,
 }
 
 /// How many log entries a request id is remembered for (retries come within seconds).
@@ -28,6 +32,7 @@ impl Default for Tables {
             dbs: (0..NUM_DBS).map(|_| Db::default()).collect(),
             recent: Default::default(),
             recent_order: Default::default(),
+            scripts: Default::default(),
         }
     }
 }
@@ -196,6 +201,41 @@ impl Tables {
                 self.dbs[to].insert_item(&argv[1], item);
                 Ok(Reply::Int(1))
             }
+            "EVAL" | "EVAL_RO" => {
+                let (keys, args) = script::split_args(argv)?;
+                let body = argv[1].clone();
+                self.scripts.0.insert(script::sha1_hex(&body), body.clone());
+                let db = &mut self.dbs[cur];
+                let read_only = name == "EVAL_RO";
+                Ok(script::run(&body, keys, args, |cmd| {
+                    let n = upper(&cmd[0]);
+                    match spec(&n) {
+                        None => Reply::err("ERR Unknown Redis command called from script"),
+                        Some(s) if s.group == Group::Tables => {
+                            Reply::err("ERR This Redis command is not allowed from script")
+                        }
+                        Some(s) if read_only && s.class == super::Class::Write => {
+                            Reply::err("ERR Write commands are not allowed from read-only scripts.")
+                        }
+                        Some(_) => db.write(cmd, now, index),
+                    }
+                }))
+            }
+            "SCRIPT" => match upper(&argv[1]).as_str() {
+                "LOAD" if argv.len() == 3 => {
+                    let sha = script::sha1_hex(&argv[2]);
+                    self.scripts.0.insert(sha.clone(), argv[2].clone());
+                    Ok(Reply::bulk(sha))
+                }
+                "FLUSH" if argv.len() <= 3 => {
+                    self.scripts.0.clear();
+                    Ok(Reply::ok())
+                }
+                _ => Err(Reply::err(format!(
+                    "ERR unknown subcommand or wrong number of arguments for '{}'. Try SCRIPT HELP.",
+                    String::from_utf8_lossy(&argv[1])
+                ))),
+            },
             "COPY" => {
                 let (mut to, mut replace) = (cur, false);
                 let mut i = 3;
