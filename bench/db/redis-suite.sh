@@ -43,39 +43,49 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# The group: members 1 and 2 hold data, 3 is the witness.
-for id in 1 2 3; do
-  {
-    echo "id = $id"
-    echo "data_dir = \"$WORK/n$id\""
-    for m in 1 2 3; do
-      kind=data; [ "$m" = 3 ] && kind=witness
-      printf '[[members]]\nid = %s\nname = "m%s"\nkind = "%s"\npeer = "%s.%s:7000"\n' \
-        "$m" "$m" "$kind" "$NET" "$m"
-      [ "$kind" = data ] && printf 'redis = "%s.%s:6379"\n' "$NET" "$m"
-    done
-  } > "$WORK/n$id.toml"
-  RUST_LOG=warn "$BIN" --config "$WORK/n$id.toml" 2> "$WORK/n$id.log" &
-  PIDS+=($!)
-done
-redis-server --bind "$REDIS_HOST" --port 6379 --save '' --appendonly no --enable-debug-command yes \
-  --dir "$WORK" --daemonize no > "$WORK/redis.log" 2>&1 &
-PIDS+=($!)
-
-leader=""
-for _ in $(seq 1 300); do
-  for id in 1 2; do
-    role=$(redis-cli -h "$NET.$id" -p 6379 info replication 2>/dev/null | tr -d '\r' | sed -n 's/^role://p' || true)
-    if [ "$role" = master ]; then leader="$NET.$id"; break 2; fi
+# Fresh servers for every unit, as the suite itself starts a server per unit (a unit that
+# stops half-way can leave a server busy, e.g. a BGSAVE with a huge rdb-key-save-delay).
+start_servers() { # dir
+  local dir=$1
+  mkdir -p "$dir"
+  SERVERS=()
+  # The group: members 1 and 2 hold data, 3 is the witness.
+  for id in 1 2 3; do
+    {
+      echo "id = $id"
+      echo "data_dir = \"$dir/n$id\""
+      for m in 1 2 3; do
+        kind=data; [ "$m" = 3 ] && kind=witness
+        printf '[[members]]\nid = %s\nname = "m%s"\nkind = "%s"\npeer = "%s.%s:7000"\n' \
+          "$m" "$m" "$kind" "$NET" "$m"
+        [ "$kind" = data ] && printf 'redis = "%s.%s:6379"\n' "$NET" "$m"
+      done
+    } > "$dir/n$id.toml"
+    RUST_LOG=warn "$BIN" --config "$dir/n$id.toml" 2> "$dir/n$id.log" &
+    SERVERS+=($!)
   done
-  sleep 0.1
-done
-[ -n "$leader" ] || { echo "no db leader"; cat "$WORK"/n*.log; exit 1; }
-for _ in $(seq 1 100); do
-  redis-cli -h "$REDIS_HOST" -p 6379 ping >/dev/null 2>&1 && break
-  sleep 0.1
-done
-echo "db leader: $leader; redis-server: $(redis-server --version | awk '{print $3}'); tags: ${TAGS:-none}"
+  redis-server --bind "$REDIS_HOST" --port 6379 --save '' --appendonly no --enable-debug-command yes \
+    --dir "$dir" --daemonize no > "$dir/redis.log" 2>&1 &
+  SERVERS+=($!)
+  PIDS+=("${SERVERS[@]}")
+  leader=""
+  for _ in $(seq 1 300); do
+    for id in 1 2; do
+      role=$(redis-cli -h "$NET.$id" -p 6379 info replication 2>/dev/null | tr -d '\r' | sed -n 's/^role://p' || true)
+      if [ "$role" = master ]; then leader="$NET.$id"; break 2; fi
+    done
+    sleep 0.1
+  done
+  [ -n "$leader" ] || { echo "no db leader"; cat "$dir"/n*.log; exit 1; }
+  for _ in $(seq 1 100); do
+    redis-cli -h "$REDIS_HOST" -p 6379 ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+}
+stop_servers() {
+  for p in "${SERVERS[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+}
+echo "redis-server: $(redis-server --version | awk '{print $3}'); tags: ${TAGS:-none}"
 
 run_unit() { # host unit log baseport (the two runs go side by side: distinct test ports)
   local tags=()
@@ -94,12 +104,14 @@ printf '%-14s %8s %8s %6s\n' unit citadel redis ratio
 tc=0; tr=0
 for u in "${UNITS[@]}"; do
   name=${u//\//_}
+  start_servers "$WORK/$name"
   run_unit "$leader" "$u" "$WORK/logs/citadel-$name.log" 30000 &
   a=$!
   run_unit "$REDIS_HOST" "$u" "$WORK/logs/redis-$name.log" 31000 &
   b=$!
   RUNS=("$a" "$b")
   wait $a $b || true
+  stop_servers
   cp "$WORK/logs/citadel-$name.log" "$WORK/logs/redis-$name.log" "$KEEP/"
   c=$(count "$WORK/logs/citadel-$name.log" '^\[ok\]')
   r=$(count "$WORK/logs/redis-$name.log" '^\[ok\]')
