@@ -20,7 +20,9 @@ if [ ${#UNITS[@]} -eq 0 ]; then
   UNITS=(type/string type/incr type/hash type/list type/set type/zset expire keyspace multi
          scripting type/stream hyperloglog bitops)
 fi
-UNIT_TIMEOUT=${UNIT_TIMEOUT:-600}
+UNIT_TIMEOUT=${UNIT_TIMEOUT:-900}
+# Per-test idle limit: a test of thousands of sequential writes waits for two fsyncs each.
+TEST_TIMEOUT=${TEST_TIMEOUT:-600}
 TAGS=${TAGS--needs:repl}
 NET=127.150.200
 REDIS_HOST=127.150.201.1
@@ -91,7 +93,7 @@ run_unit() { # host unit log baseport (the two runs go side by side: distinct te
   local tags=()
   [ -n "$TAGS" ] && tags=(--tags "$TAGS")
   cd "$SRC" && exec setsid timeout "$UNIT_TIMEOUT" ./runtest --host "$1" --port 6379 \
-    --single "unit/$2" --baseport "$4" --timeout 120 "${tags[@]}" > "$3" 2>&1
+    --single "unit/$2" --baseport "$4" --timeout "$TEST_TIMEOUT" "${tags[@]}" > "$3" 2>&1
 }
 count() { # log pattern (the log is coloured)
   sed 's/\x1b\[[0-9;]*m//g' "$1" 2>/dev/null | grep -c "$2" || true
