@@ -73,6 +73,79 @@ fn checker_accepts_and_rejects() {
     ]));
 }
 
+fn op(call: u64, ret: u64, kind: Kind) -> Op {
+    Op {
+        call,
+        ret: Some(ret),
+        kind,
+    }
+}
+
+#[test]
+fn checker_judges_queues_and_sorted_sets() {
+    use Kind::*;
+    // FIFO: after two sequential pushes the first pop sees the first value.
+    assert!(check(&[
+        op(0, 1, Push(1)),
+        op(2, 3, Push(2)),
+        op(4, 5, Pop(Some(Some(1))))
+    ]));
+    assert!(!check(&[
+        op(0, 1, Push(1)),
+        op(2, 3, Push(2)),
+        op(4, 5, Pop(Some(Some(2))))
+    ]));
+    // Concurrent pushes may land in either order.
+    assert!(check(&[
+        op(0, 3, Push(1)),
+        op(0, 3, Push(2)),
+        op(4, 5, Pop(Some(Some(2))))
+    ]));
+    // An element cannot be popped twice, nor vanish in a rotation.
+    assert!(!check(&[
+        op(0, 1, Push(1)),
+        op(2, 3, Pop(Some(Some(1)))),
+        op(4, 5, Pop(Some(Some(1))))
+    ]));
+    assert!(check(&[
+        op(0, 1, Push(1)),
+        op(2, 3, Rotate(Some(Some(1)))),
+        op(4, 5, Pop(Some(Some(1))))
+    ]));
+    assert!(!check(&[
+        op(0, 1, Push(1)),
+        op(2, 3, Rotate(Some(Some(1)))),
+        op(4, 5, Pop(Some(None)))
+    ]));
+    // A pop whose outcome is unknown may or may not have taken the head.
+    let unknown = Op {
+        call: 2,
+        ret: None,
+        kind: Pop(None),
+    };
+    assert!(check(&[
+        op(0, 1, Push(1)),
+        unknown.clone(),
+        op(4, 5, Pop(Some(None)))
+    ]));
+    assert!(check(&[
+        op(0, 1, Push(1)),
+        unknown,
+        op(4, 5, Pop(Some(Some(1))))
+    ]));
+    // Sorted sets pop the smallest member.
+    assert!(check(&[
+        op(0, 1, ZAdd(5)),
+        op(2, 3, ZAdd(3)),
+        op(4, 5, ZPopMin(Some(Some(3))))
+    ]));
+    assert!(!check(&[
+        op(0, 1, ZAdd(5)),
+        op(2, 3, ZAdd(3)),
+        op(4, 5, ZPopMin(Some(Some(5))))
+    ]));
+}
+
 fn trio(net: &str, env: &[(&str, &str)]) -> Cluster {
     let mut c = Cluster::new(net, &[false, false, true]);
     c.env = env
@@ -87,10 +160,22 @@ fn trio(net: &str, env: &[(&str, &str)]) -> Cluster {
 
 type History = Arc<Mutex<BTreeMap<u64, Vec<Op>>>>;
 
-#[test]
-fn histories_across_leader_kill_and_partition_are_linearizable() {
-    let mut c = trio("127.60.11", &[]);
-    let leader = c.wait_leader(&[A, B], Duration::from_secs(20));
+/// What one client operation came to.
+enum Outcome {
+    /// Acknowledged: record it with its return time.
+    Done(Kind),
+    /// Failed or timed out: it may take effect later, or never.
+    Unknown(Kind),
+    /// Failed with nothing to record (a read).
+    Lost,
+}
+
+/// One client operation: (history key, outcome), given a random choice and a unique value.
+type Client = fn(&mut redis::Connection, u64, u64) -> (u64, Outcome);
+
+/// Runs 6 clients over both data members for 6 s while the leader is killed with -9 and
+/// restarted and the next leader is SIGSTOPped for 1 s; returns every key's history.
+fn record(c: &mut Cluster, leader: u64, client: Client) -> BTreeMap<u64, Vec<Op>> {
     let origin = Instant::now();
     let ns = move || origin.elapsed().as_nanos() as u64;
     let hist: History = Arc::new(Mutex::new(BTreeMap::new()));
@@ -130,41 +215,30 @@ fn histories_across_leader_kill_and_partition_are_linearizable() {
                     }
                 }
                 let Some(cn) = con.as_mut() else { continue };
-                let key = next() % 3;
-                let k = format!("reg{key}");
                 let call = ns();
-                let op = if next() % 2 == 0 {
-                    let v = t * 1_000_000 + i + 1;
-                    let res: redis::RedisResult<String> =
-                        redis::cmd("SET").arg(&k).arg(v).query(cn);
-                    let ok = res.is_ok();
-                    if !ok {
+                let (key, outcome) = client(cn, next(), t * 1_000_000 + i + 1);
+                let op = match outcome {
+                    Outcome::Done(kind) => Op {
+                        call,
+                        ret: Some(ns()),
+                        kind,
+                    },
+                    Outcome::Unknown(kind) => Op {
+                        call,
+                        ret: None,
+                        kind,
+                    },
+                    Outcome::Lost => {
                         con = None;
                         target = 1 - target;
-                    }
-                    Some(Op {
-                        call,
-                        ret: ok.then(ns),
-                        kind: Kind::Write(v),
-                    })
-                } else {
-                    let res: redis::RedisResult<Option<u64>> = redis::cmd("GET").arg(&k).query(cn);
-                    match res {
-                        Ok(v) => Some(Op {
-                            call,
-                            ret: Some(ns()),
-                            kind: Kind::Read(v),
-                        }),
-                        Err(_) => {
-                            con = None;
-                            target = 1 - target;
-                            None
-                        }
+                        continue;
                     }
                 };
-                if let Some(op) = op {
-                    hist.lock().unwrap().entry(key).or_default().push(op);
+                if op.ret.is_none() {
+                    con = None;
+                    target = 1 - target;
                 }
+                hist.lock().unwrap().entry(key).or_default().push(op);
             }
         }));
     }
@@ -180,7 +254,33 @@ fn histories_across_leader_kill_and_partition_are_linearizable() {
     for t in threads {
         t.join().unwrap();
     }
-    let hist = hist.lock().unwrap();
+    std::mem::take(&mut *hist.lock().unwrap())
+}
+
+/// Registers: SET of unique values and GET on three keys.
+fn register_op(cn: &mut redis::Connection, choice: u64, v: u64) -> (u64, Outcome) {
+    let key = choice % 3;
+    let k = format!("reg{key}");
+    if (choice / 3).is_multiple_of(2) {
+        let res: redis::RedisResult<String> = redis::cmd("SET").arg(&k).arg(v).query(cn);
+        match res {
+            Ok(_) => (key, Outcome::Done(Kind::Write(v))),
+            Err(_) => (key, Outcome::Unknown(Kind::Write(v))),
+        }
+    } else {
+        let res: redis::RedisResult<Option<u64>> = redis::cmd("GET").arg(&k).query(cn);
+        match res {
+            Ok(v) => (key, Outcome::Done(Kind::Read(v))),
+            Err(_) => (key, Outcome::Lost),
+        }
+    }
+}
+
+#[test]
+fn histories_across_leader_kill_and_partition_are_linearizable() {
+    let mut c = trio("127.60.11", &[]);
+    let leader = c.wait_leader(&[A, B], Duration::from_secs(20));
+    let hist = record(&mut c, leader, register_op);
     let total: usize = hist.values().map(Vec::len).sum();
     let acked_writes = hist
         .values()
@@ -199,6 +299,79 @@ fn histories_across_leader_kill_and_partition_are_linearizable() {
     );
     for (key, ops) in hist.iter() {
         assert!(check(ops), "history of reg{key} is not linearizable");
+    }
+}
+
+/// The Lua script the queue clients run: take the head and put it back at the tail, in one
+/// step (a non-atomic script could lose or duplicate it under concurrency).
+const ROTATE: &str = "local v = redis.call('LPOP', KEYS[1]) \
+    if v then redis.call('RPUSH', KEYS[1], v) end return v";
+
+/// One client operation on the queue (`list`, history 0) or the sorted set (`zset`, 1).
+fn queue_op(cn: &mut redis::Connection, choice: u64, v: u64) -> (u64, Outcome) {
+    let (key, res) = queue_result(cn, choice, v);
+    match res {
+        Ok(kind) => (key, Outcome::Done(kind)),
+        Err(kind) => (key, Outcome::Unknown(kind)),
+    }
+}
+
+/// The operation itself: `Err` carries what to record when the outcome is unknown.
+fn queue_result(cn: &mut redis::Connection, choice: u64, v: u64) -> (u64, Result<Kind, Kind>) {
+    fn popped(r: redis::RedisResult<Option<u64>>) -> Result<Option<Option<u64>>, ()> {
+        r.map(Some).map_err(|_| ())
+    }
+    match choice % 5 {
+        0 => {
+            let r: redis::RedisResult<i64> = redis::cmd("RPUSH").arg("list").arg(v).query(cn);
+            (0, r.map(|_| Kind::Push(v)).map_err(|_| Kind::Push(v)))
+        }
+        1 => {
+            let r = popped(redis::cmd("LPOP").arg("list").query(cn));
+            (0, r.map(Kind::Pop).map_err(|_| Kind::Pop(None)))
+        }
+        2 => {
+            let r = popped(redis::cmd("EVAL").arg(ROTATE).arg(1).arg("list").query(cn));
+            (0, r.map(Kind::Rotate).map_err(|_| Kind::Rotate(None)))
+        }
+        3 => {
+            let r: redis::RedisResult<i64> = redis::cmd("ZADD").arg("zset").arg(v).arg(v).query(cn);
+            (1, r.map(|_| Kind::ZAdd(v)).map_err(|_| Kind::ZAdd(v)))
+        }
+        _ => {
+            let r: redis::RedisResult<Vec<u64>> = redis::cmd("ZPOPMIN").arg("zset").query(cn);
+            let r = r.map(|got| got.first().copied());
+            (
+                1,
+                r.map(|m| Kind::ZPopMin(Some(m)))
+                    .map_err(|_| Kind::ZPopMin(None)),
+            )
+        }
+    }
+}
+
+#[test]
+fn queue_sorted_set_and_lua_histories_across_leader_kill_and_pause_are_linearizable() {
+    let mut c = trio("127.150.11", &[]);
+    let leader = c.wait_leader(&[A, B], Duration::from_secs(20));
+    let hist = record(&mut c, leader, queue_op);
+    let done = |f: fn(&Kind) -> bool| {
+        hist.values()
+            .flatten()
+            .filter(|o| o.ret.is_some() && f(&o.kind))
+            .count()
+    };
+    let pops = done(|k| matches!(k, Kind::Pop(Some(Some(_)))));
+    let rotations = done(|k| matches!(k, Kind::Rotate(Some(Some(_)))));
+    let zpops = done(|k| matches!(k, Kind::ZPopMin(Some(Some(_)))));
+    eprintln!("{pops} pops, {rotations} Lua rotations, {zpops} ZPOPMINs that took something");
+    assert!(
+        pops > 20 && rotations > 20 && zpops > 20,
+        "too little history to judge"
+    );
+    for (key, ops) in hist.iter() {
+        let name = if *key == 0 { "list" } else { "zset" };
+        assert!(check(ops), "history of {name} is not linearizable");
     }
 }
 

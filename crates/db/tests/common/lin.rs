@@ -1,5 +1,6 @@
-//! A linearizability checker for histories of a single register with unique written
-//! values (the Wing–Gong / Porcupine search with memoization).
+//! A linearizability checker for histories of one key — a register, a list used as a queue
+//! or a sorted set — with unique written values (the Wing–Gong / Porcupine search with
+//! memoization). The model's state is the key's contents as a sequence.
 
 use std::collections::HashSet;
 
@@ -9,6 +10,44 @@ pub enum Kind {
     Write(u64),
     /// Read this value (None: absent).
     Read(Option<u64>),
+    /// RPUSH of a unique value.
+    Push(u64),
+    /// LPOP: what it returned (`Some(None)`: the list was empty), or `None` when the outcome
+    /// is unknown (then it took the head, if any, or never happened).
+    Pop(Option<Option<u64>>),
+    /// A Lua script that pops the head and pushes it back at the tail, atomically,
+    /// returning it (same convention as `Pop`).
+    Rotate(Option<Option<u64>>),
+    /// ZADD of a unique member whose score is the member itself.
+    ZAdd(u64),
+    /// ZPOPMIN (same convention as `Pop`).
+    ZPopMin(Option<Option<u64>>),
+}
+
+/// The key's contents after `kind`, or None when `kind` cannot happen in `state`.
+fn step(state: &[u64], kind: &Kind) -> Option<Vec<u64>> {
+    let head = state.first().copied();
+    let takes = |seen: &Option<Option<u64>>| seen.is_none_or(|s| s == head);
+    match kind {
+        Kind::Write(v) => Some(vec![*v]),
+        Kind::Read(v) => (state == v.as_slice()).then(|| state.to_vec()),
+        Kind::Push(v) => Some(state.iter().copied().chain([*v]).collect()),
+        Kind::ZAdd(v) => {
+            let mut s = state.to_vec();
+            if let Err(at) = s.binary_search(v) {
+                s.insert(at, *v);
+            }
+            Some(s)
+        }
+        Kind::Pop(seen) | Kind::ZPopMin(seen) => {
+            takes(seen).then(|| state.get(1..).unwrap_or(&[]).to_vec())
+        }
+        Kind::Rotate(seen) => takes(seen).then(|| {
+            let mut s = state.get(1..).unwrap_or(&[]).to_vec();
+            s.extend(head);
+            s
+        }),
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -31,7 +70,7 @@ struct Ev {
     partner: usize,
 }
 
-/// Returns true when some linearization of `ops` is a legal register history.
+/// Returns true when some linearization of `ops` is a legal history of the key.
 pub fn check(ops: &[Op]) -> bool {
     if ops.is_empty() {
         return true;
@@ -76,9 +115,9 @@ pub fn check(ops: &[Op]) -> bool {
     let mut head = Some(0usize);
     let words = ops.len().div_ceil(64);
     let mut linearized = vec![0u64; words];
-    let mut state: Option<u64> = None;
-    let mut cache: HashSet<(Vec<u64>, Option<u64>)> = HashSet::new();
-    let mut stack: Vec<(usize, Option<u64>)> = Vec::new();
+    let mut state: Vec<u64> = Vec::new();
+    let mut cache: HashSet<(Vec<u64>, Vec<u64>)> = HashSet::new();
+    let mut stack: Vec<(usize, Vec<u64>)> = Vec::new();
     let mut entry = head;
 
     fn unlink(evs: &mut [Ev], head: &mut Option<usize>, i: usize) {
@@ -114,15 +153,11 @@ pub fn check(ops: &[Op]) -> bool {
         };
         if evs[e].is_call {
             let op = &ops[evs[e].op];
-            let next_state = match &op.kind {
-                Kind::Write(v) => Some(Some(*v)),
-                Kind::Read(v) => (*v == state).then_some(state),
-            };
-            if let Some(ns) = next_state {
+            if let Some(ns) = step(&state, &op.kind) {
                 let mut bits = linearized.clone();
                 bits[evs[e].op / 64] |= 1 << (evs[e].op % 64);
-                if cache.insert((bits.clone(), ns)) {
-                    stack.push((e, state));
+                if cache.insert((bits.clone(), ns.clone())) {
+                    stack.push((e, std::mem::take(&mut state)));
                     linearized = bits;
                     state = ns;
                     let r = evs[e].partner;
