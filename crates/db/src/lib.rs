@@ -11,6 +11,7 @@ pub mod data;
 pub mod error;
 pub mod net;
 pub mod node;
+pub mod pubsub;
 pub mod resp;
 pub mod server;
 pub mod settings;

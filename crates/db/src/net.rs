@@ -59,6 +59,11 @@ pub enum PeerReq {
         id: NodeId,
         add: bool,
     },
+    /// A PUBLISH made on another member, for this member's subscribers.
+    Publish {
+        channel: Vec<u8>,
+        message: Vec<u8>,
+    },
 }
 
 /// What a node reports about itself.
@@ -90,6 +95,8 @@ pub enum PeerResp {
     Status(NodeStatus),
     Admin(Result<String, String>),
     Error(String),
+    /// How many of this member's subscribers received a message.
+    Published(u64),
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -117,6 +117,32 @@ impl Node {
         self.cfg.id
     }
 
+    /// PUBLISH: this member's subscribers plus every other data member's (asked in parallel,
+    /// each within the peer RPC timeout; an unreachable member's subscribers miss it, as
+    /// a Redis replica that is down would).
+    pub async fn publish(&self, channel: &[u8], message: &[u8]) -> u64 {
+        let local = crate::pubsub::Hub::global().publish_local(channel, message);
+        let req = crate::net::PeerReq::Publish {
+            channel: channel.to_vec(),
+            message: message.to_vec(),
+        };
+        let others = self
+            .cfg
+            .members
+            .iter()
+            .filter(|m| m.id != self.id() && self.cfg.is_data(m.id))
+            .map(|m| self.peers.call(m.id, &req, self.peers.rpc_timeout()));
+        let remote: u64 = futures::future::join_all(others)
+            .await
+            .into_iter()
+            .map(|r| match r {
+                Ok(crate::net::PeerResp::Published(n)) => n,
+                _ => 0,
+            })
+            .sum();
+        local + remote
+    }
+
     /// Time since this node started (INFO's uptime).
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
@@ -759,6 +785,9 @@ impl PeerHandler for Node {
             }
             PeerReq::Status => PeerResp::Status(self.status()),
             PeerReq::ChangeVoter { id, add } => PeerResp::Admin(self.change_voter(id, add).await),
+            PeerReq::Publish { channel, message } => {
+                PeerResp::Published(crate::pubsub::Hub::global().publish_local(&channel, &message))
+            }
         }
     }
 }

@@ -198,6 +198,8 @@ pub enum Reply {
     /// (member, score)-style pairs: a flat array in RESP2, an array of two-element arrays in
     /// RESP3 (ZRANGE … WITHSCORES, HRANDFIELD … WITHVALUES).
     Pairs(Vec<(Reply, Reply)>),
+    /// Out-of-band data (pub/sub messages): a push in RESP3, an array in RESP2.
+    Push(Vec<Reply>),
 }
 
 impl Reply {
@@ -251,8 +253,12 @@ impl Reply {
                     out.extend_from_slice(b"*-1\r\n")
                 }
             }
-            Reply::Array(items) => {
-                out.push(b'*');
+            Reply::Array(items) | Reply::Push(items) => {
+                out.push(if proto >= 3 && matches!(self, Reply::Push(_)) {
+                    b'>'
+                } else {
+                    b'*'
+                });
                 out.extend_from_slice(items.len().to_string().as_bytes());
                 out.extend_from_slice(b"\r\n");
                 for i in items {

@@ -26,6 +26,9 @@ struct Conn {
     multi: Option<Vec<(u32, Vec<Vec<u8>>)>>,
     multi_dirty: bool,
     watches: Vec<Watch>,
+    subs: crate::pubsub::Subscriptions,
+    /// Set once the connection first subscribes: where published messages arrive.
+    inbox: Option<crate::pubsub::Inbox>,
 }
 
 pub async fn serve(listener: TcpListener, node: Arc<Node>) {
@@ -47,7 +50,19 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
     }
 }
 
-async fn handle_conn(mut s: TcpStream, node: Arc<Node>) -> std::io::Result<()> {
+async fn handle_conn(s: TcpStream, node: Arc<Node>) -> std::io::Result<()> {
+    let mut subs_of = (0, crate::pubsub::Subscriptions::default());
+    let r = serve_conn(s, node, &mut subs_of).await;
+    // However the connection ended, its subscriptions go.
+    subs_of.1.clear(subs_of.0);
+    r
+}
+
+async fn serve_conn(
+    mut s: TcpStream,
+    node: Arc<Node>,
+    subs_out: &mut (u64, crate::pubsub::Subscriptions),
+) -> std::io::Result<()> {
     let _ = s.set_nodelay(true);
     let id = CLIENT_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let me = Registry::global().register(id, &s);
@@ -67,13 +82,51 @@ async fn handle_conn(mut s: TcpStream, node: Arc<Node>) -> std::io::Result<()> {
         multi: None,
         multi_dirty: false,
         watches: Vec::new(),
+        subs: Default::default(),
+        inbox: None,
     };
+    let r = conn_loop(&mut s, &node, &mut c).await;
+    *subs_out = (c.id, std::mem::take(&mut c.subs));
+    r
+}
+
+async fn next_message(rx: &mut Option<tokio::sync::mpsc::Receiver<Reply>>) -> Option<Reply> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn conn_loop(s: &mut TcpStream, node: &Arc<Node>, c: &mut Conn) -> std::io::Result<()> {
+    let node = node.clone();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut out = Vec::with_capacity(16 * 1024);
     let killed = c.me.killed.clone();
+    let mut rx: Option<tokio::sync::mpsc::Receiver<Reply>> = None;
     loop {
         let n = tokio::select! {
             n = s.read_buf(&mut buf) => n?,
+            Some(msg) = next_message(&mut rx) => {
+                let mut taken = crate::pubsub::size(&msg);
+                msg.encode(c.proto, &mut out);
+                if let Some(r) = rx.as_mut() {
+                    while let Ok(m) = r.try_recv() {
+                        taken += crate::pubsub::size(&m);
+                        m.encode(c.proto, &mut out);
+                    }
+                }
+                // A subscriber that stops reading blocks this write; its queue then fills
+                // and the publisher's kill ends the connection here.
+                tokio::select! {
+                    r = s.write_all(&out) => r?,
+                    _ = killed.notified() => return Ok(()),
+                }
+                if let Some(i) = &c.inbox {
+                    i.queued.fetch_sub(taken, std::sync::atomic::Ordering::Relaxed);
+                }
+                out.clear();
+                continue;
+            }
             _ = killed.notified() => return Ok(()),
         };
         if n == 0 {
@@ -94,11 +147,11 @@ async fn handle_conn(mut s: TcpStream, node: Arc<Node>) -> std::io::Result<()> {
         }
         let mut cmds = cmds.into_iter().peekable();
         while let Some(argv) = cmds.next() {
-            if pipelinable(&c, &node, &argv) {
+            if pipelinable(c, &node, &argv) {
                 // A run of plain writes: queue them all, then collect the replies in order.
                 let mut run = vec![argv];
                 while let Some(next) = cmds.peek() {
-                    if !pipelinable(&c, &node, next) {
+                    if !pipelinable(c, &node, next) {
                         break;
                     }
                     if let Some(next) = cmds.next() {
@@ -127,15 +180,44 @@ async fn handle_conn(mut s: TcpStream, node: Arc<Node>) -> std::io::Result<()> {
             let quit = argv[0].eq_ignore_ascii_case(b"QUIT");
             c.me.set_cmd(&argv[0], c.db);
             let name = upper(&argv[0]);
+            if matches!(
+                name.as_str(),
+                "SUBSCRIBE" | "PSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE"
+            ) && c.authed
+                && c.multi.is_none()
+            {
+                if name.ends_with("SUBSCRIBE") && !name.contains("UNSUB") && argv.len() < 2 {
+                    arity_err(&name).encode(c.proto, &mut out);
+                    continue;
+                }
+                let inbox = match &c.inbox {
+                    Some(i) => i.clone(),
+                    None => {
+                        let (tx, r) = tokio::sync::mpsc::channel(crate::pubsub::QUEUE);
+                        rx = Some(r);
+                        let i = crate::pubsub::Inbox {
+                            tx,
+                            kill: c.me.killed.clone(),
+                            queued: Default::default(),
+                        };
+                        c.inbox = Some(i.clone());
+                        i
+                    }
+                };
+                for r in c.subs.change(c.id, &inbox, &name, &argv[1..]) {
+                    r.encode(c.proto, &mut out);
+                }
+                continue;
+            }
             let r = if is_blocking(&name)
                 && c.multi.is_none()
                 && c.authed
                 && !node.is_witness()
                 && check_arity(&name, argv.len())
             {
-                crate::blocking::serve(&node, c.db, &name, argv, &s, &killed).await
+                crate::blocking::serve(&node, c.db, &name, argv, s, &killed).await
             } else {
-                command(&mut c, &node, argv).await
+                command(c, &node, argv).await
             };
             r.encode(c.proto, &mut out);
             if quit {
@@ -219,6 +301,23 @@ async fn command(c: &mut Conn, node: &Arc<Node>, argv: Vec<Vec<u8>>) -> Reply {
     if !c.authed && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
         return Reply::err("NOAUTH Authentication required.");
     }
+    if c.proto == 2 && c.subs.count() > 0 {
+        match name.as_str() {
+            "PING" => {
+                return Reply::Push(vec![
+                    Reply::bulk("pong"),
+                    Reply::bulk(argv.get(1).cloned().unwrap_or_default()),
+                ]);
+            }
+            "QUIT" | "RESET" => {}
+            _ => {
+                return Reply::err(format!(
+                    "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+                    name.to_ascii_lowercase()
+                ));
+            }
+        }
+    }
     if c.multi.is_some()
         && !matches!(
             name.as_str(),
@@ -259,6 +358,9 @@ async fn command(c: &mut Conn, node: &Arc<Node>, argv: Vec<Vec<u8>>) -> Reply {
         "CLIENT" => client_cmd(c, &argv),
         "COMMAND" => crate::admin::command(&argv),
         "CONFIG" => crate::admin::config(node, &argv),
+        "PUBLISH" if argv.len() == 3 => Reply::Int(node.publish(&argv[1], &argv[2]).await as i64),
+        "PUBLISH" => arity_err("publish"),
+        "PUBSUB" if argv.len() >= 2 => crate::pubsub::Hub::global().introspect(&argv),
         "TIME" => crate::admin::time(&argv),
         "FUNCTION" => crate::admin::function(&argv),
         "DEBUG" => crate::admin::debug(node, c.db, &argv).await,
@@ -275,6 +377,7 @@ async fn command(c: &mut Conn, node: &Arc<Node>, argv: Vec<Vec<u8>>) -> Reply {
             Reply::ok()
         }
         "RESET" => {
+            c.subs.clear(c.id);
             c.multi = None;
             c.multi_dirty = false;
             c.watches.clear();

@@ -452,3 +452,76 @@ fn lua_scripts_run_atomically_on_every_member() {
     assert_eq!(ok::<i64>(&mut con, &["GET", "n"]), 1);
     assert_eq!(ok::<i64>(&mut f, &["LLEN", "jobs"]), 2);
 }
+
+#[test]
+fn publish_reaches_subscribers_on_every_member_and_a_stuck_one_is_cut_off() {
+    let c = trio("127.150.6");
+    let mut subs = Vec::new();
+    for id in [1, 2] {
+        let client = redis::Client::open(c.url(id)).unwrap();
+        let mut con = client.get_connection().unwrap();
+        con.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _: () = redis::cmd("SUBSCRIBE").arg("news").exec(&mut con).unwrap();
+        let _: () = redis::cmd("PSUBSCRIBE").arg("n*").exec(&mut con).unwrap();
+        subs.push(con);
+    }
+    // Confirmations arrive before the subscription counts.
+    let mut pubcon = c.conn(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: Vec<Value> = ok(&mut pubcon, &["PUBSUB", "NUMSUB", "news"]);
+        if n.get(1) == Some(&Value::Int(1)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no subscriber");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // One channel subscriber and one pattern subscriber on each member.
+    assert_eq!(ok::<i64>(&mut pubcon, &["PUBLISH", "news", "hello"]), 4);
+    for con in &mut subs {
+        let mut got = Vec::new();
+        // This connection's two: by channel and by pattern.
+        while got.len() < 2 {
+            let v: Value = con.recv_response().unwrap();
+            got.push(format!("{v:?}"));
+        }
+        let text = got.join(" ");
+        assert!(
+            text.contains("pmessage") && text.contains("hello"),
+            "{text}"
+        );
+    }
+    // In RESP2 a subscribed connection refuses other commands.
+    let mut raw_sub = std::net::TcpStream::connect(c.member(2).redis).unwrap();
+    use std::io::{Read, Write};
+    raw_sub.write_all(b"SUBSCRIBE flood\r\nGET x\r\n").unwrap();
+    raw_sub
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("only (P|S)SUBSCRIBE") {
+        let n = raw_sub.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // A subscriber that never reads: its queue fills and it is disconnected; publishing
+    // goes on for the others.
+    let big = "x".repeat(64 * 1024);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut cut = false;
+    for _ in 0..20_000 {
+        let _: i64 = ok(&mut pubcon, &["PUBLISH", "flood", &big]);
+        let n: Vec<Value> = ok(&mut c.conn(2), &["PUBSUB", "NUMSUB", "flood"]);
+        if n.get(1) == Some(&Value::Int(0)) {
+            cut = true;
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stuck subscriber was never cut off"
+        );
+    }
+    assert!(cut);
+    assert_eq!(ok::<String>(&mut c.conn(2), &["PING"]), "PONG");
+}

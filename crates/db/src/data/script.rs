@@ -242,7 +242,7 @@ fn to_lua(lua: &Lua, r: Reply) -> mlua::Result<LuaValue> {
         Reply::Bulk(b) => LuaValue::String(lua.create_string(b)?),
         Reply::Nil | Reply::NilArray => LuaValue::Boolean(false),
         Reply::Double(d) => LuaValue::String(lua.create_string(crate::resp::format_g17(d))?),
-        Reply::Array(items) => {
+        Reply::Array(items) | Reply::Push(items) => {
             let t = lua.create_table()?;
             for (i, it) in items.into_iter().enumerate() {
                 t.raw_set(i + 1, to_lua(lua, it)?)?;
