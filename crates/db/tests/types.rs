@@ -525,3 +525,34 @@ fn publish_reaches_subscribers_on_every_member_and_a_stuck_one_is_cut_off() {
     assert!(cut);
     assert_eq!(ok::<String>(&mut c.conn(2), &["PING"]), "PONG");
 }
+
+#[test]
+fn hyperloglog_counts_merges_and_refuses_corrupt_values() {
+    let c = trio("127.150.7");
+    let mut con = c.conn(1);
+    for batch in 0..10 {
+        let mut cmd = redis::cmd("PFADD");
+        cmd.arg("h1");
+        for i in 0..1000 {
+            cmd.arg(format!("a{}", batch * 1000 + i));
+        }
+        assert_eq!(cmd.query::<i64>(&mut con).unwrap(), 1);
+    }
+    let n: i64 = ok(&mut con, &["PFCOUNT", "h1"]);
+    assert!((n - 10_000).abs() < 200, "{n}");
+    assert_eq!(ok::<i64>(&mut con, &["PFADD", "h1", "a1"]), 0);
+    assert_eq!(ok::<i64>(&mut con, &["PFADD", "h2", "b1", "b2", "a1"]), 1);
+    let _: () = ok(&mut con, &["PFMERGE", "h3", "h1", "h2"]);
+    let m: i64 = ok(&mut con, &["PFCOUNT", "h3"]);
+    assert!((m - 10_002).abs() < 200, "{m}");
+    assert_eq!(ok::<i64>(&mut con, &["PFCOUNT", "h1", "h2"]), m);
+    // The value is Redis's string format: it has the magic, and a damaged one is refused.
+    assert_eq!(
+        ok::<String>(&mut con, &["GETRANGE", "h1", "0", "3"]),
+        "HYLL"
+    );
+    let _: () = ok(&mut con, &["SET", "plain", "x"]);
+    assert!(err(&mut con, &["PFADD", "plain", "y"]).contains("not a valid HyperLogLog"));
+    let _: i64 = ok(&mut con, &["LPUSH", "list", "y"]);
+    assert!(err(&mut con, &["PFCOUNT", "list"]).starts_with("WRONGTYPE"));
+}

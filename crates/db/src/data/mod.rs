@@ -11,6 +11,7 @@ mod bits;
 mod cmds;
 mod glob;
 mod hash;
+mod hll;
 mod keyspace;
 mod list;
 pub mod script;
@@ -467,6 +468,7 @@ impl Db {
             Group::ZSet => zset::read(self, &name, argv, now),
             Group::Keys => keyspace::read(self, &name, argv, now),
             Group::Bits => bits::read(self, &name, argv, now),
+            Group::Hll => None,
             Group::Tables => None,
         };
         r.unwrap_or_else(|| unknown_cmd(&name))
@@ -496,6 +498,7 @@ impl Db {
             Group::ZSet => zset::write(self, &name, argv, at),
             Group::Keys => keyspace::write(self, &name, argv, at),
             Group::Bits => bits::write(self, &name, argv, at),
+            Group::Hll => hll::write(self, &name, argv, at),
             Group::Tables => None,
         };
         r.unwrap_or_else(|| unknown_cmd(&name))
