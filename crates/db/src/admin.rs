@@ -171,15 +171,6 @@ pub fn time(argv: &[Vec<u8>]) -> Reply {
     ])
 }
 
-/// Redis functions are not supported; with none loaded, FLUSH and LIST are still truthful.
-pub fn function(argv: &[Vec<u8>]) -> Reply {
-    match argv.get(1).map(|a| lower(a)).as_deref() {
-        Some("flush") => Reply::ok(),
-        Some("list") => Reply::Array(Vec::new()),
-        _ => Reply::err("ERR functions are not supported by this server"),
-    }
-}
-
 /// DEBUG: the subcommands the test suites and tools use that make sense here.
 pub async fn debug(node: &Node, db: u32, argv: &[Vec<u8>]) -> Reply {
     let now = crate::node::now_ms();

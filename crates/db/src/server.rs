@@ -251,7 +251,7 @@ fn pipelinable(c: &Conn, node: &Node, argv: &[Vec<u8>]) -> bool {
     matches!(classify(&name), Some((Class::Write, _)))
         && !needs_admin(&name)
         && !is_blocking(&name)
-        && name != "SCRIPT"
+        && !matches!(name.as_str(), "SCRIPT" | "FUNCTION" | "FCALL" | "FCALL_RO")
         && check_arity(&name, argv.len())
 }
 
@@ -362,7 +362,6 @@ async fn command(c: &mut Conn, node: &Arc<Node>, argv: Vec<Vec<u8>>) -> Reply {
         "PUBLISH" => arity_err("publish"),
         "PUBSUB" if argv.len() >= 2 => crate::pubsub::Hub::global().introspect(&argv),
         "TIME" => crate::admin::time(&argv),
-        "FUNCTION" => crate::admin::function(&argv),
         "DEBUG" => crate::admin::debug(node, c.db, &argv).await,
         "LASTSAVE" if argv.len() == 1 => Reply::Int((now_ms() / 1000) as i64),
         // Every acknowledged write is already fsynced on a majority: nothing to save.
@@ -731,6 +730,21 @@ fn resolve_sha(
     name: &str,
     argv: Vec<Vec<u8>>,
 ) -> Result<(String, Vec<Vec<u8>>), Reply> {
+    if name == "FCALL" || name == "FCALL_RO" {
+        if argv.len() < 3 {
+            return Err(arity_err(name));
+        }
+        let code = node.sm.read(|g| g.tables.libraries.code_of(&argv[1]));
+        let Some(code) = code else {
+            return Err(Reply::err("ERR Function not found"));
+        };
+        let mut out = Vec::with_capacity(argv.len() + 1);
+        let mut it = argv.into_iter();
+        out.extend(it.next());
+        out.push(code);
+        out.extend(it);
+        return Ok((name.to_string(), out));
+    }
     let eval = match name {
         "EVALSHA" => "EVAL",
         "EVALSHA_RO" => "EVAL_RO",
@@ -769,13 +783,61 @@ fn script_local(node: &Node, argv: &[Vec<u8>]) -> Option<Reply> {
     }
 }
 
+/// FUNCTION LIST/KILL/STATS (LOAD, DELETE and FLUSH go through the log).
+fn function_local(node: &Node, argv: &[Vec<u8>]) -> Option<Reply> {
+    match argv.get(1).map(|a| upper(a)).as_deref() {
+        Some("LIST") => Some(node.sm.read(|g| {
+            Reply::Array(
+                g.tables
+                    .libraries
+                    .0
+                    .iter()
+                    .map(|(lib, (_, fns))| {
+                        Reply::Map(vec![
+                            (Reply::bulk("library_name"), Reply::bulk(lib)),
+                            (Reply::bulk("engine"), Reply::bulk("LUA")),
+                            (
+                                Reply::bulk("functions"),
+                                Reply::Array(
+                                    fns.iter()
+                                        .map(|f| {
+                                            Reply::Map(vec![
+                                                (Reply::bulk("name"), Reply::bulk(f)),
+                                                (Reply::bulk("description"), Reply::Nil),
+                                                (Reply::bulk("flags"), Reply::Array(Vec::new())),
+                                            ])
+                                        })
+                                        .collect(),
+                                ),
+                            ),
+                        ])
+                    })
+                    .collect(),
+            )
+        })),
+        Some("KILL") => Some(Reply::err("NOTBUSY No scripts in execution right now.")),
+        Some("DUMP") | Some("RESTORE") | Some("STATS") => Some(Reply::err(
+            "ERR FUNCTION DUMP/RESTORE/STATS are not supported by this server",
+        )),
+        _ => None,
+    }
+}
+
 async fn data_cmd(c: &mut Conn, node: &Arc<Node>, name: String, argv: Vec<Vec<u8>>) -> Reply {
     if name == "SCRIPT"
         && let Some(r) = script_local(node, &argv)
     {
         return r;
     }
-    if name.starts_with("EVALSHA") && !c.readonly && !node.is_witness() {
+    if name == "FUNCTION"
+        && let Some(r) = function_local(node, &argv)
+    {
+        return r;
+    }
+    if (name.starts_with("EVALSHA") || name.starts_with("FCALL"))
+        && !c.readonly
+        && !node.is_witness()
+    {
         // A script loaded on another member is known here once this member has applied it.
         let _ = node.linearize().await;
     }

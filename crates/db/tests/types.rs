@@ -451,6 +451,15 @@ fn lua_scripts_run_atomically_on_every_member() {
     }
     assert_eq!(ok::<i64>(&mut con, &["GET", "n"]), 1);
     assert_eq!(ok::<i64>(&mut f, &["LLEN", "jobs"]), 2);
+    // Functions: a library loaded on one member, called on the other.
+    let lib = "#!lua name=jobs\nredis.register_function('push', function(keys, args) \
+               return redis.call('RPUSH', keys[1], args[1]) end)";
+    assert_eq!(ok::<String>(&mut con, &["FUNCTION", "LOAD", lib]), "jobs");
+    assert!(err(&mut con, &["FUNCTION", "LOAD", lib]).contains("already exists"));
+    assert_eq!(ok::<i64>(&mut f, &["FCALL", "push", "1", "jobs", "c"]), 3);
+    assert!(err(&mut f, &["FCALL", "nope", "0"]).contains("Function not found"));
+    let _: () = ok(&mut con, &["FUNCTION", "DELETE", "jobs"]);
+    assert!(err(&mut con, &["FCALL", "push", "1", "jobs", "d"]).contains("Function not found"));
 }
 
 #[test]

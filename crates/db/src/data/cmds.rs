@@ -122,7 +122,8 @@ const TABLE: &[(&str, Class, i32, i32, i32, i32, Group)] = &[
     ("FLUSHALL", W, -1, 0, 0, 0, Tables),
     // scripts (they may touch any key of the database: run on the tables)
     ("EVAL", W, -3, 3, -1, 1, Tables), ("EVAL_RO", W, -3, 3, -1, 1, Tables),
-    ("SCRIPT", W, -2, 0, 0, 0, Tables),
+    ("SCRIPT", W, -2, 0, 0, 0, Tables), ("FCALL", W, -3, 3, -1, 1, Tables),
+    ("FCALL_RO", W, -3, 3, -1, 1, Tables), ("FUNCTION", W, -2, 0, 0, 0, Tables),
 ];
 
 /// Commands whose keys follow a count (`numkeys`).

@@ -54,6 +54,49 @@ pub fn run(
     args: &[Vec<u8>],
     call: impl FnMut(&[Vec<u8>]) -> Reply,
 ) -> Reply {
+    run_with(body, keys, args, call, Entry::Script)
+}
+
+/// What running a body means: an EVAL script, a function library's registration (FUNCTION
+/// LOAD: replies with the registered names), or a call of one of its functions (FCALL).
+pub enum Entry<'a> {
+    Script,
+    Register,
+    Function(&'a [u8]),
+}
+
+/// A function library's code without its `#!lua name=…` line, and the library's name.
+pub fn library(code: &[u8]) -> Result<(String, &[u8]), Reply> {
+    let (first, rest) = match code.iter().position(|&b| b == b'\n') {
+        Some(i) => (&code[..i], &code[i..]),
+        None => (code, &code[code.len()..]),
+    };
+    let first = String::from_utf8_lossy(first);
+    let Some(meta) = first.strip_prefix("#!") else {
+        return Err(Reply::err("ERR Missing library metadata"));
+    };
+    let mut parts = meta.split_whitespace();
+    if parts.next() != Some("lua") {
+        return Err(Reply::err("ERR Engine not found"));
+    }
+    let name = parts
+        .find_map(|p| p.strip_prefix("name="))
+        .ok_or_else(|| Reply::err("ERR Library name was not given"))?;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(Reply::err(
+            "ERR Library names can only contain letters, numbers, or underscores(_) and must be at least one character long",
+        ));
+    }
+    Ok((name.to_string(), rest))
+}
+
+pub fn run_with(
+    body: &[u8],
+    keys: &[Vec<u8>],
+    args: &[Vec<u8>],
+    call: impl FnMut(&[Vec<u8>]) -> Reply,
+    entry: Entry<'_>,
+) -> Reply {
     let lua = match Lua::new_with(
         StdLib::TABLE | StdLib::STRING | StdLib::MATH,
         LuaOptions::default(),
@@ -172,7 +215,6 @@ pub fn run(
             "replicate_commands",
             lua.create_function(|_, _: MultiValue| Ok(true))?,
         )?;
-        g.raw_set("redis", redis)?;
         // math.random as Redis: the same sequence for every script on every member.
         let math: mlua::Table = g.raw_get("math")?;
         math.raw_set(
@@ -192,9 +234,57 @@ pub fn run(
             "randomseed",
             lua.create_function(|_, _: MultiValue| Ok(()))?,
         )?;
+        // redis.register_function(name, fn) or ({function_name=…, callback=…, flags=…}).
+        let registered = lua.create_table()?;
+        let reg = registered.clone();
+        redis.raw_set(
+            "register_function",
+            lua.create_function(move |_, a: MultiValue| {
+                let mut a = a.into_iter();
+                let (name, f) = match (a.next(), a.next()) {
+                    (Some(LuaValue::String(n)), Some(LuaValue::Function(f))) => (n, f),
+                    (Some(LuaValue::Table(t)), None) => (
+                        t.raw_get::<mlua::LuaString>("function_name")?,
+                        t.raw_get("callback")?,
+                    ),
+                    _ => {
+                        return Err(mlua::Error::RuntimeError(
+                            "ERR wrong arguments to redis.register_function".into(),
+                        ));
+                    }
+                };
+                reg.raw_set(name, f)?;
+                Ok(())
+            })?,
+        )?;
+        g.raw_set("redis", redis.clone())?;
         let f = lua.load(body).set_name("@user_script").into_function()?;
-        let v: LuaValue = f.call(())?;
-        Ok(from_lua(v))
+        match entry {
+            Entry::Script => {
+                let v: LuaValue = f.call(())?;
+                Ok(from_lua(v))
+            }
+            Entry::Register => {
+                f.call::<()>(())?;
+                let mut names = Vec::new();
+                for pair in registered.pairs::<mlua::LuaString, LuaValue>() {
+                    names.push(Reply::Bulk(pair?.0.as_bytes().to_vec()));
+                }
+                Ok(Reply::Array(names))
+            }
+            Entry::Function(name) => {
+                f.call::<()>(())?;
+                let func: mlua::Function = match registered.raw_get(lua.create_string(name)?)? {
+                    LuaValue::Function(func) => func,
+                    _ => return Ok(Reply::err("ERR Function not found")),
+                };
+                let v: LuaValue = func.call((
+                    g.raw_get::<LuaValue>("KEYS")?,
+                    g.raw_get::<LuaValue>("ARGV")?,
+                ))?;
+                Ok(from_lua(v))
+            }
+        }
     });
     match out {
         Ok(r) => r,
@@ -285,6 +375,22 @@ fn from_lua(v: LuaValue) -> Reply {
             Reply::Array(out)
         }
         _ => Reply::Nil,
+    }
+}
+
+/// Function libraries loaded with FUNCTION LOAD: name → (code, function names). Like the
+/// script cache, member-local and filled at apply time; FCALL is resolved to the library's
+/// code before it is proposed, so the log never depends on it.
+#[derive(Clone, Debug, Default)]
+pub struct Libraries(pub BTreeMap<String, (Vec<u8>, Vec<Vec<u8>>)>);
+
+impl Libraries {
+    /// The library code that defines function `name`.
+    pub fn code_of(&self, name: &[u8]) -> Option<Vec<u8>> {
+        self.0
+            .values()
+            .find(|(_, fns)| fns.iter().any(|f| f == name))
+            .map(|(code, _)| code.clone())
     }
 }
 

@@ -19,6 +19,9 @@ pub struct Tables {
     /// Scripts seen in EVAL and SCRIPT LOAD (not in snapshots, as Redis 7 keeps none).
     #[serde(skip)]
     pub scripts: super::script::Scripts,
+    /// Function libraries (member-local like the scripts; see `script::Libraries`).
+    #[serde(skip)]
+    pub libraries: super::script::Libraries,
 }
 
 /// How many log entries a request id is remembered for (retries come within seconds).
@@ -33,6 +36,7 @@ impl Default for Tables {
             recent: Default::default(),
             recent_order: Default::default(),
             scripts: Default::default(),
+            libraries: Default::default(),
         }
     }
 }
@@ -201,25 +205,51 @@ impl Tables {
                 self.dbs[to].insert_item(&argv[1], item);
                 Ok(Reply::Int(1))
             }
-            "EVAL" | "EVAL_RO" => {
-                let (keys, args) = script::split_args(argv)?;
-                let body = argv[1].clone();
-                self.scripts.0.insert(script::sha1_hex(&body), body.clone());
-                let db = &mut self.dbs[cur];
-                let read_only = name == "EVAL_RO";
-                Ok(script::run(&body, keys, args, |cmd| {
-                    let n = upper(&cmd[0]);
-                    match spec(&n) {
-                        None => Reply::err("ERR Unknown Redis command called from script"),
-                        Some(s) if s.group == Group::Tables => {
-                            Reply::err("ERR This Redis command is not allowed from script")
-                        }
-                        Some(s) if read_only && s.class == super::Class::Write => {
-                            Reply::err("ERR Write commands are not allowed from read-only scripts.")
-                        }
-                        Some(_) => db.write(cmd, now, index),
+            "FUNCTION" => self.function(argv),
+            "EVAL" | "EVAL_RO" | "FCALL" | "FCALL_RO" => {
+                // FCALL arrives resolved: [FCALL, library code, name, numkeys, …].
+                let fcall = name.starts_with("FCALL");
+                let (code, rest) = if fcall {
+                    if argv.len() < 4 {
+                        return Err(arity_err(name));
                     }
-                }))
+                    let rest: Vec<Vec<u8>> = std::iter::once(argv[0].clone())
+                        .chain(argv[2..].iter().cloned())
+                        .collect();
+                    (script::library(&argv[1])?.1.to_vec(), rest)
+                } else {
+                    (argv[1].clone(), argv.to_vec())
+                };
+                let (keys, args) = script::split_args(&rest)?;
+                if !fcall {
+                    self.scripts.0.insert(script::sha1_hex(&code), code.clone());
+                }
+                let entry = if fcall {
+                    script::Entry::Function(&rest[1])
+                } else {
+                    script::Entry::Script
+                };
+                let db = &mut self.dbs[cur];
+                let read_only = name.ends_with("_RO");
+                Ok(script::run_with(
+                    &code,
+                    keys,
+                    args,
+                    |cmd| {
+                        let n = upper(&cmd[0]);
+                        match spec(&n) {
+                            None => Reply::err("ERR Unknown Redis command called from script"),
+                            Some(s) if s.group == Group::Tables => {
+                                Reply::err("ERR This Redis command is not allowed from script")
+                            }
+                            Some(s) if read_only && s.class == super::Class::Write => Reply::err(
+                                "ERR Write commands are not allowed from read-only scripts.",
+                            ),
+                            Some(_) => db.write(cmd, now, index),
+                        }
+                    },
+                    entry,
+                ))
             }
             "SCRIPT" => match upper(&argv[1]).as_str() {
                 "LOAD" if argv.len() == 3 => {
@@ -269,6 +299,74 @@ impl Tables {
                 Ok(Reply::Int(1))
             }
             _ => Err(super::unknown_cmd(name)),
+        }
+    }
+}
+
+impl Tables {
+    /// FUNCTION LOAD [REPLACE] / DELETE / FLUSH (through the log; LIST is answered locally).
+    fn function(&mut self, argv: &[Vec<u8>]) -> Result<Reply, Reply> {
+        let sub = argv.get(1).map(|a| upper(a)).unwrap_or_default();
+        match sub.as_str() {
+            "LOAD" if argv.len() >= 3 => {
+                let replace = argv.len() == 4 && argv[2].eq_ignore_ascii_case(b"REPLACE");
+                if argv.len() == 4 && !replace {
+                    return Err(Reply::err(SYNTAX));
+                }
+                let code = argv[argv.len() - 1].clone();
+                let (lib, body) = script::library(&code)?;
+                if self.libraries.0.contains_key(&lib) && !replace {
+                    return Err(Reply::err(format!("ERR Library '{lib}' already exists")));
+                }
+                let names = match script::run_with(
+                    body,
+                    &[],
+                    &[],
+                    |_| Reply::err("ERR redis.call is not allowed while loading a library"),
+                    script::Entry::Register,
+                ) {
+                    Reply::Array(n) => n,
+                    Reply::Error(e) => return Err(Reply::Error(e)),
+                    _ => Vec::new(),
+                };
+                let names: Vec<Vec<u8>> = names
+                    .into_iter()
+                    .filter_map(|n| match n {
+                        Reply::Bulk(b) => Some(b),
+                        _ => None,
+                    })
+                    .collect();
+                if names.is_empty() {
+                    return Err(Reply::err("ERR No functions registered"));
+                }
+                for (other, (_, fns)) in &self.libraries.0 {
+                    if *other != lib
+                        && let Some(f) = names.iter().find(|n| fns.contains(n))
+                    {
+                        return Err(Reply::err(format!(
+                            "ERR Function {} already exists",
+                            String::from_utf8_lossy(f)
+                        )));
+                    }
+                }
+                self.libraries.0.insert(lib.clone(), (code, names));
+                Ok(Reply::bulk(lib))
+            }
+            "DELETE" if argv.len() == 3 => {
+                let lib = String::from_utf8_lossy(&argv[2]).into_owned();
+                match self.libraries.0.remove(&lib) {
+                    Some(_) => Ok(Reply::ok()),
+                    None => Err(Reply::err("ERR Library not found")),
+                }
+            }
+            "FLUSH" => {
+                self.libraries.0.clear();
+                Ok(Reply::ok())
+            }
+            _ => Err(Reply::err(format!(
+                "ERR unknown subcommand or wrong number of arguments for '{}'. Try FUNCTION HELP.",
+                sub.to_ascii_lowercase()
+            ))),
         }
     }
 }
