@@ -104,9 +104,16 @@ pub async fn serve(
                 multi: false,
             };
             match node.write(req).await {
-                // Once waiting, a key that turned into another type keeps the client
-                // waiting (as Redis), rather than failing it.
-                Ok(Reply::Error(e)) if !first_try && e.starts_with("WRONGTYPE") => {}
+                // Once waiting, a source key that turned into another type keeps the
+                // client waiting (as Redis); a destination of the wrong type (BLMOVE) fails
+                // it, as the element was there to take.
+                Ok(Reply::Error(e))
+                    if !first_try
+                        && e.starts_with("WRONGTYPE")
+                        && !node.sm.read(|g| {
+                            let d = &g.tables.dbs[db as usize];
+                            keys.iter().any(|k| d.can_pop(name, k, now_ms()))
+                        }) => {}
                 Ok(r) if !nothing(&r) => return r,
                 Ok(_) => {}
                 Err(e) => return Reply::Error(e),

@@ -313,6 +313,24 @@ fn blocking_pops_wait_for_writes_and_time_out() {
         ok::<Vec<String>>(&mut con, &["BZPOPMIN", "zq", "1"]),
         strs(&["zq", "a", "1"])
     );
+    // A waiter whose destination has the wrong type fails once there is something to move,
+    // and the element stays where it was.
+    let _: () = ok(&mut con, &["SET", "notalist", "x"]);
+    let mut w = c.conn(leader);
+    let bad =
+        std::thread::spawn(move || q::<String>(&mut w, &["BRPOPLPUSH", "src2", "notalist", "0"]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.info(leader, "blocked_clients").as_deref() != Some("1") {
+        assert!(Instant::now() < deadline, "never blocked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _: i64 = ok(&mut con, &["RPUSH", "src2", "e"]);
+    let e = bad.join().unwrap().unwrap_err();
+    assert_eq!(e.code(), Some("WRONGTYPE"));
+    assert_eq!(
+        ok::<Vec<String>>(&mut con, &["LRANGE", "src2", "0", "-1"]),
+        strs(&["e"])
+    );
     let mut pipe = redis::pipe();
     pipe.atomic().cmd("BLPOP").arg("empty").arg("0");
     let r: Vec<Value> = pipe.query(&mut con).unwrap();
