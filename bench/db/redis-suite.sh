@@ -22,7 +22,7 @@ if [ ${#UNITS[@]} -eq 0 ]; then
 fi
 UNIT_TIMEOUT=${UNIT_TIMEOUT:-900}
 # Per-test idle limit: a test of thousands of sequential writes waits for two fsyncs each.
-TEST_TIMEOUT=${TEST_TIMEOUT:-600}
+TEST_TIMEOUT=${TEST_TIMEOUT:-300}
 TAGS=${TAGS--needs:repl}
 NET=127.150.200
 REDIS_HOST=127.150.201.1

@@ -19,6 +19,30 @@ use crate::resp::Reply;
 
 static BLOCKED: AtomicUsize = AtomicUsize::new(0);
 
+/// This member's waiting clients in arrival order: ticket → (db, command, source keys).
+/// A waiter leaves an element to an earlier waiter on the same key (Redis serves the
+/// longest-waiting client first).
+type Waiters = std::sync::Mutex<std::collections::BTreeMap<u64, (u32, String, Vec<Vec<u8>>)>>;
+
+fn waiters() -> &'static Waiters {
+    static W: std::sync::OnceLock<Waiters> = std::sync::OnceLock::new();
+    W.get_or_init(Default::default)
+}
+
+static TICKETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A place in the line of waiters, left when the command ends however it ends.
+struct Ticket(u64);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        waiters()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.0);
+    }
+}
+
 /// Clients waiting in a blocking command now (INFO's `blocked_clients`).
 pub fn blocked_clients() -> usize {
     BLOCKED.load(Ordering::Relaxed)
@@ -80,6 +104,11 @@ pub async fn serve(
         .then(|| tokio::time::Instant::now() + Duration::from_secs_f64(timeout.min(1e9)));
     let keys = block_sources(name, &argv);
     let _count = Blocked::new();
+    let ticket = Ticket(TICKETS.fetch_add(1, Ordering::Relaxed));
+    waiters()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(ticket.0, (db, name.to_string(), keys.clone()));
     let mut first = true;
     loop {
         let applied = node.sm.applied.notified();
@@ -91,7 +120,15 @@ pub async fn serve(
         let worth = first
             || node.sm.read(|g| {
                 let d = &g.tables.dbs[db as usize];
-                keys.iter().any(|k| d.can_pop(name, k, now))
+                let mine = keys.iter().any(|k| d.can_pop(name, k, now));
+                let w = waiters().lock().unwrap_or_else(|p| p.into_inner());
+                let earlier = w.range(..ticket.0).any(|(_, (wdb, wname, wkeys))| {
+                    *wdb == db
+                        && wkeys
+                            .iter()
+                            .any(|k| keys.contains(k) && d.can_pop(wname, k, now))
+                });
+                mine && !earlier
             });
         let first_try = first;
         first = false;
