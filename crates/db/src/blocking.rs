@@ -114,22 +114,22 @@ pub async fn serve(
         let applied = node.sm.applied.notified();
         tokio::pin!(applied);
         applied.as_mut().enable();
-        // Look at the local state first: propose only when there may be something to take
-        // (the first attempt always goes, so errors such as WRONGTYPE come back at once).
+        // Look at the local state first: propose only when there may be something to take.
         let now = now_ms();
-        let worth = first
-            || node.sm.read(|g| {
-                let d = &g.tables.dbs[db as usize];
-                let mine = keys.iter().any(|k| d.can_pop(name, k, now));
-                let w = waiters().lock().unwrap_or_else(|p| p.into_inner());
-                let earlier = w.range(..ticket.0).any(|(_, (wdb, wname, wkeys))| {
-                    *wdb == db
-                        && wkeys
-                            .iter()
-                            .any(|k| keys.contains(k) && d.can_pop(wname, k, now))
-                });
-                mine && !earlier
+        let worth = node.sm.read(|g| {
+            let d = &g.tables.dbs[db as usize];
+            // The first attempt always goes (errors such as WRONGTYPE come back at
+            // once), unless an earlier waiter is owed what is there.
+            let mine = first || keys.iter().any(|k| d.can_pop(name, k, now));
+            let w = waiters().lock().unwrap_or_else(|p| p.into_inner());
+            let earlier = w.range(..ticket.0).any(|(_, (wdb, wname, wkeys))| {
+                *wdb == db
+                    && wkeys
+                        .iter()
+                        .any(|k| keys.contains(k) && d.can_pop(wname, k, now))
             });
+            mine && !earlier
+        });
         let first_try = first;
         first = false;
         if worth {

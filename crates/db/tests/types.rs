@@ -331,6 +331,22 @@ fn blocking_pops_wait_for_writes_and_time_out() {
         ok::<Vec<String>>(&mut con, &["LRANGE", "src2", "0", "-1"]),
         strs(&["e"])
     );
+    // Two waiters on one member, the first with a destination of the wrong type: the first
+    // fails, the element goes to the second (arrival order, as Redis).
+    let _: () = ok(&mut con, &["SET", "t1", "nolist"]);
+    let mut w1 = c.conn(leader);
+    let mut w2 = c.conn(leader);
+    let a = std::thread::spawn(move || q::<String>(&mut w1, &["BRPOPLPUSH", "bl", "t1", "0"]));
+    while c.info(leader, "blocked_clients").as_deref() != Some("1") {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let b = std::thread::spawn(move || q::<String>(&mut w2, &["BRPOPLPUSH", "bl", "t2", "0"]));
+    while c.info(leader, "blocked_clients").as_deref() != Some("2") {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _: i64 = ok(&mut con, &["LPUSH", "bl", "foo"]);
+    assert_eq!(a.join().unwrap().unwrap_err().code(), Some("WRONGTYPE"));
+    assert_eq!(b.join().unwrap().unwrap(), "foo");
     let mut pipe = redis::pipe();
     pipe.atomic().cmd("BLPOP").arg("empty").arg("0");
     let r: Vec<Value> = pipe.query(&mut con).unwrap();
