@@ -6,7 +6,7 @@
 # Usage: bench/db/redis-suite.sh REDIS_SRC [unit…]
 #   REDIS_SRC: the redis source at tag 7.0.15, outside this repository, e.g.
 #     git --git-dir=<mirror of github.com/redis/redis> archive 7.0.15 | tar -x -C /work/redis-7.0.15
-# Needs tclsh, redis-server and redis-cli. Loopback 127.150.200.0/24 and 127.150.201.0/24.
+# Needs tclsh, redis-server and redis-cli. Loopback 127.150.200.0/24 (SUITE_NET to change).
 # Both servers get the same runtest flags; nothing in the suite is changed. TAGS (default
 # "-needs:repl") is passed to both as --tags: needs:repl marks the tests that attach to
 # Redis's own master→replica stream (SYNC), which the db replaces with Raft; the suite's
@@ -24,8 +24,9 @@ UNIT_TIMEOUT=${UNIT_TIMEOUT:-900}
 # Per-test idle limit: a test of thousands of sequential writes waits for two fsyncs each.
 TEST_TIMEOUT=${TEST_TIMEOUT:-300}
 TAGS=${TAGS--needs:repl}
-NET=127.150.200
-REDIS_HOST=127.150.201.1
+# SUITE_NET picks the loopback block (two runs side by side need different ones).
+NET=${SUITE_NET:-127.150.200}
+REDIS_HOST=${SUITE_NET:-127.150.200}.101
 
 # CITADEL_DB_BIN=path skips the release build (e.g. a debug binary while iterating).
 BIN=${CITADEL_DB_BIN:-}
@@ -107,9 +108,9 @@ tc=0; tr=0
 for u in "${UNITS[@]}"; do
   name=${u//\//_}
   start_servers "$WORK/$name"
-  run_unit "$leader" "$u" "$WORK/logs/citadel-$name.log" 30000 &
+  run_unit "$leader" "$u" "$WORK/logs/citadel-$name.log" "${SUITE_PORTS:-30000}" &
   a=$!
-  run_unit "$REDIS_HOST" "$u" "$WORK/logs/redis-$name.log" 31000 &
+  run_unit "$REDIS_HOST" "$u" "$WORK/logs/redis-$name.log" "$((${SUITE_PORTS:-30000} + 1000))" &
   b=$!
   RUNS=("$a" "$b")
   wait $a $b || true
