@@ -485,6 +485,23 @@ fn lua_scripts_run_atomically_on_every_member() {
     }
     assert_eq!(ok::<i64>(&mut con, &["GET", "n"]), 1);
     assert_eq!(ok::<i64>(&mut f, &["LLEN", "jobs"]), 2);
+    // A script may SELECT another database for its later calls.
+    let _: () = ok(
+        &mut con,
+        &[
+            "EVAL",
+            "redis.call('SELECT', 5) return redis.call('SET', 'in5', 'x')",
+            "0",
+        ],
+    );
+    let _: () = ok(&mut con, &["SELECT", "5"]);
+    assert_eq!(ok::<String>(&mut con, &["GET", "in5"]), "x");
+    let _: () = ok(&mut con, &["SELECT", "0"]);
+    // PING and ECHO queue inside MULTI.
+    let mut pipe = redis::pipe();
+    pipe.atomic().cmd("PING").cmd("ECHO").arg("e");
+    let r: (String, String) = pipe.query(&mut con).unwrap();
+    assert_eq!(r, ("PONG".to_string(), "e".to_string()));
     // Functions: a library loaded on one member, called on the other.
     let lib = "#!lua name=jobs\nredis.register_function('push', function(keys, args) \
                return redis.call('RPUSH', keys[1], args[1]) end)";

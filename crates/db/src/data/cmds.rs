@@ -111,6 +111,7 @@ const TABLE: &[(&str, Class, i32, i32, i32, i32, Group)] = &[
     ("PTTL", R, 2, 1, 1, 1, Keys), ("EXPIRETIME", R, 2, 1, 1, 1, Keys),
     ("PEXPIRETIME", R, 2, 1, 1, 1, Keys), ("SCAN", R, -2, 0, 0, 0, Keys), ("KEYS", R, 2, 0, 0, 0, Keys),
     ("DBSIZE", R, 1, 0, 0, 0, Keys), ("RANDOMKEY", R, 1, 0, 0, 0, Keys), ("TOUCH", R, -2, 1, -1, 1, Keys),
+    ("PING", R, -1, 0, 0, 0, Keys), ("ECHO", R, 2, 0, 0, 0, Keys),
     ("OBJECT", R, -2, 2, 2, 1, Keys), ("MEMORY", R, -2, 2, 2, 1, Keys),
     ("DUMP", R, 2, 1, 1, 1, Keys), ("RESTORE", W, -4, 1, 1, 1, Keys),
     ("DEL", W, -2, 1, -1, 1, Keys), ("UNLINK", W, -2, 1, -1, 1, Keys), ("EXPIRE", W, -3, 1, 1, 1, Keys),

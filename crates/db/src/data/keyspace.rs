@@ -311,6 +311,12 @@ fn run_read(db: &Db, name: &str, argv: &[Vec<u8>], now: u64) -> Result<Reply, Re
                 .collect(),
         ),
         "DBSIZE" => Reply::Int(db.live_len(now) as i64),
+        // Inside MULTI and scripts (the server answers them directly otherwise).
+        "PING" => match argv.get(1) {
+            None => Reply::Simple("PONG".into()),
+            Some(m) => Reply::bulk(m),
+        },
+        "ECHO" => Reply::bulk(&argv[1]),
         "RANDOMKEY" => {
             let live: Vec<&SKey> = db
                 .map

@@ -229,7 +229,8 @@ impl Tables {
                 } else {
                     script::Entry::Script
                 };
-                let db = &mut self.dbs[cur];
+                let dbs = &mut self.dbs;
+                let mut at_db = cur;
                 let read_only = name.ends_with("_RO");
                 Ok(script::run_with(
                     &code,
@@ -237,6 +238,16 @@ impl Tables {
                     args,
                     |cmd| {
                         let n = upper(&cmd[0]);
+                        if n == "SELECT" {
+                            // A script may switch databases for its own later calls.
+                            return match cmd.get(1).and_then(|d| db_index(d).ok()) {
+                                Some(d) if cmd.len() == 2 => {
+                                    at_db = d;
+                                    Reply::ok()
+                                }
+                                _ => Reply::err("ERR DB index is out of range"),
+                            };
+                        }
                         match spec(&n) {
                             None => Reply::err("ERR Unknown Redis command called from script"),
                             Some(s) if s.group == Group::Tables => {
@@ -245,7 +256,7 @@ impl Tables {
                             Some(s) if read_only && s.class == super::Class::Write => Reply::err(
                                 "ERR Write commands are not allowed from read-only scripts.",
                             ),
-                            Some(_) => db.write(cmd, now, index),
+                            Some(_) => dbs[at_db].write(cmd, now, index),
                         }
                     },
                     entry,
