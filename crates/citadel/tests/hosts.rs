@@ -83,8 +83,8 @@ fn cluster_file() -> String {
             &host(
                 "server-1",
                 &[
-                    ("front", "198.18.96.4", "eth1"),
-                    ("back", "198.18.97.4", "eth2"),
+                    ("front", "198.18.96.201", "eth1"),
+                    ("back", "198.18.97.201", "eth2"),
                 ],
                 "198.18.99.2",
             ),
@@ -94,8 +94,8 @@ fn cluster_file() -> String {
             &host(
                 "server-2",
                 &[
-                    ("front", "198.18.96.5", "eth1"),
-                    ("back", "198.18.97.5", "eth2"),
+                    ("front", "198.18.96.202", "eth1"),
+                    ("back", "198.18.97.202", "eth2"),
                 ],
                 "198.18.99.3",
             ),
@@ -552,8 +552,16 @@ fn load_from_users(
     spawn_load_in(opts, Some(name))
 }
 
-const ALL: [&str; 8] = [
-    "witness", "db-1", "db-2", "app-1", "app-2", "store-1", "store-2", "gate",
+const ALL: [&str; 9] = [
+    "witness",
+    "db-1",
+    "db-2",
+    "app-1",
+    "app-2",
+    "store-1",
+    "store-2",
+    "store-spare",
+    "gate",
 ];
 
 #[test]
