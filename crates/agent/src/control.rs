@@ -135,14 +135,36 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         Response::Error("request too long".into())
     } else {
         match serde_json::from_str::<Request>(&line) {
-            Ok(request) => match &caller {
-                Caller::Host(h) if !request.allowed_to_hosts() => {
+            Ok(request) => match (&caller, request) {
+                (Caller::Host(h), request) if !request.allowed_to_hosts() => {
                     tracing::warn!(host = %h, "refused: a host may only gossip");
                     Response::Error(format!(
                         "host `{h}` may not operate this agent (an operator certificate is needed)"
                     ))
                 }
-                _ => answer(request, &runtime, &shutdown).await,
+                // The archive follows the request line on the same connection.
+                (
+                    caller,
+                    Request::Receive {
+                        jail,
+                        bytes,
+                        sha256,
+                    },
+                ) => {
+                    lines.set_limit(u64::MAX);
+                    let from = match caller {
+                        Caller::Host(h) => Some(h.as_str()),
+                        _ => None,
+                    };
+                    match runtime
+                        .receive(&jail, from, bytes, &sha256, &mut lines)
+                        .await
+                    {
+                        Ok(()) => Response::Ok(serde_json::Value::Null),
+                        Err(e) => Response::Error(e.to_string()),
+                    }
+                }
+                (_, request) => answer(request, &runtime, &shutdown).await,
             },
             Err(e) => Response::Error(format!("bad request: {e}")),
         }
@@ -199,6 +221,15 @@ async fn answer(request: Request, rt: &Runtime, shutdown: &Notify) -> Response {
         }
         Request::InRotation { jail } => rt.in_rotation(&jail).await.map(ok),
         Request::Gossip { generation, sha256 } => return ok(rt.gossip(generation, sha256)),
+        Request::MoveOut { jail, to } => rt.move_out(&jail, &to).await.map(ok),
+        Request::MoveIn { jail, timeout_ms } => rt
+            .move_in(&jail, std::time::Duration::from_millis(timeout_ms))
+            .await
+            .map(|took| ok(took.as_millis() as u64)),
+        Request::Discard { jail } => rt.discard(&jail).await.map(ok),
+        Request::Receive { .. } => {
+            return Response::Error("receive: the archive must follow the request".into());
+        }
     };
     result.unwrap_or_else(|e| Response::Error(e.to_string()))
 }
@@ -238,6 +269,15 @@ pub async fn call_tls<T: serde::de::DeserializeOwned>(
     config: Arc<tokio_rustls::rustls::ClientConfig>,
     request: &Request,
 ) -> Result<T, ClientError> {
+    let tls = connect_tls(addr, host, config).await?;
+    exchange(tls, request).await
+}
+
+async fn connect_tls(
+    addr: std::net::SocketAddr,
+    host: &str,
+    config: Arc<tokio_rustls::rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {
     let name = citadel_pki::server_name(host).map_err(|e| ClientError::Protocol(e.to_string()))?;
     let unreachable = |why: String| ClientError::Unreachable(host.to_string(), addr, why);
     let tcp = tokio::time::timeout(std::time::Duration::from_secs(3), TcpStream::connect(addr))
@@ -245,14 +285,78 @@ pub async fn call_tls<T: serde::de::DeserializeOwned>(
         .map_err(|_| unreachable("no answer within 3 s".into()))?
         .map_err(|e| unreachable(e.to_string()))?;
     // A frozen box's kernel still accepts TCP; its agent never answers the handshake.
-    let tls = tokio::time::timeout(
+    tokio::time::timeout(
         std::time::Duration::from_secs(3),
         tokio_rustls::TlsConnector::from(config).connect(name, tcp),
     )
     .await
     .map_err(|_| unreachable("no TLS handshake within 3 s".into()))?
-    .map_err(|e| unreachable(format!("TLS: {e}")))?;
-    exchange(tls, request).await
+    .map_err(|e| unreachable(format!("TLS: {e}")))
+}
+
+/// The largest frame of a streamed file: big enough that the frame headers cost nothing,
+/// small enough that neither side holds much of the file in memory.
+pub const FRAME: usize = 1 << 20;
+
+/// Sends `request` (a `Receive`) to `host`'s agent, then `file` as length-delimited frames
+/// on the same connection, and decodes the answer (sent once the file is stored there).
+pub async fn send_file<T: serde::de::DeserializeOwned>(
+    addr: std::net::SocketAddr,
+    host: &str,
+    config: Arc<tokio_rustls::rustls::ClientConfig>,
+    request: &Request,
+    file: &Path,
+) -> Result<T, ClientError> {
+    let tls = connect_tls(addr, host, config).await?;
+    let (read, mut write) = tokio::io::split(tls);
+    let mut line = serde_json::to_vec(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    line.push(b'\n');
+    let sent = async {
+        write.write_all(&line).await?;
+        let mut source = tokio::fs::File::open(file).await?;
+        let mut buf = vec![0u8; FRAME];
+        loop {
+            let n = source.read(&mut buf).await?;
+            write.write_u32(n as u32).await?;
+            if n == 0 {
+                break;
+            }
+            write.write_all(&buf[..n]).await?;
+        }
+        write.flush().await
+    }
+    .await;
+    match (sent, read_answer(read).await) {
+        (_, Err(ClientError::Refused(why))) => Err(ClientError::Refused(why)),
+        // The agent's own words (a refusal) say more than the broken connection.
+        (Err(e), _) => Err(e.into()),
+        (Ok(()), answer) => answer,
+    }
+}
+
+/// Reads the frames `send_file` writes into `out`, at most `limit` bytes in all.
+pub async fn read_frames<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    from: &mut R,
+    out: &mut W,
+    limit: u64,
+) -> std::io::Result<u64> {
+    let mut total = 0u64;
+    let mut buf = vec![0u8; FRAME];
+    loop {
+        let n = from.read_u32().await? as usize;
+        if n == 0 {
+            return Ok(total);
+        }
+        if n > FRAME || total + n as u64 > limit {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a frame of {n} bytes beyond what was announced ({limit} bytes in all)"),
+            ));
+        }
+        from.read_exact(&mut buf[..n]).await?;
+        out.write_all(&buf[..n]).await?;
+        total += n as u64;
+    }
 }
 
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin, T: serde::de::DeserializeOwned>(
@@ -263,6 +367,12 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin, T: serde::de::DeserializeOw
     let mut line = serde_json::to_vec(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
     line.push(b'\n');
     write.write_all(&line).await?;
+    read_answer(read).await
+}
+
+async fn read_answer<R: AsyncRead + Unpin, T: serde::de::DeserializeOwned>(
+    read: R,
+) -> Result<T, ClientError> {
     let mut answer = String::new();
     BufReader::new(read).read_line(&mut answer).await?;
     if answer.is_empty() {

@@ -77,12 +77,40 @@ pub enum Request {
         generation: u64,
         sha256: String,
     },
+    /// `jail move`, on the source: stop `jail` (the operator has drained it at the gates),
+    /// archive it and send the archive to host `to`'s agent (`Receive`). The jail stays
+    /// stopped here, marked as moving, until `Start` (rollback) or `Discard` (done).
+    MoveOut {
+        jail: String,
+        to: String,
+    },
+    /// `jail move`, on the target, from the source's agent: `jail`'s archive follows this
+    /// line as frames (a 4-byte big-endian length, then that many bytes; an empty frame
+    /// ends it), `bytes` and `sha256` in all. Only the host the jail is on may send it.
+    Receive {
+        jail: String,
+        bytes: u64,
+        sha256: String,
+    },
+    /// `jail move`, on the target: restore the received `jail` here with its name,
+    /// addresses and data, start it and wait until it is healthy.
+    MoveIn {
+        jail: String,
+        timeout_ms: u64,
+    },
+    /// `jail move`: delete this host's copy of `jail` (stopped first) — the source's once
+    /// the move is done, the target's when it is rolled back. Refused where the applied file
+    /// puts the jail.
+    Discard {
+        jail: String,
+    },
 }
 
 impl Request {
-    /// What another host's agent (a host certificate) may ask: only the peers' exchange.
+    /// What another host's agent (a host certificate) may ask: the peers' exchange, and a
+    /// moved jail's archive (checked to come from the jail's host).
     pub fn allowed_to_hosts(&self) -> bool {
-        matches!(self, Request::Gossip { .. })
+        matches!(self, Request::Gossip { .. } | Request::Receive { .. })
     }
 }
 

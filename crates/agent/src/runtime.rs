@@ -18,6 +18,7 @@ use tokio::sync::Mutex;
 use crate::protocol::{Created, Identity, JailReport, StatusReport};
 
 mod converge;
+mod moving;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -250,6 +251,8 @@ pub struct Runtime {
     applied: std::sync::Mutex<Option<crate::applied::Applied>>,
     /// One apply (operator's or a peer's file) at a time.
     applying: Mutex<()>,
+    /// This host's certificate as a client of the other agents (`jail move` sends with it).
+    peers: std::sync::Mutex<Option<Arc<tokio_rustls::rustls::ClientConfig>>>,
 }
 
 /// What a reload changed.
@@ -343,6 +346,7 @@ impl Runtime {
             jails: Mutex::new(jails),
             applied: std::sync::Mutex::new(None),
             applying: Mutex::new(()),
+            peers: std::sync::Mutex::new(None),
         })
     }
 
@@ -401,6 +405,10 @@ impl Runtime {
                 let Some(sup) = self.supervisor(name).await else {
                     continue;
                 };
+                if let Some(to) = self.moving_to(name) {
+                    tracing::warn!(jail = %name, %to, "not started: it was moving to another host (`citadel jail start` brings it back here)");
+                    continue;
+                }
                 match sup.start().await {
                     Ok(()) => waiting.push((name.clone(), sup)),
                     Err(error) => {
@@ -525,6 +533,8 @@ impl Runtime {
 
     pub async fn start(&self, name: &str) -> Result<(), RuntimeError> {
         let sup = self.require(name).await?;
+        // The operator's start (or a move's rollback): it runs here again.
+        self.clear_moving(name);
         sup.start().await.map_err(RuntimeError::Start)?;
         self.drain(name, false).await;
         Ok(())

@@ -191,6 +191,7 @@ pub async fn run_jails(args: UpArgs, json: bool, agent: Option<AgentMode>) -> an
         eprintln!("listening for the operator on {} (mutual TLS)", tls.addr);
     }
     if let Some(client) = peers {
+        runtime.set_peers(client.clone());
         tokio::spawn(citadel_agent::peers::gossip(
             runtime.clone(),
             client,

@@ -100,6 +100,7 @@ impl Runtime {
                 out.push(change(&jail.name, action, what));
             } else if start_stopped
                 && entry.from_file
+                && self.moving_to(&jail.name).is_none()
                 && matches!(
                     entry.supervisor.status().state,
                     JailState::Stopped | JailState::Exited | JailState::Failed
