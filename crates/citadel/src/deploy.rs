@@ -22,6 +22,9 @@ use crate::agentctl::operator_config;
 use crate::ops::load_cluster;
 use crate::roles::gate;
 
+mod moving;
+pub use moving::move_jail;
+
 #[derive(clap::Args)]
 pub struct DeployArgs {
     /// The cluster file (checked first: an invalid file contacts no host).
@@ -214,6 +217,18 @@ struct Outcome {
 
 pub async fn apply(args: DeployArgs, json: bool, timeout: Duration) -> anyhow::Result<i32> {
     let session = Arc::new(Session::open(&args)?);
+    let (outcome, hosts) = apply_session(&session, json, timeout).await?;
+    print_outcome(&outcome, hosts, json)?;
+    Ok(if outcome.failed.is_some() { 1 } else { 0 })
+}
+
+/// Applies the session's file everywhere reachable and rolls the held restarts; returns what
+/// happened and how many hosts the file has.
+async fn apply_session(
+    session: &Arc<Session>,
+    json: bool,
+    timeout: Duration,
+) -> anyhow::Result<(Outcome, usize)> {
     let rows = session.plans().await;
     if !json {
         print_rows(&rows);
@@ -309,7 +324,13 @@ pub async fn apply(args: DeployArgs, json: bool, timeout: Duration) -> anyhow::R
         let rollout: Vec<(String, String)> = rolled.into_iter().map(|(_, j, h)| (j, h)).collect();
         for (i, (jail, host)) in rollout.iter().enumerate() {
             let drain_at: Vec<&Gate> = gates.iter().filter(|g| g.members.contains(jail)).collect();
-            match roll_one(&session, jail, host, &drain_at, timeout, json).await {
+            // Restarted with the new file, drained at its gates meanwhile.
+            let request = Request::Roll {
+                jail: jail.to_string(),
+                timeout_ms: timeout.as_millis() as u64,
+            };
+            let step = session.ask::<u64>(host, &request, timeout + ASK);
+            match drained(session, jail, host, &drain_at, timeout, json, step).await {
                 Ok(()) => outcome.rolled.push(jail.clone()),
                 Err(e) => {
                     let left: Vec<&str> =
@@ -324,8 +345,12 @@ pub async fn apply(args: DeployArgs, json: bool, timeout: Duration) -> anyhow::R
             }
         }
     }
+    Ok((outcome, rows.len()))
+}
+
+fn print_outcome(outcome: &Outcome, hosts: usize, json: bool) -> anyhow::Result<()> {
     if json {
-        crate::output::json(&outcome)?;
+        crate::output::json(outcome)?;
     } else {
         for (host, why) in &outcome.behind {
             eprintln!(
@@ -339,11 +364,11 @@ pub async fn apply(args: DeployArgs, json: bool, timeout: Duration) -> anyhow::R
                 "applied generation {} to {} of {} host(s)",
                 outcome.generation,
                 outcome.applied.len(),
-                rows.len()
+                hosts
             ),
         }
     }
-    Ok(if outcome.failed.is_some() { 1 } else { 0 })
+    Ok(())
 }
 
 fn list(v: &[impl AsRef<str>]) -> String {
@@ -354,16 +379,19 @@ fn list(v: &[impl AsRef<str>]) -> String {
     }
 }
 
-/// Drain at the gates, restart with the new file, wait healthy, put back, and wait until
-/// every gate has it in rotation again, and keeps it there for one whole check (a check
-/// begun while the jail was down may still take it out): only then may the next one go.
-async fn roll_one(
+/// Runs `step` (which restarts `jail` somewhere, healthy when it returns: how long that took)
+/// with `jail` drained at `gates`, once every service it belongs to has another member in
+/// rotation; then puts it back and waits until every gate has had it in rotation for one
+/// whole check (a check begun while the jail was down may still take it out): only then may
+/// the next one go. `host` is where it runs after `step`.
+async fn drained(
     session: &Session,
     jail: &str,
     host: &str,
     gates: &[&Gate],
     timeout: Duration,
     json: bool,
+    step: impl std::future::Future<Output = Result<u64, String>>,
 ) -> Result<(), String> {
     let drain = |on: bool| async move {
         for g in gates {
@@ -378,11 +406,7 @@ async fn roll_one(
     };
     others_in_rotation(session, jail, gates, timeout).await?;
     drain(true).await;
-    let request = Request::Roll {
-        jail: jail.to_string(),
-        timeout_ms: timeout.as_millis() as u64,
-    };
-    let rolled = session.ask::<u64>(host, &request, timeout + ASK).await;
+    let rolled = step.await;
     drain(false).await;
     let took = rolled?;
     let began = Instant::now();

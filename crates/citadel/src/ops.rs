@@ -278,10 +278,40 @@ pub enum JailVerb {
     /// Stop a jail and delete it with its data.
     #[command(after_help = "Example:\n  citadel jail destroy app-3")]
     Destroy { jail: String },
+    /// Move a jail to another host, with its data, through the agents (mutual TLS); the cluster
+    /// file is updated (written back) and applied everywhere.
+    #[command(after_help = "Examples:
+  citadel jail move app-1 server-2 --file ./mycluster/citadel.toml --dir ./mycluster
+  citadel jail move db-1 server-2 --timeout 2m")]
+    Move {
+        jail: String,
+        /// The host to move it to.
+        host: String,
+        /// The cluster file the hosts run (default: DIR/citadel.toml); rewritten with the
+        /// jail's new host once it runs there.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Where `citadel init` wrote `pki/` (the CA and your certificate).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// How long the jail may take to be healthy on the target and back in rotation.
+        #[arg(long, default_value = "60s", value_parser = crate::deploy::parse_timeout)]
+        timeout: Duration,
+    },
 }
 
 pub async fn jail(verb: JailVerb, state: &Path, json: bool) -> anyhow::Result<i32> {
     match verb {
+        JailVerb::Move {
+            jail,
+            host,
+            file,
+            dir,
+            timeout,
+        } => {
+            let file = file.unwrap_or_else(|| dir.join("citadel.toml"));
+            return crate::deploy::move_jail(&jail, &host, &file, &dir, timeout, json).await;
+        }
         JailVerb::List => {
             let report: StatusReport = call(state, &Request::Status).await?;
             if json {

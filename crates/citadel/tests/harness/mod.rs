@@ -503,10 +503,127 @@ pub fn assert_rolled_without_failure(report: &citadel_app::load::LoadReport, too
         "no request may fail during a rolling apply: {:?}",
         report.errors
     );
+    assert_no_write_lost(report);
+}
+
+/// Every write the load had acknowledged read back at its end.
+pub fn assert_no_write_lost(report: &citadel_app::load::LoadReport) {
     assert!(
         report.lost.is_empty() && report.unverified.is_empty(),
         "acknowledged writes lost: {:?}; unverified: {:?}",
         report.lost,
         report.unverified
     );
+    assert!(
+        report.acknowledged > 50,
+        "too little load: {}",
+        report.acknowledged
+    );
+}
+
+/// The app's load checker through the gate listener at `base` (`http://ADDR:PORT`) for
+/// `duration` (4 clients, 30 % writes), once the gate (admin address `admin`) has answered
+/// 100 more requests of it with 2xx: it runs by then.
+pub fn load_through_gate(
+    base: &str,
+    admin: &str,
+    token: String,
+    collection: &str,
+    duration: Duration,
+) -> std::thread::JoinHandle<Result<citadel_app::load::LoadReport, citadel_app::load::LoadError>> {
+    let opts = citadel_app::load::LoadOptions {
+        base: base.to_string(),
+        token: Some(token),
+        collection: collection.into(),
+        duration,
+        concurrency: 4,
+        write_percent: 30,
+        request_timeout: Duration::from_secs(10),
+        verify_timeout: Duration::from_secs(30),
+    };
+    let ok_requests = || {
+        metric_sum(
+            &format!("http://{admin}/metrics"),
+            "gate_http_requests_total",
+            &["listener=\"public\"", "code=\"2"],
+        )
+        .unwrap_or(0)
+    };
+    let from = ok_requests();
+    let load = spawn_load(opts);
+    wait_for("the load to run", Duration::from_secs(20), || {
+        (ok_requests() > from + 100).then_some(())
+    });
+    load
+}
+
+/// An agent with no file, in its own directory, stopped (SIGTERM) when dropped.
+pub fn agent(op: &Operator, host: &str, listen: &str) -> Up {
+    let dir = tempfile::tempdir().expect("tempdir");
+    agent_in(op, host, listen, dir)
+}
+
+pub fn agent_in(op: &Operator, host: &str, listen: &str, dir: tempfile::TempDir) -> Up {
+    let _ = std::fs::remove_file(dir.path().join("state/control.sock"));
+    let child = agent_command(host, dir.path(), listen, &op.bundle(host))
+        .spawn()
+        .expect("spawn citadel agent");
+    let state = dir.path().join("state");
+    Up::attach(child, dir, state)
+}
+
+/// The built-in cluster moved to `NET.x.y` (a /16 of the test's own: `127.126`), its hosts'
+/// agents at `NET.1.1` (gate), `NET.1.2`, `NET.1.3` (servers), port 7443.
+pub fn builtin_on_agents(net: &str) -> String {
+    let moved = include_str!("../../../spec/src/builtin.toml")
+        .replace("127.10.0.", &format!("{net}.10."))
+        .replace("127.20.0.", &format!("{net}.20."))
+        .replace("127.0.0.1:8080", &format!("{net}.0.1:8080"))
+        .replace("127.0.0.1:8081", &format!("{net}.0.1:8081"))
+        .replace(
+            "[[host]]\nname = \"gate\"\n",
+            &format!("[[host]]\nname = \"gate\"\nagent = \"{net}.1.1:7443\"\n"),
+        )
+        .replace(
+            "name = \"server-1\"\n",
+            &format!("name = \"server-1\"\nagent = \"{net}.1.2:7443\"\n"),
+        )
+        .replace(
+            "name = \"server-2\"\n",
+            &format!("name = \"server-2\"\nagent = \"{net}.1.3:7443\"\n"),
+        );
+    for other in ["\"127.10.0.", "\"127.20.0.", "\"127.0.0.1"] {
+        assert!(!moved.contains(other), "an address not moved: {other}");
+    }
+    assert_eq!(
+        moved.matches("\nagent = ").count(),
+        3,
+        "every host has an agent"
+    );
+    moved
+}
+
+/// The jails of the built-in cluster.
+pub const BUILTIN_JAILS: [&str; 9] = [
+    "witness",
+    "db-1",
+    "db-2",
+    "app-1",
+    "app-2",
+    "store-1",
+    "store-2",
+    "store-spare",
+    "gate",
+];
+
+pub fn healthy_everywhere(agents: &[&Up]) {
+    wait_for(
+        "every jail healthy on its host",
+        Duration::from_secs(90),
+        || all_healthy(agents, &BUILTIN_JAILS).then_some(()),
+    );
+}
+
+pub fn pids(agent: &Up, jails: &[&str]) -> Vec<Option<i32>> {
+    jails.iter().map(|j| agent.pid(j)).collect()
 }
