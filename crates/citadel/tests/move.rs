@@ -159,9 +159,12 @@ fn move_an_app_and_a_db_jail_under_load() {
         took < load_for,
         "the load outlasted both moves ({took:?} vs {load_for:?})"
     );
+    // Writes too: the gate retries a failed read on the other app, so a move that skipped
+    // the drain fails no read here, but it did fail a write (one 502 in one such run).
     assert_eq!(
-        report.reads_err, 0,
-        "no read may fail while jails move: {:?}",
+        (report.reads_err, report.writes_err),
+        (0, 0),
+        "no request may fail while jails move: {:?}",
         report.errors
     );
     assert_no_write_lost(&report);
