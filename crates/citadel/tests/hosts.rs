@@ -552,18 +552,6 @@ fn load_from_users(
     spawn_load_in(opts, Some(name))
 }
 
-const ALL: [&str; 9] = [
-    "witness",
-    "db-1",
-    "db-2",
-    "app-1",
-    "app-2",
-    "store-1",
-    "store-2",
-    "store-spare",
-    "gate",
-];
-
 #[test]
 fn the_seed_topology_survives_losing_a_box() {
     if !is_root() {
@@ -580,7 +568,7 @@ fn the_seed_topology_survives_losing_a_box() {
         "{out}"
     );
     topo.wait("every jail healthy", Duration::from_secs(120), || {
-        topo.healthy(&ALL).then_some(())
+        topo.healthy(&BUILTIN_JAILS).then_some(())
     });
     wait_for(
         "both apps in the gate's rotation",
