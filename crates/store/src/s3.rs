@@ -871,9 +871,7 @@ impl S3 for Store {
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         let i = req.input;
         self.bucket_exists(&i.bucket).await?;
-        let max = i.max_keys.unwrap_or(1000).clamp(0, 1000) as usize;
-        let prefix = i.prefix.clone().unwrap_or_default();
-        let delim = i.delimiter.clone().filter(|d| !d.is_empty());
+        let max = max_keys(i.max_keys);
         // The continuation token is the last key (or common prefix) returned, hex-encoded so
         // any key bytes survive the round trip.
         let after = match &i.continuation_token {
@@ -887,26 +885,245 @@ impl S3 for Store {
             ),
             None => i.start_after.clone(),
         };
+        let page = self
+            .list_page(
+                &i.bucket,
+                i.prefix.as_deref().unwrap_or_default(),
+                i.delimiter.as_deref(),
+                after.as_deref(),
+                max,
+            )
+            .await?;
+        let next = if page.truncated {
+            page.last.as_ref().map(|k| hex::encode(k.as_bytes()))
+        } else {
+            None
+        };
+        let enc = Enc::of(&i.encoding_type);
+        let contents: Vec<Object> = page
+            .contents
+            .into_iter()
+            .map(|o| object_entry(&enc, o))
+            .collect();
+        let key_count = (contents.len() + page.prefixes.len()) as i32;
+        Ok(S3Response::new(ListObjectsV2Output {
+            name: Some(i.bucket),
+            prefix: enc.o(i.prefix),
+            delimiter: enc.o(i.delimiter),
+            max_keys: Some(max as i32),
+            key_count: Some(key_count),
+            continuation_token: i.continuation_token,
+            start_after: enc.o(i.start_after),
+            is_truncated: Some(page.truncated),
+            next_continuation_token: next,
+            contents: Some(contents),
+            common_prefixes: enc.prefixes(page.prefixes),
+            encoding_type: i.encoding_type,
+            ..Default::default()
+        }))
+    }
+
+    /// ListObjects (v1): the same listing as v2, paged by `marker` (the last key or common
+    /// prefix seen); `NextMarker` is given when truncated with a delimiter (without one the
+    /// client continues from the last key, as S3 says).
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
+        let i = req.input;
+        self.bucket_exists(&i.bucket).await?;
+        let max = max_keys(i.max_keys);
+        let page = self
+            .list_page(
+                &i.bucket,
+                i.prefix.as_deref().unwrap_or_default(),
+                i.delimiter.as_deref(),
+                i.marker.as_deref().filter(|m| !m.is_empty()),
+                max,
+            )
+            .await?;
+        let next_marker = if page.truncated && i.delimiter.as_deref().is_some_and(|d| !d.is_empty())
+        {
+            page.last.clone()
+        } else {
+            None
+        };
+        let enc = Enc::of(&i.encoding_type);
+        Ok(S3Response::new(ListObjectsOutput {
+            name: Some(i.bucket),
+            prefix: enc.o(i.prefix),
+            marker: enc.o(i.marker),
+            delimiter: enc.o(i.delimiter),
+            max_keys: Some(max as i32),
+            is_truncated: Some(page.truncated),
+            next_marker: enc.o(next_marker),
+            contents: Some(
+                page.contents
+                    .into_iter()
+                    .map(|o| object_entry(&enc, o))
+                    .collect(),
+            ),
+            common_prefixes: enc.prefixes(page.prefixes),
+            encoding_type: i.encoding_type,
+            ..Default::default()
+        }))
+    }
+
+    /// Buckets are not versioned: every object is its one version, id `null` (what S3 shows
+    /// for an object written while versioning was never enabled), so tools that clean up
+    /// through the versions listing work.
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        let i = req.input;
+        self.bucket_exists(&i.bucket).await?;
+        let max = max_keys(i.max_keys);
+        let page = self
+            .list_page(
+                &i.bucket,
+                i.prefix.as_deref().unwrap_or_default(),
+                i.delimiter.as_deref(),
+                i.key_marker.as_deref().filter(|m| !m.is_empty()),
+                max,
+            )
+            .await?;
+        let enc = Enc::of(&i.encoding_type);
+        let versions = page
+            .contents
+            .into_iter()
+            .map(|(k, m)| ObjectVersion {
+                key: Some(enc.s(k)),
+                size: Some(m.size as i64),
+                e_tag: Some(quoted(&m.etag)),
+                last_modified: Some(ts(m.modified)),
+                is_latest: Some(true),
+                version_id: Some("null".into()),
+                storage_class: Some(ObjectVersionStorageClass::from_static(
+                    ObjectVersionStorageClass::STANDARD,
+                )),
+                ..Default::default()
+            })
+            .collect();
+        Ok(S3Response::new(ListObjectVersionsOutput {
+            name: Some(i.bucket),
+            prefix: enc.o(i.prefix),
+            delimiter: enc.o(i.delimiter),
+            key_marker: enc.o(i.key_marker),
+            version_id_marker: i.version_id_marker,
+            max_keys: Some(max as i32),
+            is_truncated: Some(page.truncated),
+            next_key_marker: enc.o(if page.truncated { page.last } else { None }),
+            next_version_id_marker: page.truncated.then(|| "null".to_string()),
+            versions: Some(versions),
+            common_prefixes: enc.prefixes(page.prefixes),
+            encoding_type: i.encoding_type,
+            ..Default::default()
+        }))
+    }
+}
+
+/// One page of a bucket listing: objects with their records, common prefixes, and the last
+/// key or common prefix returned (where the next page starts).
+pub(crate) struct Page {
+    pub contents: Vec<(String, ObjectMeta)>,
+    pub prefixes: Vec<String>,
+    pub truncated: bool,
+    pub last: Option<String>,
+}
+
+fn max_keys(m: Option<i32>) -> usize {
+    m.unwrap_or(1000).clamp(0, 1000) as usize
+}
+
+/// `encoding-type=url` on a listing: keys, prefixes, delimiter and markers in the answer are
+/// percent-encoded (all but unreserved characters and `/`), so any key bytes survive XML;
+/// boto3 asks for it on every ListObjects and ListObjectVersions and decodes the answer.
+struct Enc(bool);
+
+impl Enc {
+    fn of(e: &Option<EncodingType>) -> Enc {
+        Enc(e.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL))
+    }
+
+    fn s(&self, s: String) -> String {
+        if !self.0 {
+            return s;
+        }
+        let mut out = String::with_capacity(s.len());
+        for b in s.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    }
+
+    fn o(&self, s: Option<String>) -> Option<String> {
+        s.map(|s| self.s(s))
+    }
+
+    fn prefixes(&self, p: Vec<String>) -> Option<Vec<CommonPrefix>> {
+        if p.is_empty() {
+            None
+        } else {
+            Some(
+                p.into_iter()
+                    .map(|p| CommonPrefix {
+                        prefix: Some(self.s(p)),
+                    })
+                    .collect(),
+            )
+        }
+    }
+}
+
+fn object_entry(enc: &Enc, (k, m): (String, ObjectMeta)) -> Object {
+    Object {
+        key: Some(enc.s(k)),
+        size: Some(m.size as i64),
+        e_tag: Some(quoted(&m.etag)),
+        last_modified: Some(ts(m.modified)),
+        storage_class: Some(ObjectStorageClass::from_static(
+            ObjectStorageClass::STANDARD,
+        )),
+        ..Default::default()
+    }
+}
+
+impl Store {
+    /// The keys after `after` under `prefix`, common prefixes collapsed at `delim`, at most
+    /// `max` entries. Reads HKEYS of the bucket's hash, sorts, then HGETs the page's records.
+    pub(crate) async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delim: Option<&str>,
+        after: Option<&str>,
+        max: usize,
+    ) -> S3Result<Page> {
+        let delim = delim.filter(|d| !d.is_empty());
         let keys: BTreeSet<String> = self
             .db
-            .hkeys(&objects_key(&i.bucket))
+            .hkeys(&objects_key(bucket))
             .await
             .map_err(internal)?
             .into_iter()
-            .filter(|k| k.starts_with(&prefix))
+            .filter(|k| k.starts_with(prefix))
             .collect();
         let mut entries: Vec<(String, bool)> = Vec::new(); // (key or common prefix, is_prefix)
         let mut truncated = false;
-        let range: Box<dyn Iterator<Item = &String>> = match &after {
-            Some(a) => Box::new(keys.range::<String, _>((
-                std::ops::Bound::Excluded(a.clone()),
-                std::ops::Bound::Unbounded,
-            ))),
+        let range: Box<dyn Iterator<Item = &String>> = match after {
+            Some(a) => Box::new(
+                keys.range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            ),
             None => Box::new(keys.iter()),
         };
         for k in range {
-            let entry = match &delim {
-                Some(d) => match k[prefix.len()..].find(d.as_str()) {
+            let entry = match delim {
+                Some(d) => match k[prefix.len()..].find(d) {
                     Some(pos) => (k[..prefix.len() + pos + d.len()].to_string(), true),
                     None => (k.clone(), false),
                 },
@@ -916,8 +1133,8 @@ impl S3 for Store {
                 if entries.last().is_some_and(|l| l.0 == entry.0) {
                     continue;
                 }
-                // A common prefix at or before the token was returned on an earlier page.
-                if after.as_ref().is_some_and(|a| a.starts_with(&entry.0)) {
+                // A common prefix at or before the marker was returned on an earlier page.
+                if after.is_some_and(|a| a.starts_with(&entry.0)) {
                     continue;
                 }
             }
@@ -927,17 +1144,13 @@ impl S3 for Store {
             }
             entries.push(entry);
         }
-        let next = if truncated {
-            entries.last().map(|(k, _)| hex::encode(k.as_bytes()))
-        } else {
-            None
-        };
+        let last = entries.last().map(|(k, _)| k.clone());
         let mut contents = Vec::new();
         let mut prefixes = Vec::new();
-        let okey = objects_key(&i.bucket);
+        let okey = objects_key(bucket);
         for (k, is_prefix) in entries {
             if is_prefix {
-                prefixes.push(CommonPrefix { prefix: Some(k) });
+                prefixes.push(k);
                 continue;
             }
             // Deleted between HKEYS and here: skip it.
@@ -949,36 +1162,13 @@ impl S3 for Store {
             else {
                 continue;
             };
-            contents.push(Object {
-                key: Some(k),
-                size: Some(m.size as i64),
-                e_tag: Some(quoted(&m.etag)),
-                last_modified: Some(ts(m.modified)),
-                storage_class: Some(ObjectStorageClass::from_static(
-                    ObjectStorageClass::STANDARD,
-                )),
-                ..Default::default()
-            });
+            contents.push((k, m));
         }
-        let key_count = (contents.len() + prefixes.len()) as i32;
-        Ok(S3Response::new(ListObjectsV2Output {
-            name: Some(i.bucket),
-            prefix: i.prefix,
-            delimiter: i.delimiter,
-            max_keys: Some(max as i32),
-            key_count: Some(key_count),
-            continuation_token: i.continuation_token,
-            start_after: i.start_after,
-            is_truncated: Some(truncated),
-            next_continuation_token: next,
-            contents: Some(contents),
-            common_prefixes: if prefixes.is_empty() {
-                None
-            } else {
-                Some(prefixes)
-            },
-            encoding_type: i.encoding_type,
-            ..Default::default()
-        }))
+        Ok(Page {
+            contents,
+            prefixes,
+            truncated,
+            last,
+        })
     }
 }
