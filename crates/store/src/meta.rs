@@ -42,6 +42,31 @@ pub struct ObjectMeta {
     pub blocks: Vec<String>,
     /// Size of each block (to find the blocks a Range needs without reading them).
     pub block_sizes: Vec<u64>,
+    /// Cache-Control, Content-Disposition/-Encoding/-Language and Expires as PUT.
+    #[serde(default, skip_serializing_if = "HttpHeaders::is_empty")]
+    pub headers: HttpHeaders,
+}
+
+/// The standard headers S3 stores with an object and sends back on GET and HEAD.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HttpHeaders {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_disposition: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_encoding: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_language: Option<String>,
+    /// Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<i64>,
+}
+
+impl HttpHeaders {
+    pub fn is_empty(&self) -> bool {
+        *self == HttpHeaders::default()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -12,7 +12,7 @@ use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 use serde::{Deserialize, Serialize};
 
-use crate::meta::{ObjectMeta, now_secs, objects_key};
+use crate::meta::{HttpHeaders, ObjectMeta, now_secs, objects_key};
 use crate::s3::{BodyChecks, Store, check_content_md5, internal, part_checksums, quoted, ts};
 
 /// S3's smallest part (all parts but the last).
@@ -33,6 +33,8 @@ pub struct Upload {
     pub content_type: Option<String>,
     #[serde(default)]
     pub user_meta: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "HttpHeaders::is_empty")]
+    pub headers: HttpHeaders,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,6 +82,7 @@ impl Store {
         let up = Upload {
             key: i.key.clone(),
             initiated: now_secs(),
+            headers: crate::s3::headers_of!(i),
             content_type: i.content_type.map(|c| c.to_string()),
             user_meta: i.metadata.unwrap_or_default().into_iter().collect(),
         };
@@ -146,6 +149,7 @@ impl Store {
             modified: now_secs(),
             blocks: Vec::new(),
             block_sizes: Vec::new(),
+            headers: up.headers.clone(),
         };
         let mut last_number = 0;
         for (idx, p) in listed.iter().enumerate() {

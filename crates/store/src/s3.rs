@@ -57,6 +57,34 @@ pub(crate) fn quoted(etag: &str) -> ETag {
     ETag::Strong(etag.to_string())
 }
 
+/// The stored standard headers from a PutObject, CopyObject (REPLACE) or
+/// CreateMultipartUpload input. `aws-chunked` is how the body was sent, not how it is
+/// stored: it is dropped from Content-Encoding (S3 does the same).
+macro_rules! headers_of {
+    ($i:expr) => {
+        $crate::meta::HttpHeaders {
+            cache_control: $i.cache_control.clone(),
+            content_disposition: $i.content_disposition.clone(),
+            content_encoding: $crate::s3::stored_encoding($i.content_encoding.as_deref()),
+            content_language: $i.content_language.clone(),
+            expires: $i
+                .expires
+                .clone()
+                .map(|t| time::OffsetDateTime::from(t).unix_timestamp()),
+        }
+    };
+}
+pub(crate) use headers_of;
+
+pub(crate) fn stored_encoding(e: Option<&str>) -> Option<String> {
+    let kept: Vec<&str> = e?
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("aws-chunked"))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(","))
+}
+
 impl Store {
     pub(crate) async fn bucket_exists(&self, bucket: &str) -> S3Result<()> {
         match self.db.hget_json::<BucketMeta>(BUCKETS, bucket).await {
@@ -448,8 +476,7 @@ fn check_conditions(
     if let Some(c) = if_none_match {
         if matches(c) {
             return Err(if read {
-                S3Error::new(s3s::S3ErrorCode::Custom("NotModified".into()))
-                    .with_status(hyper::StatusCode::NOT_MODIFIED)
+                not_modified(meta)
             } else {
                 s3_error!(PreconditionFailed, "If-None-Match matched the ETag")
             });
@@ -458,10 +485,28 @@ fn check_conditions(
         && let Some(t) = if_modified_since
         && odt(&modified) <= odt(t)
     {
-        return Err(S3Error::new(s3s::S3ErrorCode::Custom("NotModified".into()))
-            .with_status(hyper::StatusCode::NOT_MODIFIED));
+        return Err(not_modified(meta));
     }
     Ok(())
+}
+
+/// 304 Not Modified, with the ETag and Last-Modified a 200 would have carried (RFC 9110
+/// 15.4.5: a cache updates its stored response from them).
+fn not_modified(meta: &ObjectMeta) -> S3Error {
+    let mut e = S3Error::new(s3s::S3ErrorCode::Custom("NotModified".into()))
+        .with_status(hyper::StatusCode::NOT_MODIFIED);
+    let mut h = hyper::HeaderMap::new();
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("\"{}\"", meta.etag)) {
+        h.insert(hyper::header::ETAG, v);
+    }
+    let modified = odt(&ts(meta.modified));
+    if let Ok(text) = modified.format(&time::format_description::well_known::Rfc2822)
+        && let Ok(v) = hyper::header::HeaderValue::from_str(&text.replace("+0000", "GMT"))
+    {
+        h.insert(hyper::header::LAST_MODIFIED, v);
+    }
+    e.set_headers(h);
+    e
 }
 
 fn odt(t: &Timestamp) -> time::OffsetDateTime {
@@ -486,6 +531,10 @@ fn check_bucket_name(b: &str) -> S3Result<()> {
         && b.as_bytes()[0].is_ascii_alphanumeric()
         && b.as_bytes()[b.len() - 1].is_ascii_alphanumeric()
         && !b.contains("..")
+        // Each dot-separated label starts and ends alphanumeric (a DNS name, for
+        // virtual-host-style addressing).
+        && !b.contains(".-")
+        && !b.contains("-.")
         && b.parse::<std::net::Ipv4Addr>().is_err();
     if ok {
         Ok(())
@@ -656,6 +705,7 @@ impl S3 for Store {
                 Err(e) => return Err(internal(e)),
             }
         }
+        let headers = headers_of!(input);
         let body = self
             .store_body(input.body, input.content_length, checks)
             .await?;
@@ -669,6 +719,7 @@ impl S3 for Store {
             modified: now_secs(),
             blocks: body.blocks,
             block_sizes: body.sizes,
+            headers,
         };
         // Blocks are on both disks (fsynced); only now does the object exist.
         self.db
@@ -716,12 +767,34 @@ impl S3 for Store {
         };
         let body = self.stream_range(&meta, range.clone());
         bump(&self.stats.gets, 1);
+        let h = &meta.headers;
+        // response-* query parameters (a presigned link's download name, …) override.
         Ok(S3Response::new(GetObjectOutput {
             body: Some(body),
             content_length: Some((range.end - range.start) as i64),
             content_range,
             accept_ranges: Some("bytes".into()),
-            content_type: meta.content_type.clone(),
+            content_type: i
+                .response_content_type
+                .clone()
+                .or_else(|| meta.content_type.clone()),
+            cache_control: i
+                .response_cache_control
+                .clone()
+                .or_else(|| h.cache_control.clone()),
+            content_disposition: i
+                .response_content_disposition
+                .clone()
+                .or_else(|| h.content_disposition.clone()),
+            content_encoding: i
+                .response_content_encoding
+                .clone()
+                .or_else(|| h.content_encoding.clone()),
+            content_language: i
+                .response_content_language
+                .clone()
+                .or_else(|| h.content_language.clone()),
+            expires: i.response_expires.clone().or_else(|| h.expires.map(ts)),
             e_tag: Some(quoted(&meta.etag)),
             last_modified: Some(ts(meta.modified)),
             metadata: Some(meta.user_meta.clone().into_iter().collect()),
@@ -743,10 +816,16 @@ impl S3 for Store {
             i.if_unmodified_since.as_ref(),
             true,
         )?;
+        let h = meta.headers.clone();
         Ok(S3Response::new(HeadObjectOutput {
             content_length: Some(meta.size as i64),
             accept_ranges: Some("bytes".into()),
             content_type: meta.content_type.clone(),
+            cache_control: h.cache_control,
+            content_disposition: h.content_disposition,
+            content_encoding: h.content_encoding,
+            content_language: h.content_language,
+            expires: h.expires.map(ts),
             e_tag: Some(quoted(&meta.etag)),
             last_modified: Some(ts(meta.modified)),
             metadata: Some(meta.user_meta.clone().into_iter().collect()),
@@ -840,6 +919,7 @@ impl S3 for Store {
             .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
         if replace {
             meta.user_meta = i.metadata.unwrap_or_default().into_iter().collect();
+            meta.headers = headers_of!(i);
             meta.content_type = i.content_type.map(|c| c.to_string());
         } else if src_bucket == i.bucket && src_key == i.key {
             return Err(s3_error!(
@@ -909,7 +989,7 @@ impl S3 for Store {
         Ok(S3Response::new(ListObjectsV2Output {
             name: Some(i.bucket),
             prefix: enc.o(i.prefix),
-            delimiter: enc.o(i.delimiter),
+            delimiter: enc.o(i.delimiter.filter(|d| !d.is_empty())),
             max_keys: Some(max as i32),
             key_count: Some(key_count),
             continuation_token: i.continuation_token,
@@ -951,9 +1031,11 @@ impl S3 for Store {
         let enc = Enc::of(&i.encoding_type);
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(i.bucket),
-            prefix: enc.o(i.prefix),
-            marker: enc.o(i.marker),
-            delimiter: enc.o(i.delimiter),
+            // Prefix as sent: boto3 does not decode it in a v1 answer.
+            prefix: i.prefix,
+            // Always there, empty when none was given.
+            marker: Some(enc.s(i.marker.unwrap_or_default())),
+            delimiter: enc.o(i.delimiter.filter(|d| !d.is_empty())),
             max_keys: Some(max as i32),
             is_truncated: Some(page.truncated),
             next_marker: enc.o(next_marker),
@@ -1008,7 +1090,7 @@ impl S3 for Store {
         Ok(S3Response::new(ListObjectVersionsOutput {
             name: Some(i.bucket),
             prefix: enc.o(i.prefix),
-            delimiter: enc.o(i.delimiter),
+            delimiter: enc.o(i.delimiter.filter(|d| !d.is_empty())),
             key_marker: enc.o(i.key_marker),
             version_id_marker: i.version_id_marker,
             max_keys: Some(max as i32),

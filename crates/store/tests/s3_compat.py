@@ -74,4 +74,54 @@ check("delete by versions: no errors", not d.get("Errors"), d)
 check("bucket empty", "Contents" not in s3.list_objects(Bucket="compat"))
 s3.delete_bucket(Bucket="compat")
 check("bucket gone", code_of(lambda: s3.list_object_versions(Bucket="compat")) == "NoSuchBucket")
+
+# Listing details: an empty delimiter is not echoed; v1 always has Marker.
+s3.create_bucket(Bucket="compat2")
+s3.put_object(Bucket="compat2", Key="k", Body=b"x")
+r = s3.list_objects_v2(Bucket="compat2", Delimiter="")
+check("v2: empty delimiter not echoed", "Delimiter" not in r, r)
+r = s3.list_objects(Bucket="compat2")
+check("v1: Marker always there", r.get("Marker") == "", r)
+
+# Bucket names: every dot-separated label starts and ends alphanumeric.
+for bad in ("a.-bc", "ab-.c"):
+    check(f"bucket name {bad} refused", code_of(lambda: s3.create_bucket(Bucket=bad)) == "InvalidBucketName")
+
+# 304 carries the ETag and Last-Modified.
+put = s3.put_object(Bucket="compat2", Key="cond", Body=b"cond")
+try:
+    s3.get_object(Bucket="compat2", Key="cond", IfNoneMatch=put["ETag"])
+    raise AssertionError("expected 304")
+except ClientError as e:
+    h = e.response["ResponseMetadata"]["HTTPHeaders"]
+    check("304", e.response["ResponseMetadata"]["HTTPStatusCode"] == 304, e.response)
+    check("304 has the ETag", h.get("etag") == put["ETag"], h)
+    check("304 has Last-Modified", h.get("last-modified", "").endswith("GMT"), h)
+
+# Standard headers stored and returned (PUT, HEAD, GET, copy, multipart), response-* overrides.
+import datetime
+exp = datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+std = dict(CacheControl="max-age=60", ContentDisposition='attachment; filename="a.txt"',
+           ContentEncoding="gzip", ContentLanguage="fr", Expires=exp)
+s3.put_object(Bucket="compat2", Key="h", Body=b"hdr", **std)
+for what, r in (("HEAD", s3.head_object(Bucket="compat2", Key="h")),
+                ("GET", s3.get_object(Bucket="compat2", Key="h"))):
+    for k, v in std.items():
+        check(f"{what} {k}", r.get(k) == v, r.get(k))
+r = s3.get_object(Bucket="compat2", Key="h", ResponseContentDisposition="inline",
+                  ResponseCacheControl="no-cache")
+check("response-content-disposition", r["ContentDisposition"] == "inline", r["ContentDisposition"])
+check("response-cache-control", r["CacheControl"] == "no-cache", r["CacheControl"])
+s3.copy_object(Bucket="compat2", Key="h2", CopySource={"Bucket": "compat2", "Key": "h"})
+check("copy keeps the headers", s3.head_object(Bucket="compat2", Key="h2")["CacheControl"] == "max-age=60")
+s3.copy_object(Bucket="compat2", Key="h3", CopySource={"Bucket": "compat2", "Key": "h"},
+               MetadataDirective="REPLACE", CacheControl="no-store")
+r = s3.head_object(Bucket="compat2", Key="h3")
+check("copy REPLACE sets them", r["CacheControl"] == "no-store" and "ContentDisposition" not in r, r)
+up = s3.create_multipart_upload(Bucket="compat2", Key="mp", **std)
+p1 = s3.upload_part(Bucket="compat2", Key="mp", UploadId=up["UploadId"], PartNumber=1, Body=b"z" * 10)
+s3.complete_multipart_upload(Bucket="compat2", Key="mp", UploadId=up["UploadId"],
+                             MultipartUpload={"Parts": [{"ETag": p1["ETag"], "PartNumber": 1}]})
+r = s3.head_object(Bucket="compat2", Key="mp")
+check("multipart keeps the headers", all(r.get(k) == v for k, v in std.items()), r)
 print("ALL OK")
