@@ -133,7 +133,27 @@ impl Store {
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let i = req.input;
-        let up = self.upload(&i.bucket, &i.key, &i.upload_id).await?;
+        let up = match self.upload(&i.bucket, &i.key, &i.upload_id).await {
+            Ok(up) => up,
+            Err(e) => {
+                // A retried Complete (the first answer lost) finds the object it made.
+                if let Ok(Some(m)) = self
+                    .db
+                    .hget_json::<ObjectMeta>(&objects_key(&i.bucket), &i.key)
+                    .await
+                    && m.upload_id.as_deref() == Some(i.upload_id.as_str())
+                {
+                    return Ok(S3Response::new(CompleteMultipartUploadOutput {
+                        bucket: Some(i.bucket.clone()),
+                        key: Some(i.key.clone()),
+                        e_tag: Some(quoted(&m.etag)),
+                        location: Some(format!("/{}/{}", i.bucket, i.key)),
+                        ..Default::default()
+                    }));
+                }
+                return Err(e);
+            }
+        };
         let listed = i
             .multipart_upload
             .and_then(|m| m.parts)
@@ -150,6 +170,8 @@ impl Store {
             blocks: Vec::new(),
             block_sizes: Vec::new(),
             headers: up.headers.clone(),
+            upload_id: Some(i.upload_id.clone()),
+            part_sizes: Vec::new(),
         };
         let mut last_number = 0;
         for (idx, p) in listed.iter().enumerate() {
@@ -184,6 +206,7 @@ impl Store {
                 hex::decode(&got.etag).map_err(|_| s3_error!(InternalError, "bad part etag"))?,
             );
             meta.size += got.size;
+            meta.part_sizes.push(got.size);
             meta.blocks.extend(got.blocks.iter().cloned());
             meta.block_sizes.extend(got.block_sizes.iter().copied());
         }

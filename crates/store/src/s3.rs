@@ -490,6 +490,29 @@ fn check_conditions(
     Ok(())
 }
 
+/// The bytes of part `n` (GET/HEAD `partNumber`).
+fn part_of(meta: &ObjectMeta, n: i32) -> S3Result<std::ops::Range<u64>> {
+    if !(1..=10000).contains(&n) {
+        return Err(s3_error!(InvalidArgument, "partNumber must be 1 to 10000"));
+    }
+    meta.part_range(n).ok_or_else(|| {
+        let mut e = S3Error::with_message(
+            s3s::S3ErrorCode::Custom("InvalidPartNumber".into()),
+            format!(
+                "the requested part number is not satisfiable: the object has {} parts",
+                meta.part_sizes.len().max(1)
+            ),
+        );
+        e.set_status_code(hyper::StatusCode::RANGE_NOT_SATISFIABLE);
+        e
+    })
+}
+
+/// `x-amz-mp-parts-count` when a part was asked of a multipart object.
+fn parts_count(meta: &ObjectMeta, part: Option<i32>) -> Option<i32> {
+    (part.is_some() && !meta.part_sizes.is_empty()).then_some(meta.part_sizes.len() as i32)
+}
+
 /// 304 Not Modified, with the ETag and Last-Modified a 200 would have carried (RFC 9110
 /// 15.4.5: a cache updates its stored response from them).
 fn not_modified(meta: &ObjectMeta) -> S3Error {
@@ -720,6 +743,8 @@ impl S3 for Store {
             blocks: body.blocks,
             block_sizes: body.sizes,
             headers,
+            upload_id: None,
+            part_sizes: Vec::new(),
         };
         // Blocks are on both disks (fsynced); only now does the object exist.
         self.db
@@ -746,9 +771,25 @@ impl S3 for Store {
             i.if_unmodified_since.as_ref(),
             true,
         )?;
-        let (range, content_range) = match &i.range {
-            None => (0..meta.size, None),
-            Some(r) => {
+        let (range, content_range) = match (&i.range, i.part_number) {
+            (Some(_), Some(_)) => {
+                return Err(s3_error!(
+                    InvalidRequest,
+                    "Range and partNumber cannot both be given"
+                ));
+            }
+            (None, Some(n)) => {
+                let r = part_of(&meta, n)?;
+                let cr = format!(
+                    "bytes {}-{}/{}",
+                    r.start,
+                    r.end.saturating_sub(1),
+                    meta.size
+                );
+                (r, Some(cr))
+            }
+            (None, None) => (0..meta.size, None),
+            (Some(r), None) => {
                 let got = r.check(meta.size).map_err(|_| {
                     s3_error!(
                         InvalidRange,
@@ -798,6 +839,7 @@ impl S3 for Store {
             e_tag: Some(quoted(&meta.etag)),
             last_modified: Some(ts(meta.modified)),
             metadata: Some(meta.user_meta.clone().into_iter().collect()),
+            parts_count: parts_count(&meta, i.part_number),
             ..Default::default()
         }))
     }
@@ -817,8 +859,23 @@ impl S3 for Store {
             true,
         )?;
         let h = meta.headers.clone();
+        let (length, content_range) = match i.part_number {
+            Some(n) => {
+                let r = part_of(&meta, n)?;
+                let cr = format!(
+                    "bytes {}-{}/{}",
+                    r.start,
+                    r.end.saturating_sub(1),
+                    meta.size
+                );
+                (r.end - r.start, Some(cr))
+            }
+            None => (meta.size, None),
+        };
         Ok(S3Response::new(HeadObjectOutput {
-            content_length: Some(meta.size as i64),
+            content_length: Some(length as i64),
+            content_range,
+            parts_count: parts_count(&meta, i.part_number),
             accept_ranges: Some("bytes".into()),
             content_type: meta.content_type.clone(),
             cache_control: h.cache_control,
@@ -928,6 +985,8 @@ impl S3 for Store {
             ));
         }
         meta.modified = now_secs();
+        // The copy did not come from an upload (its parts stay, as S3 keeps the source's).
+        meta.upload_id = None;
         // Blocks are content-addressed and already on both servers: a copy is metadata only,
         // once they are touched (the source may be deleted and collected meanwhile).
         self.keep_blocks(&meta.blocks, Instant::now(), true).await?;

@@ -124,4 +124,32 @@ s3.complete_multipart_upload(Bucket="compat2", Key="mp", UploadId=up["UploadId"]
                              MultipartUpload={"Parts": [{"ETag": p1["ETag"], "PartNumber": 1}]})
 r = s3.head_object(Bucket="compat2", Key="mp")
 check("multipart keeps the headers", all(r.get(k) == v for k, v in std.items()), r)
+
+# A retried Complete (its first answer lost) gets the same answer; another upload id does not.
+MIB5 = 5 * 1024 * 1024
+up = s3.create_multipart_upload(Bucket="compat2", Key="parts")
+bodies = [b"a" * MIB5, b"b" * 1000]
+parts = []
+for n, b in enumerate(bodies, 1):
+    e = s3.upload_part(Bucket="compat2", Key="parts", UploadId=up["UploadId"], PartNumber=n, Body=b)["ETag"]
+    parts.append({"ETag": e, "PartNumber": n})
+done = s3.complete_multipart_upload(Bucket="compat2", Key="parts", UploadId=up["UploadId"], MultipartUpload={"Parts": parts})
+again = s3.complete_multipart_upload(Bucket="compat2", Key="parts", UploadId=up["UploadId"], MultipartUpload={"Parts": parts})
+check("retried Complete: same ETag", again["ETag"] == done["ETag"], again)
+check("Complete of an unknown upload", code_of(lambda: s3.complete_multipart_upload(
+    Bucket="compat2", Key="parts", UploadId="0" * 32, MultipartUpload={"Parts": parts})) == "NoSuchUpload")
+# GET/HEAD by partNumber: that part's bytes, the parts count, the whole object's ETag.
+for n, b in enumerate(bodies, 1):
+    r = s3.get_object(Bucket="compat2", Key="parts", PartNumber=n)
+    check(f"GET part {n}", r["Body"].read() == b and r["PartsCount"] == 2 and r["ETag"] == done["ETag"], r)
+    r = s3.head_object(Bucket="compat2", Key="parts", PartNumber=n)
+    check(f"HEAD part {n}", r["ContentLength"] == len(b) and r["PartsCount"] == 2, r)
+try:
+    s3.get_object(Bucket="compat2", Key="parts", PartNumber=3)
+    raise AssertionError("part 3 of 2")
+except ClientError as e:
+    check("part 3 of 2: 416 InvalidPartNumber", e.response["Error"]["Code"] == "InvalidPartNumber"
+          and e.response["ResponseMetadata"]["HTTPStatusCode"] == 416, e.response)
+r = s3.get_object(Bucket="compat2", Key="k", PartNumber=1)
+check("a single-part object is its part 1", r["Body"].read() == b"x" and "PartsCount" not in r, r)
 print("ALL OK")
