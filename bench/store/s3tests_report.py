@@ -22,7 +22,7 @@ GROUPS = [
     ("CopyObject", True, r"copy"),
     ("conditional requests", True, r"if_?match|if_?none_?match|ifnonmatch|modifiedsince|conditional"),
     ("checksums", True, r"checksum"),
-    ("Range", True, r"range"),
+    ("Range", True, r"^ranged"),
     ("buckets", True, r"bucket_create|create_bucket|bucket_delete|bucket_head|bucket_notexist|bucketv2_notexist|buckets_|list_buckets|bucket_recreate|bucket_get_location|head_bucket|account_usage|expected_bucket_owner"),
     ("auth, presigned, anonymous", True, r"presigned|x_amz_expires|anon|authenticated|access_bucket|auth"),
     ("objects (put/get/head/delete, metadata, DeleteObjects)", True, r"object|obj|atomic|100_continue|raw_get"),

@@ -150,6 +150,23 @@ try:
 except ClientError as e:
     check("part 3 of 2: 416 InvalidPartNumber", e.response["Error"]["Code"] == "InvalidPartNumber"
           and e.response["ResponseMetadata"]["HTTPStatusCode"] == 416, e.response)
+# A presigned URL lives at most 7 days: a longer X-Amz-Expires is refused.
+import urllib.request, urllib.error
+
+
+def status_of(url):
+    try:
+        with urllib.request.urlopen(url) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+week = 7 * 24 * 3600
+url = s3.generate_presigned_url("get_object", Params={"Bucket": "compat2", "Key": "k"}, ExpiresIn=week)
+check("presigned for 7 days: 200", status_of(url) == 200)
+url = s3.generate_presigned_url("get_object", Params={"Bucket": "compat2", "Key": "k"}, ExpiresIn=week + 1)
+check("presigned for 7 days + 1 s: 403", status_of(url) == 403)
 r = s3.get_object(Bucket="compat2", Key="k", PartNumber=1)
 check("a single-part object is its part 1", r["Body"].read() == b"x" and "PartsCount" not in r, r)
 print("ALL OK")
