@@ -77,12 +77,16 @@ macro_rules! headers_of {
 pub(crate) use headers_of;
 
 pub(crate) fn stored_encoding(e: Option<&str>) -> Option<String> {
-    let kept: Vec<&str> = e?
-        .split(',')
-        .map(str::trim)
+    let e = e?;
+    let tokens: Vec<&str> = e.split(',').map(str::trim).collect();
+    if !tokens.iter().any(|t| t.eq_ignore_ascii_case("aws-chunked")) {
+        return Some(e.to_string()); // as sent
+    }
+    let kept: Vec<&str> = tokens
+        .into_iter()
         .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("aws-chunked"))
         .collect();
-    (!kept.is_empty()).then(|| kept.join(","))
+    (!kept.is_empty()).then(|| kept.join(", "))
 }
 
 impl Store {

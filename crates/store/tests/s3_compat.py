@@ -108,6 +108,9 @@ for what, r in (("HEAD", s3.head_object(Bucket="compat2", Key="h")),
                 ("GET", s3.get_object(Bucket="compat2", Key="h"))):
     for k, v in std.items():
         check(f"{what} {k}", r.get(k) == v, r.get(k))
+s3.put_object(Bucket="compat2", Key="h4", Body=b"x", ContentEncoding="deflate, gzip")
+r = s3.head_object(Bucket="compat2", Key="h4")
+check("Content-Encoding as sent", r["ContentEncoding"] == "deflate, gzip", r.get("ContentEncoding"))
 r = s3.get_object(Bucket="compat2", Key="h", ResponseContentDisposition="inline",
                   ResponseCacheControl="no-cache")
 check("response-content-disposition", r["ContentDisposition"] == "inline", r["ContentDisposition"])
