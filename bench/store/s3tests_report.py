@@ -85,6 +85,8 @@ def main():
     else:
         for g, c, p, r, sk in rows:
             print(f"{g:58} claimed={c:3}  passed {p:3}/{r:<3} {pct(p, r):>5}  skipped {sk}")
+    if md:
+        print()
     for label, t in (("total", tot), ("claimed groups", ctot)):
         ran = t["passed"] + t["failed"]
         print(f"{'**' if md else ''}{label}: passed {t['passed']}/{ran} ({pct(t['passed'], ran)}), skipped {t['skipped']}{'**' if md else ''}" + ("  " if md else ""))
