@@ -62,3 +62,32 @@ pub async fn list(db: &Db) -> Result<Vec<KeyInfo>, Error> {
 pub async fn revoke(db: &Db, id: &str) -> Result<bool, Error> {
     db.hdel(KEYS, id).await
 }
+
+/// Access beyond the signature (which `DbAuth` checks): every request must be signed, and a
+/// presigned URL may live at most 7 days (SigV4's limit, which S3 enforces: a longer
+/// `X-Amz-Expires` is refused rather than honoured).
+pub struct Access;
+
+pub const MAX_PRESIGNED_SECS: u64 = 7 * 24 * 3600;
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for Access {
+    async fn check(&self, cx: &mut s3s::access::S3AccessContext<'_>) -> s3s::S3Result<()> {
+        if cx.credentials().is_none() {
+            return Err(s3s::s3_error!(AccessDenied, "Signature is required"));
+        }
+        let expires = cx.uri().query().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("X-Amz-Expires="))
+        });
+        if let Some(v) = expires
+            && v.parse::<u64>().map_or(true, |s| s > MAX_PRESIGNED_SECS)
+        {
+            return Err(s3s::s3_error!(
+                AccessDenied,
+                "X-Amz-Expires must be at most {MAX_PRESIGNED_SECS} seconds"
+            ));
+        }
+        Ok(())
+    }
+}

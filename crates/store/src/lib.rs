@@ -128,6 +128,7 @@ pub async fn run_until(
     }
     let mut builder = S3ServiceBuilder::new(store);
     builder.set_auth(DbAuth(db));
+    builder.set_access(keys::Access);
     let service = builder.build();
     tracing::info!(s3 = %cfg.listen, peer = %cfg.peer_listen, admin = ?cfg.admin_listen, "store serving");
     let accept = async {

@@ -42,6 +42,50 @@ pub struct ObjectMeta {
     pub blocks: Vec<String>,
     /// Size of each block (to find the blocks a Range needs without reading them).
     pub block_sizes: Vec<u64>,
+    /// Cache-Control, Content-Disposition/-Encoding/-Language and Expires as PUT.
+    #[serde(default, skip_serializing_if = "HttpHeaders::is_empty")]
+    pub headers: HttpHeaders,
+    /// A multipart object: the upload it completed (so a retried Complete is answered
+    /// again) and each part's size, in order (GET/HEAD `partNumber`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub part_sizes: Vec<u64>,
+}
+
+impl ObjectMeta {
+    /// Byte range of part `n` (1-based): a multipart object's part, or the whole of a
+    /// single-part object as its part 1. `None`: no such part.
+    pub fn part_range(&self, n: i32) -> Option<std::ops::Range<u64>> {
+        if self.part_sizes.is_empty() {
+            return (n == 1).then_some(0..self.size);
+        }
+        let i = usize::try_from(n).ok()?.checked_sub(1)?;
+        let start: u64 = self.part_sizes.get(..i)?.iter().sum();
+        Some(start..start + self.part_sizes.get(i)?)
+    }
+}
+
+/// The standard headers S3 stores with an object and sends back on GET and HEAD.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HttpHeaders {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_disposition: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_encoding: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_language: Option<String>,
+    /// Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<i64>,
+}
+
+impl HttpHeaders {
+    pub fn is_empty(&self) -> bool {
+        *self == HttpHeaders::default()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

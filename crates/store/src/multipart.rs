@@ -12,7 +12,7 @@ use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 use serde::{Deserialize, Serialize};
 
-use crate::meta::{ObjectMeta, now_secs, objects_key};
+use crate::meta::{HttpHeaders, ObjectMeta, now_secs, objects_key};
 use crate::s3::{BodyChecks, Store, check_content_md5, internal, part_checksums, quoted, ts};
 
 /// S3's smallest part (all parts but the last).
@@ -33,6 +33,8 @@ pub struct Upload {
     pub content_type: Option<String>,
     #[serde(default)]
     pub user_meta: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "HttpHeaders::is_empty")]
+    pub headers: HttpHeaders,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,6 +82,7 @@ impl Store {
         let up = Upload {
             key: i.key.clone(),
             initiated: now_secs(),
+            headers: crate::s3::headers_of!(i),
             content_type: i.content_type.map(|c| c.to_string()),
             user_meta: i.metadata.unwrap_or_default().into_iter().collect(),
         };
@@ -130,7 +133,27 @@ impl Store {
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let i = req.input;
-        let up = self.upload(&i.bucket, &i.key, &i.upload_id).await?;
+        let up = match self.upload(&i.bucket, &i.key, &i.upload_id).await {
+            Ok(up) => up,
+            Err(e) => {
+                // A retried Complete (the first answer lost) finds the object it made.
+                if let Ok(Some(m)) = self
+                    .db
+                    .hget_json::<ObjectMeta>(&objects_key(&i.bucket), &i.key)
+                    .await
+                    && m.upload_id.as_deref() == Some(i.upload_id.as_str())
+                {
+                    return Ok(S3Response::new(CompleteMultipartUploadOutput {
+                        bucket: Some(i.bucket.clone()),
+                        key: Some(i.key.clone()),
+                        e_tag: Some(quoted(&m.etag)),
+                        location: Some(format!("/{}/{}", i.bucket, i.key)),
+                        ..Default::default()
+                    }));
+                }
+                return Err(e);
+            }
+        };
         let listed = i
             .multipart_upload
             .and_then(|m| m.parts)
@@ -146,6 +169,9 @@ impl Store {
             modified: now_secs(),
             blocks: Vec::new(),
             block_sizes: Vec::new(),
+            headers: up.headers.clone(),
+            upload_id: Some(i.upload_id.clone()),
+            part_sizes: Vec::new(),
         };
         let mut last_number = 0;
         for (idx, p) in listed.iter().enumerate() {
@@ -180,6 +206,7 @@ impl Store {
                 hex::decode(&got.etag).map_err(|_| s3_error!(InternalError, "bad part etag"))?,
             );
             meta.size += got.size;
+            meta.part_sizes.push(got.size);
             meta.blocks.extend(got.blocks.iter().cloned());
             meta.block_sizes.extend(got.block_sizes.iter().copied());
         }

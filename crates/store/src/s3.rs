@@ -57,6 +57,38 @@ pub(crate) fn quoted(etag: &str) -> ETag {
     ETag::Strong(etag.to_string())
 }
 
+/// The stored standard headers from a PutObject, CopyObject (REPLACE) or
+/// CreateMultipartUpload input. `aws-chunked` is how the body was sent, not how it is
+/// stored: it is dropped from Content-Encoding (S3 does the same).
+macro_rules! headers_of {
+    ($i:expr) => {
+        $crate::meta::HttpHeaders {
+            cache_control: $i.cache_control.clone(),
+            content_disposition: $i.content_disposition.clone(),
+            content_encoding: $crate::s3::stored_encoding($i.content_encoding.as_deref()),
+            content_language: $i.content_language.clone(),
+            expires: $i
+                .expires
+                .clone()
+                .map(|t| time::OffsetDateTime::from(t).unix_timestamp()),
+        }
+    };
+}
+pub(crate) use headers_of;
+
+pub(crate) fn stored_encoding(e: Option<&str>) -> Option<String> {
+    let e = e?;
+    let tokens: Vec<&str> = e.split(',').map(str::trim).collect();
+    if !tokens.iter().any(|t| t.eq_ignore_ascii_case("aws-chunked")) {
+        return Some(e.to_string()); // as sent
+    }
+    let kept: Vec<&str> = tokens
+        .into_iter()
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("aws-chunked"))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(", "))
+}
+
 impl Store {
     pub(crate) async fn bucket_exists(&self, bucket: &str) -> S3Result<()> {
         match self.db.hget_json::<BucketMeta>(BUCKETS, bucket).await {
@@ -448,8 +480,7 @@ fn check_conditions(
     if let Some(c) = if_none_match {
         if matches(c) {
             return Err(if read {
-                S3Error::new(s3s::S3ErrorCode::Custom("NotModified".into()))
-                    .with_status(hyper::StatusCode::NOT_MODIFIED)
+                not_modified(meta)
             } else {
                 s3_error!(PreconditionFailed, "If-None-Match matched the ETag")
             });
@@ -458,10 +489,51 @@ fn check_conditions(
         && let Some(t) = if_modified_since
         && odt(&modified) <= odt(t)
     {
-        return Err(S3Error::new(s3s::S3ErrorCode::Custom("NotModified".into()))
-            .with_status(hyper::StatusCode::NOT_MODIFIED));
+        return Err(not_modified(meta));
     }
     Ok(())
+}
+
+/// The bytes of part `n` (GET/HEAD `partNumber`).
+fn part_of(meta: &ObjectMeta, n: i32) -> S3Result<std::ops::Range<u64>> {
+    if !(1..=10000).contains(&n) {
+        return Err(s3_error!(InvalidArgument, "partNumber must be 1 to 10000"));
+    }
+    meta.part_range(n).ok_or_else(|| {
+        let mut e = S3Error::with_message(
+            s3s::S3ErrorCode::Custom("InvalidPartNumber".into()),
+            format!(
+                "the requested part number is not satisfiable: the object has {} parts",
+                meta.part_sizes.len().max(1)
+            ),
+        );
+        e.set_status_code(hyper::StatusCode::RANGE_NOT_SATISFIABLE);
+        e
+    })
+}
+
+/// `x-amz-mp-parts-count` when a part was asked of a multipart object.
+fn parts_count(meta: &ObjectMeta, part: Option<i32>) -> Option<i32> {
+    (part.is_some() && !meta.part_sizes.is_empty()).then_some(meta.part_sizes.len() as i32)
+}
+
+/// 304 Not Modified, with the ETag and Last-Modified a 200 would have carried (RFC 9110
+/// 15.4.5: a cache updates its stored response from them).
+fn not_modified(meta: &ObjectMeta) -> S3Error {
+    let mut e = S3Error::new(s3s::S3ErrorCode::Custom("NotModified".into()))
+        .with_status(hyper::StatusCode::NOT_MODIFIED);
+    let mut h = hyper::HeaderMap::new();
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("\"{}\"", meta.etag)) {
+        h.insert(hyper::header::ETAG, v);
+    }
+    let modified = odt(&ts(meta.modified));
+    if let Ok(text) = modified.format(&time::format_description::well_known::Rfc2822)
+        && let Ok(v) = hyper::header::HeaderValue::from_str(&text.replace("+0000", "GMT"))
+    {
+        h.insert(hyper::header::LAST_MODIFIED, v);
+    }
+    e.set_headers(h);
+    e
 }
 
 fn odt(t: &Timestamp) -> time::OffsetDateTime {
@@ -486,6 +558,10 @@ fn check_bucket_name(b: &str) -> S3Result<()> {
         && b.as_bytes()[0].is_ascii_alphanumeric()
         && b.as_bytes()[b.len() - 1].is_ascii_alphanumeric()
         && !b.contains("..")
+        // Each dot-separated label starts and ends alphanumeric (a DNS name, for
+        // virtual-host-style addressing).
+        && !b.contains(".-")
+        && !b.contains("-.")
         && b.parse::<std::net::Ipv4Addr>().is_err();
     if ok {
         Ok(())
@@ -656,6 +732,7 @@ impl S3 for Store {
                 Err(e) => return Err(internal(e)),
             }
         }
+        let headers = headers_of!(input);
         let body = self
             .store_body(input.body, input.content_length, checks)
             .await?;
@@ -669,6 +746,9 @@ impl S3 for Store {
             modified: now_secs(),
             blocks: body.blocks,
             block_sizes: body.sizes,
+            headers,
+            upload_id: None,
+            part_sizes: Vec::new(),
         };
         // Blocks are on both disks (fsynced); only now does the object exist.
         self.db
@@ -695,9 +775,25 @@ impl S3 for Store {
             i.if_unmodified_since.as_ref(),
             true,
         )?;
-        let (range, content_range) = match &i.range {
-            None => (0..meta.size, None),
-            Some(r) => {
+        let (range, content_range) = match (&i.range, i.part_number) {
+            (Some(_), Some(_)) => {
+                return Err(s3_error!(
+                    InvalidRequest,
+                    "Range and partNumber cannot both be given"
+                ));
+            }
+            (None, Some(n)) => {
+                let r = part_of(&meta, n)?;
+                let cr = format!(
+                    "bytes {}-{}/{}",
+                    r.start,
+                    r.end.saturating_sub(1),
+                    meta.size
+                );
+                (r, Some(cr))
+            }
+            (None, None) => (0..meta.size, None),
+            (Some(r), None) => {
                 let got = r.check(meta.size).map_err(|_| {
                     s3_error!(
                         InvalidRange,
@@ -716,15 +812,38 @@ impl S3 for Store {
         };
         let body = self.stream_range(&meta, range.clone());
         bump(&self.stats.gets, 1);
+        let h = &meta.headers;
+        // response-* query parameters (a presigned link's download name, …) override.
         Ok(S3Response::new(GetObjectOutput {
             body: Some(body),
             content_length: Some((range.end - range.start) as i64),
             content_range,
             accept_ranges: Some("bytes".into()),
-            content_type: meta.content_type.clone(),
+            content_type: i
+                .response_content_type
+                .clone()
+                .or_else(|| meta.content_type.clone()),
+            cache_control: i
+                .response_cache_control
+                .clone()
+                .or_else(|| h.cache_control.clone()),
+            content_disposition: i
+                .response_content_disposition
+                .clone()
+                .or_else(|| h.content_disposition.clone()),
+            content_encoding: i
+                .response_content_encoding
+                .clone()
+                .or_else(|| h.content_encoding.clone()),
+            content_language: i
+                .response_content_language
+                .clone()
+                .or_else(|| h.content_language.clone()),
+            expires: i.response_expires.clone().or_else(|| h.expires.map(ts)),
             e_tag: Some(quoted(&meta.etag)),
             last_modified: Some(ts(meta.modified)),
             metadata: Some(meta.user_meta.clone().into_iter().collect()),
+            parts_count: parts_count(&meta, i.part_number),
             ..Default::default()
         }))
     }
@@ -743,10 +862,31 @@ impl S3 for Store {
             i.if_unmodified_since.as_ref(),
             true,
         )?;
+        let h = meta.headers.clone();
+        let (length, content_range) = match i.part_number {
+            Some(n) => {
+                let r = part_of(&meta, n)?;
+                let cr = format!(
+                    "bytes {}-{}/{}",
+                    r.start,
+                    r.end.saturating_sub(1),
+                    meta.size
+                );
+                (r.end - r.start, Some(cr))
+            }
+            None => (meta.size, None),
+        };
         Ok(S3Response::new(HeadObjectOutput {
-            content_length: Some(meta.size as i64),
+            content_length: Some(length as i64),
+            content_range,
+            parts_count: parts_count(&meta, i.part_number),
             accept_ranges: Some("bytes".into()),
             content_type: meta.content_type.clone(),
+            cache_control: h.cache_control,
+            content_disposition: h.content_disposition,
+            content_encoding: h.content_encoding,
+            content_language: h.content_language,
+            expires: h.expires.map(ts),
             e_tag: Some(quoted(&meta.etag)),
             last_modified: Some(ts(meta.modified)),
             metadata: Some(meta.user_meta.clone().into_iter().collect()),
@@ -840,6 +980,7 @@ impl S3 for Store {
             .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
         if replace {
             meta.user_meta = i.metadata.unwrap_or_default().into_iter().collect();
+            meta.headers = headers_of!(i);
             meta.content_type = i.content_type.map(|c| c.to_string());
         } else if src_bucket == i.bucket && src_key == i.key {
             return Err(s3_error!(
@@ -848,6 +989,8 @@ impl S3 for Store {
             ));
         }
         meta.modified = now_secs();
+        // The copy did not come from an upload (its parts stay, as S3 keeps the source's).
+        meta.upload_id = None;
         // Blocks are content-addressed and already on both servers: a copy is metadata only,
         // once they are touched (the source may be deleted and collected meanwhile).
         self.keep_blocks(&meta.blocks, Instant::now(), true).await?;
@@ -871,9 +1014,7 @@ impl S3 for Store {
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         let i = req.input;
         self.bucket_exists(&i.bucket).await?;
-        let max = i.max_keys.unwrap_or(1000).clamp(0, 1000) as usize;
-        let prefix = i.prefix.clone().unwrap_or_default();
-        let delim = i.delimiter.clone().filter(|d| !d.is_empty());
+        let max = max_keys(i.max_keys);
         // The continuation token is the last key (or common prefix) returned, hex-encoded so
         // any key bytes survive the round trip.
         let after = match &i.continuation_token {
@@ -887,26 +1028,247 @@ impl S3 for Store {
             ),
             None => i.start_after.clone(),
         };
+        let page = self
+            .list_page(
+                &i.bucket,
+                i.prefix.as_deref().unwrap_or_default(),
+                i.delimiter.as_deref(),
+                after.as_deref(),
+                max,
+            )
+            .await?;
+        let next = if page.truncated {
+            page.last.as_ref().map(|k| hex::encode(k.as_bytes()))
+        } else {
+            None
+        };
+        let enc = Enc::of(&i.encoding_type);
+        let contents: Vec<Object> = page
+            .contents
+            .into_iter()
+            .map(|o| object_entry(&enc, o))
+            .collect();
+        let key_count = (contents.len() + page.prefixes.len()) as i32;
+        Ok(S3Response::new(ListObjectsV2Output {
+            name: Some(i.bucket),
+            prefix: enc.o(i.prefix),
+            delimiter: enc.o(i.delimiter.filter(|d| !d.is_empty())),
+            max_keys: Some(max as i32),
+            key_count: Some(key_count),
+            continuation_token: i.continuation_token,
+            start_after: enc.o(i.start_after),
+            is_truncated: Some(page.truncated),
+            next_continuation_token: next,
+            contents: Some(contents),
+            common_prefixes: enc.prefixes(page.prefixes),
+            encoding_type: i.encoding_type,
+            ..Default::default()
+        }))
+    }
+
+    /// ListObjects (v1): the same listing as v2, paged by `marker` (the last key or common
+    /// prefix seen); `NextMarker` is given when truncated with a delimiter (without one the
+    /// client continues from the last key, as S3 says).
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
+        let i = req.input;
+        self.bucket_exists(&i.bucket).await?;
+        let max = max_keys(i.max_keys);
+        let page = self
+            .list_page(
+                &i.bucket,
+                i.prefix.as_deref().unwrap_or_default(),
+                i.delimiter.as_deref(),
+                i.marker.as_deref().filter(|m| !m.is_empty()),
+                max,
+            )
+            .await?;
+        let next_marker = if page.truncated && i.delimiter.as_deref().is_some_and(|d| !d.is_empty())
+        {
+            page.last.clone()
+        } else {
+            None
+        };
+        let enc = Enc::of(&i.encoding_type);
+        Ok(S3Response::new(ListObjectsOutput {
+            name: Some(i.bucket),
+            // Prefix as sent: boto3 does not decode it in a v1 answer.
+            prefix: i.prefix,
+            // Always there, empty when none was given.
+            marker: Some(enc.s(i.marker.unwrap_or_default())),
+            delimiter: enc.o(i.delimiter.filter(|d| !d.is_empty())),
+            max_keys: Some(max as i32),
+            is_truncated: Some(page.truncated),
+            next_marker: enc.o(next_marker),
+            contents: Some(
+                page.contents
+                    .into_iter()
+                    .map(|o| object_entry(&enc, o))
+                    .collect(),
+            ),
+            common_prefixes: enc.prefixes(page.prefixes),
+            encoding_type: i.encoding_type,
+            ..Default::default()
+        }))
+    }
+
+    /// Buckets are not versioned: every object is its one version, id `null` (what S3 shows
+    /// for an object written while versioning was never enabled), so tools that clean up
+    /// through the versions listing work.
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        let i = req.input;
+        self.bucket_exists(&i.bucket).await?;
+        let max = max_keys(i.max_keys);
+        let page = self
+            .list_page(
+                &i.bucket,
+                i.prefix.as_deref().unwrap_or_default(),
+                i.delimiter.as_deref(),
+                i.key_marker.as_deref().filter(|m| !m.is_empty()),
+                max,
+            )
+            .await?;
+        let enc = Enc::of(&i.encoding_type);
+        let versions = page
+            .contents
+            .into_iter()
+            .map(|(k, m)| ObjectVersion {
+                key: Some(enc.s(k)),
+                size: Some(m.size as i64),
+                e_tag: Some(quoted(&m.etag)),
+                last_modified: Some(ts(m.modified)),
+                is_latest: Some(true),
+                version_id: Some("null".into()),
+                storage_class: Some(ObjectVersionStorageClass::from_static(
+                    ObjectVersionStorageClass::STANDARD,
+                )),
+                ..Default::default()
+            })
+            .collect();
+        Ok(S3Response::new(ListObjectVersionsOutput {
+            name: Some(i.bucket),
+            prefix: enc.o(i.prefix),
+            delimiter: enc.o(i.delimiter.filter(|d| !d.is_empty())),
+            key_marker: enc.o(i.key_marker),
+            version_id_marker: i.version_id_marker,
+            max_keys: Some(max as i32),
+            is_truncated: Some(page.truncated),
+            next_key_marker: enc.o(if page.truncated { page.last } else { None }),
+            next_version_id_marker: page.truncated.then(|| "null".to_string()),
+            versions: Some(versions),
+            common_prefixes: enc.prefixes(page.prefixes),
+            encoding_type: i.encoding_type,
+            ..Default::default()
+        }))
+    }
+}
+
+/// One page of a bucket listing: objects with their records, common prefixes, and the last
+/// key or common prefix returned (where the next page starts).
+pub(crate) struct Page {
+    pub contents: Vec<(String, ObjectMeta)>,
+    pub prefixes: Vec<String>,
+    pub truncated: bool,
+    pub last: Option<String>,
+}
+
+fn max_keys(m: Option<i32>) -> usize {
+    m.unwrap_or(1000).clamp(0, 1000) as usize
+}
+
+/// `encoding-type=url` on a listing: keys, prefixes, delimiter and markers in the answer are
+/// percent-encoded (all but unreserved characters and `/`), so any key bytes survive XML;
+/// boto3 asks for it on every ListObjects and ListObjectVersions and decodes the answer.
+struct Enc(bool);
+
+impl Enc {
+    fn of(e: &Option<EncodingType>) -> Enc {
+        Enc(e.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL))
+    }
+
+    fn s(&self, s: String) -> String {
+        if !self.0 {
+            return s;
+        }
+        let mut out = String::with_capacity(s.len());
+        for b in s.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    }
+
+    fn o(&self, s: Option<String>) -> Option<String> {
+        s.map(|s| self.s(s))
+    }
+
+    fn prefixes(&self, p: Vec<String>) -> Option<Vec<CommonPrefix>> {
+        if p.is_empty() {
+            None
+        } else {
+            Some(
+                p.into_iter()
+                    .map(|p| CommonPrefix {
+                        prefix: Some(self.s(p)),
+                    })
+                    .collect(),
+            )
+        }
+    }
+}
+
+fn object_entry(enc: &Enc, (k, m): (String, ObjectMeta)) -> Object {
+    Object {
+        key: Some(enc.s(k)),
+        size: Some(m.size as i64),
+        e_tag: Some(quoted(&m.etag)),
+        last_modified: Some(ts(m.modified)),
+        storage_class: Some(ObjectStorageClass::from_static(
+            ObjectStorageClass::STANDARD,
+        )),
+        ..Default::default()
+    }
+}
+
+impl Store {
+    /// The keys after `after` under `prefix`, common prefixes collapsed at `delim`, at most
+    /// `max` entries. Reads HKEYS of the bucket's hash, sorts, then HGETs the page's records.
+    pub(crate) async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delim: Option<&str>,
+        after: Option<&str>,
+        max: usize,
+    ) -> S3Result<Page> {
+        let delim = delim.filter(|d| !d.is_empty());
         let keys: BTreeSet<String> = self
             .db
-            .hkeys(&objects_key(&i.bucket))
+            .hkeys(&objects_key(bucket))
             .await
             .map_err(internal)?
             .into_iter()
-            .filter(|k| k.starts_with(&prefix))
+            .filter(|k| k.starts_with(prefix))
             .collect();
         let mut entries: Vec<(String, bool)> = Vec::new(); // (key or common prefix, is_prefix)
         let mut truncated = false;
-        let range: Box<dyn Iterator<Item = &String>> = match &after {
-            Some(a) => Box::new(keys.range::<String, _>((
-                std::ops::Bound::Excluded(a.clone()),
-                std::ops::Bound::Unbounded,
-            ))),
+        let range: Box<dyn Iterator<Item = &String>> = match after {
+            Some(a) => Box::new(
+                keys.range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            ),
             None => Box::new(keys.iter()),
         };
         for k in range {
-            let entry = match &delim {
-                Some(d) => match k[prefix.len()..].find(d.as_str()) {
+            let entry = match delim {
+                Some(d) => match k[prefix.len()..].find(d) {
                     Some(pos) => (k[..prefix.len() + pos + d.len()].to_string(), true),
                     None => (k.clone(), false),
                 },
@@ -916,8 +1278,8 @@ impl S3 for Store {
                 if entries.last().is_some_and(|l| l.0 == entry.0) {
                     continue;
                 }
-                // A common prefix at or before the token was returned on an earlier page.
-                if after.as_ref().is_some_and(|a| a.starts_with(&entry.0)) {
+                // A common prefix at or before the marker was returned on an earlier page.
+                if after.is_some_and(|a| a.starts_with(&entry.0)) {
                     continue;
                 }
             }
@@ -927,17 +1289,13 @@ impl S3 for Store {
             }
             entries.push(entry);
         }
-        let next = if truncated {
-            entries.last().map(|(k, _)| hex::encode(k.as_bytes()))
-        } else {
-            None
-        };
+        let last = entries.last().map(|(k, _)| k.clone());
         let mut contents = Vec::new();
         let mut prefixes = Vec::new();
-        let okey = objects_key(&i.bucket);
+        let okey = objects_key(bucket);
         for (k, is_prefix) in entries {
             if is_prefix {
-                prefixes.push(CommonPrefix { prefix: Some(k) });
+                prefixes.push(k);
                 continue;
             }
             // Deleted between HKEYS and here: skip it.
@@ -949,36 +1307,13 @@ impl S3 for Store {
             else {
                 continue;
             };
-            contents.push(Object {
-                key: Some(k),
-                size: Some(m.size as i64),
-                e_tag: Some(quoted(&m.etag)),
-                last_modified: Some(ts(m.modified)),
-                storage_class: Some(ObjectStorageClass::from_static(
-                    ObjectStorageClass::STANDARD,
-                )),
-                ..Default::default()
-            });
+            contents.push((k, m));
         }
-        let key_count = (contents.len() + prefixes.len()) as i32;
-        Ok(S3Response::new(ListObjectsV2Output {
-            name: Some(i.bucket),
-            prefix: i.prefix,
-            delimiter: i.delimiter,
-            max_keys: Some(max as i32),
-            key_count: Some(key_count),
-            continuation_token: i.continuation_token,
-            start_after: i.start_after,
-            is_truncated: Some(truncated),
-            next_continuation_token: next,
-            contents: Some(contents),
-            common_prefixes: if prefixes.is_empty() {
-                None
-            } else {
-                Some(prefixes)
-            },
-            encoding_type: i.encoding_type,
-            ..Default::default()
-        }))
+        Ok(Page {
+            contents,
+            prefixes,
+            truncated,
+            last,
+        })
     }
 }

@@ -183,3 +183,33 @@ fn multipart_with_boto3_and_a_100_mib_aws_cli_copy() {
     let head = String::from_utf8_lossy(&head.stdout);
     assert!(head.contains("-13\\\""), "a 13-part multipart ETag: {head}");
 }
+
+/// What ceph/s3-tests (bench/store/s3-tests.sh) found missing or wrong, as boto3 meets it.
+#[test]
+fn boto3_compat_listings_and_headers() {
+    let Some(venv) = pyenv() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let db_addr = "127.140.4.2:6379".parse().unwrap();
+    let _redis = start_redis(db_addr, tmp.path());
+    let s1 = StoreNode::start(
+        &tmp.path().join("s1"),
+        "127.140.4.11",
+        Some("127.140.4.21"),
+        db_addr,
+    );
+    let _s2 = StoreNode::start(
+        &tmp.path().join("s2"),
+        "127.140.4.21",
+        Some("127.140.4.11"),
+        db_addr,
+    );
+    let (key, secret) = create_key(&s1.config);
+    run_script(
+        &venv,
+        "s3_compat.py",
+        &s1,
+        &key,
+        &secret,
+        &tmp.path().join("s1/store.log"),
+    );
+}

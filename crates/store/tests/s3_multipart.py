@@ -52,7 +52,14 @@ check("multipart round trip", got["Body"].read() == whole and got["Metadata"] ==
 got = s3.get_object(Bucket="mpbucket", Key="obj", Range=f"bytes={5 * MiB - 3}-{5 * MiB + 3}")
 check("range across parts", got["Body"].read() == whole[5 * MiB - 3:5 * MiB + 4])
 check("upload gone after complete", "Uploads" not in s3.list_multipart_uploads(Bucket="mpbucket"))
-check("complete twice", code_of(lambda: s3.complete_multipart_upload(Bucket="mpbucket", Key="obj", UploadId=up, MultipartUpload={"Parts": good})) == "NoSuchUpload")
+# A retried Complete (its first answer lost) is answered again, as S3 does; once the key
+# is overwritten, the upload is gone for good.
+again = s3.complete_multipart_upload(Bucket="mpbucket", Key="obj", UploadId=up, MultipartUpload={"Parts": good})
+check("complete twice: same answer", again["ETag"] == r["ETag"])
+s3.put_object(Bucket="mpbucket", Key="obj2", Body=b"other")
+s3.copy_object(Bucket="mpbucket", Key="obj", CopySource={"Bucket": "mpbucket", "Key": "obj2"})
+check("complete after overwrite", code_of(lambda: s3.complete_multipart_upload(Bucket="mpbucket", Key="obj", UploadId=up, MultipartUpload={"Parts": good})) == "NoSuchUpload")
+s3.delete_object(Bucket="mpbucket", Key="obj2")
 
 # Part too small: a 1 MiB part that is not the last.
 up = s3.create_multipart_upload(Bucket="mpbucket", Key="small")["UploadId"]
