@@ -43,7 +43,7 @@ name = "h2"
 #[test]
 fn the_builtin_cluster_is_valid() {
     let (cluster, warnings) = parse(BUILTIN, "builtin", &Capabilities::all()).expect("valid");
-    assert_eq!(cluster.jails.len(), 8, "{warnings}");
+    assert_eq!(cluster.jails.len(), 9, "{warnings}");
     assert_eq!(cluster.hosts.len(), 3);
     assert_eq!(cluster.zone, "citadel.internal");
     let app = cluster.jail("app-1").expect("app-1");
