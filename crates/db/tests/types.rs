@@ -616,3 +616,43 @@ fn hyperloglog_counts_merges_and_refuses_corrupt_values() {
     let _: i64 = ok(&mut con, &["LPUSH", "list", "y"]);
     assert!(err(&mut con, &["PFCOUNT", "list"]).starts_with("WRONGTYPE"));
 }
+
+#[test]
+fn an_earlier_waiter_is_served_first_when_a_later_one_races_the_push() {
+    // Redis serves the waiters on a key as soon as a push lands, before any other command:
+    // here the first waiter's destination has the wrong type, so it fails and the element
+    // goes to the second — whether the second waiter's command reaches the log before or
+    // after the push (it races it), the first one must never be left waiting.
+    let c = trio("127.151.10");
+    let leader = c.wait_leader(&[1, 2], Duration::from_secs(20));
+    let mut con = c.conn(leader);
+    let _: () = ok(&mut con, &["SET", "t1", "nolist"]);
+    for round in 0..12u64 {
+        let _: i64 = ok(&mut con, &["DEL", "bl", "t2"]);
+        let mut w1 = c.conn(leader);
+        w1.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let a = std::thread::spawn(move || q::<String>(&mut w1, &["BRPOPLPUSH", "bl", "t1", "0"]));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.info(leader, "blocked_clients").as_deref() != Some("1") {
+            assert!(Instant::now() < deadline, "never blocked");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut w2 = c.conn(leader);
+        w2.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let b = std::thread::spawn(move || q::<String>(&mut w2, &["BRPOPLPUSH", "bl", "t2", "0"]));
+        std::thread::sleep(Duration::from_micros(round * 500));
+        let _: i64 = ok(&mut con, &["LPUSH", "bl", "foo"]);
+        let ra = a.join().unwrap();
+        let rb = b.join().unwrap();
+        assert_eq!(
+            ra.map_err(|e| e.code().map(str::to_string)),
+            Err(Some("WRONGTYPE".to_string())),
+            "round {round}"
+        );
+        assert_eq!(rb.unwrap(), "foo", "round {round}");
+        assert_eq!(
+            ok::<Vec<String>>(&mut con, &["LRANGE", "t2", "0", "-1"]),
+            strs(&["foo"])
+        );
+    }
+}
