@@ -656,3 +656,89 @@ fn an_earlier_waiter_is_served_first_when_a_later_one_races_the_push() {
         );
     }
 }
+
+#[test]
+fn sort_orders_by_value_or_by_pattern_with_limit_get_and_store() {
+    let c = trio("127.151.11");
+    let leader = c.wait_leader(&[1, 2], Duration::from_secs(20));
+    let follower = if leader == 1 { 2 } else { 1 };
+    let mut con = c.conn(follower);
+    let _: i64 = ok(&mut con, &["RPUSH", "l", "3", "10", "1", "2"]);
+    assert_eq!(
+        ok::<Vec<String>>(&mut con, &["SORT", "l"]),
+        strs(&["1", "2", "3", "10"])
+    );
+    assert_eq!(
+        ok::<Vec<String>>(&mut con, &["SORT", "l", "DESC", "LIMIT", "1", "2"]),
+        strs(&["3", "2"])
+    );
+    assert_eq!(
+        ok::<Vec<String>>(&mut con, &["SORT_RO", "l", "ALPHA"]),
+        strs(&["1", "10", "2", "3"])
+    );
+    // BY a key named after each element, GET # and a hash field; a missing one is nil.
+    let _: () = ok(
+        &mut con,
+        &["MSET", "w_1", "40", "w_2", "30", "w_3", "20", "w_10", "10"],
+    );
+    let _: i64 = ok(&mut con, &["HSET", "h_3", "name", "three"]);
+    assert_eq!(
+        ok::<Vec<Option<String>>>(
+            &mut con,
+            &["SORT", "l", "BY", "w_*", "GET", "#", "GET", "h_*->name"]
+        ),
+        vec![
+            Some("10".to_string()),
+            None,
+            Some("3".to_string()),
+            Some("three".to_string()),
+            Some("2".to_string()),
+            None,
+            Some("1".to_string()),
+            None,
+        ]
+    );
+    // BY a constant keeps the list's order.
+    assert_eq!(
+        ok::<Vec<String>>(&mut con, &["SORT", "l", "BY", "nosort"]),
+        strs(&["3", "10", "1", "2"])
+    );
+    // STORE writes a list through the log (read back on the other member).
+    assert_eq!(ok::<i64>(&mut con, &["SORT", "l", "STORE", "dst"]), 4);
+    let mut other = c.conn(leader);
+    assert_eq!(
+        ok::<Vec<String>>(&mut other, &["LRANGE", "dst", "0", "-1"]),
+        strs(&["1", "2", "3", "10"])
+    );
+    // An empty result deletes the destination.
+    assert_eq!(ok::<i64>(&mut con, &["SORT", "nothing", "STORE", "dst"]), 0);
+    assert_eq!(ok::<i64>(&mut other, &["EXISTS", "dst"]), 0);
+    // Errors as Redis.
+    let _: i64 = ok(&mut con, &["RPUSH", "words", "a", "b"]);
+    assert_eq!(
+        err(&mut con, &["SORT", "words"]),
+        "ERR One or more scores can't be converted into double"
+    );
+    assert_eq!(
+        err(&mut con, &["SORT", "l", "LIMIT", "x", "1"]),
+        "ERR value is not an integer or out of range"
+    );
+    assert_eq!(
+        err(&mut con, &["SORT_RO", "l", "STORE", "d"]),
+        "ERR syntax error"
+    );
+    assert_eq!(err(&mut con, &["SORT", "l", "BOGUS"]), "ERR syntax error");
+    let _: () = ok(&mut con, &["SET", "s", "x"]);
+    assert!(err(&mut con, &["SORT", "s"]).starts_with("WRONGTYPE"));
+    // A set and a sorted set.
+    let _: i64 = ok(&mut con, &["SADD", "set", "5", "-1", "2.5"]);
+    assert_eq!(
+        ok::<Vec<String>>(&mut con, &["SORT", "set"]),
+        strs(&["-1", "2.5", "5"])
+    );
+    let _: i64 = ok(&mut con, &["ZADD", "z", "1", "c", "2", "a", "3", "b"]);
+    assert_eq!(
+        ok::<Vec<String>>(&mut con, &["SORT", "z", "BY", "nosort", "DESC"]),
+        strs(&["b", "a", "c"])
+    );
+}

@@ -16,6 +16,7 @@ mod keyspace;
 mod list;
 pub mod script;
 mod set;
+mod sort;
 mod strings;
 mod tables;
 mod zset;
