@@ -742,3 +742,43 @@ fn sort_orders_by_value_or_by_pattern_with_limit_get_and_store() {
         strs(&["b", "a", "c"])
     );
 }
+
+#[test]
+fn scripts_refuse_the_noscript_blocking_commands() {
+    // Redis 7.0 flags BLPOP, BRPOP, BRPOPLPUSH, BLMOVE, BZPOPMIN and BZPOPMAX `noscript`;
+    // BLMPOP and BZMPOP run once without waiting.
+    let c = trio("127.151.12");
+    let leader = c.wait_leader(&[1, 2], Duration::from_secs(20));
+    let mut con = c.conn(leader);
+    for call in [
+        "redis.pcall('blpop','x',0)",
+        "redis.pcall('brpop','x',0)",
+        "redis.pcall('brpoplpush','x','y',0)",
+        "redis.pcall('blmove','x','y','LEFT','LEFT',0)",
+        "redis.pcall('bzpopmin','z',0)",
+        "redis.pcall('bzpopmax','z',0)",
+    ] {
+        let script = format!("return {call}");
+        assert_eq!(
+            err(&mut con, &["EVAL", &script, "0"]),
+            "ERR This Redis command is not allowed from script",
+            "{call}"
+        );
+    }
+    let _: i64 = ok(&mut con, &["RPUSH", "x", "a"]);
+    assert_eq!(
+        ok::<Vec<Value>>(
+            &mut con,
+            &["EVAL", "return redis.call('blmpop',0,1,'x','LEFT')", "0"]
+        ),
+        vec![
+            Value::BulkString(b"x".to_vec()),
+            Value::Array(vec![Value::BulkString(b"a".to_vec())])
+        ]
+    );
+    let v: Value = ok(
+        &mut con,
+        &["EVAL", "return redis.call('blmpop',0,1,'x','LEFT')", "0"],
+    );
+    assert_eq!(v, Value::Nil);
+}

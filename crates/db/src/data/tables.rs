@@ -257,7 +257,20 @@ impl Tables {
                         }
                         match spec(&n) {
                             None => Reply::err("ERR Unknown Redis command called from script"),
-                            Some(s) if s.group == Group::Tables => {
+                            // Redis 7.0 flags these blocking commands `noscript` (BLMPOP
+                            // and BZMPOP run once without waiting, as in MULTI).
+                            Some(s)
+                                if s.group == Group::Tables
+                                    || matches!(
+                                        n.as_str(),
+                                        "BLPOP"
+                                            | "BRPOP"
+                                            | "BRPOPLPUSH"
+                                            | "BLMOVE"
+                                            | "BZPOPMIN"
+                                            | "BZPOPMAX"
+                                    ) =>
+                            {
                                 Reply::err("ERR This Redis command is not allowed from script")
                             }
                             Some(s) if read_only && s.class == super::Class::Write => Reply::err(
