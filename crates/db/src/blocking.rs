@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use crate::data::{WriteReq, block_sources, block_timeout};
+use crate::data::{WAITER, WriteReq, block_sources, block_timeout};
 use crate::node::{Node, now_ms};
 use crate::resp::Reply;
 
@@ -29,6 +29,12 @@ fn waiters() -> &'static Waiters {
     W.get_or_init(Default::default)
 }
 
+/// Wakes the waiters when one leaves the line (what it was owed may now be theirs).
+fn left() -> &'static tokio::sync::Notify {
+    static L: std::sync::OnceLock<tokio::sync::Notify> = std::sync::OnceLock::new();
+    L.get_or_init(Default::default)
+}
+
 static TICKETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// A place in the line of waiters, left when the command ends however it ends.
@@ -40,6 +46,7 @@ impl Drop for Ticket {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.0);
+        left().notify_waiters();
     }
 }
 
@@ -114,43 +121,58 @@ pub async fn serve(
         let applied = node.sm.applied.notified();
         tokio::pin!(applied);
         applied.as_mut().enable();
+        let someone_left = left().notified();
+        tokio::pin!(someone_left);
+        someone_left.as_mut().enable();
         // Look at the local state first: propose only when there may be something to take.
         let now = now_ms();
-        let worth = node.sm.read(|g| {
+        let (worth, earlier) = node.sm.read(|g| {
             let d = &g.tables.dbs[db as usize];
             // The first attempt always goes (errors such as WRONGTYPE come back at
             // once), unless an earlier waiter is owed what is there.
             let mine = first || keys.iter().any(|k| d.can_pop(name, k, now));
             let w = waiters().lock().unwrap_or_else(|p| p.into_inner());
-            let earlier = w.range(..ticket.0).any(|(_, (wdb, wname, wkeys))| {
-                *wdb == db
-                    && wkeys
-                        .iter()
-                        .any(|k| keys.contains(k) && d.can_pop(wname, k, now))
-            });
-            mine && !earlier
+            let mut owed = false;
+            let mut earlier = Vec::new();
+            for (wname, k) in w
+                .range(..ticket.0)
+                .filter(|(_, (wdb, _, _))| *wdb == db)
+                .flat_map(|(_, (_, wname, wkeys))| wkeys.iter().map(move |k| (wname, k)))
+                .filter(|(_, k)| keys.contains(k))
+            {
+                owed |= d.can_pop(wname, k, now);
+                earlier.push((wname.clone(), k.clone()));
+            }
+            (mine && !owed, earlier)
         });
-        let first_try = first;
-        first = false;
         if worth {
+            // The first proposal runs the command as a client's command would (errors
+            // such as WRONGTYPE come back at once); later ones are marked woken. Both carry
+            // the earlier waiters on the same keys: the log, not this member's view,
+            // decides whether one of them is owed what is there (see `Db::write_waiter`).
+            let first_try = std::mem::replace(&mut first, false);
+            let mut cmd = vec![
+                WAITER.to_vec(),
+                if first_try {
+                    b"0".to_vec()
+                } else {
+                    b"1".to_vec()
+                },
+                earlier.len().to_string().into_bytes(),
+            ];
+            for (wname, k) in earlier {
+                cmd.push(wname.into_bytes());
+                cmd.push(k);
+            }
+            cmd.extend(argv.iter().cloned());
             let req = WriteReq {
                 rid: 0,
                 now_ms: 0,
                 watches: Vec::new(),
-                cmds: vec![(db, argv.clone())],
+                cmds: vec![(db, cmd)],
                 multi: false,
             };
             match node.write(req).await {
-                // Once waiting, a source key that turned into another type keeps the
-                // client waiting (as Redis); a destination of the wrong type (BLMOVE) fails
-                // it, as the element was there to take.
-                Ok(Reply::Error(e))
-                    if !first_try
-                        && e.starts_with("WRONGTYPE")
-                        && !node.sm.read(|g| {
-                            let d = &g.tables.dbs[db as usize];
-                            keys.iter().any(|k| d.can_pop(name, k, now_ms()))
-                        }) => {}
                 Ok(r) if !nothing(&r) => return r,
                 Ok(_) => {}
                 Err(e) => return Reply::Error(e),
@@ -164,6 +186,7 @@ pub async fn serve(
         };
         tokio::select! {
             _ = &mut applied => {}
+            _ = &mut someone_left => {}
             // A write queued behind a leader change is not re-announced: look again now
             // and then in case a notification was missed.
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}

@@ -616,3 +616,169 @@ fn hyperloglog_counts_merges_and_refuses_corrupt_values() {
     let _: i64 = ok(&mut con, &["LPUSH", "list", "y"]);
     assert!(err(&mut con, &["PFCOUNT", "list"]).starts_with("WRONGTYPE"));
 }
+
+#[test]
+fn an_earlier_waiter_is_served_first_when_a_later_one_races_the_push() {
+    // Redis serves the waiters on a key as soon as a push lands, before any other command:
+    // here the first waiter's destination has the wrong type, so it fails and the element
+    // goes to the second — whether the second waiter's command reaches the log before or
+    // after the push (it races it), the first one must never be left waiting.
+    let c = trio("127.151.10");
+    let leader = c.wait_leader(&[1, 2], Duration::from_secs(20));
+    let mut con = c.conn(leader);
+    let _: () = ok(&mut con, &["SET", "t1", "nolist"]);
+    for round in 0..12u64 {
+        let _: i64 = ok(&mut con, &["DEL", "bl", "t2"]);
+        let mut w1 = c.conn(leader);
+        w1.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let a = std::thread::spawn(move || q::<String>(&mut w1, &["BRPOPLPUSH", "bl", "t1", "0"]));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.info(leader, "blocked_clients").as_deref() != Some("1") {
+            assert!(Instant::now() < deadline, "never blocked");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut w2 = c.conn(leader);
+        w2.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let b = std::thread::spawn(move || q::<String>(&mut w2, &["BRPOPLPUSH", "bl", "t2", "0"]));
+        std::thread::sleep(Duration::from_micros(round * 500));
+        let _: i64 = ok(&mut con, &["LPUSH", "bl", "foo"]);
+        let ra = a.join().unwrap();
+        let rb = b.join().unwrap();
+        assert_eq!(
+            ra.map_err(|e| e.code().map(str::to_string)),
+            Err(Some("WRONGTYPE".to_string())),
+            "round {round}"
+        );
+        assert_eq!(rb.unwrap(), "foo", "round {round}");
+        assert_eq!(
+            ok::<Vec<String>>(&mut con, &["LRANGE", "t2", "0", "-1"]),
+            strs(&["foo"])
+        );
+    }
+}
+
+#[test]
+fn sort_orders_by_value_or_by_pattern_with_limit_get_and_store() {
+    let c = trio("127.151.11");
+    let leader = c.wait_leader(&[1, 2], Duration::from_secs(20));
+    let follower = if leader == 1 { 2 } else { 1 };
+    let mut con = c.conn(follower);
+    let _: i64 = ok(&mut con, &["RPUSH", "l", "3", "10", "1", "2"]);
+    assert_eq!(
+        ok::<Vec<String>>(&mut con, &["SORT", "l"]),
+        strs(&["1", "2", "3", "10"])
+    );
+    assert_eq!(
+        ok::<Vec<String>>(&mut con, &["SORT", "l", "DESC", "LIMIT", "1", "2"]),
+        strs(&["3", "2"])
+    );
+    assert_eq!(
+        ok::<Vec<String>>(&mut con, &["SORT_RO", "l", "ALPHA"]),
+        strs(&["1", "10", "2", "3"])
+    );
+    // BY a key named after each element, GET # and a hash field; a missing one is nil.
+    let _: () = ok(
+        &mut con,
+        &["MSET", "w_1", "40", "w_2", "30", "w_3", "20", "w_10", "10"],
+    );
+    let _: i64 = ok(&mut con, &["HSET", "h_3", "name", "three"]);
+    assert_eq!(
+        ok::<Vec<Option<String>>>(
+            &mut con,
+            &["SORT", "l", "BY", "w_*", "GET", "#", "GET", "h_*->name"]
+        ),
+        vec![
+            Some("10".to_string()),
+            None,
+            Some("3".to_string()),
+            Some("three".to_string()),
+            Some("2".to_string()),
+            None,
+            Some("1".to_string()),
+            None,
+        ]
+    );
+    // BY a constant keeps the list's order.
+    assert_eq!(
+        ok::<Vec<String>>(&mut con, &["SORT", "l", "BY", "nosort"]),
+        strs(&["3", "10", "1", "2"])
+    );
+    // STORE writes a list through the log (read back on the other member).
+    assert_eq!(ok::<i64>(&mut con, &["SORT", "l", "STORE", "dst"]), 4);
+    let mut other = c.conn(leader);
+    assert_eq!(
+        ok::<Vec<String>>(&mut other, &["LRANGE", "dst", "0", "-1"]),
+        strs(&["1", "2", "3", "10"])
+    );
+    // An empty result deletes the destination.
+    assert_eq!(ok::<i64>(&mut con, &["SORT", "nothing", "STORE", "dst"]), 0);
+    assert_eq!(ok::<i64>(&mut other, &["EXISTS", "dst"]), 0);
+    // Errors as Redis.
+    let _: i64 = ok(&mut con, &["RPUSH", "words", "a", "b"]);
+    assert_eq!(
+        err(&mut con, &["SORT", "words"]),
+        "ERR One or more scores can't be converted into double"
+    );
+    assert_eq!(
+        err(&mut con, &["SORT", "l", "LIMIT", "x", "1"]),
+        "ERR value is not an integer or out of range"
+    );
+    assert_eq!(
+        err(&mut con, &["SORT_RO", "l", "STORE", "d"]),
+        "ERR syntax error"
+    );
+    assert_eq!(err(&mut con, &["SORT", "l", "BOGUS"]), "ERR syntax error");
+    let _: () = ok(&mut con, &["SET", "s", "x"]);
+    assert!(err(&mut con, &["SORT", "s"]).starts_with("WRONGTYPE"));
+    // A set and a sorted set.
+    let _: i64 = ok(&mut con, &["SADD", "set", "5", "-1", "2.5"]);
+    assert_eq!(
+        ok::<Vec<String>>(&mut con, &["SORT", "set"]),
+        strs(&["-1", "2.5", "5"])
+    );
+    let _: i64 = ok(&mut con, &["ZADD", "z", "1", "c", "2", "a", "3", "b"]);
+    assert_eq!(
+        ok::<Vec<String>>(&mut con, &["SORT", "z", "BY", "nosort", "DESC"]),
+        strs(&["b", "a", "c"])
+    );
+}
+
+#[test]
+fn scripts_refuse_the_noscript_blocking_commands() {
+    // Redis 7.0 flags BLPOP, BRPOP, BRPOPLPUSH, BLMOVE, BZPOPMIN and BZPOPMAX `noscript`;
+    // BLMPOP and BZMPOP run once without waiting.
+    let c = trio("127.151.12");
+    let leader = c.wait_leader(&[1, 2], Duration::from_secs(20));
+    let mut con = c.conn(leader);
+    for call in [
+        "redis.pcall('blpop','x',0)",
+        "redis.pcall('brpop','x',0)",
+        "redis.pcall('brpoplpush','x','y',0)",
+        "redis.pcall('blmove','x','y','LEFT','LEFT',0)",
+        "redis.pcall('bzpopmin','z',0)",
+        "redis.pcall('bzpopmax','z',0)",
+    ] {
+        let script = format!("return {call}");
+        assert_eq!(
+            err(&mut con, &["EVAL", &script, "0"]),
+            "ERR This Redis command is not allowed from script",
+            "{call}"
+        );
+    }
+    let _: i64 = ok(&mut con, &["RPUSH", "x", "a"]);
+    assert_eq!(
+        ok::<Vec<Value>>(
+            &mut con,
+            &["EVAL", "return redis.call('blmpop',0,1,'x','LEFT')", "0"]
+        ),
+        vec![
+            Value::BulkString(b"x".to_vec()),
+            Value::Array(vec![Value::BulkString(b"a".to_vec())])
+        ]
+    );
+    let v: Value = ok(
+        &mut con,
+        &["EVAL", "return redis.call('blmpop',0,1,'x','LEFT')", "0"],
+    );
+    assert_eq!(v, Value::Nil);
+}

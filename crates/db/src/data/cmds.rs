@@ -117,6 +117,7 @@ const TABLE: &[(&str, Class, i32, i32, i32, i32, Group)] = &[
     ("DEL", W, -2, 1, -1, 1, Keys), ("UNLINK", W, -2, 1, -1, 1, Keys), ("EXPIRE", W, -3, 1, 1, 1, Keys),
     ("PEXPIRE", W, -3, 1, 1, 1, Keys), ("EXPIREAT", W, -3, 1, 1, 1, Keys),
     ("PEXPIREAT", W, -3, 1, 1, 1, Keys), ("PERSIST", W, 2, 1, 1, 1, Keys),
+    ("SORT", W, -2, 1, 1, 1, Keys), ("SORT_RO", R, -2, 1, 1, 1, Keys),
     ("RENAME", W, 3, 1, 2, 1, Keys), ("RENAMENX", W, 3, 1, 2, 1, Keys),     ("FLUSHDB", W, -1, 0, 0, 0, Keys),
     // across databases
     ("MOVE", W, 3, 1, 1, 1, Tables), ("COPY", W, -3, 1, 2, 1, Tables), ("SWAPDB", W, 3, 0, 0, 0, Tables),

@@ -331,6 +331,13 @@ fn run_read(db: &Db, name: &str, argv: &[Vec<u8>], now: u64) -> Result<Reply, Re
             }
         }
         "OBJECT" => db.object(argv, now, &super::Limits::default()),
+        "SORT_RO" | "SORT" => {
+            let s = super::sort::sort(db, argv, now, name == "SORT_RO")?;
+            if s.store.is_some() {
+                return Err(Reply::err(SYNTAX));
+            }
+            sorted_reply(s.out)
+        }
         "DUMP" => db
             .get_live(&argv[1], now)
             .map(|i| Reply::Bulk(dump(&i.value)))
@@ -348,6 +355,14 @@ fn run_read(db: &Db, name: &str, argv: &[Vec<u8>], now: u64) -> Result<Reply, Re
         },
         _ => return Err(super::unknown_cmd(name)),
     })
+}
+
+fn sorted_reply(out: Vec<Option<Vec<u8>>>) -> Reply {
+    Reply::Array(
+        out.into_iter()
+            .map(|v| v.map(Reply::Bulk).unwrap_or(Reply::Nil))
+            .collect(),
+    )
 }
 
 fn scan(db: &Db, argv: &[Vec<u8>], now: u64) -> Result<Reply, Reply> {
@@ -414,6 +429,24 @@ fn run_write(db: &mut Db, name: &str, argv: &[Vec<u8>], at: At) -> Result<Reply,
         }
         "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" => expire(db, name, argv, at)?,
         "RESTORE" => restore(db, argv, at)?,
+        "SORT" => {
+            let s = super::sort::sort(db, argv, now, false)?;
+            match s.store {
+                // The output as a list (a missing GET value as an empty string); an empty
+                // one deletes the destination.
+                Some(dest) => {
+                    let n = s.out.len();
+                    let l = s.out.into_iter().map(Option::unwrap_or_default).collect();
+                    db.put(&dest, Value::List(l), None, index);
+                    if n == 0 {
+                        // Redis counts the destination as modified even when it was absent.
+                        db.last_delete = index;
+                    }
+                    Reply::Int(n as i64)
+                }
+                None => sorted_reply(s.out),
+            }
+        }
         "PERSIST" => match db.map.get_mut(&SKey::new(&argv[1])) {
             Some(i) if i.expire_at.is_some() => {
                 i.expire_at = None;

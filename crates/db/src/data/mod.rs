@@ -16,6 +16,7 @@ mod keyspace;
 mod list;
 pub mod script;
 mod set;
+mod sort;
 mod strings;
 mod tables;
 mod zset;
@@ -32,7 +33,7 @@ pub use cmds::{
 };
 pub use glob::glob_match;
 pub use keyspace::{Limits, digest};
-pub use tables::{DEDUPE_MAX, DEDUPE_WINDOW, Proposal, SWEEP, SWEEP_MAX, Tables, WriteReq};
+pub use tables::{DEDUPE_MAX, DEDUPE_WINDOW, Proposal, SWEEP, SWEEP_MAX, Tables, WAITER, WriteReq};
 pub use zset::ZSet;
 
 pub const NUM_DBS: usize = 16;
@@ -449,6 +450,45 @@ impl Db {
             Some(Value::ZSet(_)) => spec(name).is_some_and(|s| s.group == Group::ZSet),
             _ => false,
         }
+    }
+
+    /// A blocking command's attempt, decided by the log rather than by one member's view:
+    /// `[woken 0|1, n, (name, key)×n, command…]`. It takes nothing (answers the timeout
+    /// reply) while an earlier waiter (one of the pairs, as the proposing member saw them)
+    /// could take from its key, so the longest-waiting client is served first as in Redis.
+    /// Once woken it also takes nothing while no source holds a value of the command's type
+    /// (a source that turned into another type keeps the client waiting, as in Redis);
+    /// otherwise the command runs, and an error such as a destination of the wrong type
+    /// reaches the client.
+    pub fn write_waiter(&mut self, argv: &[Vec<u8>], now: u64, index: u64) -> Reply {
+        let n = match argv.get(1).and_then(|n| parse_i64(n)) {
+            Some(n) if n >= 0 && argv.len() > 2 + 2 * n as usize => n as usize,
+            _ => return Reply::err(SYNTAX),
+        };
+        let woken = argv[0] == b"1";
+        let (earlier, cmd) = argv[2..].split_at(2 * n);
+        let name = upper(&cmd[0]);
+        if !check_arity(&name, cmd.len()) {
+            return arity_err(&name);
+        }
+        let nothing = || match name.as_str() {
+            "BRPOPLPUSH" | "BLMOVE" => Reply::Nil,
+            _ => Reply::NilArray,
+        };
+        let owed = earlier
+            .chunks(2)
+            .any(|p| self.can_pop(&upper(&p[0]), &p[1], now));
+        if owed {
+            return nothing();
+        }
+        if woken
+            && !cmds::block_sources(&name, cmd)
+                .iter()
+                .any(|k| self.can_pop(&name, k, now))
+        {
+            return nothing();
+        }
+        self.write(cmd, now, index)
     }
 
     /// Runs a read-only command.

@@ -58,6 +58,10 @@ pub struct WriteReq {
 
 /// The internal command that drops expired keys (proposed by the leader).
 pub const SWEEP: &[u8] = b"\0citadel-expire-sweep";
+/// Marks a blocking command's attempt (`[WAITER, woken 0|1, n, (name, key)×n, command…]`,
+/// proposed by the server only; the pairs are earlier waiters on the same keys): see
+/// [`super::Db::write_waiter`].
+pub const WAITER: &[u8] = b"\0citadel-waiter";
 /// Keys one sweep drops in one database, at most (keeps an entry's apply short).
 pub const SWEEP_MAX: usize = 2000;
 
@@ -109,6 +113,9 @@ impl Tables {
                 // unknown commands before they reach the log).
                 Some(db) if argv.len() == 1 && argv[0] == SWEEP => {
                     Reply::Int(db.sweep(now, index, SWEEP_MAX) as i64)
+                }
+                Some(db) if argv.len() > 1 && argv[0] == WAITER => {
+                    db.write_waiter(&argv[1..], now, index)
                 }
                 Some(_) if !argv.is_empty() && is_cross_db(argv) => {
                     self.cross_db(*dbi as usize, argv, now, index)
@@ -250,7 +257,20 @@ impl Tables {
                         }
                         match spec(&n) {
                             None => Reply::err("ERR Unknown Redis command called from script"),
-                            Some(s) if s.group == Group::Tables => {
+                            // Redis 7.0 flags these blocking commands `noscript` (BLMPOP
+                            // and BZMPOP run once without waiting, as in MULTI).
+                            Some(s)
+                                if s.group == Group::Tables
+                                    || matches!(
+                                        n.as_str(),
+                                        "BLPOP"
+                                            | "BRPOP"
+                                            | "BRPOPLPUSH"
+                                            | "BLMOVE"
+                                            | "BZPOPMIN"
+                                            | "BZPOPMAX"
+                                    ) =>
+                            {
                                 Reply::err("ERR This Redis command is not allowed from script")
                             }
                             Some(s) if read_only && s.class == super::Class::Write => Reply::err(
