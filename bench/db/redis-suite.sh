@@ -5,7 +5,7 @@
 #
 # Usage: bench/db/redis-suite.sh REDIS_SRC [unit…]
 #   REDIS_SRC: the redis source at tag 7.0.15, outside this repository, e.g.
-#     git --git-dir=<mirror of github.com/redis/redis> archive 7.0.15 | tar -x -C /work/redis-7.0.15
+#     git --git-dir=<mirror of github.com/redis/redis> archive 7.0.15 | tar -x -C ../redis-7.0.15
 # Needs tclsh, redis-server and redis-cli. Loopback 127.150.200.0/24 (SUITE_NET to change).
 # Both servers get the same runtest flags; nothing in the suite is changed. TAGS (default
 # "-needs:repl") is passed to both as --tags: needs:repl marks the tests that attach to

@@ -4,7 +4,7 @@
 # peered (blocks fsynced on both), keys made with the store's own `key create`.
 # Loopback 127.146.0.0/24 only; temp dirs of its own; kills only the PIDs it started.
 #
-#   S3TESTS_DIR=/work/s3-tests bench/store/s3-tests.sh           # the whole run (~10 min)
+#   S3TESTS_DIR=../s3-tests bench/store/s3-tests.sh           # the whole run (~10 min)
 #   S3TESTS_DIR=… bench/store/s3-tests.sh -k bucket_list         # extra pytest arguments
 #
 # Left out (not claimed by the store, issue 12), by pytest -k on the test name (or marker):
