@@ -10,18 +10,8 @@
 set -euo pipefail
 N=${1:-20000}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-W=$(mktemp -d /tmp/gate-instr.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
-for t in valgrind callgrind_control ab nginx haproxy; do
-  command -v "$t" >/dev/null || { echo "missing $t (apt-get install valgrind apache2-utils nginx-light haproxy)"; exit 1; }
-done
+. "$ROOT/bench/gate/lib.sh"
+need valgrind callgrind_control ab nginx haproxy
 (cd "$ROOT" && cargo build --release -q)
 CITADEL="$ROOT/target/release/citadel"
 
@@ -31,14 +21,7 @@ wait_http() { # url
   echo "$1 never answered"; exit 1
 }
 
-mkdir -p "$W/up"
-cat > "$W/up/nginx.conf" <<NG
-user root; worker_processes 1; pid $W/up/nginx.pid; error_log $W/up/error.log;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen $UP; location / { return 200 "hello\n"; } } }
-NG
-nginx -p "$W/up" -c "$W/up/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+start_upstream "$UP"
 wait_http "http://$UP/"
 
 cat > "$W/gate.toml" <<G
@@ -54,23 +37,7 @@ port = 8000
 members = [{ name = "app1", address = "127.91.0.11" }]
 health = { path = "/", interval_ms = 1000 }
 G
-cat > "$W/haproxy.cfg" <<HA
-global
-  nbthread 1
-  maxconn 8000
-defaults
-  mode http
-  timeout connect 1s
-  timeout client 30s
-  timeout server 30s
-  option forwardfor
-  http-reuse always
-frontend f
-  bind 127.91.0.1:8082
-  default_backend b
-backend b
-  server s1 $UP
-HA
+haproxy_config 127.91.0.1:8082 "$UP" > "$W/haproxy.cfg"
 
 # Runs one proxy under callgrind, warms it, zeroes the counters, sends N requests, and
 # prints the instructions counted since the zeroing divided by N.

@@ -14,19 +14,8 @@ DUR=${1:-8}
 ROUNDS=${2:-2}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT="$ROOT/bench/gate/RESULTS.md"
-W=$(mktemp -d /tmp/gate-bench.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
-
-for t in wrk nginx haproxy dnsperf nsd; do
-  command -v "$t" >/dev/null || { echo "missing $t (apt-get install wrk nginx-light haproxy dnsperf nsd)"; exit 1; }
-done
+. "$ROOT/bench/gate/lib.sh"
+need wrk nginx haproxy dnsperf nsd
 (cd "$ROOT" && cargo build --release -p citadel-gate -q)
 GATE="$ROOT/target/release/citadel-gate"
 
@@ -47,15 +36,8 @@ cpu_ticks() { # pids... -> utime+stime summed
 }
 descendants() { local c; for c in $(pgrep -P "$1"); do echo -n "$c "; descendants "$c"; done; }
 
-# --- the upstream: nginx, one worker, a tiny fixed answer -------------------------------
-mkdir -p "$W/up" "$W/px"
-cat > "$W/up/nginx.conf" <<NG
-user root; worker_processes 1; pid $W/up/nginx.pid; error_log $W/up/error.log;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen $UP; location / { return 200 "hello\n"; } } }
-NG
-nginx -p "$W/up" -c "$W/up/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+start_upstream "$UP"
+mkdir -p "$W/px"
 wait_port 127.90.0.11 8000
 
 # --- the proxies --------------------------------------------------------------------------
@@ -94,23 +76,7 @@ http { access_log off; keepalive_requests 1000000;
 NG
 nginx -p "$W/px" -c "$W/px/nginx.conf" -g 'daemon off;' & NPID=$!; PIDS+=($NPID)
 
-cat > "$W/haproxy.cfg" <<HA
-global
-  nbthread 1
-  maxconn 8000
-defaults
-  mode http
-  timeout connect 1s
-  timeout client 30s
-  timeout server 30s
-  option forwardfor
-  http-reuse always
-frontend f
-  bind $HAPROXY_HTTP
-  default_backend b
-backend b
-  server s1 $UP
-HA
+haproxy_config "$HAPROXY_HTTP" "$UP" > "$W/haproxy.cfg"
 haproxy -f "$W/haproxy.cfg" -db & HPID=$!; PIDS+=($HPID)
 
 wait_port 127.90.0.1 8080; wait_port 127.90.0.1 8081; wait_port 127.90.0.1 8082
