@@ -108,6 +108,13 @@ pub struct Node {
     rid_base: u64,
     rid_seq: AtomicU64,
     takeover_sent: Mutex<Option<Instant>>,
+    /// (term, index) when this node booted as the leader of `term` (its own committed vote):
+    /// no read index of that term may fall below the last log index it had at boot. openraft
+    /// 0.9 restores such a leader at once and reuses the term's first entry as its no-op, so
+    /// its read index, max(that entry, committed), can miss entries it had committed before
+    /// the restart and has not committed again yet: a stale read (seen as 112 of 120
+    /// acknowledged RPUSHes after a restart of every member).
+    boot_read_floor: Option<(u64, u64)>,
     /// CONFIG GET/SET's values (local to this member, as in Redis).
     pub settings: crate::settings::Settings,
 }
@@ -444,7 +451,8 @@ impl Node {
                 let sent = Instant::now();
                 match tokio::time::timeout(wait, self.raft.get_read_log_id()).await {
                     Ok(Ok((read, _applied))) => {
-                        let index = read.map(|l| l.index).unwrap_or(0);
+                        let index =
+                            self.floored_read_index(term, read.map(|l| l.index).unwrap_or(0));
                         self.grant_lease(term, sent, index);
                         Ok(index)
                     }
@@ -462,6 +470,23 @@ impl Node {
                 Err(e) => Err(format!("TRYAGAIN {e}")),
             },
             None => Err(TRYAGAIN.into()),
+        }
+    }
+
+    /// The read index of a round in `term`, raised to the boot floor while this node leads
+    /// the term it booted as leader of.
+    fn floored_read_index(&self, term: u64, index: u64) -> u64 {
+        match self.boot_read_floor {
+            Some((t, floor)) if t == term && floor > index => {
+                tracing::info!(
+                    term,
+                    index,
+                    floor,
+                    "read index raised to the log's end at boot"
+                );
+                floor
+            }
+            _ => index,
         }
     }
 
@@ -1118,6 +1143,7 @@ pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
     for addr in listen {
         listeners.push(TcpListener::bind(addr).await?);
     }
+    let boot_read_floor = boot_read_floor(&store, cfg.id).await?;
     let raft = Raft::new(
         cfg.id,
         rc,
@@ -1174,6 +1200,7 @@ pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
         rid_base,
         rid_seq: AtomicU64::new(1),
         takeover_sent: Mutex::new(None),
+        boot_read_floor,
     });
     for listener in listeners {
         tokio::spawn(serve_peers(listener, node.clone()));
@@ -1217,4 +1244,27 @@ pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
         tokio::spawn(expiry_loop(node.clone()));
     }
     Ok(Running { node })
+}
+
+/// `Node::boot_read_floor` from the durable vote and log, read before openraft starts.
+async fn boot_read_floor(store: &Arc<Store>, id: NodeId) -> Result<Option<(u64, u64)>, DbError> {
+    use openraft::storage::RaftLogStorage;
+    let mut log = LogStore {
+        store: store.clone(),
+    };
+    let vote = log
+        .read_vote()
+        .await
+        .map_err(|e| DbError::Storage(e.to_string()))?;
+    let last = log
+        .get_log_state()
+        .await
+        .map_err(|e| DbError::Storage(e.to_string()))?
+        .last_log_id;
+    Ok(match (vote, last) {
+        (Some(v), Some(last)) if v.is_committed() && v.leader_id().voted_for() == Some(id) => {
+            Some((v.leader_id().term, last.index))
+        }
+        _ => None,
+    })
 }
