@@ -7,6 +7,8 @@
 # (apache2-utils), nginx-light, haproxy.
 #
 #   bench/gate/instructions.sh [REQUESTS]      (default 20000, keep-alive, 20 connections)
+#   KEEP=DIR bench/gate/instructions.sh        also keeps the callgrind files in DIR, for
+#                                              `callgrind_annotate DIR/gate.cg` (a profile)
 set -euo pipefail
 N=${1:-20000}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -55,6 +57,7 @@ measure() { # name url command...
   # The dump asked for above is part 1; the one written at exit holds what came after it.
   local total
   total=$(awk '/^summary:/ {print $2}' "$W/cg.$name.$vp.1")
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$W/cg.$name.$vp.1" "$KEEP/$name.cg"; fi
   echo "$name $((total / N))"
 }
 export RUST_LOG=warn

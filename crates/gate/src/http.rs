@@ -229,7 +229,8 @@ async fn handle(
     resp
 }
 
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HOP_BY_HOP_COUNT: usize = 7;
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -243,34 +244,75 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Removes the hop-by-hop headers, and those named in Connection. One pass over what is
-/// there rather than a hashed removal of every candidate: most messages carry none or one,
-/// and this runs twice per request.
+/// there rather than a hashed removal of every candidate, and no list of names to remove
+/// unless Connection names a header: most messages carry a Connection of `keep-alive` or
+/// `close` and nothing else hop-by-hop, and this runs twice per request.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let mut doomed: Vec<HeaderName> = Vec::new();
+    let mut found = [false; HOP_BY_HOP_COUNT];
+    let mut any = false;
+    let mut names_headers = false;
     for (name, value) in h.iter() {
-        if !HOP_BY_HOP.contains(name) {
+        let Some(k) = hop_by_hop_index(name) else {
             continue;
+        };
+        found[k] = true;
+        any = true;
+        if k == 0 && !names_only_options(value) {
+            names_headers = true;
         }
-        if !doomed.contains(name) {
-            doomed.push(name.clone());
-        }
-        if name == header::CONNECTION {
-            // `close` and `keep-alive` are options, not names to parse (a Keep-Alive header
-            // is hop-by-hop anyway and met in this same pass).
-            let named = value.to_str().ok().into_iter().flat_map(|v| v.split(','));
-            doomed.extend(
-                named
-                    .map(str::trim)
-                    .filter(|n| {
-                        !n.eq_ignore_ascii_case("close") && !n.eq_ignore_ascii_case("keep-alive")
-                    })
+    }
+    if !any {
+        return;
+    }
+    let mut named: Vec<HeaderName> = Vec::new();
+    if names_headers {
+        for value in h.get_all(header::CONNECTION) {
+            named.extend(
+                connection_tokens(value)
+                    .filter(|n| !is_option(n))
                     .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()),
             );
         }
     }
-    for n in &doomed {
+    for (k, name) in HOP_BY_HOP.iter().enumerate() {
+        if found[k] {
+            h.remove(name);
+        }
+    }
+    for n in &named {
         h.remove(n);
     }
+}
+
+/// Where `name` is in HOP_BY_HOP (Connection is 0). A length test first: most names are
+/// none of them, and the two that are not standard headers compare as bytes.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    if !matches!(name.as_str().len(), 2 | 7 | 10 | 16 | 17) {
+        return None;
+    }
+    HOP_BY_HOP.iter().position(|h| h == name)
+}
+
+fn connection_tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
+    value
+        .to_str()
+        .ok()
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
+/// `close` and `keep-alive` are options, not names to remove (a Keep-Alive header is
+/// hop-by-hop anyway).
+fn is_option(token: &str) -> bool {
+    token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive")
+}
+
+fn names_only_options(value: &HeaderValue) -> bool {
+    let b = value.as_bytes();
+    b.eq_ignore_ascii_case(b"keep-alive")
+        || b.eq_ignore_ascii_case(b"close")
+        || connection_tokens(value).all(|t| t.is_empty() || is_option(t))
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -311,15 +353,12 @@ impl Peer {
 
 /// Adds X-Forwarded-For, X-Forwarded-Proto and Forwarded for this hop.
 fn forwarded_headers(h: &mut HeaderMap, peer: &Peer, host: Option<&str>) {
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+    extend_list(h, X_FORWARDED_FOR, |prev| match prev {
+        None => Some(peer.ip_value.clone()),
         Some(prev) => {
             HeaderValue::from_str(&format!("{prev}, {}", peer.ip_value.to_str().unwrap_or(""))).ok()
         }
-        None => Some(peer.ip_value.clone()),
-    };
-    if let Some(v) = xff {
-        h.insert(X_FORWARDED_FOR, v);
-    }
+    });
     h.insert(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if peer.scheme == "https" {
@@ -328,21 +367,41 @@ fn forwarded_headers(h: &mut HeaderMap, peer: &Peer, host: Option<&str>) {
             "http"
         }),
     );
-    let prev = h.get(header::FORWARDED).and_then(|v| v.to_str().ok());
-    let mut val = String::with_capacity(64);
-    if let Some(prev) = prev {
-        val.push_str(prev);
-        val.push_str(", ");
-    }
-    val.push_str(&peer.forwarded_for);
-    if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
-        val.push_str(";host=\"");
-        val.push_str(host);
-        val.push('"');
-    }
-    // Hands the string's buffer over rather than copying it.
-    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(val)) {
-        h.insert(header::FORWARDED, v);
+    extend_list(h, header::FORWARDED, |prev| {
+        let mut val = String::with_capacity(64);
+        if let Some(prev) = prev {
+            val.push_str(prev);
+            val.push_str(", ");
+        }
+        val.push_str(&peer.forwarded_for);
+        if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
+            val.push_str(";host=\"");
+            val.push_str(host);
+            val.push('"');
+        }
+        // Hands the string's buffer over rather than copying it.
+        HeaderValue::from_maybe_shared(Bytes::from(val)).ok()
+    });
+}
+
+/// Sets `name` to `value(what it was)`, with one hashed lookup (the entry API); a value that
+/// is not text counts as none.
+fn extend_list(
+    h: &mut HeaderMap,
+    name: HeaderName,
+    value: impl FnOnce(Option<&str>) -> Option<HeaderValue>,
+) {
+    match h.entry(name) {
+        http::header::Entry::Vacant(v) => {
+            if let Some(new) = value(None) {
+                v.insert(new);
+            }
+        }
+        http::header::Entry::Occupied(mut o) => {
+            if let Some(new) = value(o.get().to_str().ok()) {
+                o.insert(new);
+            }
+        }
     }
 }
 
@@ -684,5 +743,39 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert!(h.get("x-secret").is_none() && h.get(header::CONNECTION).is_none());
         assert!(h.get("x-keep").is_some());
+    }
+
+    #[test]
+    fn every_hop_by_hop_header_goes_and_options_name_nothing() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.append(header::CONNECTION, HeaderValue::from_static("X-One ,x-two"));
+        for (name, value) in [
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-sum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-one", "1"),
+            ("x-two", "2"),
+            ("close", "not an option here: a header"),
+            ("x-keep", "1"),
+        ] {
+            h.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["close", "x-keep"]);
+        // Only options: Connection goes, nothing else does.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
     }
 }
