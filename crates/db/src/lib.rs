@@ -19,6 +19,8 @@ pub mod sm;
 pub mod store;
 pub mod types;
 
+use std::time::Duration;
+
 pub use config::{DbConfig, Kind, Member, Tunables};
 pub use error::DbError;
 
@@ -44,7 +46,16 @@ pub async fn run(cfg: DbConfig) -> Result<(), DbError> {
     } else {
         tracing::info!(id = cfg.id, "running as witness");
     }
-    std::future::pending::<()>().await;
+    // Stopped by SIGTERM (the supervisor) or SIGINT: a leader hands over before it goes.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!(id = cfg.id, "stopping");
+    node.hand_over_leadership(Duration::from_millis(1500)).await;
     Ok(())
 }
 

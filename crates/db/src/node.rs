@@ -115,6 +115,10 @@ pub struct Node {
     /// the restart and has not committed again yet: a stale read (seen as 112 of 120
     /// acknowledged RPUSHes after a restart of every member).
     boot_read_floor: Option<(u64, u64)>,
+    /// Set while a leader that is being stopped hands its leadership over: it takes no new
+    /// writes (they wait for the next leader), so its log stops growing and a follower can
+    /// catch up with all of it.
+    stepping_down: AtomicBool,
     /// CONFIG GET/SET's values (local to this member, as in Redis).
     pub settings: crate::settings::Settings,
 }
@@ -365,7 +369,10 @@ impl Node {
     /// On the leader: queues a write and returns at once with a receiver for its reply, so
     /// that a connection's pipelined writes share batches. `None` when this node does not lead.
     pub fn write_enqueue(&self, req: WriteReq) -> Option<oneshot::Receiver<Result<Reply, String>>> {
-        if self.is_witness() || self.leader() != Some(self.id()) {
+        if self.is_witness()
+            || self.leader() != Some(self.id())
+            || self.stepping_down.load(Ordering::Acquire)
+        {
             return None;
         }
         let (tx, rx) = oneshot::channel();
@@ -625,6 +632,76 @@ impl Node {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// When this node leads and is about to stop (SIGTERM: `jail stop`, a rolling restart, a
+    /// move): hands its leadership to a data member that holds its whole log, so the group
+    /// does not wait out an election timeout and the voters' lease (~0.7 s) for a leader that
+    /// is going anyway. New writes wait meanwhile (and go to the next leader); the follower is
+    /// told to call an election at once (`TakeOver`, as the witness does), which this node
+    /// grants: its own vote is older than its lease. Gives up after `within`, leaving the
+    /// usual failover. Returns whether another member leads now.
+    pub async fn hand_over_leadership(self: &Arc<Self>, within: Duration) -> bool {
+        if self.is_witness() || self.leader() != Some(self.id()) {
+            return false;
+        }
+        self.stepping_down.store(true, Ordering::Release);
+        let deadline = Instant::now() + within;
+        let me = self.id();
+        let mut rx = self.raft.metrics();
+        let mut asked: Option<Instant> = None;
+        // Members that did not answer (stopping too: `up` ending, a whole host going down).
+        let mut gone: Vec<NodeId> = Vec::new();
+        loop {
+            let m = rx.borrow().clone();
+            if m.current_leader.is_some_and(|l| l != me) {
+                tracing::info!(leader = ?m.current_leader, "leadership handed over");
+                return true;
+            }
+            let last = m.last_log_index;
+            let applied = m.last_applied.filter(|l| Some(l.index) == last);
+            let ready = m.replication.as_ref().and_then(|r| {
+                r.iter()
+                    .filter(|(id, matched)| {
+                        **id != me
+                            && self.cfg.is_data(**id)
+                            && !gone.contains(id)
+                            && matched.map(|l| l.index) == last
+                    })
+                    .map(|(id, _)| *id)
+                    .next()
+            });
+            if let (Some(target), Some(applied)) = (ready, applied)
+                && asked.is_none_or(|t| t.elapsed() > Duration::from_millis(200))
+            {
+                asked = Some(Instant::now());
+                tracing::info!(target, "stopping: handing leadership over");
+                let req = PeerReq::TakeOver {
+                    last: Some(applied),
+                };
+                if let Err(e) = self
+                    .peers
+                    .call(target, &req, self.peers.rpc_timeout())
+                    .await
+                {
+                    tracing::info!(target, error = %e, "no hand-over to a member that does not answer");
+                    gone.push(target);
+                }
+            }
+            let candidates = self
+                .cfg
+                .members
+                .iter()
+                .filter(|m| m.id != me && self.cfg.is_data(m.id) && !gone.contains(&m.id))
+                .count();
+            if candidates == 0 || Instant::now() >= deadline {
+                tracing::warn!(
+                    "stopping without handing leadership over: no data member that holds the whole log answered"
+                );
+                return false;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(20), rx.changed()).await;
         }
     }
 
@@ -1201,6 +1278,7 @@ pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
         rid_seq: AtomicU64::new(1),
         takeover_sent: Mutex::new(None),
         boot_read_floor,
+        stepping_down: AtomicBool::new(false),
     });
     for listener in listeners {
         tokio::spawn(serve_peers(listener, node.clone()));

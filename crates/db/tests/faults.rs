@@ -251,3 +251,41 @@ fn a_member_far_behind_catches_up_and_carries_the_quorum() {
         assert!(vals.iter().all(|v| v.is_some()));
     }
 }
+
+/// A leader stopped the way a supervisor stops a jail (SIGTERM: `jail stop`, a rolling
+/// restart, a move) hands its leadership to the caught-up data member before it exits: when
+/// its process is gone, the other member already leads. Without the hand-over that could not
+/// happen before the voters' lease ran out (~0.6 s after the last heartbeat), so writes and
+/// linearizable reads would stall for an election instead.
+#[test]
+fn a_leader_stopped_with_sigterm_hands_over_before_it_exits() {
+    let mut c = trio("127.158.1");
+    let leader = c.wait_leader(&[A, B], Duration::from_secs(20));
+    let other = if leader == A { B } else { A };
+    let mut con = c.conn(leader);
+    for i in 0..50 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(i)
+            .query(&mut con)
+            .unwrap();
+    }
+    drop(con);
+    let took = c.terminate(leader);
+    assert_eq!(
+        c.info(other, "raft_state").as_deref(),
+        Some("Leader"),
+        "the other data member leads when the old leader's process is gone ({took:?} after SIGTERM)"
+    );
+    assert!(
+        c.log(leader).contains("leadership handed over"),
+        "{}",
+        c.log(leader)
+    );
+    let keys: Vec<String> = (0..50).map(|i| format!("k{i}")).collect();
+    let got = values(&c, other, &keys, false);
+    assert!(got.iter().enumerate().all(|(i, v)| v.as_deref() == Some(i.to_string().as_str())));
+    // The old leader comes back as a follower of the new one.
+    c.start(leader);
+    assert_eq!(c.wait_leader(&[A, B], Duration::from_secs(20)), other);
+}

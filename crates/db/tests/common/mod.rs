@@ -176,6 +176,17 @@ impl Cluster {
         }
     }
 
+    /// SIGTERM (what a supervisor sends to stop a jail), and waits for the exit; returns
+    /// how long the process took to go.
+    pub fn terminate(&mut self, id: u64) -> Duration {
+        let t = Instant::now();
+        self.signal(id, nix::sys::signal::Signal::SIGTERM);
+        if let Some(mut c) = self.procs.remove(&id) {
+            let _ = c.wait();
+        }
+        t.elapsed()
+    }
+
     pub fn pause(&self, id: u64) {
         self.signal(id, nix::sys::signal::Signal::SIGSTOP);
     }
