@@ -11,7 +11,8 @@
 //! Checked: REST through the gate from `users`; `dig` on the gate box resolves the cluster's
 //! names; a server's jails answer the gate over front only, and `users` reaches neither front
 //! nor back; whole-box loss of server-1 (its links down and every process of it frozen at
-//! once: no FIN, no RST) under a mixed load: the longest gap between successful reads, when
+//! once: no FIN, no RST) under a mixed load (after a rolling apply, and `jail move` of app-1
+//! and db-1 to server-2 and back under load: no read fails, no acknowledged write lost): the longest gap between successful reads, when
 //! writes resume, no acknowledged write lost, and server-1 catching up when it is back;
 //! a 20 s back-segment partition during writes; the gate box lost (the db keeps working with
 //! two voters of three).
@@ -287,6 +288,27 @@ impl Topology {
         let mut cmd = Command::new(CITADEL);
         self.gate.enter(&mut cmd);
         self.op.run_with(cmd, "apply", file, &[])
+    }
+
+    /// `citadel jail move JAIL HOST` from the gate box (the operator's file rewritten in place).
+    fn move_jail(&self, file: &std::path::Path, jail: &str, host: &str) -> (bool, String) {
+        let mut cmd = Command::new(CITADEL);
+        self.gate.enter(&mut cmd);
+        let out = cmd
+            .args(["jail", "move", jail, host, "--file"])
+            .arg(file)
+            .arg("--dir")
+            .arg(self.op.dir.path())
+            .output()
+            .expect("run citadel jail move");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
     }
 
     fn healthy(&self, jails: &[&str]) -> bool {
@@ -704,6 +726,72 @@ fn the_seed_topology_survives_losing_a_box() {
     );
     assert_rolled_without_failure(&report, took);
     assert_eq!(failed, 0, "probe requests failed during the rolling apply");
+
+    // `jail move` between the boxes under the load: app-1 and then db-1 to server-2 over the
+    // agents' TLS channel, and back (the box loss below needs them on server-1). A moved
+    // jail keeps its addresses (and its MACs, which follow them) on the shared segments.
+    let load = load_from_users(&topo.users, "moves", 90);
+    let probe = Probe::start(&topo.users, "moves", Duration::from_secs(150));
+    wait_for("the probe's writes", Duration::from_secs(20), || {
+        (probe.acked.load(Ordering::Relaxed) >= 20).then_some(())
+    });
+    let db_1_id = topo
+        .raft(&topo.s1, DB_1, "raft_id")
+        .expect("db-1's raft id");
+    let moves_began = Instant::now();
+    for (jail, to, from_ns) in [
+        ("app-1", "server-2", &topo.s2),
+        ("db-1", "server-2", &topo.s2),
+        ("db-1", "server-1", &topo.s1),
+        ("app-1", "server-1", &topo.s1),
+    ] {
+        let t = Instant::now();
+        let (ok, out) = topo.move_jail(&changed, jail, to);
+        println!("move {jail} → {to}: {:.1}s", t.elapsed().as_secs_f64());
+        assert!(ok, "move {jail} {to}: {out}");
+        assert!(out.contains(&format!("to {to}")), "{out}");
+        if jail == "db-1" {
+            wait_for(
+                "db-1 in the group as itself",
+                Duration::from_secs(30),
+                || (topo.raft(from_ns, DB_1, "raft_id")? == db_1_id).then_some(()),
+            );
+        } else {
+            wait_for("the moved app in rotation", Duration::from_secs(30), || {
+                topo.in_rotation("app", jail).then_some(())
+            });
+        }
+    }
+    let moves_took = moves_began.elapsed();
+    let log = probe.finish();
+    let report = load.join().expect("load thread").expect("load ran");
+    let probe_failed = log
+        .reads
+        .iter()
+        .chain(&log.writes)
+        .filter(|(_, ok)| !ok)
+        .count();
+    println!("{}", report.timeline());
+    println!(
+        "four moves over netns: {:.1}s; load: {} reads, {} writes, {} failed; probe: {probe_failed} failed",
+        moves_took.as_secs_f64(),
+        report.reads_ok,
+        report.writes_ok,
+        report.reads_err + report.writes_err
+    );
+    assert_eq!(
+        report.reads_err, 0,
+        "reads failed during the moves: {:?}",
+        report.errors
+    );
+    assert_eq!(
+        log.reads.iter().filter(|(_, ok)| !ok).count(),
+        0,
+        "probe reads failed during the moves"
+    );
+    assert_no_write_lost(&report);
+    let lost = log.lost(&topo.users, "moves");
+    assert!(lost.is_empty(), "acknowledged probe writes lost: {lost:?}");
 
     // Whole-box loss of server-1 under the mixed load.
     let load = load_from_users(&topo.users, "mixed", 40);
