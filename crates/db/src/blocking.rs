@@ -6,6 +6,9 @@
 //! decides who gets an element, so a pop is never served twice or lost, whichever member
 //! the client is on and however leadership moves meanwhile. A client that disconnects
 //! while waiting stops waiting and takes nothing.
+//!
+//! XREADGROUP … BLOCK waits the same way (it changes the group, so it goes through the log);
+//! XREAD … BLOCK changes nothing and only re-reads this member's applied state.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -130,7 +133,7 @@ pub async fn serve(
             let d = &g.tables.dbs[db as usize];
             // The first attempt always goes (errors such as WRONGTYPE come back at
             // once), unless an earlier waiter is owed what is there.
-            let mine = first || keys.iter().any(|k| d.can_pop(name, k, now));
+            let mine = first || d.block_ready(name, &argv, &keys, now);
             let w = waiters().lock().unwrap_or_else(|p| p.into_inner());
             let mut owed = false;
             let mut earlier = Vec::new();
@@ -194,6 +197,73 @@ pub async fn serve(
             _ = closed(stream) => return Reply::NilArray,
             _ = killed.notified() => {
                 // Leave the permit for the connection loop, which closes the connection.
+                killed.notify_one();
+                return Reply::err("UNBLOCKED client killed while blocked");
+            }
+        }
+    }
+}
+
+/// XREAD … BLOCK: `$` is resolved against the linearized state when the command arrives,
+/// then the client waits for this member's applied writes and reads again (XREAD takes
+/// nothing, so no proposal is needed; what it returns is committed). A key that turns into
+/// another type keeps it waiting, as in Redis.
+pub async fn serve_xread(
+    node: &Arc<Node>,
+    db: u32,
+    argv: Vec<Vec<u8>>,
+    stream: &TcpStream,
+    killed: &tokio::sync::Notify,
+    readonly: bool,
+) -> Reply {
+    let timeout = match block_timeout("XREAD", &argv) {
+        Ok(t) => t,
+        Err(e) => return e,
+    };
+    if !readonly
+        && !node.unsafe_local_reads
+        && let Err(e) = node.linearize().await
+    {
+        return Reply::Error(e);
+    }
+    let dbi = db as usize;
+    let now = now_ms();
+    let argv = match node
+        .sm
+        .read(|g| g.tables.dbs[dbi].xread_resolve(&argv, now))
+    {
+        Ok(a) => a,
+        Err(e) => return e,
+    };
+    let r = node.sm.read(|g| g.tables.dbs[dbi].xread(&argv, now, None));
+    if !nothing(&r) {
+        return r;
+    }
+    let deadline = (timeout > 0.0)
+        .then(|| tokio::time::Instant::now() + Duration::from_secs_f64(timeout.min(1e9)));
+    let _count = Blocked::new();
+    loop {
+        let applied = node.sm.applied.notified();
+        tokio::pin!(applied);
+        applied.as_mut().enable();
+        let r = node
+            .sm
+            .read(|g| g.tables.dbs[dbi].xread(&argv, now_ms(), Some(1000)));
+        if !nothing(&r) && !r.is_error() {
+            return r;
+        }
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut applied => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = sleep => return Reply::NilArray,
+            _ = closed(stream) => return Reply::NilArray,
+            _ = killed.notified() => {
                 killed.notify_one();
                 return Reply::err("UNBLOCKED client killed while blocked");
             }

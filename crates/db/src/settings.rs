@@ -168,6 +168,15 @@ impl Settings {
             .max(0) as usize
     }
 
+    /// stream-node-max-entries / stream-node-max-bytes (carried into the log with XADD and
+    /// XTRIM, so that every member cuts a stream's nodes alike).
+    pub fn stream_node(&self) -> crate::data::NodeCfg {
+        crate::data::NodeCfg {
+            entries: self.int("stream-node-max-entries") as u64,
+            bytes: self.int("stream-node-max-bytes") as u64,
+        }
+    }
+
     /// The encoding limits OBJECT ENCODING reports against.
     pub fn limits(&self) -> Limits {
         Limits {
