@@ -25,7 +25,7 @@ const PARAMS: &[(&str, Kind, &str)] = &[
     ("maxmemory-policy", Kind::Text, "noeviction"), ("maxmemory-samples", Kind::Int, "5"),
     ("timeout", Kind::Int, "0"), ("tcp-keepalive", Kind::Int, "300"),
     ("databases", Kind::Int, "16"), ("appendonly", Kind::Bool, "no"),
-    ("appendfsync", Kind::Text, "always"), ("save", Kind::Text, ""),
+    ("appendfsync", Kind::Text, "always"), ("aof-use-rdb-preamble", Kind::Bool, "yes"), ("save", Kind::Text, ""),
     ("lazyfree-lazy-user-del", Kind::Bool, "no"), ("lazyfree-lazy-user-flush", Kind::Bool, "no"),
     ("lazyfree-lazy-expire", Kind::Bool, "no"), ("lazyfree-lazy-server-del", Kind::Bool, "no"),
     ("lua-time-limit", Kind::Int, "5000"), ("busy-reply-threshold", Kind::Int, "5000"),
