@@ -129,8 +129,9 @@ pub async fn serve(
         someone_left.as_mut().enable();
         // Look at the local state first: propose only when there may be something to take.
         let now = now_ms();
-        let (worth, earlier) = node.sm.read(|g| {
+        let (worth, earlier, blocks_now) = node.sm.read(|g| {
             let d = &g.tables.dbs[db as usize];
+            let blocks_now = first && d.would_block(name, &argv, now);
             // The first attempt always goes (errors such as WRONGTYPE come back at
             // once), unless an earlier waiter is owed what is there.
             let mine = first || d.block_ready(name, &argv, &keys, now);
@@ -146,7 +147,7 @@ pub async fn serve(
                 owed |= d.can_pop(wname, k, now);
                 earlier.push((wname.clone(), k.clone()));
             }
-            (mine && !owed, earlier)
+            (mine && !owed, earlier, blocks_now)
         });
         if worth {
             // The first proposal runs the command as a client's command would (errors
@@ -156,7 +157,7 @@ pub async fn serve(
             let first_try = std::mem::replace(&mut first, false);
             let mut cmd = vec![
                 WAITER.to_vec(),
-                if first_try {
+                if first_try && !blocks_now {
                     b"0".to_vec()
                 } else {
                     b"1".to_vec()

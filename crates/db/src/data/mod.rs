@@ -578,6 +578,11 @@ impl Db {
         keys.iter().any(|k| self.can_pop(name, k, now))
     }
 
+    /// Whether a blocking command would wait on this state (only XREADGROUP says so).
+    pub fn would_block(&self, name: &str, argv: &[Vec<u8>], now: u64) -> bool {
+        name == "XREADGROUP" && stream::group_would_block(self, argv, now)
+    }
+
     /// XREAD on this member's state (`waiting`: a blocked client's default COUNT).
     pub fn xread(&self, argv: &[Vec<u8>], now: u64, waiting: Option<usize>) -> Reply {
         flat(stream::xread(self, argv, now, waiting))

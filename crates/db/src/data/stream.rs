@@ -984,6 +984,24 @@ pub fn group_ready(db: &Db, argv: &[Vec<u8>], now: u64) -> bool {
     })
 }
 
+/// Whether an XREADGROUP would block on this state: every ID is `>`, every key a stream
+/// with the group, and nothing new for it. Its first attempt then counts as a blocked
+/// client's (a key or group gone by the time the log orders it is reported as gone, as
+/// Redis reports it to a client blocked before the deletion).
+pub fn group_would_block(db: &Db, argv: &[Vec<u8>], now: u64) -> bool {
+    let Ok(a) = parse_read(argv, true) else {
+        return false;
+    };
+    let Some((g, _)) = &a.group else { return false };
+    (0..a.n).all(|i| {
+        argv[a.streams + a.n + i] == b">"
+            && match db.stream(&argv[a.streams + i], now) {
+                Ok(Some(s)) => s.groups.get(g).is_some_and(|grp| !s.has_after(grp.last_id)),
+                _ => false,
+            }
+    })
+}
+
 /// XREADGROUP. `woken`: a blocked client's later attempt, which answers that its key or
 /// group went (as Redis unblocks such clients) and takes nothing otherwise.
 pub fn xreadgroup(db: &mut Db, argv: &[Vec<u8>], at: At, woken: bool) -> Result<Reply, Reply> {
