@@ -369,8 +369,24 @@ fn every_type_survives_snapshots_catch_up_and_restarts() {
         let _: i64 = ok(&mut con, &["SADD", "set", &n]);
         let _: i64 = ok(&mut con, &["ZADD", "zset", &n, &format!("m{n}")]);
         let _: i64 = ok(&mut con, &["HSET", "hash", &n, &n]);
+        let _: String = ok(&mut con, &["XADD", "stream", "*", "n", &n]);
     }
     let _: () = ok(&mut con, &["SET", "str", "v"]);
+    let _: () = ok(&mut con, &["XGROUP", "CREATE", "stream", "g", "0"]);
+    let _: Value = ok(
+        &mut con,
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "g",
+            "c",
+            "COUNT",
+            "50",
+            "STREAMS",
+            "stream",
+            ">",
+        ],
+    );
     let check = |con: &mut Connection| {
         assert_eq!(ok::<i64>(con, &["LLEN", "list"]), 120);
         assert_eq!(ok::<String>(con, &["LINDEX", "list", "119"]), "119");
@@ -382,6 +398,12 @@ fn every_type_survives_snapshots_catch_up_and_restarts() {
         );
         assert_eq!(ok::<i64>(con, &["HLEN", "hash"]), 120);
         assert_eq!(ok::<String>(con, &["GET", "str"]), "v");
+        assert_eq!(ok::<i64>(con, &["XLEN", "stream"]), 120);
+        let pending: Value = ok(con, &["XPENDING", "stream", "g"]);
+        assert!(
+            matches!(&pending, Value::Array(p) if p[0] == Value::Int(50)),
+            "{pending:?}"
+        );
     };
     c.start(follower);
     wait_port(c.member(follower).redis, Duration::from_secs(20));

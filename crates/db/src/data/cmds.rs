@@ -59,6 +59,7 @@ const TABLE: &[(&str, Class, i32, i32, i32, i32, Group)] = &[
     // bitmaps
     ("GETBIT", R, 3, 1, 1, 1, Bits), ("BITCOUNT", R, -2, 1, 1, 1, Bits), ("BITPOS", R, -3, 1, 1, 1, Bits),
     ("SETBIT", W, 4, 1, 1, 1, Bits), ("BITOP", W, -4, 2, -1, 1, Bits),
+    ("BITFIELD", W, -2, 1, 1, 1, Bits), ("BITFIELD_RO", R, -2, 1, 1, 1, Bits),
     // HyperLogLog (PFCOUNT caches its result in the value, so it writes, as in Redis)
     ("PFADD", W, -2, 1, 1, 1, Hll), ("PFCOUNT", W, -2, 1, -1, 1, Hll),
     ("PFMERGE", W, -2, 1, -1, 1, Hll), ("PFDEBUG", W, 3, 2, 2, 1, Hll),
