@@ -764,7 +764,7 @@ fn parse_read(argv: &[Vec<u8>], group_cmd: bool) -> Result<ReadArgs, Reply> {
         } else if o == "STREAMS" && more > 0 {
             r.streams = i + 1;
             let n = argv.len() - r.streams;
-            if n % 2 != 0 {
+            if !n.is_multiple_of(2) {
                 return Err(Reply::err(
                     "ERR Unbalanced XREAD list of streams: for each stream key an ID or '$' must be specified.",
                 ));
@@ -1489,7 +1489,7 @@ fn xadd(db: &mut Db, argv: &[Vec<u8>], at: At, cfg: NodeCfg) -> Result<Reply, Re
     let key = &argv[1];
     let a = parse_add_trim(argv, true, cfg)?;
     let fpos = a.idpos + 1;
-    if argv.len() < fpos + 2 || (argv.len() - fpos) % 2 == 1 {
+    if argv.len() < fpos + 2 || !(argv.len() - fpos).is_multiple_of(2) {
         return Err(super::arity_err("XADD"));
     }
     if let Some((id, true)) = a.id
@@ -1886,16 +1886,12 @@ fn xautoclaim(db: &mut Db, argv: &[Vec<u8>], at: At) -> Result<Reply, Reply> {
         return Err(nogroup(key, grp));
     };
     let mut attempts = count.saturating_mul(10);
-    let mut count = count;
     let mut out = Vec::new();
     let mut deleted = Vec::new();
     let mut touched = false;
     let mut cursor = start;
     let mut next = None;
-    loop {
-        let Some((&id, _)) = g.pel.range(cursor..).next() else {
-            break;
-        };
+    while let Some((&id, _)) = g.pel.range(cursor..).next() {
         if attempts == 0 || count == 0 {
             next = Some(id);
             break;
@@ -2058,10 +2054,7 @@ mod tests {
             Reply::NilArray
         );
         assert_eq!(w(&mut db, "XACK s g 1-0 2-0 3-0", 30, 7), Reply::Int(2));
-        assert_eq!(
-            w(&mut db, "XREADGROUP GROUP nope c STREAMS s >", 30, 8).is_error(),
-            true
-        );
+        assert!(w(&mut db, "XREADGROUP GROUP nope c STREAMS s >", 30, 8).is_error());
         assert_eq!(db.read(&b("TYPE s"), 0), Reply::Simple("stream".into()));
     }
 }
