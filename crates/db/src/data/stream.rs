@@ -357,10 +357,17 @@ impl Stream {
 
     /// Redis's `streamTrim`.
     fn trim(&mut self, t: &Trim) -> u64 {
+        use std::ops::Bound::{Excluded, Unbounded};
         let mut deleted = 0u64;
-        let masters: Vec<Id> = self.nodes.keys().copied().collect();
-        for (i, master) in masters.iter().enumerate() {
-            let next = masters.get(i + 1).copied();
+        // Always the first node: each round removes it or stops (no copy of every node's
+        // key on each XADD … MAXLEN of a long stream).
+        while let Some(&first) = self.nodes.keys().next() {
+            let master = &first;
+            let next = self
+                .nodes
+                .range((Excluded(first), Unbounded))
+                .next()
+                .map(|(k, _)| *k);
             if let Strategy::MaxLen(m) = t.strategy
                 && self.len() as u64 <= m
             {
