@@ -1810,18 +1810,19 @@ fn xclaim(db: &mut Db, argv: &[Vec<u8>], at: At) -> Result<Reply, Reply> {
             g.drop_nack(&id);
             continue;
         }
-        if force && !g.pel.contains_key(&id) {
+        // FORCE creates the pending entry (delivered once, owned by nobody yet).
+        let forced = force && !g.pel.contains_key(&id);
+        if forced {
             g.pel.insert(
                 id,
                 Nack {
                     consumer: Vec::new(),
                     delivery_time: now as u64,
-                    delivery_count: 0,
+                    delivery_count: 1,
                 },
             );
         }
         let Some(n) = g.pel.get(&id) else { continue };
-        let forced = n.consumer.is_empty() && n.delivery_count == 0;
         if !forced && minidle > 0 && now - (n.delivery_time as i64) < minidle {
             continue;
         }
@@ -2063,5 +2064,18 @@ mod tests {
         assert_eq!(w(&mut db, "XACK s g 1-0 2-0 3-0", 30, 7), Reply::Int(2));
         assert!(w(&mut db, "XREADGROUP GROUP nope c STREAMS s >", 30, 8).is_error());
         assert_eq!(db.read(&b("TYPE s"), 0), Reply::Simple("stream".into()));
+        // FORCE makes a pending entry (delivered once, then claimed: twice), idle from TIME.
+        let r = w(&mut db, "XCLAIM s g carol 0 2-0 FORCE TIME 35", 40, 9);
+        assert!(matches!(r, Reply::Array(ref v) if v.len() == 1), "{r:?}");
+        let p = db.read(&b("XPENDING s g - + 10 carol"), 50);
+        assert_eq!(
+            p,
+            Reply::Array(vec![Reply::Array(vec![
+                Reply::bulk("2-0"),
+                Reply::bulk("carol"),
+                Reply::Int(15),
+                Reply::Int(2)
+            ])])
+        );
     }
 }
