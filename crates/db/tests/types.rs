@@ -987,4 +987,19 @@ fn streams_and_consumer_groups_survive_a_leader_kill() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Both members hold the same stream value: IDs, entries, groups, delivery and seen times
+    // and node boundaries (a digest of the whole value), all decided by the log.
+    let digest = |con: &mut Connection| q::<Value>(con, &["DEBUG", "DIGEST-VALUE", "jobs"]).ok();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (a, b) = (digest(&mut con), digest(&mut back));
+        if a.is_some() && a == b {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the members' streams differ: {a:?} {b:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
