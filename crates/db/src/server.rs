@@ -174,9 +174,15 @@ async fn conn_loop(s: &mut TcpStream, node: &Arc<Node>, c: &mut Conn) -> std::io
                         req
                     })
                     .collect();
+                let keys = if crate::blocking::any_waiters() {
+                    crate::blocking::written_keys(reqs.iter().flat_map(|r| r.cmds.iter()))
+                } else {
+                    Vec::new()
+                };
                 for r in node.write_many(reqs).await {
                     r.unwrap_or_else(Reply::Error).encode(c.proto, &mut out);
                 }
+                crate::blocking::settle(&node, &keys).await;
                 continue;
             }
             let quit = argv[0].eq_ignore_ascii_case(b"QUIT");
@@ -702,6 +708,11 @@ async fn exec(c: &mut Conn, node: &Arc<Node>) -> Reply {
         c.multi_dirty = false;
         return Reply::err("EXECABORT Transaction discarded because of previous errors.");
     }
+    let keys = if crate::blocking::any_waiters() {
+        crate::blocking::written_keys(cmds.iter())
+    } else {
+        Vec::new()
+    };
     let req = WriteReq {
         rid: 0,
         now_ms: 0,
@@ -709,10 +720,12 @@ async fn exec(c: &mut Conn, node: &Arc<Node>) -> Reply {
         cmds,
         multi: true,
     };
-    match node.write(req).await {
+    let r = match node.write(req).await {
         Ok(r) => r,
         Err(e) => Reply::Error(e),
-    }
+    };
+    crate::blocking::settle(node, &keys).await;
+    r
 }
 
 async fn watch(c: &mut Conn, node: &Arc<Node>, keys: &[Vec<u8>]) -> Reply {
@@ -899,17 +912,26 @@ async fn data_cmd(c: &mut Conn, node: &Arc<Node>, name: String, argv: Vec<Vec<u8
             if needs_admin(&name) && !c.admin {
                 return noperm(&name);
             }
+            let cmds = vec![(c.db, stream_cfg(node, argv))];
+            let keys = if crate::blocking::any_waiters() {
+                crate::blocking::written_keys(cmds.iter())
+            } else {
+                Vec::new()
+            };
             let req = WriteReq {
                 rid: 0,
                 now_ms: 0,
                 watches: Vec::new(),
-                cmds: vec![(c.db, stream_cfg(node, argv))],
+                cmds,
                 multi: false,
             };
-            match node.write(req).await {
+            let r = match node.write(req).await {
                 Ok(r) => r,
                 Err(e) => Reply::Error(e),
-            }
+            };
+            // This member's clients blocked on what was written are served first.
+            crate::blocking::settle(node, &keys).await;
+            r
         }
     }
 }
