@@ -53,6 +53,14 @@ fn looked() -> &'static tokio::sync::Notify {
     L.get_or_init(Default::default)
 }
 
+/// Waiters settling what they wrote: other settling waiters do not wait for them (two
+/// waiters feeding each other would otherwise each wait for the other until the bound).
+fn settling() -> &'static std::sync::Mutex<std::collections::BTreeSet<u64>> {
+    static S: std::sync::OnceLock<std::sync::Mutex<std::collections::BTreeSet<u64>>> =
+        std::sync::OnceLock::new();
+    S.get_or_init(Default::default)
+}
+
 fn mark_seen(ticket: u64, index: u64) {
     seen()
         .lock()
@@ -106,6 +114,22 @@ pub async fn settle(node: &Node, keys: &[(u32, Vec<u8>)]) {
 /// [`settle`], not waiting for the waiter `me` (a waiter settling what it wrote: writers
 /// that wait for it keep waiting until it has answered).
 async fn settle_but(node: &Node, keys: &[(u32, Vec<u8>)], me: Option<u64>) {
+    if let Some(t) = me {
+        settling()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(t);
+    }
+    settle_inner(node, keys, me).await;
+    if let Some(t) = me {
+        settling()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&t);
+    }
+}
+
+async fn settle_inner(node: &Node, keys: &[(u32, Vec<u8>)], me: Option<u64>) {
     if keys.is_empty()
         || waiters()
             .lock()
@@ -128,8 +152,10 @@ async fn settle_but(node: &Node, keys: &[(u32, Vec<u8>)], me: Option<u64>) {
         let pending = {
             let ws = waiters().lock().unwrap_or_else(|p| p.into_inner());
             let sn = seen().lock().unwrap_or_else(|p| p.into_inner());
+            let busy = settling().lock().unwrap_or_else(|p| p.into_inner());
             ws.iter().any(|(t, (db, _, wkeys))| {
                 Some(*t) != me
+                    && (me.is_none() || !busy.contains(t))
                     && sn.get(t).copied().unwrap_or(0) < w
                     && keys.iter().any(|(kdb, k)| kdb == db && wkeys.contains(k))
             })
