@@ -200,6 +200,9 @@ pub enum Reply {
     Pairs(Vec<(Reply, Reply)>),
     /// Out-of-band data (pub/sub messages): a push in RESP3, an array in RESP2.
     Push(Vec<Reply>),
+    /// key → value pairs that RESP2 sends as an array of two-element arrays and RESP3 as a
+    /// map (XREAD and XREADGROUP).
+    Streams(Vec<(Reply, Reply)>),
 }
 
 impl Reply {
@@ -296,6 +299,18 @@ impl Reply {
                         k.encode(proto, out);
                         v.encode(proto, out);
                     }
+                }
+            }
+            Reply::Streams(pairs) => {
+                out.push(if proto >= 3 { b'%' } else { b'*' });
+                out.extend_from_slice(pairs.len().to_string().as_bytes());
+                out.extend_from_slice(b"\r\n");
+                for (k, v) in pairs {
+                    if proto < 3 {
+                        out.extend_from_slice(b"*2\r\n");
+                    }
+                    k.encode(proto, out);
+                    v.encode(proto, out);
                 }
             }
             Reply::Double(d) => {

@@ -7,7 +7,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::clients::{Client, Registry};
-use crate::data::{Class, NUM_DBS, Watch, WriteReq, arity_err, check_arity, classify, is_blocking};
+use crate::data::{
+    Class, NUM_DBS, STREAM_CFG, Watch, WriteReq, arity_err, blocks, check_arity, classify,
+};
 use crate::node::{Node, now_ms};
 use crate::resp::{ParseError, Reply, parse_command, pending_limit};
 
@@ -165,16 +167,22 @@ async fn conn_loop(s: &mut TcpStream, node: &Arc<Node>, c: &mut Conn) -> std::io
                             rid: 0,
                             now_ms: 0,
                             watches: Vec::new(),
-                            cmds: vec![(c.db, argv)],
+                            cmds: vec![(c.db, stream_cfg(&node, argv))],
                             multi: false,
                         };
                         node.stamp(&mut req);
                         req
                     })
                     .collect();
+                let keys = if crate::blocking::any_waiters() {
+                    crate::blocking::written_keys(reqs.iter().flat_map(|r| r.cmds.iter()))
+                } else {
+                    Vec::new()
+                };
                 for r in node.write_many(reqs).await {
                     r.unwrap_or_else(Reply::Error).encode(c.proto, &mut out);
                 }
+                crate::blocking::settle(&node, &keys).await;
                 continue;
             }
             let quit = argv[0].eq_ignore_ascii_case(b"QUIT");
@@ -209,13 +217,17 @@ async fn conn_loop(s: &mut TcpStream, node: &Arc<Node>, c: &mut Conn) -> std::io
                 }
                 continue;
             }
-            let r = if is_blocking(&name)
+            let r = if blocks(&name, &argv)
                 && c.multi.is_none()
                 && c.authed
                 && !node.is_witness()
                 && check_arity(&name, argv.len())
             {
-                crate::blocking::serve(&node, c.db, &name, argv, s, &killed).await
+                if name == "XREAD" {
+                    crate::blocking::serve_xread(&node, c.db, argv, s, &killed, c.readonly).await
+                } else {
+                    crate::blocking::serve(&node, c.db, &name, argv, s, &killed).await
+                }
             } else {
                 command(c, &node, argv).await
             };
@@ -250,7 +262,7 @@ fn pipelinable(c: &Conn, node: &Node, argv: &[Vec<u8>]) -> bool {
     let name = upper(&argv[0]);
     matches!(classify(&name), Some((Class::Write, _)))
         && !needs_admin(&name)
-        && !is_blocking(&name)
+        && !blocks(&name, argv)
         && !matches!(name.as_str(), "SCRIPT" | "FUNCTION" | "FCALL" | "FCALL_RO")
         && check_arity(&name, argv.len())
 }
@@ -444,10 +456,27 @@ fn queue(c: &mut Conn, node: &Node, name: String, argv: Vec<Vec<u8>>) -> Reply {
         c.multi_dirty = true;
         return e;
     }
+    let argv = stream_cfg(node, argv);
     if let Some(q) = c.multi.as_mut() {
         q.push((c.db, argv));
     }
     Reply::Simple("QUEUED".into())
+}
+
+/// XADD and XTRIM carry this member's stream node limits into the log (see
+/// `data::STREAM_CFG`): every member then cuts the stream's nodes, which approximate
+/// trimming drops whole, at the same places.
+fn stream_cfg(node: &Node, argv: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    if !(argv[0].eq_ignore_ascii_case(b"XADD") || argv[0].eq_ignore_ascii_case(b"XTRIM")) {
+        return argv;
+    }
+    let cfg = node.settings.stream_node();
+    let mut out = Vec::with_capacity(argv.len() + 3);
+    out.push(STREAM_CFG.to_vec());
+    out.push(cfg.entries.to_string().into_bytes());
+    out.push(cfg.bytes.to_string().into_bytes());
+    out.extend(argv);
+    out
 }
 
 /// Commands only the admin user may run (they wipe or swap whole databases).
@@ -679,6 +708,11 @@ async fn exec(c: &mut Conn, node: &Arc<Node>) -> Reply {
         c.multi_dirty = false;
         return Reply::err("EXECABORT Transaction discarded because of previous errors.");
     }
+    let keys = if crate::blocking::any_waiters() {
+        crate::blocking::written_keys(cmds.iter())
+    } else {
+        Vec::new()
+    };
     let req = WriteReq {
         rid: 0,
         now_ms: 0,
@@ -686,10 +720,12 @@ async fn exec(c: &mut Conn, node: &Arc<Node>) -> Reply {
         cmds,
         multi: true,
     };
-    match node.write(req).await {
+    let r = match node.write(req).await {
         Ok(r) => r,
         Err(e) => Reply::Error(e),
-    }
+    };
+    crate::blocking::settle(node, &keys).await;
+    r
 }
 
 async fn watch(c: &mut Conn, node: &Arc<Node>, keys: &[Vec<u8>]) -> Reply {
@@ -876,17 +912,26 @@ async fn data_cmd(c: &mut Conn, node: &Arc<Node>, name: String, argv: Vec<Vec<u8
             if needs_admin(&name) && !c.admin {
                 return noperm(&name);
             }
+            let cmds = vec![(c.db, stream_cfg(node, argv))];
+            let keys = if crate::blocking::any_waiters() {
+                crate::blocking::written_keys(cmds.iter())
+            } else {
+                Vec::new()
+            };
             let req = WriteReq {
                 rid: 0,
                 now_ms: 0,
                 watches: Vec::new(),
-                cmds: vec![(c.db, argv)],
+                cmds,
                 multi: false,
             };
-            match node.write(req).await {
+            let r = match node.write(req).await {
                 Ok(r) => r,
                 Err(e) => Reply::Error(e),
-            }
+            };
+            // This member's clients blocked on what was written are served first.
+            crate::blocking::settle(node, &keys).await;
+            r
         }
     }
 }

@@ -25,7 +25,7 @@ const PARAMS: &[(&str, Kind, &str)] = &[
     ("maxmemory-policy", Kind::Text, "noeviction"), ("maxmemory-samples", Kind::Int, "5"),
     ("timeout", Kind::Int, "0"), ("tcp-keepalive", Kind::Int, "300"),
     ("databases", Kind::Int, "16"), ("appendonly", Kind::Bool, "no"),
-    ("appendfsync", Kind::Text, "always"), ("save", Kind::Text, ""),
+    ("appendfsync", Kind::Text, "always"), ("aof-use-rdb-preamble", Kind::Bool, "yes"), ("save", Kind::Text, ""),
     ("lazyfree-lazy-user-del", Kind::Bool, "no"), ("lazyfree-lazy-user-flush", Kind::Bool, "no"),
     ("lazyfree-lazy-expire", Kind::Bool, "no"), ("lazyfree-lazy-server-del", Kind::Bool, "no"),
     ("lua-time-limit", Kind::Int, "5000"), ("busy-reply-threshold", Kind::Int, "5000"),
@@ -166,6 +166,15 @@ impl Settings {
             .and_then(|v| v.parse::<i64>().ok())
             .unwrap_or(0)
             .max(0) as usize
+    }
+
+    /// stream-node-max-entries / stream-node-max-bytes (carried into the log with XADD and
+    /// XTRIM, so that every member cuts a stream's nodes alike).
+    pub fn stream_node(&self) -> crate::data::NodeCfg {
+        crate::data::NodeCfg {
+            entries: self.int("stream-node-max-entries") as u64,
+            bytes: self.int("stream-node-max-bytes") as u64,
+        }
     }
 
     /// The encoding limits OBJECT ENCODING reports against.

@@ -1,6 +1,6 @@
 //! Lists, sets, sorted sets, the keyspace commands and blocking pops, through stock clients
 //! against a real group (two data members and a witness), including snapshots, catch-up and
-//! restarts. Loopback 127.150.1-9.x.
+//! restarts. Loopback 127.150.1-9.x and 127.152.1.x (streams).
 
 mod common;
 
@@ -369,7 +369,24 @@ fn every_type_survives_snapshots_catch_up_and_restarts() {
         let _: i64 = ok(&mut con, &["SADD", "set", &n]);
         let _: i64 = ok(&mut con, &["ZADD", "zset", &n, &format!("m{n}")]);
         let _: i64 = ok(&mut con, &["HSET", "hash", &n, &n]);
+        let _: String = ok(&mut con, &["XADD", "stream", "*", "n", &n]);
     }
+    let _: () = ok(&mut con, &["XGROUP", "CREATE", "stream", "g", "0"]);
+    let _: Value = ok(
+        &mut con,
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "g",
+            "c",
+            "COUNT",
+            "50",
+            "STREAMS",
+            "stream",
+            ">",
+        ],
+    );
+    // The last write (the catch-up below waits for it).
     let _: () = ok(&mut con, &["SET", "str", "v"]);
     let check = |con: &mut Connection| {
         assert_eq!(ok::<i64>(con, &["LLEN", "list"]), 120);
@@ -382,6 +399,12 @@ fn every_type_survives_snapshots_catch_up_and_restarts() {
         );
         assert_eq!(ok::<i64>(con, &["HLEN", "hash"]), 120);
         assert_eq!(ok::<String>(con, &["GET", "str"]), "v");
+        assert_eq!(ok::<i64>(con, &["XLEN", "stream"]), 120);
+        let pending: Value = ok(con, &["XPENDING", "stream", "g"]);
+        assert!(
+            matches!(&pending, Value::Array(p) if p[0] == Value::Int(50)),
+            "{pending:?}"
+        );
     };
     c.start(follower);
     wait_port(c.member(follower).redis, Duration::from_secs(20));
@@ -802,4 +825,181 @@ fn scripts_refuse_the_noscript_blocking_commands() {
         &["EVAL", "return redis.call('blmpop',0,1,'x','LEFT')", "0"],
     );
     assert_eq!(v, Value::Nil);
+}
+
+/// The IDs of the entries in an XREAD/XREADGROUP reply (RESP2: `[[key, [[id, fields]…]]…]`).
+fn stream_ids(v: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Value::Array(streams) = v {
+        for s in streams {
+            if let Value::Array(kv) = s
+                && let Some(Value::Array(entries)) = kv.get(1)
+            {
+                for e in entries {
+                    if let Value::Array(e) = e
+                        && let Some(Value::BulkString(id)) = e.first()
+                    {
+                        out.push(String::from_utf8_lossy(id).into_owned());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn id_key(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').expect("an ID");
+    (ms.parse().unwrap(), seq.parse().unwrap())
+}
+
+#[test]
+fn streams_and_consumer_groups_survive_a_leader_kill() {
+    let mut c = trio("127.152.1");
+    let leader = c.wait_leader(&[1, 2], Duration::from_secs(20));
+    let follower = if leader == 1 { 2 } else { 1 };
+    // Through the follower: every write is forwarded to the leader.
+    let mut con = c.conn(follower);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let id: String = ok(&mut con, &["XADD", "jobs", "*", "n", &i.to_string()]);
+        ids.push(id);
+    }
+    assert!(ids.windows(2).all(|w| id_key(&w[0]) < id_key(&w[1])));
+    let _: () = ok(&mut con, &["XGROUP", "CREATE", "jobs", "workers", "0"]);
+    let got: Value = ok(
+        &mut con,
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "workers",
+            "w1",
+            "COUNT",
+            "5",
+            "STREAMS",
+            "jobs",
+            ">",
+        ],
+    );
+    assert_eq!(stream_ids(&got), ids[..5].to_vec());
+    let acked: i64 = ok(
+        &mut con,
+        &["XACK", "jobs", "workers", &ids[0], &ids[1], &ids[2]],
+    );
+    assert_eq!(acked, 3);
+    let got: Value = ok(
+        &mut con,
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "workers",
+            "w2",
+            "STREAMS",
+            "jobs",
+            ">",
+        ],
+    );
+    assert_eq!(stream_ids(&got), ids[5..].to_vec());
+    assert!(
+        err(
+            &mut con,
+            &["XREADGROUP", "GROUP", "nope", "c", "STREAMS", "jobs", ">"]
+        )
+        .starts_with("NOGROUP")
+    );
+    assert!(err(&mut con, &["XADD", "jobs", "1-1", "a", "b"]).contains("equal or smaller"));
+
+    // A consumer blocked on the follower for new entries, then the leader dies.
+    let mut w = c.conn(follower);
+    let blocked = std::thread::spawn(move || {
+        q::<Value>(
+            &mut w,
+            &[
+                "XREADGROUP",
+                "GROUP",
+                "workers",
+                "w3",
+                "BLOCK",
+                "20000",
+                "STREAMS",
+                "jobs",
+                ">",
+            ],
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.info(follower, "blocked_clients").as_deref() != Some("1") {
+        assert!(Instant::now() < deadline, "the reader never blocked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.kill(leader);
+    // The first XADD after the kill may wait for the election (the db holds it).
+    let t = Instant::now();
+    let new_id: String = loop {
+        match q::<String>(&mut con, &["XADD", "jobs", "*", "n", "20"]) {
+            Ok(id) => break id,
+            Err(e) => {
+                assert!(
+                    t.elapsed() < Duration::from_secs(15),
+                    "no XADD after the kill: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+                con = c.conn(follower);
+            }
+        }
+    };
+    assert!(id_key(&new_id) > id_key(&ids[19]));
+    let got = blocked.join().unwrap().expect("the blocked reader's reply");
+    assert_eq!(stream_ids(&got), vec![new_id.clone()]);
+
+    // Pending: w1 has 2, w2 15, w3 1; the group has read everything.
+    let pending: Value = ok(&mut con, &["XPENDING", "jobs", "workers"]);
+    let Value::Array(p) = &pending else {
+        panic!("{pending:?}")
+    };
+    assert_eq!(p[0], Value::Int(18));
+    assert_eq!(ok::<i64>(&mut con, &["XLEN", "jobs"]), 21);
+    let groups: Value = ok(&mut con, &["XINFO", "GROUPS", "jobs"]);
+    let text = format!("{groups:?}");
+    assert!(
+        text.contains("\"entries-read\"'), int(21)") && text.contains("\"lag\"'), int(0)"),
+        "{text}"
+    );
+    assert_eq!(ok::<String>(&mut con, &["TYPE", "jobs"]), "stream");
+
+    // The killed member comes back with the same stream and group state.
+    c.start(leader);
+    wait_port(c.member(leader).redis, Duration::from_secs(20));
+    // (The summary: the extended form's idle times move.)
+    let want: Value = ok(&mut con, &["XPENDING", "jobs", "workers"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut back = c.conn(leader);
+    let _: () = redis::cmd("READONLY").query(&mut back).unwrap();
+    loop {
+        let len: RedisResult<i64> = q(&mut back, &["XLEN", "jobs"]);
+        let p: RedisResult<Value> = q(&mut back, &["XPENDING", "jobs", "workers"]);
+        if len.as_ref().ok() == Some(&21) && p.as_ref().ok() == Some(&want) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted member never caught up: {len:?} {p:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Both members hold the same stream value: IDs, entries, groups, delivery and seen times
+    // and node boundaries (a digest of the whole value), all decided by the log.
+    let digest = |con: &mut Connection| q::<Value>(con, &["DEBUG", "DIGEST-VALUE", "jobs"]).ok();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (a, b) = (digest(&mut con), digest(&mut back));
+        if a.is_some() && a == b {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the members' streams differ: {a:?} {b:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -22,6 +22,7 @@ pub enum Group {
     Keys,
     Bits,
     Hll,
+    Stream,
     /// Commands that span databases (FLUSHALL, MOVE, SWAPDB, COPY … DB): run on the tables.
     Tables,
 }
@@ -58,6 +59,7 @@ const TABLE: &[(&str, Class, i32, i32, i32, i32, Group)] = &[
     // bitmaps
     ("GETBIT", R, 3, 1, 1, 1, Bits), ("BITCOUNT", R, -2, 1, 1, 1, Bits), ("BITPOS", R, -3, 1, 1, 1, Bits),
     ("SETBIT", W, 4, 1, 1, 1, Bits), ("BITOP", W, -4, 2, -1, 1, Bits),
+    ("BITFIELD", W, -2, 1, 1, 1, Bits), ("BITFIELD_RO", R, -2, 1, 1, 1, Bits),
     // HyperLogLog (PFCOUNT caches its result in the value, so it writes, as in Redis)
     ("PFADD", W, -2, 1, 1, 1, Hll), ("PFCOUNT", W, -2, 1, -1, 1, Hll),
     ("PFMERGE", W, -2, 1, -1, 1, Hll), ("PFDEBUG", W, 3, 2, 2, 1, Hll),
@@ -106,6 +108,14 @@ const TABLE: &[(&str, Class, i32, i32, i32, i32, Group)] = &[
     ("BZMPOP", W, -5, 3, -1, 1, ZSet),
     ("ZUNIONSTORE", W, -4, 1, -1, 1, ZSet), ("ZINTERSTORE", W, -4, 1, -1, 1, ZSet),
     ("ZDIFFSTORE", W, -4, 1, -1, 1, ZSet), ("ZRANGESTORE", W, -5, 1, 2, 1, ZSet),
+    // streams (XREAD/XREADGROUP keys: the first half after STREAMS, see `keys`)
+    ("XLEN", R, 2, 1, 1, 1, Stream), ("XRANGE", R, -4, 1, 1, 1, Stream),
+    ("XREVRANGE", R, -4, 1, 1, 1, Stream), ("XREAD", R, -4, 0, 0, 0, Stream),
+    ("XPENDING", R, -3, 1, 1, 1, Stream), ("XINFO", R, -2, 2, 2, 1, Stream),
+    ("XADD", W, -5, 1, 1, 1, Stream), ("XTRIM", W, -4, 1, 1, 1, Stream), ("XDEL", W, -3, 1, 1, 1, Stream),
+    ("XREADGROUP", W, -7, 0, 0, 0, Stream), ("XGROUP", W, -2, 2, 2, 1, Stream),
+    ("XACK", W, -4, 1, 1, 1, Stream), ("XCLAIM", W, -6, 1, 1, 1, Stream),
+    ("XAUTOCLAIM", W, -6, 1, 1, 1, Stream), ("XSETID", W, -3, 1, 1, 1, Stream),
     // keyspace
     ("EXISTS", R, -2, 1, -1, 1, Keys), ("TYPE", R, 2, 1, 1, 1, Keys), ("TTL", R, 2, 1, 1, 1, Keys),
     ("PTTL", R, 2, 1, 1, 1, Keys), ("EXPIRETIME", R, 2, 1, 1, 1, Keys),
@@ -195,6 +205,12 @@ pub fn keys<'a>(name: &str, argv: &'a [Vec<u8>]) -> Vec<&'a [u8]> {
     let Some(s) = spec(name) else {
         return Vec::new();
     };
+    if name == "XREAD" || name == "XREADGROUP" {
+        return super::stream::read_keys(argv)
+            .iter()
+            .map(|k| k.as_slice())
+            .collect();
+    }
     if s.first <= 0 || s.first as usize >= argv.len() {
         return Vec::new();
     }
@@ -223,8 +239,18 @@ pub fn is_blocking(name: &str) -> bool {
     )
 }
 
+/// Whether this command, as sent, waits for data: the blocking pops, and XREAD/XREADGROUP
+/// with BLOCK.
+pub fn blocks(name: &str, argv: &[Vec<u8>]) -> bool {
+    is_blocking(name)
+        || ((name == "XREAD" || name == "XREADGROUP") && super::stream::wants_block(argv))
+}
+
 /// A blocking command's timeout (seconds, 0 = forever), as Redis parses it.
 pub fn block_timeout(name: &str, argv: &[Vec<u8>]) -> Result<f64, crate::resp::Reply> {
+    if name == "XREAD" || name == "XREADGROUP" {
+        return super::stream::block_timeout(argv);
+    }
     let at = match name {
         "BLMPOP" | "BZMPOP" => 1,
         _ => argv.len() - 1,
@@ -243,6 +269,7 @@ pub fn block_timeout(name: &str, argv: &[Vec<u8>]) -> Result<f64, crate::resp::R
 /// The keys a blocking command takes from (BLMOVE's destination is not one of them).
 pub fn block_sources(name: &str, argv: &[Vec<u8>]) -> Vec<Vec<u8>> {
     let keys = match name {
+        "XREAD" | "XREADGROUP" => super::stream::read_keys(argv),
         "BRPOPLPUSH" | "BLMOVE" => &argv[1..2],
         "BLMPOP" | "BZMPOP" => {
             let n = std::str::from_utf8(&argv[2])

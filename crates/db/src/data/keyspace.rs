@@ -212,6 +212,7 @@ fn encoding(v: &Value, l: &Limits) -> &'static str {
             "listpack"
         }
         Value::ZSet(_) => "skiplist",
+        Value::Stream(_) => "stream",
     }
 }
 

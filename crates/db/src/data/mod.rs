@@ -17,6 +17,7 @@ mod list;
 pub mod script;
 mod set;
 mod sort;
+mod stream;
 mod strings;
 mod tables;
 mod zset;
@@ -28,11 +29,12 @@ use serde::{Deserialize, Serialize};
 use crate::resp::Reply;
 
 pub use cmds::{
-    Class, Group, Spec, all as all_commands, block_sources, block_timeout, check_arity, classify,
-    is_blocking, keys as keys_of, spec,
+    Class, Group, Spec, all as all_commands, block_sources, block_timeout, blocks, check_arity,
+    classify, is_blocking, keys as keys_of, spec,
 };
 pub use glob::glob_match;
 pub use keyspace::{Limits, digest};
+pub use stream::{NodeCfg, STREAM_CFG};
 pub use tables::{DEDUPE_MAX, DEDUPE_WINDOW, Proposal, SWEEP, SWEEP_MAX, Tables, WAITER, WriteReq};
 pub use zset::ZSet;
 
@@ -68,6 +70,8 @@ pub enum Value {
     /// member.
     Set(BTreeSet<Vec<u8>>),
     ZSet(ZSet),
+    /// Boxed: a stream's bookkeeping would make every value larger.
+    Stream(Box<stream::Stream>),
 }
 
 impl Value {
@@ -78,6 +82,7 @@ impl Value {
             Value::List(_) => "list",
             Value::Set(_) => "set",
             Value::ZSet(_) => "zset",
+            Value::Stream(_) => "stream",
         }
     }
 
@@ -88,6 +93,8 @@ impl Value {
             Value::List(l) => l.is_empty(),
             Value::Set(s) => s.is_empty(),
             Value::ZSet(z) => z.is_empty(),
+            // An empty stream stays (XADD MAXLEN 0, XGROUP CREATE MKSTREAM).
+            Value::Stream(_) => false,
         }
     }
 }
@@ -320,6 +327,13 @@ typed_access!(
 typed_access!(list, list_mut, list_create, List, VecDeque<Vec<u8>>);
 typed_access!(set, set_mut, set_create, Set, BTreeSet<Vec<u8>>);
 typed_access!(zset, zset_mut, zset_create, ZSet, ZSet);
+typed_access!(
+    stream,
+    stream_mut,
+    stream_create,
+    Stream,
+    Box<stream::Stream>
+);
 
 impl Db {
     pub(crate) fn get_live(&self, k: &[u8], now: u64) -> Option<&Item> {
@@ -481,6 +495,10 @@ impl Db {
         if owed {
             return nothing();
         }
+        if name == "XREADGROUP" {
+            let at = At { now, index };
+            return flat(stream::xreadgroup(self, cmd, at, woken));
+        }
         if woken
             && !cmds::block_sources(&name, cmd)
                 .iter()
@@ -508,6 +526,7 @@ impl Db {
             Group::ZSet => zset::read(self, &name, argv, now),
             Group::Keys => keyspace::read(self, &name, argv, now),
             Group::Bits => bits::read(self, &name, argv, now),
+            Group::Stream => stream::read(self, &name, argv, now),
             Group::Hll => None,
             Group::Tables => None,
         };
@@ -516,6 +535,11 @@ impl Db {
 
     /// Runs a command inside the state machine; `index` is the log index (the new version).
     pub fn write(&mut self, argv: &[Vec<u8>], now: u64, index: u64) -> Reply {
+        self.write_cfg(argv, now, index, NodeCfg::default())
+    }
+
+    /// As [`Db::write`], with the stream node limits the command was taken with.
+    pub fn write_cfg(&mut self, argv: &[Vec<u8>], now: u64, index: u64, cfg: NodeCfg) -> Reply {
         let name = upper(&argv[0]);
         let Some(s) = spec(&name) else {
             return unknown_cmd(&name);
@@ -539,9 +563,34 @@ impl Db {
             Group::Keys => keyspace::write(self, &name, argv, at),
             Group::Bits => bits::write(self, &name, argv, at),
             Group::Hll => hll::write(self, &name, argv, at),
+            Group::Stream => stream::write(self, &name, argv, at, cfg),
             Group::Tables => None,
         };
         r.unwrap_or_else(|| unknown_cmd(&name))
+    }
+
+    /// Whether a waiting blocking command could take something now (or must hear that its
+    /// stream or group went): its attempt is proposed only then.
+    pub fn block_ready(&self, name: &str, argv: &[Vec<u8>], keys: &[Vec<u8>], now: u64) -> bool {
+        if name == "XREADGROUP" {
+            return stream::group_ready(self, argv, now);
+        }
+        keys.iter().any(|k| self.can_pop(name, k, now))
+    }
+
+    /// Whether a blocking command would wait on this state (only XREADGROUP says so).
+    pub fn would_block(&self, name: &str, argv: &[Vec<u8>], now: u64) -> bool {
+        name == "XREADGROUP" && stream::group_would_block(self, argv, now)
+    }
+
+    /// XREAD on this member's state (`waiting`: a blocked client's default COUNT).
+    pub fn xread(&self, argv: &[Vec<u8>], now: u64, waiting: Option<usize>) -> Reply {
+        flat(stream::xread(self, argv, now, waiting))
+    }
+
+    /// XREAD's `$` IDs replaced by the streams' last IDs.
+    pub fn xread_resolve(&self, argv: &[Vec<u8>], now: u64) -> Result<Vec<Vec<u8>>, Reply> {
+        stream::resolve_dollar(self, argv, now)
     }
 }
 

@@ -339,6 +339,16 @@ fn to_lua(lua: &Lua, r: Reply) -> mlua::Result<LuaValue> {
             }
             LuaValue::Table(t)
         }
+        Reply::Streams(pairs) => {
+            let t = lua.create_table()?;
+            for (i, (k, v)) in pairs.into_iter().enumerate() {
+                let pair = lua.create_table()?;
+                pair.raw_set(1, to_lua(lua, k)?)?;
+                pair.raw_set(2, to_lua(lua, v)?)?;
+                t.raw_set(i + 1, pair)?;
+            }
+            LuaValue::Table(t)
+        }
         Reply::Map(pairs) | Reply::Pairs(pairs) => {
             let t = lua.create_table()?;
             for (i, (k, v)) in pairs.into_iter().enumerate() {

@@ -117,6 +117,14 @@ impl Tables {
                 Some(db) if argv.len() > 1 && argv[0] == WAITER => {
                     db.write_waiter(&argv[1..], now, index)
                 }
+                Some(db) if argv.len() > 3 && argv[0] == super::STREAM_CFG => {
+                    let n = |b: &[u8]| std::str::from_utf8(b).ok().and_then(|s| s.parse().ok());
+                    let cfg = match (n(&argv[1]), n(&argv[2])) {
+                        (Some(entries), Some(bytes)) => super::NodeCfg { entries, bytes },
+                        _ => super::NodeCfg::default(),
+                    };
+                    db.write_cfg(&argv[3..], now, index, cfg)
+                }
                 Some(_) if !argv.is_empty() && is_cross_db(argv) => {
                     self.cross_db(*dbi as usize, argv, now, index)
                 }
@@ -254,6 +262,12 @@ impl Tables {
                                 }
                                 _ => Reply::err("ERR DB index is out of range"),
                             };
+                        }
+                        if (n == "XREAD" || n == "XREADGROUP") && super::blocks(&n, cmd) {
+                            return Reply::err(format!(
+                                "ERR {} command is not allowed with BLOCK option from scripts",
+                                String::from_utf8_lossy(&cmd[0])
+                            ));
                         }
                         match spec(&n) {
                             None => Reply::err("ERR Unknown Redis command called from script"),
