@@ -284,7 +284,11 @@ fn a_leader_stopped_with_sigterm_hands_over_before_it_exits() {
     );
     let keys: Vec<String> = (0..50).map(|i| format!("k{i}")).collect();
     let got = values(&c, other, &keys, false);
-    assert!(got.iter().enumerate().all(|(i, v)| v.as_deref() == Some(i.to_string().as_str())));
+    assert!(
+        got.iter()
+            .enumerate()
+            .all(|(i, v)| v.as_deref() == Some(i.to_string().as_str()))
+    );
     // The old leader comes back as a follower of the new one.
     c.start(leader);
     assert_eq!(c.wait_leader(&[A, B], Duration::from_secs(20)), other);

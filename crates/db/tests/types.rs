@@ -502,18 +502,14 @@ fn lua_scripts_run_atomically_on_every_member() {
         &mut con,
         &["EVAL", "redis.call('INCR', 'n'); while true do end", "0"],
     );
-    assert!(e.contains("instruction budget"), "{e}");
-    assert!(t.elapsed() < Duration::from_secs(60));
-    // Deep recursion is an error, not a crash.
-    let e = err(
-        &mut con,
-        &[
-            "EVAL",
-            "local function f(n) return f(n + 1) + 1 end return f(1)",
-            "0",
-        ],
+    // On a loaded machine the 200M instructions may outlast the tests' 2 s write wait: the
+    // client then hears TRYAGAIN, but the script is in the log all the same (not retried here),
+    // and what follows checks what matters: stopped, at the same point everywhere.
+    assert!(
+        e.contains("instruction budget") || e.starts_with("TRYAGAIN"),
+        "{e}"
     );
-    assert!(e.starts_with("ERR"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(60));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mut f = c.conn(follower);
@@ -529,6 +525,16 @@ fn lua_scripts_run_atomically_on_every_member() {
     }
     assert_eq!(ok::<i64>(&mut con, &["GET", "n"]), 1);
     assert_eq!(ok::<i64>(&mut f, &["LLEN", "jobs"]), 2);
+    // Deep recursion is an error, not a crash.
+    let e = err(
+        &mut con,
+        &[
+            "EVAL",
+            "local function f(n) return f(n + 1) + 1 end return f(1)",
+            "0",
+        ],
+    );
+    assert!(e.starts_with("ERR"), "{e}");
     // A script may SELECT another database for its later calls.
     let _: () = ok(
         &mut con,
