@@ -9,6 +9,7 @@ mod gatectl;
 mod ops;
 mod output;
 mod pkictl;
+mod remote;
 mod roles;
 mod serve;
 mod storectl;
@@ -125,7 +126,7 @@ enum Command {
     #[command(after_help = "Examples:\n  citadel status\n  citadel status --json")]
     Status {
         #[command(flatten)]
-        state: StateArg,
+        target: remote::Target,
     },
     /// Operate on jails: list, start, stop, restart, logs, exec, clone, archive, restore, destroy.
     #[command(after_help = "Examples:
@@ -137,7 +138,7 @@ enum Command {
         #[command(subcommand)]
         verb: ops::JailVerb,
         #[command(flatten)]
-        state: StateArg,
+        target: remote::Target,
     },
     /// The gate: its bans and backends (and the gate role itself, inside the gate jail).
     #[command(after_help = "Examples:
@@ -148,7 +149,7 @@ enum Command {
         #[command(subcommand)]
         verb: gatectl::GateVerb,
         #[command(flatten)]
-        state: StateArg,
+        target: remote::Target,
         /// Which gate jail, when the cluster has several.
         #[arg(long, global = true)]
         jail: Option<String>,
@@ -162,7 +163,7 @@ enum Command {
         #[command(subcommand)]
         verb: appctl::AppVerb,
         #[command(flatten)]
-        state: StateArg,
+        target: remote::Target,
     },
     /// The S3 small-file store: access keys (and the role itself, inside a store jail).
     #[command(after_help = "Examples:
@@ -184,7 +185,7 @@ enum Command {
         #[command(subcommand)]
         verb: dbctl::DbVerb,
         #[command(flatten)]
-        state: StateArg,
+        target: remote::Target,
     },
     /// A vote-only member of the db's Raft group (run inside a witness jail).
     #[command(after_help = "Example (what `citadel up` runs in the witness jail):
@@ -365,20 +366,20 @@ fn main() {
             Command::Reload { state } => ops::reload(&state.state, json).await,
             Command::Check { file } => ops::check(file.as_deref(), json),
             Command::Init { dir, force } => ops::init(&dir, force, json),
-            Command::Status { state } => ops::status(&state.state, json).await,
-            Command::Jail { verb, state } => ops::jail(verb, &state.state, json).await,
+            Command::Status { target } => ops::status(&target, json).await,
+            Command::Jail { verb, target } => ops::jail(verb, &target, json).await,
             Command::Serve(args) => serve::run(args).await,
-            Command::App { verb, state } => appctl::app(verb, &state.state, json).await,
+            Command::App { verb, target } => appctl::app(verb, &target, json).await,
             Command::Store { verb, state } => storectl::store(verb, &state.state, json).await,
-            Command::Db { verb, state } => dbctl::db(verb, &state.state, json).await,
+            Command::Db { verb, target } => dbctl::db(verb, &target, json).await,
             Command::Witness {
                 verb: WitnessVerb::Run { config },
             } => {
                 citadel_db::run(citadel_db::DbConfig::load(&config)?).await?;
                 Ok(0)
             }
-            Command::Gate { verb, state, jail } => {
-                gatectl::gate(verb, &state.state, jail.as_deref(), json).await
+            Command::Gate { verb, target, jail } => {
+                gatectl::gate(verb, &target, jail.as_deref(), json).await
             }
             Command::Completions { shell } => {
                 clap_complete::generate(

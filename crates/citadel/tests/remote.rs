@@ -1,0 +1,291 @@
+//! The operator's verbs from the operator's machine, through the agents (mutual TLS): each
+//! "host" is a `citadel agent run` with its own state dir and listen address on loopback
+//! (127.128.0.0/16, process backend); the built-in cluster is applied over three hosts, then
+//! every verb runs as `citadel VERB --file FILE --dir DIR` (no --state: nothing local).
+//!
+//! `status` gathers every host's jails into one table; `jail stop|start|restart` reach the
+//! jail's host; `exec` relays stdout, stderr and the exit code; `logs -f` receives a line
+//! written after it started; `db status`, `gate backends` and `app key create` reach a host
+//! running that role (the key is then used through the gate); a stopped agent shows as
+//! unreachable with the reason and, back after an apply it missed, as BEHIND.
+
+mod harness;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::*;
+
+const NET: &str = "127.128";
+
+/// `citadel ARGS… --file FILE --dir DIR`, run in an empty directory (so no local state can
+/// answer): (exit code, stdout, stderr).
+fn remote(op: &Operator, file: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = remote_command(op, file, args)
+        .output()
+        .expect("run citadel");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn remote_command(op: &Operator, file: &std::path::Path, args: &[&str]) -> Command {
+    // `--file`/`--dir` right after the verb: anything after `exec … --` is the jail's.
+    let (first, rest) = args.split_first().expect("a verb");
+    let mut cmd = Command::new(CITADEL);
+    cmd.current_dir(op.dir.path())
+        .arg(first)
+        .arg("--file")
+        .arg(file)
+        .arg("--dir")
+        .arg(op.dir.path())
+        .args(rest);
+    cmd
+}
+
+/// A remote verb that must succeed: its stdout.
+fn remote_ok(op: &Operator, file: &std::path::Path, args: &[&str]) -> String {
+    let (code, out, err) = remote(op, file, args);
+    assert_eq!(code, 0, "citadel {args:?} failed: {out}\n{err}");
+    out
+}
+
+fn remote_status(op: &Operator, file: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&remote_ok(op, file, &["status", "--json"])).expect("status json")
+}
+
+fn host_row<'a>(status: &'a serde_json::Value, host: &str) -> &'a serde_json::Value {
+    status["hosts"]
+        .as_array()
+        .and_then(|h| h.iter().find(|h| h["host"] == host))
+        .unwrap_or_else(|| panic!("no host {host} in {status}"))
+}
+
+#[test]
+fn every_verb_from_the_operators_machine() {
+    let op = Operator::new(&[
+        ("gate", &format!("{NET}.1.1")),
+        ("server-1", &format!("{NET}.1.2")),
+        ("server-2", &format!("{NET}.1.3")),
+    ]);
+    let gate = agent(&op, "gate", &format!("{NET}.1.1:7443"));
+    let s1 = agent(&op, "server-1", &format!("{NET}.1.2:7443"));
+    let mut s2 = agent(&op, "server-2", &format!("{NET}.1.3:7443"));
+    let text = builtin_on_agents(NET);
+    let file = op.write("cluster.toml", &text);
+    let (ok, out) = op.run("apply", &file, &[]);
+    assert!(ok, "apply: {out}");
+    healthy_everywhere(&[&gate, &s1, &s2]);
+
+    // status: one table, every host's jails with their host, every host current.
+    let table = remote_ok(&op, &file, &["status"]);
+    println!("{table}");
+    for jail in BUILTIN_JAILS {
+        assert!(table.contains(jail), "{jail} in the table:\n{table}");
+    }
+    for host in ["gate", "server-1", "server-2"] {
+        assert!(table.contains(host), "{host} in the table:\n{table}");
+    }
+    assert!(
+        !table.contains("BEHIND") && !table.contains("UNREACHABLE"),
+        "{table}"
+    );
+    let status = remote_status(&op, &file);
+    assert_eq!(
+        status["jails"].as_array().map(Vec::len),
+        Some(9),
+        "{status}"
+    );
+    assert_eq!(status["newest_generation"], 1, "{status}");
+    let app_2 = status["jails"]
+        .as_array()
+        .and_then(|j| j.iter().find(|j| j["name"] == "app-2"))
+        .expect("app-2");
+    assert_eq!(app_2["host"], "server-2");
+
+    // Jail verbs on a remote host.
+    let pid = s2.pid("app-2").expect("app-2 runs");
+    assert!(remote_ok(&op, &file, &["jail", "stop", "app-2"]).contains("stopped app-2"));
+    assert_eq!(s2.pid("app-2"), None, "app-2 stopped on server-2");
+    assert!(remote_ok(&op, &file, &["jail", "start", "app-2"]).contains("started app-2"));
+    s2.wait_healthy(&["app-2"], Duration::from_secs(30));
+    let started = s2.pid("app-2").expect("app-2 runs again");
+    assert_ne!(started, pid);
+    assert!(remote_ok(&op, &file, &["jail", "restart", "app-2"]).contains("restarted app-2"));
+    assert_ne!(s2.pid("app-2"), Some(started), "restarted");
+    s2.wait_healthy(&["app-2"], Duration::from_secs(30));
+    let (code, _, err) = remote(&op, &file, &["jail", "restart", "app-9"]);
+    assert!(code != 0 && err.contains("app-9"), "{err}");
+
+    // exec: stdout, stderr and the exit code, run as the jail on its host.
+    let (code, out, err) = remote(
+        &op,
+        &file,
+        &[
+            "jail",
+            "exec",
+            "app-1",
+            "--",
+            "sh",
+            "-c",
+            "echo out $CITADEL_JAIL $CITADEL_HOST; echo err >&2; exit 7",
+        ],
+    );
+    assert_eq!(code, 7, "exec's exit code: {out} {err}");
+    assert_eq!(out.trim(), "out app-1 server-1");
+    assert_eq!(err.trim(), "err");
+
+    // logs -f: a line the jail's log gets after the follower started comes through.
+    let mut follow = KillOnDrop(
+        remote_command(&op, &file, &["jail", "logs", "-f", "-n", "1", "app-1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn logs -f"),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follow.0.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The tail (one line) first: the follower is connected.
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("logs -f prints the tail");
+    let marker = format!("remote-follow-{}", std::process::id());
+    {
+        use std::io::Write;
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(s1.state.join("jails/app-1/logs/console.log"))
+            .expect("app-1's log");
+        writeln!(log, "{marker}").expect("append");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(&marker) => break,
+            Ok(_) => continue,
+            Err(_) => panic!("logs -f did not relay the new line within 10 s"),
+        }
+    }
+    // Ctrl-C ends it.
+    let _ = Command::new("kill")
+        .args(["-INT", &follow.0.id().to_string()])
+        .status();
+    wait_for("logs -f ends on Ctrl-C", Duration::from_secs(5), || {
+        follow.0.try_wait().ok().flatten()
+    });
+
+    // db status, through a host that runs a db member.
+    let db = remote_ok(&op, &file, &["db", "status"]);
+    for member in ["db-1", "db-2", "witness"] {
+        assert!(db.contains(member), "{db}");
+    }
+    let db: serde_json::Value =
+        serde_json::from_str(&remote_ok(&op, &file, &["db", "status", "--json"])).expect("json");
+    assert!(db["leader"]["name"].is_string(), "a leader: {db}");
+
+    // gate backends, through the gate's host.
+    let backends = remote_ok(&op, &file, &["gate", "backends", "--json"]);
+    assert!(
+        in_rotation(backends.as_bytes(), "app", "app-1"),
+        "{backends}"
+    );
+
+    // An app key made remotely works through the gate.
+    let key: serde_json::Value = serde_json::from_str(&remote_ok(
+        &op,
+        &file,
+        &["app", "key", "create", "remote", "--json"],
+    ))
+    .expect("key json");
+    let token = key["token"].as_str().expect("token");
+    let listed = remote_ok(&op, &file, &["app", "key", "list"]);
+    assert!(listed.contains("remote"), "{listed}");
+    wait_for(
+        "the new key accepted through the gate",
+        Duration::from_secs(20),
+        || {
+            let out = Command::new("curl")
+                .args(["-sf", "--max-time", "3", "-H"])
+                .arg(format!("X-Api-Key: {token}"))
+                .arg(format!("http://{NET}.0.1:8080/v1/remote"))
+                .output()
+                .ok()?;
+            out.status.success().then_some(())
+        },
+    );
+
+    // An agent down: status names it with the reason, its jails as unknown; a jail verb on it
+    // says which host, where, and what to check.
+    let s2_dir = std::mem::replace(&mut s2.dir, tempfile::tempdir().expect("tempdir"));
+    let _ = Command::new("kill")
+        .args(["-TERM", &s2.child.id().to_string()])
+        .status();
+    let _ = s2.child.wait();
+    drop(s2);
+    let table = remote_ok(&op, &file, &["status"]);
+    println!("{table}");
+    assert!(
+        table.contains("UNREACHABLE") && table.contains("Connection refused"),
+        "{table}"
+    );
+    assert!(
+        table.contains("? (host server-2 unreachable)") && table.contains("unknown"),
+        "{table}"
+    );
+    let (code, _, err) = remote(&op, &file, &["jail", "restart", "app-2"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("host `server-2` ({NET}.1.3:7443) unreachable"))
+            && err.contains("is `citadel agent` running there?"),
+        "{err}"
+    );
+
+    // An apply while it is down; back, it is BEHIND until it takes the file from a peer.
+    let v2 = op.write(
+        "v2.toml",
+        &format!(
+            "{text}{}",
+            sh_jail(
+                "ticker",
+                "gate",
+                &format!("{NET}.10.77"),
+                "while true; do sleep 1; done",
+                ""
+            )
+        ),
+    );
+    let (ok, out) = op.run("apply", &v2, &[]);
+    assert!(ok && out.contains("server-2 is behind"), "{out}");
+    let s2 = agent_in(&op, "server-2", &format!("{NET}.1.3:7443"), s2_dir);
+    let status = remote_status(&op, &v2);
+    let row = host_row(&status, "server-2");
+    assert_eq!(
+        (row["generation"].as_u64(), row["behind"].as_bool()),
+        (Some(1), Some(true)),
+        "server-2 back on generation 1, behind 2: {status}"
+    );
+    let table = remote_ok(&op, &v2, &["status"]);
+    assert!(table.contains("BEHIND (generation 1 of 2"), "{table}");
+    wait_for(
+        "server-2 catches up from its peers",
+        Duration::from_secs(30),
+        || (s2.generation() == 2).then_some(()),
+    );
+    let status = remote_status(&op, &v2);
+    assert_eq!(
+        host_row(&status, "server-2")["behind"],
+        false,
+        "caught up: {status}"
+    );
+}
