@@ -122,8 +122,12 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// The state of every jail, as a table.
-    #[command(after_help = "Examples:\n  citadel status\n  citadel status --json")]
+    /// The state of every jail, as a table (with --file/--dir: every host's, through the
+    /// agents, with each host's generation: BEHIND or UNREACHABLE).
+    #[command(after_help = "Examples:
+  citadel status
+  citadel status --json
+  citadel status --file ./mycluster/citadel.toml --dir ./mycluster")]
     Status {
         #[command(flatten)]
         target: remote::Target,
@@ -133,7 +137,8 @@ enum Command {
   citadel jail list
   citadel jail restart app-1
   citadel jail logs -f db-1
-  citadel jail exec app-1 -- env")]
+  citadel jail exec app-1 -- env
+  citadel jail restart app-1 --dir ./mycluster     through the agent of app-1's host")]
     Jail {
         #[command(subcommand)]
         verb: ops::JailVerb,
@@ -144,7 +149,8 @@ enum Command {
     #[command(after_help = "Examples:
   citadel gate backends
   citadel gate ban 203.0.113.7 --ttl 1h --reason scanner
-  citadel gate bans")]
+  citadel gate bans
+  citadel gate backends --dir ./mycluster      through the agent of the gate's host")]
     Gate {
         #[command(subcommand)]
         verb: gatectl::GateVerb,
@@ -158,6 +164,7 @@ enum Command {
     #[command(after_help = "Examples:
   citadel app key create billing
   citadel app key list
+  citadel app key create billing --dir ./mycluster      through an app host's agent
   citadel app load --seconds 30 --key \"$TOKEN\"")]
     App {
         #[command(subcommand)]
@@ -180,6 +187,7 @@ enum Command {
     #[command(after_help = "Examples:
   citadel db status
   citadel db status --json | jq .leader
+  citadel db status --dir ./mycluster      through the agent of a host with a db member
   citadel db remove db-2 && citadel db add db-2")]
     Db {
         #[command(subcommand)]

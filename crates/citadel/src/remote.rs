@@ -25,11 +25,12 @@ pub struct Target {
     pub state: PathBuf,
     /// The cluster file: go through every host's agent (mutual TLS) instead of this
     /// machine's `citadel up` (default with --dir: DIR/citadel.toml).
-    #[arg(long, global = true, value_name = "FILE")]
+    // Its own id: `jail archive|restore` have a positional FILE.
+    #[arg(long = "file", id = "cluster_file", global = true, value_name = "FILE")]
     pub file: Option<PathBuf>,
     /// Where `citadel init` wrote `pki/` (the CA and your certificate); with --file
     /// (default: .).
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long = "dir", id = "pki_dir", global = true, value_name = "DIR")]
     pub dir: Option<PathBuf>,
 }
 

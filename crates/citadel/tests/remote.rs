@@ -195,10 +195,18 @@ fn every_verb_from_the_operators_machine() {
     assert!(db["leader"]["name"].is_string(), "a leader: {db}");
 
     // gate backends, through the gate's host.
-    let backends = remote_ok(&op, &file, &["gate", "backends", "--json"]);
+    wait_for(
+        "app-1 in the gate's rotation",
+        Duration::from_secs(30),
+        || {
+            let backends = remote_ok(&op, &file, &["gate", "backends", "--json"]);
+            in_rotation(backends.as_bytes(), "app", "app-1").then_some(())
+        },
+    );
+    let table = remote_ok(&op, &file, &["gate", "backends"]);
     assert!(
-        in_rotation(backends.as_bytes(), "app", "app-1"),
-        "{backends}"
+        table.contains("app-1") && table.contains("app-2"),
+        "{table}"
     );
 
     // An app key made remotely works through the gate.
