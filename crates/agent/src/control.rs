@@ -175,6 +175,36 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
                 ) => {
                     return stream_logs(&runtime, &jail, n, follow, &mut lines, write).await;
                 }
+                (
+                    _,
+                    Request::RestoreIn {
+                        name,
+                        host,
+                        bytes,
+                        sha256,
+                    },
+                ) => {
+                    lines.set_limit(u64::MAX);
+                    match runtime
+                        .restore_upload(
+                            &mut lines,
+                            bytes,
+                            &sha256,
+                            name.as_deref(),
+                            host.as_deref(),
+                        )
+                        .await
+                    {
+                        Ok(created) => match serde_json::to_value(created) {
+                            Ok(v) => Response::Ok(v),
+                            Err(e) => Response::Error(e.to_string()),
+                        },
+                        Err(e) => Response::Error(e.to_string()),
+                    }
+                }
+                (_, Request::ArchiveOut { jail }) => {
+                    return stream_archive(&runtime, &jail, write).await;
+                }
                 (_, Request::Exec { jail, command }) => {
                     return stream_exec(&runtime, &jail, &command, &mut lines, write).await;
                 }
@@ -326,6 +356,47 @@ async fn stream_logs<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     write_end(&mut write, 0).await
 }
 
+/// `ArchiveOut`: the jail archived into a file of the state directory, sent, deleted.
+async fn stream_archive<W: AsyncWrite + Unpin>(
+    runtime: &Runtime,
+    jail: &str,
+    mut write: W,
+) -> std::io::Result<()> {
+    let dir = runtime.state_dir().join("outgoing");
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let file = dir.join(format!("{jail}-{nanos}.tar.gz"));
+    let made = match std::fs::create_dir_all(&dir) {
+        Ok(()) => runtime
+            .archive(jail, &file)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(format!("cannot create {}: {e}", dir.display())),
+    };
+    if let Err(why) = made {
+        let _ = std::fs::remove_file(&file);
+        write_response(&mut write, &Response::Error(why)).await?;
+        return write.shutdown().await;
+    }
+    let sent = async {
+        write_response(&mut write, &Response::Ok(serde_json::Value::Null)).await?;
+        let mut source = tokio::fs::File::open(&file).await?;
+        let mut buf = vec![0u8; FRAME];
+        loop {
+            let n = source.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            write_chunk(&mut write, TAG_OUT, &buf[..n]).await?;
+        }
+        write_end(&mut write, 0).await
+    }
+    .await;
+    let _ = std::fs::remove_file(&file);
+    sent
+}
+
 /// `Exec`: runs the command as the jail, streams its stdout and stderr, then its exit code.
 /// The command is killed if the caller hangs up.
 async fn stream_exec<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
@@ -434,7 +505,11 @@ async fn answer(request: Request, rt: &Runtime, shutdown: &Notify) -> Response {
             .map(|took| ok(took.as_millis() as u64)),
         Request::Discard { jail } => rt.discard(&jail).await.map(ok),
         Request::Role { verb } => rt.role(&verb).await.map(Response::Ok),
-        Request::Receive { .. } | Request::Logs { .. } | Request::Exec { .. } => {
+        Request::Receive { .. }
+        | Request::Logs { .. }
+        | Request::Exec { .. }
+        | Request::ArchiveOut { .. }
+        | Request::RestoreIn { .. } => {
             return Response::Error("a streamed request must be served as a stream".into());
         }
     };
@@ -534,7 +609,15 @@ pub async fn send_file<T: serde::de::DeserializeOwned>(
     file: &Path,
 ) -> Result<T, ClientError> {
     let tls = connect_tls(addr, host, config).await?;
-    let (read, mut write) = tokio::io::split(tls);
+    send_file_over(tls, request, file).await
+}
+
+async fn send_file_over<S: AsyncRead + AsyncWrite + Unpin, T: serde::de::DeserializeOwned>(
+    stream: S,
+    request: &Request,
+    file: &Path,
+) -> Result<T, ClientError> {
+    let (read, mut write) = tokio::io::split(stream);
     let mut line = serde_json::to_vec(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
     line.push(b'\n');
     let sent = async {
@@ -558,6 +641,28 @@ pub async fn send_file<T: serde::de::DeserializeOwned>(
         (Err(e), _) => Err(e.into()),
         (Ok(()), answer) => answer,
     }
+}
+
+/// A file's length and sha256, as a `Receive` or `RestoreIn` announces them.
+pub fn file_digest(file: &Path) -> std::io::Result<(u64, String)> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(file)?;
+    let mut hash = sha2::Sha256::new();
+    let mut buf = vec![0u8; FRAME];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((
+        total,
+        hash.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+    ))
 }
 
 /// Reads the frames `send_file` writes into `out`, at most `limit` bytes in all.
@@ -638,6 +743,27 @@ impl Endpoint {
             Endpoint::Local(state) => call(state, request).await,
             Endpoint::Remote { host, addr, config } => {
                 call_tls(*addr, host, config.clone(), request).await
+            }
+        }
+    }
+
+    /// A request followed by `file` as frames (`RestoreIn`), then its answer.
+    pub async fn send_file<T: serde::de::DeserializeOwned>(
+        &self,
+        request: &Request,
+        file: &Path,
+    ) -> Result<T, ClientError> {
+        match self {
+            Endpoint::Local(state) => {
+                let path = socket_path(state);
+                let stream = UnixStream::connect(&path).await.map_err(|_| {
+                    ClientError::NotRunning(state.display().to_string(), path.display().to_string())
+                })?;
+                send_file_over(stream, request, file).await
+            }
+            Endpoint::Remote { host, addr, config } => {
+                let tls = connect_tls(*addr, host, config.clone()).await?;
+                send_file_over(tls, request, file).await
             }
         }
     }

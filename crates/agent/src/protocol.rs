@@ -118,6 +118,19 @@ pub enum Request {
         jail: String,
         command: Vec<String>,
     },
+    /// `jail archive` from another machine: the jail archived here, sent as `control::Chunk`s
+    /// after the answer line (the operator's CLI writes them into its file).
+    ArchiveOut {
+        jail: String,
+    },
+    /// `jail restore` from another machine: the archive follows this line as frames (as
+    /// `Receive`), `bytes` and `sha256` in all; restored here as `Restore` does.
+    RestoreIn {
+        name: Option<String>,
+        host: Option<String>,
+        bytes: u64,
+        sha256: String,
+    },
     /// An operator's verb of a role (`db status`, `gate …`, `app key …`), run by this
     /// agent against its own jail of that role (`Roles::operate`).
     Role {

@@ -466,8 +466,40 @@ pub async fn jail(verb: JailVerb, target: &Target, json: bool) -> anyhow::Result
                 .await?;
             print_created(&created, &format!("cloned from {source}"), json)?;
         }
+        JailVerb::Archive { jail, file } if matches!(place, Where::Cluster(_)) => {
+            // Made on the jail's host, streamed here.
+            let at = At::of(&place, &jail).await?;
+            let partial = file.with_extension("partial");
+            let mut out = std::fs::File::create(&partial)
+                .with_context(|| format!("cannot create {}", partial.display()))?;
+            let mut bytes = 0u64;
+            let got = at
+                .stream(&Request::ArchiveOut { jail: jail.clone() }, |chunk| {
+                    if let Chunk::Out(b) = chunk {
+                        out.write_all(&b)?;
+                        bytes += b.len() as u64;
+                    }
+                    Ok(())
+                })
+                .await
+                .and_then(|_| Ok(out.sync_all()?));
+            if let Err(e) = got {
+                let _ = std::fs::remove_file(&partial);
+                return Err(e);
+            }
+            std::fs::rename(&partial, &file)
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            done(
+                json,
+                "archived",
+                &jail,
+                Some(serde_json::json!({"file": absolute(&file)?, "bytes": bytes})),
+            );
+        }
         JailVerb::Archive { jail, file } => {
-            let state = local_only(&place, "archive", &jail)?;
+            let Where::Local(state) = &place else {
+                unreachable!("matched above")
+            };
             let file = absolute(&file)?;
             let bytes: u64 = call(
                 state,
@@ -484,8 +516,39 @@ pub async fn jail(verb: JailVerb, target: &Target, json: bool) -> anyhow::Result
                 Some(serde_json::json!({"file": file, "bytes": bytes})),
             );
         }
+        JailVerb::Restore { file, name, host } if matches!(place, Where::Cluster(_)) => {
+            // Sent from here to the named host's agent, restored there.
+            let Where::Cluster(session) = &place else {
+                unreachable!("matched above")
+            };
+            let Some(host) = host else {
+                bail!(
+                    "through the agents, name the host to restore it on with --host (one of: {})",
+                    session
+                        .cluster
+                        .hosts
+                        .iter()
+                        .map(|h| h.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            };
+            let (bytes, sha256) = citadel_agent::control::file_digest(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let at = At::on_host(session, &host)?;
+            let request = Request::RestoreIn {
+                name,
+                host: Some(host.clone()),
+                bytes,
+                sha256,
+            };
+            let created: Created = at.send_file(&request, &file).await?;
+            print_created(&created, &format!("restored from {}", file.display()), json)?;
+        }
         JailVerb::Restore { file, name, host } => {
-            let state = local_only(&place, "restore", "the jail")?;
+            let Where::Local(state) = &place else {
+                unreachable!("matched above")
+            };
             let file = absolute(&file)?;
             let created: Created = call(
                 state,
@@ -527,23 +590,6 @@ fn relay(chunk: Chunk) -> std::io::Result<()> {
         }
         Chunk::Err(bytes) => std::io::stderr().lock().write_all(&bytes),
         Chunk::End(_) => Ok(()),
-    }
-}
-
-/// Archive and restore move a file on the jail's host: they run there (or `jail move` moves a
-/// jail with its data between hosts).
-fn local_only<'a>(place: &'a Where, verb: &str, jail: &str) -> anyhow::Result<&'a Path> {
-    match place {
-        Where::Local(state) => Ok(state),
-        Where::Cluster(session) => {
-            let host = session
-                .cluster
-                .jail(jail)
-                .map_or("its host".to_string(), |j| format!("host `{}`", j.host));
-            bail!(
-                "`citadel jail {verb}` reads or writes a file on the jail's machine: run it on {host} (without --file/--dir), or move a jail with its data with `citadel jail move`"
-            )
-        }
     }
 }
 

@@ -125,6 +125,24 @@ impl At {
         self.named(answer)
     }
 
+    /// `host`'s agent, for a jail not yet anywhere (restore).
+    pub fn on_host(session: &Arc<Session>, host: &str) -> anyhow::Result<At> {
+        Ok(At {
+            endpoint: session.endpoint(host)?,
+            remote: Some((session.clone(), host.to_string())),
+        })
+    }
+
+    /// A request followed by `file` (restore), then its answer.
+    pub async fn send_file<T: serde::de::DeserializeOwned>(
+        &self,
+        request: &Request,
+        file: &std::path::Path,
+    ) -> anyhow::Result<T> {
+        let answer = self.endpoint.send_file(request, file).await;
+        self.named(answer)
+    }
+
     /// A streamed request (logs, exec): chunks to `sink`; the exit code.
     pub async fn stream(
         &self,

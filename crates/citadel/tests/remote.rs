@@ -138,6 +138,71 @@ fn every_verb_from_the_operators_machine() {
     assert_eq!(out.trim(), "out app-1 server-1");
     assert_eq!(err.trim(), "err");
 
+    // archive: made on the jail's host, written here.
+    let archive = op.dir.path().join("app-1.tar.gz");
+    let out = remote_ok(
+        &op,
+        &file,
+        &["jail", "archive", "app-1", archive.to_str().expect("path")],
+    );
+    assert!(out.contains("archived app-1"), "{out}");
+    let bytes = std::fs::read(&archive).expect("the archive is here");
+    assert!(
+        bytes.len() > 100 && bytes[..2] == [0x1f, 0x8b],
+        "a gzip file"
+    );
+    assert!(
+        !s1.state
+            .join("outgoing")
+            .read_dir()
+            .expect("dir")
+            .any(|_| true),
+        "server-1 keeps no copy"
+    );
+
+    // restore: sent from here to the named host; a jail made at run time is found there.
+    let (code, _, err) = remote(
+        &op,
+        &file,
+        &[
+            "jail",
+            "restore",
+            archive.to_str().expect("path"),
+            "--name",
+            "app-3",
+        ],
+    );
+    assert!(code != 0 && err.contains("--host"), "{err}");
+    let out = remote_ok(
+        &op,
+        &file,
+        &[
+            "jail",
+            "restore",
+            archive.to_str().expect("path"),
+            "--name",
+            "app-3",
+            "--host",
+            "server-2",
+        ],
+    );
+    assert!(
+        out.contains("app-3 restored from") && out.contains("server-2"),
+        "{out}"
+    );
+    let listed = remote_ok(&op, &file, &["jail", "list"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("app-3") && l.contains("server-2") && l.contains("state")),
+        "{listed}"
+    );
+    assert!(remote_ok(&op, &file, &["jail", "destroy", "app-3"]).contains("destroyed app-3"));
+    assert!(
+        !s2.state.join("jails/app-3").exists(),
+        "app-3 gone from server-2"
+    );
+
     // logs -f: a line the jail's log gets after the follower started comes through.
     let mut follow = KillOnDrop(
         remote_command(&op, &file, &["jail", "logs", "-f", "-n", "1", "app-1"])
