@@ -4,10 +4,14 @@
 //! every verb runs as `citadel VERB --file FILE --dir DIR` (no --state: nothing local).
 //!
 //! `status` gathers every host's jails into one table; `jail stop|start|restart` reach the
-//! jail's host; `exec` relays stdout, stderr and the exit code; `logs -f` receives a line
-//! written after it started; `db status`, `gate backends` and `app key create` reach a host
-//! running that role (the key is then used through the gate); a stopped agent shows as
-//! unreachable with the reason and, back after an apply it missed, as BEHIND.
+//! jail's host (a stop drains it at the gate on another host first); `exec` relays stdout,
+//! stderr and the exit code; `jail archive` writes the archive here, `jail restore --host`
+//! sends it to a host, where `jail list|destroy` find the new jail; `logs -f` receives a
+//! line written after it started and ends on Ctrl-C; `db status`, `gate backends|ban|bans|
+//! unban` and `app key create|list` reach a host running that role (the key is then used
+//! through the gate); a stopped agent shows as unreachable with the reason (a jail verb on
+//! it names the host, its address and what to check) and, back after an apply it missed,
+//! as BEHIND until it catches up.
 
 mod harness;
 
@@ -110,6 +114,18 @@ fn every_verb_from_the_operators_machine() {
     let pid = s2.pid("app-2").expect("app-2 runs");
     assert!(remote_ok(&op, &file, &["jail", "stop", "app-2"]).contains("stopped app-2"));
     assert_eq!(s2.pid("app-2"), None, "app-2 stopped on server-2");
+    // Drained first at the gate, which is on another host.
+    let backends: serde_json::Value =
+        serde_json::from_str(&remote_ok(&op, &file, &["gate", "backends", "--json"]))
+            .expect("backends json");
+    let member = backends
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "app"))
+        .and_then(|s| s["members"].as_array())
+        .and_then(|m| m.iter().find(|m| m["name"] == "app-2"))
+        .cloned()
+        .expect("app-2 at the gate");
+    assert_eq!(member["draining"], true, "{member}");
     assert!(remote_ok(&op, &file, &["jail", "start", "app-2"]).contains("started app-2"));
     s2.wait_healthy(&["app-2"], Duration::from_secs(30));
     let started = s2.pid("app-2").expect("app-2 runs again");
@@ -273,6 +289,21 @@ fn every_verb_from_the_operators_machine() {
         table.contains("app-1") && table.contains("app-2"),
         "{table}"
     );
+    assert!(
+        remote_ok(
+            &op,
+            &file,
+            &["gate", "ban", "203.0.113.9", "--reason", "remote"]
+        )
+        .contains("banned 203.0.113.9")
+    );
+    let bans = remote_ok(&op, &file, &["gate", "bans"]);
+    assert!(
+        bans.contains("203.0.113.9") && bans.contains("remote"),
+        "{bans}"
+    );
+    remote_ok(&op, &file, &["gate", "unban", "203.0.113.9"]);
+    assert!(!remote_ok(&op, &file, &["gate", "bans"]).contains("203.0.113.9"));
 
     // An app key made remotely works through the gate.
     let key: serde_json::Value = serde_json::from_str(&remote_ok(
