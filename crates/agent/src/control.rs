@@ -205,8 +205,16 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
                 (_, Request::ArchiveOut { jail }) => {
                     return stream_archive(&runtime, &jail, write).await;
                 }
-                (_, Request::Exec { jail, command }) => {
-                    return stream_exec(&runtime, &jail, &command, &mut lines, write).await;
+                (
+                    _,
+                    Request::Exec {
+                        jail,
+                        command,
+                        stdin,
+                    },
+                ) => {
+                    lines.set_limit(u64::MAX);
+                    return stream_exec(&runtime, &jail, &command, stdin, &mut lines, write).await;
                 }
                 (_, request) => answer(request, &runtime, &shutdown).await,
             },
@@ -403,6 +411,7 @@ async fn stream_exec<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     runtime: &Runtime,
     jail: &str,
     command: &[String],
+    stdin: bool,
     read: &mut R,
     mut write: W,
 ) -> std::io::Result<()> {
@@ -414,7 +423,11 @@ async fn stream_exec<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         let cmd =
             crate::exec::command(&id, program, args).map_err(|e| format!("jail `{jail}`: {e}"))?;
         tokio::process::Command::from(cmd)
-            .stdin(std::process::Stdio::null())
+            .stdin(if stdin {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -433,10 +446,40 @@ async fn stream_exec<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(std::io::Error::other("the command's pipes are missing"));
     };
+    // What the caller sends: the command's stdin (chunks, then an end), then nothing until it
+    // hangs up. Read by one future for the whole loop, so no chunk is cut in two.
+    let mut input = child.stdin.take();
+    let (tx, mut from_caller) = tokio::sync::mpsc::channel::<std::io::Result<Chunk>>(4);
+    let reader = async move {
+        loop {
+            let chunk = read_chunk(read).await;
+            let failed = chunk.is_err();
+            if tx.send(chunk).await.is_err() || failed {
+                break;
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::pin!(reader);
     let (mut out_open, mut err_open) = (true, true);
     let (mut out_buf, mut err_buf) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
     while out_open || err_open {
         tokio::select! {
+            _ = &mut reader => {}
+            Some(chunk) = from_caller.recv() => match chunk {
+                Ok(Chunk::Out(bytes)) => {
+                    // A command that does not read its stdin: what it is sent is dropped.
+                    if let Some(pipe) = input.as_mut()
+                        && pipe.write_all(&bytes).await.is_err()
+                    {
+                        input = None;
+                    }
+                }
+                Ok(Chunk::End(_)) => input = None,
+                Ok(Chunk::Err(_)) => {}
+                // The caller hung up: dropping the child kills it.
+                Err(_) => return Ok(()),
+            },
             n = out.read(&mut out_buf), if out_open => match n? {
                 0 => out_open = false,
                 n => write_chunk(&mut write, TAG_OUT, &out_buf[..n]).await?,
@@ -445,10 +488,9 @@ async fn stream_exec<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 0 => err_open = false,
                 n => write_chunk(&mut write, TAG_ERR, &err_buf[..n]).await?,
             },
-            // Dropping the child kills it.
-            _ = hung_up(read) => return Ok(()),
         }
     }
+    drop(input);
     let status = child.wait().await?;
     write_end(&mut write, crate::exec::exit_code(status)).await
 }
@@ -769,10 +811,12 @@ impl Endpoint {
     }
 
     /// A streamed request (`Logs`, `Exec`): each chunk goes to `sink` as it comes; returns the
-    /// exit code that ends the stream.
+    /// exit code that ends the stream. `input` (an `Exec` with `stdin`) is sent meanwhile as
+    /// the command's stdin.
     pub async fn stream(
         &self,
         request: &Request,
+        input: Option<Box<dyn AsyncRead + Send + Unpin>>,
         sink: impl FnMut(Chunk) -> std::io::Result<()>,
     ) -> Result<i32, ClientError> {
         match self {
@@ -781,25 +825,46 @@ impl Endpoint {
                 let stream = UnixStream::connect(&path).await.map_err(|_| {
                     ClientError::NotRunning(state.display().to_string(), path.display().to_string())
                 })?;
-                stream_over(stream, request, sink).await
+                stream_over(stream, request, input, sink).await
             }
             Endpoint::Remote { host, addr, config } => {
                 let tls = connect_tls(*addr, host, config.clone()).await?;
-                stream_over(tls, request, sink).await
+                stream_over(tls, request, input, sink).await
             }
         }
     }
 }
 
-async fn stream_over<S: AsyncRead + AsyncWrite + Unpin>(
+async fn stream_over<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stream: S,
     request: &Request,
+    input: Option<Box<dyn AsyncRead + Send + Unpin>>,
     mut sink: impl FnMut(Chunk) -> std::io::Result<()>,
 ) -> Result<i32, ClientError> {
     let (read, mut write) = tokio::io::split(stream);
     let mut line = serde_json::to_vec(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
     line.push(b'\n');
     write.write_all(&line).await?;
+    // The command's stdin goes up while its output comes down; the connection stays open
+    // after the input ends (an end chunk says so). Ended with the stream.
+    let _pump = input.map(|mut input| {
+        AbortOnDrop(tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                match input.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if write_chunk(&mut write, TAG_OUT, &buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = write_chunk(&mut write, TAG_END, &0i32.to_be_bytes()).await;
+            // Keep the write half (and so the connection) open until the stream ends.
+            std::future::pending::<()>().await;
+        }))
+    });
     let mut read = BufReader::new(read);
     let mut answer = String::new();
     read.read_line(&mut answer).await?;
@@ -824,5 +889,14 @@ async fn stream_over<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -111,12 +111,15 @@ pub enum Request {
         lines: usize,
         follow: bool,
     },
-    /// Runs `command` as the jail (its environment, directory, namespaces, cgroups; no
-    /// stdin) here. Streamed: the answer line, then its stdout and stderr as
-    /// `control::Chunk`s, then its exit code.
+    /// Runs `command` as the jail (its environment, directory, namespaces, cgroups) here.
+    /// Streamed: the answer line, then its stdout and stderr as `control::Chunk`s, then its
+    /// exit code. With `stdin`, the caller sends the command's stdin as chunks after the
+    /// request line (`Out`s, then an `End`); without, it reads nothing.
     Exec {
         jail: String,
         command: Vec<String>,
+        #[serde(default)]
+        stdin: bool,
     },
     /// `jail archive` from another machine: the jail archived here, sent as `control::Chunk`s
     /// after the answer line (the operator's CLI writes them into its file).

@@ -416,14 +416,14 @@ pub async fn jail(verb: JailVerb, target: &Target, json: bool) -> anyhow::Result
                     lines,
                     follow,
                 };
-                at.stream(&request, relay).await?;
+                at.stream(&request, None, relay).await?;
             }
         },
         JailVerb::Exec { jail, command } => {
             let (program, args) = command.split_first().context("no command given")?;
             let code = match &place {
                 // Here, the command runs in this process's terminal (an interactive shell
-                // works); through an agent it runs there with no stdin, its output relayed.
+                // works); through an agent it runs there, its stdin and output relayed.
                 Where::Local(state) => {
                     let id: Identity =
                         call(state, &Request::Identity { jail: jail.clone() }).await?;
@@ -435,11 +435,17 @@ pub async fn jail(verb: JailVerb, target: &Target, json: bool) -> anyhow::Result
                 }
                 Where::Cluster(_) => {
                     let at = At::of(&place, &jail).await?;
+                    // Piped or redirected stdin goes to the command; a terminal's does not
+                    // (there is no terminal at the other end).
+                    let stdin = !std::io::IsTerminal::is_terminal(&std::io::stdin());
                     let request = Request::Exec {
                         jail: jail.clone(),
                         command: command.clone(),
+                        stdin,
                     };
-                    at.stream(&request, relay).await?
+                    let input: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>> =
+                        stdin.then(|| Box::new(tokio::io::stdin()) as _);
+                    at.stream(&request, input, relay).await?
                 }
             };
             return Ok(code);
@@ -474,7 +480,7 @@ pub async fn jail(verb: JailVerb, target: &Target, json: bool) -> anyhow::Result
                 .with_context(|| format!("cannot create {}", partial.display()))?;
             let mut bytes = 0u64;
             let got = at
-                .stream(&Request::ArchiveOut { jail: jail.clone() }, |chunk| {
+                .stream(&Request::ArchiveOut { jail: jail.clone() }, None, |chunk| {
                     if let Chunk::Out(b) = chunk {
                         out.write_all(&b)?;
                         bytes += b.len() as u64;

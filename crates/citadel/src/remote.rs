@@ -147,9 +147,10 @@ impl At {
     pub async fn stream(
         &self,
         request: &Request,
+        input: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
         sink: impl FnMut(citadel_agent::control::Chunk) -> std::io::Result<()>,
     ) -> anyhow::Result<i32> {
-        let answer = self.endpoint.stream(request, sink).await;
+        let answer = self.endpoint.stream(request, input, sink).await;
         self.named(answer)
     }
 

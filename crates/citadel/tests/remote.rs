@@ -154,6 +154,41 @@ fn every_verb_from_the_operators_machine() {
     assert_eq!(out.trim(), "out app-1 server-1");
     assert_eq!(err.trim(), "err");
 
+    // exec's stdin, piped from here.
+    let mut cat = remote_command(
+        &op,
+        &file,
+        &[
+            "jail",
+            "exec",
+            "app-1",
+            "--",
+            "sh",
+            "-c",
+            "tr a-z A-Z; exit 3",
+        ],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn exec");
+    {
+        use std::io::Write;
+        let mut input = cat.stdin.take().expect("stdin");
+        input.write_all(b"piped in\n").expect("write stdin");
+    }
+    let out = cat.wait_with_output().expect("exec output");
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        ),
+        (Some(3), "PIPED IN"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // archive: made on the jail's host, written here.
     let archive = op.dir.path().join("app-1.tar.gz");
     let out = remote_ok(
