@@ -3,6 +3,7 @@
 
 pub mod applied;
 pub mod control;
+pub mod exec;
 pub mod peers;
 pub mod plan;
 pub mod protocol;

@@ -104,6 +104,83 @@ pub enum Request {
     Discard {
         jail: String,
     },
+    /// The jail's console log: its last `lines`, then with `follow` what it writes until the
+    /// caller hangs up. Streamed: the answer line, then `control::Chunk`s.
+    Logs {
+        jail: String,
+        lines: usize,
+        follow: bool,
+    },
+    /// Runs `command` as the jail (its environment, directory, namespaces, cgroups) here.
+    /// Streamed: the answer line, then its stdout and stderr as `control::Chunk`s, then its
+    /// exit code. With `stdin`, the caller sends the command's stdin as chunks after the
+    /// request line (`Out`s, then an `End`); without, it reads nothing.
+    Exec {
+        jail: String,
+        command: Vec<String>,
+        #[serde(default)]
+        stdin: bool,
+    },
+    /// `jail archive` from another machine: the jail archived here, sent as `control::Chunk`s
+    /// after the answer line (the operator's CLI writes them into its file).
+    ArchiveOut {
+        jail: String,
+    },
+    /// `jail restore` from another machine: the archive follows this line as frames (as
+    /// `Receive`), `bytes` and `sha256` in all; restored here as `Restore` does.
+    RestoreIn {
+        name: Option<String>,
+        host: Option<String>,
+        bytes: u64,
+        sha256: String,
+    },
+    /// An operator's verb of a role (`db status`, `gate …`, `app key …`), run by this
+    /// agent against its own jail of that role (`Roles::operate`).
+    Role {
+        verb: RoleOp,
+    },
+}
+
+/// The operator's verbs of the roles, run where a jail of the role runs (its config in the
+/// state directory says where the role listens). The answer is JSON, as `--json` prints it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "verb", rename_all = "kebab-case")]
+pub enum RoleOp {
+    /// Every db member's Raft state, the leader, the placement.
+    DbStatus,
+    /// Make `member` a voter (`add`) or take it out of the voters.
+    DbVoter {
+        member: String,
+        add: bool,
+    },
+    /// A request to the admin API of gate jail `jail` (the host's only gate when None).
+    Gate {
+        jail: Option<String>,
+        method: String,
+        path: String,
+        body: Option<String>,
+    },
+    AppKeyCreate {
+        name: String,
+    },
+    AppKeyList,
+    AppKeyRevoke {
+        id: String,
+    },
+}
+
+impl RoleOp {
+    /// The roles whose jails can answer this verb.
+    pub fn roles(&self) -> &'static [citadel_spec::Role] {
+        use citadel_spec::Role;
+        match self {
+            RoleOp::DbStatus | RoleOp::DbVoter { .. } => &[Role::Db, Role::Witness],
+            RoleOp::Gate { .. } => &[Role::Gate],
+            RoleOp::AppKeyCreate { .. } | RoleOp::AppKeyList | RoleOp::AppKeyRevoke { .. } => {
+                &[Role::App]
+            }
+        }
+    }
 }
 
 impl Request {
@@ -149,6 +226,12 @@ pub struct StatusReport {
     pub file: String,
     pub state_dir: PathBuf,
     pub agent_pid: u32,
+    /// The generation of the file this agent applied (0: `--file`, `up`, or none yet).
+    #[serde(default)]
+    pub generation: u64,
+    /// That file's sha256 (empty under `up`).
+    #[serde(default)]
+    pub sha256: String,
     pub jails: Vec<JailReport>,
 }
 

@@ -15,7 +15,7 @@ use citadel_spec::{Backend, Capabilities, Cluster, Jail, JailAddress, Limits, Ro
 use nix::sys::signal::Signal;
 use tokio::sync::Mutex;
 
-use crate::protocol::{Created, Identity, JailReport, StatusReport};
+use crate::protocol::{Created, Identity, JailReport, RoleOp, StatusReport};
 
 mod converge;
 mod moving;
@@ -35,6 +35,8 @@ pub enum RuntimeError {
     },
     #[error("{0}")]
     Start(String),
+    #[error("{0}")]
+    Role(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
@@ -98,6 +100,9 @@ pub trait Roles: Send + Sync {
         cluster: &'a Cluster,
         jail: &'a Jail,
     ) -> BoxFuture<'a, Option<bool>>;
+    /// An operator's verb of a role (`db status`, `gate …`, `app key …`) against this
+    /// host's jail of that role: what `--json` prints.
+    fn operate<'a>(&'a self, op: &'a RoleOp) -> BoxFuture<'a, Result<serde_json::Value, String>>;
 }
 
 pub type BoxFuture<'a, T = ()> =
@@ -510,15 +515,18 @@ impl Runtime {
                 from_file: entry.from_file,
             });
         }
+        let applied = self.applied();
         StatusReport {
             cluster: cluster.name.clone(),
             zone: cluster.zone.clone(),
-            file: match self.applied() {
+            file: match &applied {
                 Some(a) if a.generation > 0 => a.origin(),
                 _ => self.file.clone(),
             },
             state_dir: self.state_dir.clone(),
             agent_pid: std::process::id(),
+            generation: applied.as_ref().map_or(0, |a| a.generation),
+            sha256: applied.map(|a| a.sha256).unwrap_or_default(),
             jails: rows,
         }
     }
@@ -554,6 +562,25 @@ impl Runtime {
         let result = sup.restart().await.map_err(RuntimeError::Start);
         self.drain(name, false).await;
         result
+    }
+
+    /// A jail's console log: one that runs here, or ran here (its log is still there).
+    pub async fn console_log(&self, name: &str) -> Result<PathBuf, RuntimeError> {
+        let log = JailPaths::new(&self.state_dir, name).console_log();
+        if self.supervisor(name).await.is_some() || log.exists() {
+            Ok(log)
+        } else {
+            Err(RuntimeError::NoSuchJail(name.to_string()))
+        }
+    }
+
+    /// An operator's verb of a role, run against this host's jail of that role.
+    pub async fn role(&self, op: &RoleOp) -> Result<serde_json::Value, RuntimeError> {
+        self.launcher
+            .roles
+            .operate(op)
+            .await
+            .map_err(RuntimeError::Role)
     }
 
     pub async fn identity(&self, name: &str) -> Result<Identity, RuntimeError> {

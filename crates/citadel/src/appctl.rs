@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Subcommand;
 
+use citadel_agent::protocol::RoleOp;
+
 use crate::output;
+use crate::remote::Target;
 
 #[derive(Subcommand)]
 pub enum AppVerb {
@@ -56,60 +59,53 @@ pub enum KeyVerb {
     Revoke { id: String },
 }
 
-pub async fn app(verb: AppVerb, state: &Path, json: bool) -> anyhow::Result<i32> {
+pub async fn app(verb: AppVerb, target: &Target, json: bool) -> anyhow::Result<i32> {
     match verb {
         AppVerb::Run { config } => {
             citadel_app::run(citadel_app::AppConfig::from_file(&config)?).await?;
         }
         AppVerb::Key { verb } => {
-            let config = crate::roles::app::running_config(state)?;
-            let db = citadel_app::connect_db(&config)?;
-            match verb {
-                KeyVerb::Create { name } => {
-                    let (key, token) = citadel_app::keys::create(&db, &name)
-                        .await
-                        .context("creating the key")?;
-                    output::done(
-                        json,
-                        format_args!("id:    {}\nname:  {}\ntoken: {token}", key.id, key.name),
-                        serde_json::json!({"id": key.id, "name": key.name, "token": token}),
-                    );
-                }
-                KeyVerb::List => {
-                    let keys = citadel_app::keys::list(&db).await.context("listing keys")?;
-                    if json {
-                        output::json(&keys)?;
-                    } else {
-                        let mut table = output::table(["ID", "STATE", "CREATED", "NAME"]);
-                        for k in keys {
-                            let state = if k.revoked.is_some() {
-                                "revoked"
-                            } else {
-                                "valid"
-                            };
-                            table.add_row(vec![
-                                k.id,
-                                state.to_string(),
-                                output::ago_unix_secs(k.created),
-                                k.name,
-                            ]);
-                        }
-                        println!("{table}");
+            let op = match verb {
+                KeyVerb::Create { name } => RoleOp::AppKeyCreate { name },
+                KeyVerb::List => RoleOp::AppKeyList,
+                KeyVerb::Revoke { id } => RoleOp::AppKeyRevoke { id },
+            };
+            let answer = crate::remote::role(target, &op).await?;
+            let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+            match op {
+                RoleOp::AppKeyCreate { .. } => output::done(
+                    json,
+                    format_args!(
+                        "id:    {}\nname:  {}\ntoken: {}",
+                        text(&answer["id"]),
+                        text(&answer["name"]),
+                        text(&answer["token"])
+                    ),
+                    answer,
+                ),
+                RoleOp::AppKeyList if json => output::json(&answer)?,
+                RoleOp::AppKeyList => {
+                    let mut table = output::table(["ID", "STATE", "CREATED", "NAME"]);
+                    for k in answer.as_array().into_iter().flatten() {
+                        let state = if k["revoked"].is_null() {
+                            "valid"
+                        } else {
+                            "revoked"
+                        };
+                        table.add_row(vec![
+                            text(&k["id"]),
+                            state.to_string(),
+                            output::ago_unix_secs(k["created"].as_u64().unwrap_or(0)),
+                            text(&k["name"]),
+                        ]);
                     }
+                    println!("{table}");
                 }
-                KeyVerb::Revoke { id } => {
-                    if !citadel_app::keys::revoke(&db, &id)
-                        .await
-                        .context("revoking")?
-                    {
-                        bail!("no key with id {id}; `citadel app key list` shows them");
-                    }
-                    output::done(
-                        json,
-                        format_args!("revoked {id}"),
-                        serde_json::json!({"revoked": id}),
-                    );
-                }
+                _ => output::done(
+                    json,
+                    format_args!("revoked {}", text(&answer["revoked"])),
+                    answer,
+                ),
             }
         }
         AppVerb::Load {
@@ -144,4 +140,33 @@ pub async fn app(verb: AppVerb, state: &Path, json: bool) -> anyhow::Result<i32>
         }
     }
     Ok(0)
+}
+
+/// API keys, through the db an app jail of this state directory ran with: what `--json`
+/// prints.
+pub async fn operate(state: &Path, op: &RoleOp) -> anyhow::Result<serde_json::Value> {
+    let config = crate::roles::app::running_config(state)?;
+    let db = citadel_app::connect_db(&config)?;
+    match op {
+        RoleOp::AppKeyCreate { name } => {
+            let (key, token) = citadel_app::keys::create(&db, name)
+                .await
+                .context("creating the key")?;
+            Ok(serde_json::json!({"id": key.id, "name": key.name, "token": token}))
+        }
+        RoleOp::AppKeyList => {
+            let keys = citadel_app::keys::list(&db).await.context("listing keys")?;
+            Ok(serde_json::to_value(keys)?)
+        }
+        RoleOp::AppKeyRevoke { id } => {
+            if !citadel_app::keys::revoke(&db, id)
+                .await
+                .context("revoking")?
+            {
+                bail!("no key with id {id}; `citadel app key list` shows them");
+            }
+            Ok(serde_json::json!({"revoked": id}))
+        }
+        other => bail!("not an app verb: {other:?}"),
+    }
 }

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use clap::Subcommand;
 
+use citadel_agent::protocol::RoleOp;
+
 use crate::output;
+use crate::remote::Target;
 use crate::roles::db::member_id;
 
 #[derive(Subcommand)]
@@ -32,14 +35,47 @@ pub enum DbVerb {
     Remove { member: String },
 }
 
-pub async fn db(verb: DbVerb, state: &Path, json: bool) -> anyhow::Result<i32> {
-    if let DbVerb::Run { config } = verb {
-        citadel_db::run(citadel_db::DbConfig::load(&config)?).await?;
-        return Ok(0);
+pub async fn db(verb: DbVerb, target: &Target, json: bool) -> anyhow::Result<i32> {
+    let op = match verb {
+        DbVerb::Run { config } => {
+            citadel_db::run(citadel_db::DbConfig::load(&config)?).await?;
+            return Ok(0);
+        }
+        DbVerb::Status => RoleOp::DbStatus,
+        DbVerb::Add { member } => RoleOp::DbVoter { member, add: true },
+        DbVerb::Remove { member } => RoleOp::DbVoter { member, add: false },
+    };
+    let answer = crate::remote::role(target, &op).await?;
+    match op {
+        _ if json => output::json(&answer)?,
+        RoleOp::DbStatus => {
+            let group: citadel_db::GroupStatus = serde_json::from_value(serde_json::json!({
+                "leader": answer["leader"],
+                "members": answer["members"],
+            }))?;
+            let holders: Vec<&str> = answer["placement"]["held_by"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|h| h.as_str())
+                .collect();
+            print!("{group}");
+            println!(
+                "placement: databases 0-15 on every data member ({}); witnesses hold none",
+                holders.join(", ")
+            );
+        }
+        _ => println!("{}", answer["outcome"].as_str().unwrap_or_default()),
     }
+    Ok(0)
+}
+
+/// `db status` and membership changes, run against this state directory's db jail: what
+/// `--json` prints.
+pub async fn operate(state: &Path, op: &RoleOp) -> anyhow::Result<serde_json::Value> {
     let config = running_config(state)?;
-    match verb {
-        DbVerb::Status => {
+    match op {
+        RoleOp::DbStatus => {
             let group =
                 citadel_db::GroupStatus::from_rows(&citadel_db::cluster_status(&config).await);
             // The placement catalogue: today every data member replicates every database.
@@ -49,48 +85,26 @@ pub async fn db(verb: DbVerb, state: &Path, json: bool) -> anyhow::Result<i32> {
                 .filter(|m| m.kind == citadel_db::Kind::Data)
                 .map(|m| m.name.as_str())
                 .collect();
-            if json {
-                output::json(&serde_json::json!({
-                    "leader": group.leader,
-                    "members": group.members,
-                    "placement": {"databases": "0-15", "held_by": holders},
-                }))?;
-            } else {
-                print!("{group}");
-                println!(
-                    "placement: databases 0-15 on every data member ({}); witnesses hold none",
-                    holders.join(", ")
+            Ok(serde_json::json!({
+                "leader": group.leader,
+                "members": group.members,
+                "placement": {"databases": "0-15", "held_by": holders},
+            }))
+        }
+        RoleOp::DbVoter { member, add } => {
+            let id = member_id(member);
+            if config.member(id).is_none() {
+                let names: Vec<&str> = config.members.iter().map(|m| m.name.as_str()).collect();
+                bail!(
+                    "`{member}` is not a member of the db group (members: {})",
+                    names.join(", ")
                 );
             }
+            let outcome = citadel_db::change_voter(&config, id, *add).await?;
+            Ok(serde_json::json!({"member": member, "voter": add, "outcome": outcome}))
         }
-        DbVerb::Add { member } => change(&config, &member, true, json).await?,
-        DbVerb::Remove { member } => change(&config, &member, false, json).await?,
-        DbVerb::Run { .. } => unreachable!("handled above"),
+        other => bail!("not a db verb: {other:?}"),
     }
-    Ok(0)
-}
-
-async fn change(
-    config: &citadel_db::DbConfig,
-    member: &str,
-    add: bool,
-    json: bool,
-) -> anyhow::Result<()> {
-    let id = member_id(member);
-    if config.member(id).is_none() {
-        let names: Vec<&str> = config.members.iter().map(|m| m.name.as_str()).collect();
-        bail!(
-            "`{member}` is not a member of the db group (members: {})",
-            names.join(", ")
-        );
-    }
-    let outcome = citadel_db::change_voter(config, id, add).await?;
-    output::done(
-        json,
-        &outcome,
-        serde_json::json!({"member": member, "voter": add, "outcome": outcome}),
-    );
-    Ok(())
 }
 
 /// The config of a db jail that has run with this state directory: every member's addresses.

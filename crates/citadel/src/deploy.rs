@@ -35,7 +35,7 @@ pub struct DeployArgs {
 }
 
 /// A plan or apply request that takes longer than this is a host in trouble.
-const ASK: Duration = Duration::from_secs(20);
+pub const ASK: Duration = Duration::from_secs(20);
 
 /// One host's row: its plan, or why it could not be asked.
 #[derive(Serialize)]
@@ -47,30 +47,58 @@ struct Row {
     error: Option<String>,
 }
 
-struct Session {
-    cluster: Cluster,
-    text: String,
+/// The operator's view of the cluster: its file, checked, and the certificate to reach every
+/// host's agent with.
+pub struct Session {
+    pub cluster: Cluster,
+    pub text: String,
+    /// How messages name the file.
+    pub origin: String,
     config: Arc<ClientConfig>,
 }
 
 impl Session {
     fn open(args: &DeployArgs) -> anyhow::Result<Session> {
-        let (cluster, _) = load_cluster(Some(&args.file))?;
-        let text = std::fs::read_to_string(&args.file)
-            .with_context(|| format!("cannot read {}", args.file.display()))?;
+        Session::load(&args.file, &args.dir)
+    }
+
+    /// Reads and checks `file` (an invalid file contacts nobody), and the operator's
+    /// certificate from `dir/pki`.
+    pub fn load(file: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<Session> {
+        let (cluster, origin) = load_cluster(Some(file))?;
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
         Ok(Session {
             cluster,
             text,
-            config: operator_config(&args.dir)?,
+            origin,
+            config: operator_config(dir)?,
         })
     }
 
-    fn agent(&self, host: &str) -> Option<SocketAddr> {
+    pub fn agent(&self, host: &str) -> Option<SocketAddr> {
         self.cluster.agent_addr(self.cluster.host(host)?)
     }
 
+    /// Where `host`'s agent is reached.
+    pub fn endpoint(&self, host: &str) -> anyhow::Result<citadel_agent::control::Endpoint> {
+        if self.cluster.host(host).is_none() {
+            anyhow::bail!("no host `{host}` in {}", self.origin);
+        }
+        let addr = self.agent(host).with_context(|| {
+            format!(
+                "host `{host}` has no agent address (give it `agent = \"ADDR:PORT\"` or an address)"
+            )
+        })?;
+        Ok(citadel_agent::control::Endpoint::Remote {
+            host: host.to_string(),
+            addr,
+            config: self.config.clone(),
+        })
+    }
+
     /// Sends `request` to `host`'s agent, bounded by `limit`.
-    async fn ask<T: serde::de::DeserializeOwned>(
+    pub async fn ask<T: serde::de::DeserializeOwned>(
         &self,
         host: &str,
         request: &Request,
@@ -157,9 +185,9 @@ pub async fn plan(args: DeployArgs, json: bool) -> anyhow::Result<i32> {
 
 /// A gate of the cluster: its host, the jails it balances, and how long one of its checks
 /// takes at most (interval + timeout).
-struct Gate {
-    host: String,
-    members: Vec<String>,
+pub struct Gate {
+    pub host: String,
+    pub members: Vec<String>,
     /// Each service's members.
     services: Vec<Vec<String>>,
     check: Duration,
@@ -176,7 +204,7 @@ impl Gate {
     }
 }
 
-fn gates(cluster: &Cluster) -> Vec<Gate> {
+pub fn gates(cluster: &Cluster) -> Vec<Gate> {
     cluster
         .jails
         .iter()

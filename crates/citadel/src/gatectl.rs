@@ -11,7 +11,10 @@ use citadel_jail::http_request;
 use citadel_spec::units::parse_duration;
 use clap::Subcommand;
 
+use citadel_agent::protocol::RoleOp;
+
 use crate::output;
+use crate::remote::{Target, Where};
 
 #[derive(Subcommand)]
 pub enum GateVerb {
@@ -66,14 +69,13 @@ pub fn run_gate(config: &Path, data: &Path) -> anyhow::Result<()> {
 
 pub async fn gate(
     verb: GateVerb,
-    state: &Path,
+    target: &Target,
     jail: Option<&str>,
     json: bool,
 ) -> anyhow::Result<i32> {
     if let GateVerb::Run { .. } = verb {
         bail!("`citadel gate run` builds its own runtime: main runs it before any other starts");
     }
-    let admin = admin_address(state, jail)?;
     let (method, path, body) = match &verb {
         GateVerb::Ban { net, ttl, reason } => {
             let ttl_secs = match ttl {
@@ -97,15 +99,35 @@ pub async fn gate(
         GateVerb::Backends => ("GET", "/backends".to_string(), None),
         GateVerb::Run { .. } => unreachable!("handled above"),
     };
-    let (status, text) = http_request(admin, method, &path, body, Duration::from_secs(5))
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!("the gate's admin API at {admin}: {e}; is the gate jail running?")
-        })?;
-    if !(200..300).contains(&status) {
-        bail!("the gate refused: {status} {}", text.trim());
-    }
-    let answer: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    // Through the agents: the gate jail named, or the file's only gate.
+    let jail = match (jail, target.resolve()?) {
+        (Some(j), _) => Some(j.to_string()),
+        (None, Where::Local(_)) => None,
+        (None, Where::Cluster(session)) => {
+            let gates: Vec<&str> = session
+                .cluster
+                .jails
+                .iter()
+                .filter(|j| j.role == citadel_spec::Role::Gate && j.command.is_none())
+                .map(|j| j.name.as_str())
+                .collect();
+            match gates.as_slice() {
+                [one] => Some(one.to_string()),
+                [] => bail!("no gate jail in {}", session.origin),
+                _ => bail!(
+                    "several gate jails ({}): name one with --jail",
+                    gates.join(", ")
+                ),
+            }
+        }
+    };
+    let op = RoleOp::Gate {
+        jail,
+        method: method.to_string(),
+        path,
+        body,
+    };
+    let answer = crate::remote::role(target, &op).await?;
     match &verb {
         _ if json && !answer.is_null() => output::json(&answer)?,
         GateVerb::Ban { net, .. } => output::done(
@@ -123,6 +145,30 @@ pub async fn gate(
         GateVerb::Run { .. } => unreachable!("handled above"),
     }
     Ok(0)
+}
+
+/// A call to the admin API of this state directory's gate jail (`jail`, or the only one):
+/// its JSON answer (null when it has none).
+pub async fn operate(state: &Path, op: &RoleOp) -> anyhow::Result<serde_json::Value> {
+    let RoleOp::Gate {
+        jail,
+        method,
+        path,
+        body,
+    } = op
+    else {
+        bail!("not a gate verb: {op:?}");
+    };
+    let admin = admin_address(state, jail.as_deref())?;
+    let (status, text) = http_request(admin, method, path, body.clone(), Duration::from_secs(5))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("the gate's admin API at {admin}: {e}; is the gate jail running?")
+        })?;
+    if !(200..300).contains(&status) {
+        bail!("the gate refused: {status} {}", text.trim());
+    }
+    Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
 }
 
 /// `GET /bans`: `[{"net", "expires_unix_ms", "reason"}]`.

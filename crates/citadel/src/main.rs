@@ -9,6 +9,7 @@ mod gatectl;
 mod ops;
 mod output;
 mod pkictl;
+mod remote;
 mod roles;
 mod serve;
 mod storectl;
@@ -121,34 +122,40 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// The state of every jail, as a table.
-    #[command(after_help = "Examples:\n  citadel status\n  citadel status --json")]
+    /// The state of every jail, as a table (with --file/--dir: every host's, through the
+    /// agents, with each host's generation: BEHIND or UNREACHABLE).
+    #[command(after_help = "Examples:
+  citadel status
+  citadel status --json
+  citadel status --file ./mycluster/citadel.toml --dir ./mycluster")]
     Status {
         #[command(flatten)]
-        state: StateArg,
+        target: remote::Target,
     },
     /// Operate on jails: list, start, stop, restart, logs, exec, clone, archive, restore, destroy.
     #[command(after_help = "Examples:
   citadel jail list
   citadel jail restart app-1
   citadel jail logs -f db-1
-  citadel jail exec app-1 -- env")]
+  citadel jail exec app-1 -- env
+  citadel jail restart app-1 --dir ./mycluster     through the agent of app-1's host")]
     Jail {
         #[command(subcommand)]
         verb: ops::JailVerb,
         #[command(flatten)]
-        state: StateArg,
+        target: remote::Target,
     },
     /// The gate: its bans and backends (and the gate role itself, inside the gate jail).
     #[command(after_help = "Examples:
   citadel gate backends
   citadel gate ban 203.0.113.7 --ttl 1h --reason scanner
-  citadel gate bans")]
+  citadel gate bans
+  citadel gate backends --dir ./mycluster      through the agent of the gate's host")]
     Gate {
         #[command(subcommand)]
         verb: gatectl::GateVerb,
         #[command(flatten)]
-        state: StateArg,
+        target: remote::Target,
         /// Which gate jail, when the cluster has several.
         #[arg(long, global = true)]
         jail: Option<String>,
@@ -157,12 +164,13 @@ enum Command {
     #[command(after_help = "Examples:
   citadel app key create billing
   citadel app key list
+  citadel app key create billing --dir ./mycluster      through an app host's agent
   citadel app load --seconds 30 --key \"$TOKEN\"")]
     App {
         #[command(subcommand)]
         verb: appctl::AppVerb,
         #[command(flatten)]
-        state: StateArg,
+        target: remote::Target,
     },
     /// The S3 small-file store: access keys (and the role itself, inside a store jail).
     #[command(after_help = "Examples:
@@ -179,12 +187,13 @@ enum Command {
     #[command(after_help = "Examples:
   citadel db status
   citadel db status --json | jq .leader
+  citadel db status --dir ./mycluster      through the agent of a host with a db member
   citadel db remove db-2 && citadel db add db-2")]
     Db {
         #[command(subcommand)]
         verb: dbctl::DbVerb,
         #[command(flatten)]
-        state: StateArg,
+        target: remote::Target,
     },
     /// A vote-only member of the db's Raft group (run inside a witness jail).
     #[command(after_help = "Example (what `citadel up` runs in the witness jail):
@@ -365,20 +374,20 @@ fn main() {
             Command::Reload { state } => ops::reload(&state.state, json).await,
             Command::Check { file } => ops::check(file.as_deref(), json),
             Command::Init { dir, force } => ops::init(&dir, force, json),
-            Command::Status { state } => ops::status(&state.state, json).await,
-            Command::Jail { verb, state } => ops::jail(verb, &state.state, json).await,
+            Command::Status { target } => ops::status(&target, json).await,
+            Command::Jail { verb, target } => ops::jail(verb, &target, json).await,
             Command::Serve(args) => serve::run(args).await,
-            Command::App { verb, state } => appctl::app(verb, &state.state, json).await,
+            Command::App { verb, target } => appctl::app(verb, &target, json).await,
             Command::Store { verb, state } => storectl::store(verb, &state.state, json).await,
-            Command::Db { verb, state } => dbctl::db(verb, &state.state, json).await,
+            Command::Db { verb, target } => dbctl::db(verb, &target, json).await,
             Command::Witness {
                 verb: WitnessVerb::Run { config },
             } => {
                 citadel_db::run(citadel_db::DbConfig::load(&config)?).await?;
                 Ok(0)
             }
-            Command::Gate { verb, state, jail } => {
-                gatectl::gate(verb, &state.state, jail.as_deref(), json).await
+            Command::Gate { verb, target, jail } => {
+                gatectl::gate(verb, &target, jail.as_deref(), json).await
             }
             Command::Completions { shell } => {
                 clap_complete::generate(

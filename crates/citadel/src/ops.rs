@@ -8,8 +8,11 @@ use std::time::Duration;
 use crate::output;
 use anyhow::{Context, bail};
 use citadel_agent::ReloadReport;
+use citadel_agent::control::Chunk;
 use citadel_agent::control::call;
-use citadel_agent::protocol::{Created, Identity, Request, StatusReport};
+use citadel_agent::protocol::{Created, Identity, JailReport, Request, StatusReport};
+
+use crate::remote::{At, Target, Where};
 use citadel_jail::{Health, JailPaths, follow_log, tail_log};
 use citadel_spec::units::format_duration;
 use citadel_spec::{BUILTIN, BUILTIN_ORIGIN, Backend, Capabilities, Cluster, Role};
@@ -148,12 +151,24 @@ pub async fn reload(state: &Path, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-pub async fn status(state: &Path, json: bool) -> anyhow::Result<i32> {
-    let report: StatusReport = call(state, &Request::Status).await?;
-    if json {
-        output::json(&report)?;
-    } else {
-        print_status(&report);
+pub async fn status(target: &Target, json: bool) -> anyhow::Result<i32> {
+    match target.resolve()? {
+        Where::Local(state) => {
+            let report: StatusReport = call(&state, &Request::Status).await?;
+            if json {
+                output::json(&report)?;
+            } else {
+                print_status(&report);
+            }
+        }
+        Where::Cluster(session) => {
+            let status = crate::remote::cluster_status(&session).await;
+            if json {
+                output::json(&status)?;
+            } else {
+                crate::remote::print_cluster_status(&status);
+            }
+        }
     }
     Ok(0)
 }
@@ -169,6 +184,20 @@ fn health_text(health: &Health, has_check: bool, running: bool) -> String {
 }
 
 pub fn print_status(report: &StatusReport) {
+    println!(
+        "cluster {} (zone {}) from {}",
+        report.cluster, report.zone, report.file
+    );
+    println!("{}", jail_table(&report.jails));
+    for j in &report.jails {
+        if let Some(e) = &j.error {
+            println!("{}: {e}", j.name);
+        }
+    }
+}
+
+/// The jails as `status` shows them, one row each.
+pub fn jail_table(jails: &[JailReport]) -> comfy_table::Table {
     let mut table = output::table([
         "JAIL",
         "HOST",
@@ -182,7 +211,7 @@ pub fn print_status(report: &StatusReport) {
         "LAST EXIT",
         "HEALTH",
     ]);
-    for j in &report.jails {
+    for j in jails {
         let state = j.state.to_string();
         table.add_row(vec![
             j.name.clone(),
@@ -202,16 +231,7 @@ pub fn print_status(report: &StatusReport) {
             health_text(&j.health, j.has_health_check, j.pid.is_some()),
         ]);
     }
-    println!(
-        "cluster {} (zone {}) from {}",
-        report.cluster, report.zone, report.file
-    );
-    println!("{table}");
-    for j in &report.jails {
-        if let Some(e) = &j.error {
-            println!("{}: {e}", j.name);
-        }
-    }
+    table
 }
 
 #[derive(Subcommand)]
@@ -283,43 +303,52 @@ pub enum JailVerb {
     #[command(after_help = "Examples:
   citadel jail move app-1 server-2 --file ./mycluster/citadel.toml --dir ./mycluster
   citadel jail move db-1 server-2 --timeout 2m")]
+    /// `--file` (default: DIR/citadel.toml) is rewritten with the jail's new host once it
+    /// runs there.
     Move {
         jail: String,
         /// The host to move it to.
         host: String,
-        /// The cluster file the hosts run (default: DIR/citadel.toml); rewritten with the
-        /// jail's new host once it runs there.
-        #[arg(long)]
-        file: Option<PathBuf>,
-        /// Where `citadel init` wrote `pki/` (the CA and your certificate).
-        #[arg(long, default_value = ".")]
-        dir: PathBuf,
         /// How long the jail may take to be healthy on the target and back in rotation.
         #[arg(long, default_value = "60s", value_parser = crate::deploy::parse_timeout)]
         timeout: Duration,
     },
 }
 
-pub async fn jail(verb: JailVerb, state: &Path, json: bool) -> anyhow::Result<i32> {
+pub async fn jail(verb: JailVerb, target: &Target, json: bool) -> anyhow::Result<i32> {
+    if let JailVerb::Move {
+        jail,
+        host,
+        timeout,
+    } = verb
+    {
+        let (file, dir) = (target.file(), target.dir());
+        return crate::deploy::move_jail(&jail, &host, &file, &dir, timeout, json).await;
+    }
+    let place = target.resolve()?;
     match verb {
-        JailVerb::Move {
-            jail,
-            host,
-            file,
-            dir,
-            timeout,
-        } => {
-            let file = file.unwrap_or_else(|| dir.join("citadel.toml"));
-            return crate::deploy::move_jail(&jail, &host, &file, &dir, timeout, json).await;
-        }
+        JailVerb::Move { .. } => unreachable!("handled above"),
         JailVerb::List => {
-            let report: StatusReport = call(state, &Request::Status).await?;
+            let jails = match &place {
+                Where::Local(state) => call::<StatusReport>(state, &Request::Status).await?.jails,
+                Where::Cluster(session) => {
+                    let status = crate::remote::cluster_status(session).await;
+                    for h in status.hosts.iter().filter(|h| h.error.is_some()) {
+                        eprintln!(
+                            "warning: {} not listed: {}",
+                            h.host,
+                            h.error.as_deref().unwrap_or("?")
+                        );
+                    }
+                    status.jails
+                }
+            };
             if json {
-                output::json(&report.jails)?;
+                output::json(&jails)?;
             } else {
                 let mut table =
                     output::table(["JAIL", "HOST", "ROLE", "ADDRESSES", "STATE", "SOURCE"]);
-                for j in &report.jails {
+                for j in &jails {
                     table.add_row(vec![
                         j.name.clone(),
                         j.host.clone(),
@@ -337,65 +366,89 @@ pub async fn jail(verb: JailVerb, state: &Path, json: bool) -> anyhow::Result<i3
             }
         }
         JailVerb::Start { jail } => {
-            call::<()>(state, &Request::Start { jail: jail.clone() }).await?;
+            let at = At::of(&place, &jail).await?;
+            at.call::<()>(&Request::Start { jail: jail.clone() })
+                .await?;
+            at.drain_elsewhere(&jail, false).await;
             done(json, "started", &jail, None);
         }
         JailVerb::Stop { jail } => {
-            call::<()>(state, &Request::Stop { jail: jail.clone() }).await?;
+            let at = At::of(&place, &jail).await?;
+            at.drain_elsewhere(&jail, true).await;
+            at.call::<()>(&Request::Stop { jail: jail.clone() }).await?;
             done(json, "stopped", &jail, None);
         }
         JailVerb::Restart { jail } => {
-            call::<()>(state, &Request::Restart { jail: jail.clone() }).await?;
+            let at = At::of(&place, &jail).await?;
+            at.drain_elsewhere(&jail, true).await;
+            let restarted = at
+                .call::<()>(&Request::Restart { jail: jail.clone() })
+                .await;
+            at.drain_elsewhere(&jail, false).await;
+            restarted?;
             done(json, "restarted", &jail, None);
         }
         JailVerb::Logs {
             jail,
             follow,
             lines,
-        } => {
-            let log = JailPaths::new(state, &jail).console_log();
-            if !log.exists() {
-                bail!(
-                    "jail `{jail}` has no log at {} (never started, or another --state)",
-                    log.display()
-                );
+        } => match &place {
+            // On the jail's host the CLI reads the log itself (also with no agent running).
+            Where::Local(state) => {
+                let log = JailPaths::new(state, &jail).console_log();
+                if !log.exists() {
+                    bail!(
+                        "jail `{jail}` has no log at {} (never started, or another --state)",
+                        log.display()
+                    );
+                }
+                let mut out = std::io::stdout().lock();
+                out.write_all(&tail_log(&log, lines)?)?;
+                out.flush()?;
+                if follow {
+                    let _ = follow_log(&log, out).await;
+                }
             }
-            let mut out = std::io::stdout().lock();
-            out.write_all(&tail_log(&log, lines)?)?;
-            out.flush()?;
-            if follow {
-                let _ = follow_log(&log, out).await;
+            Where::Cluster(_) => {
+                let at = At::of(&place, &jail).await?;
+                let request = Request::Logs {
+                    jail: jail.clone(),
+                    lines,
+                    follow,
+                };
+                at.stream(&request, None, relay).await?;
             }
-        }
+        },
         JailVerb::Exec { jail, command } => {
-            let id: Identity = call(state, &Request::Identity { jail: jail.clone() }).await?;
             let (program, args) = command.split_first().context("no command given")?;
-            let mut cmd = match id.netns_pid {
-                None => std::process::Command::new(program),
-                // A netns jail: enter its namespaces (nsenter forks, so the command is in
-                // the jail's PID namespace too).
-                Some(pid) => {
-                    let mut c = std::process::Command::new("nsenter");
-                    c.arg(format!("--target={pid}"))
-                        .args(["--net", "--mount", "--uts", "--ipc", "--pid"])
-                        .arg(format!("--wd={}", id.cwd.display()))
-                        .arg("--")
-                        .arg(program);
-                    join_cgroups(&mut c, &id.cgroup_procs)?;
-                    c
+            let code = match &place {
+                // Here, the command runs in this process's terminal (an interactive shell
+                // works); through an agent it runs there, its stdin and output relayed.
+                Where::Local(state) => {
+                    let id: Identity =
+                        call(state, &Request::Identity { jail: jail.clone() }).await?;
+                    let status = citadel_agent::exec::command(&id, program, args)
+                        .with_context(|| format!("jail `{jail}`"))?
+                        .status()
+                        .with_context(|| format!("jail `{jail}`: cannot run {program}"))?;
+                    citadel_agent::exec::exit_code(status)
+                }
+                Where::Cluster(_) => {
+                    let at = At::of(&place, &jail).await?;
+                    // Piped or redirected stdin goes to the command; a terminal's does not
+                    // (there is no terminal at the other end).
+                    let stdin = !std::io::IsTerminal::is_terminal(&std::io::stdin());
+                    let request = Request::Exec {
+                        jail: jail.clone(),
+                        command: command.clone(),
+                        stdin,
+                    };
+                    let input: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>> =
+                        stdin.then(|| Box::new(tokio::io::stdin()) as _);
+                    at.stream(&request, input, relay).await?
                 }
             };
-            let status = cmd
-                .args(args)
-                .env_clear()
-                .envs(&id.env)
-                .current_dir(&id.cwd)
-                .status()
-                .with_context(|| format!("jail `{jail}`: cannot run {program}"))?;
-            use std::os::unix::process::ExitStatusExt;
-            return Ok(status
-                .code()
-                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)));
+            return Ok(code);
         }
         JailVerb::Clone {
             source,
@@ -409,18 +462,50 @@ pub async fn jail(verb: JailVerb, state: &Path, json: bool) -> anyhow::Result<i3
                 })?;
                 map.insert(seg.to_string(), addr.to_string());
             }
-            let created: Created = call(
-                state,
-                &Request::Clone {
+            let at = At::of(&place, &source).await?;
+            let created: Created = at
+                .call(&Request::Clone {
                     source: source.clone(),
                     name,
                     addresses: map,
-                },
-            )
-            .await?;
+                })
+                .await?;
             print_created(&created, &format!("cloned from {source}"), json)?;
         }
+        JailVerb::Archive { jail, file } if matches!(place, Where::Cluster(_)) => {
+            // Made on the jail's host, streamed here.
+            let at = At::of(&place, &jail).await?;
+            let partial = file.with_extension("partial");
+            let mut out = std::fs::File::create(&partial)
+                .with_context(|| format!("cannot create {}", partial.display()))?;
+            let mut bytes = 0u64;
+            let got = at
+                .stream(&Request::ArchiveOut { jail: jail.clone() }, None, |chunk| {
+                    if let Chunk::Out(b) = chunk {
+                        out.write_all(&b)?;
+                        bytes += b.len() as u64;
+                    }
+                    Ok(())
+                })
+                .await
+                .and_then(|_| Ok(out.sync_all()?));
+            if let Err(e) = got {
+                let _ = std::fs::remove_file(&partial);
+                return Err(e);
+            }
+            std::fs::rename(&partial, &file)
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            done(
+                json,
+                "archived",
+                &jail,
+                Some(serde_json::json!({"file": absolute(&file)?, "bytes": bytes})),
+            );
+        }
         JailVerb::Archive { jail, file } => {
+            let Where::Local(state) = &place else {
+                unreachable!("matched above")
+            };
             let file = absolute(&file)?;
             let bytes: u64 = call(
                 state,
@@ -437,7 +522,39 @@ pub async fn jail(verb: JailVerb, state: &Path, json: bool) -> anyhow::Result<i3
                 Some(serde_json::json!({"file": file, "bytes": bytes})),
             );
         }
+        JailVerb::Restore { file, name, host } if matches!(place, Where::Cluster(_)) => {
+            // Sent from here to the named host's agent, restored there.
+            let Where::Cluster(session) = &place else {
+                unreachable!("matched above")
+            };
+            let Some(host) = host else {
+                bail!(
+                    "through the agents, name the host to restore it on with --host (one of: {})",
+                    session
+                        .cluster
+                        .hosts
+                        .iter()
+                        .map(|h| h.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            };
+            let (bytes, sha256) = citadel_agent::control::file_digest(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let at = At::on_host(session, &host)?;
+            let request = Request::RestoreIn {
+                name,
+                host: Some(host.clone()),
+                bytes,
+                sha256,
+            };
+            let created: Created = at.send_file(&request, &file).await?;
+            print_created(&created, &format!("restored from {}", file.display()), json)?;
+        }
         JailVerb::Restore { file, name, host } => {
+            let Where::Local(state) = &place else {
+                unreachable!("matched above")
+            };
             let file = absolute(&file)?;
             let created: Created = call(
                 state,
@@ -451,7 +568,8 @@ pub async fn jail(verb: JailVerb, state: &Path, json: bool) -> anyhow::Result<i3
             print_created(&created, &format!("restored from {}", file.display()), json)?;
         }
         JailVerb::Destroy { jail } => {
-            let in_file: bool = call(state, &Request::Destroy { jail: jail.clone() }).await?;
+            let at = At::of(&place, &jail).await?;
+            let in_file: bool = at.call(&Request::Destroy { jail: jail.clone() }).await?;
             done(
                 json,
                 "destroyed",
@@ -466,6 +584,19 @@ pub async fn jail(verb: JailVerb, state: &Path, json: bool) -> anyhow::Result<i3
         }
     }
     Ok(0)
+}
+
+/// Writes a streamed chunk of a jail's output where it belongs: stdout or stderr.
+fn relay(chunk: Chunk) -> std::io::Result<()> {
+    match chunk {
+        Chunk::Out(bytes) => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&bytes)?;
+            out.flush()
+        }
+        Chunk::Err(bytes) => std::io::stderr().lock().write_all(&bytes),
+        Chunk::End(_) => Ok(()),
+    }
 }
 
 /// Reports a finished verb: a sentence, or with --json an object.
@@ -500,33 +631,4 @@ fn print_created(c: &Created, how: &str, json: bool) -> anyhow::Result<()> {
 /// The agent may run in another directory: send it absolute paths.
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(p).with_context(|| format!("cannot resolve {}", p.display()))
-}
-
-/// Makes the command (and so everything it starts) join a netns jail's cgroups before it runs,
-/// so `exec` is held to the jail's limits. The paths are made C strings first: between fork
-/// and exec nothing may allocate.
-fn join_cgroups(cmd: &mut std::process::Command, procs: &[PathBuf]) -> anyhow::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::process::CommandExt;
-    let paths: Vec<std::ffi::CString> = procs
-        .iter()
-        .map(|p| std::ffi::CString::new(p.as_os_str().as_bytes()))
-        .collect::<Result<_, _>>()
-        .context("a cgroup path has a NUL byte")?;
-    // SAFETY: open/write/close only, on memory prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            for p in &paths {
-                let fd = nix::fcntl::open(
-                    p.as_c_str(),
-                    nix::fcntl::OFlag::O_WRONLY,
-                    nix::sys::stat::Mode::empty(),
-                )?;
-                // "0" is the writing process itself.
-                nix::unistd::write(&fd, b"0")?;
-            }
-            Ok(())
-        });
-    }
-    Ok(())
 }

@@ -79,14 +79,14 @@ pub async fn cluster_status(cfg: &DbConfig) -> Vec<(Member, Result<net::NodeStat
 
 /// The group as the operator sees it (`citadel db status`): the leader by name, and each
 /// member's Raft state with its lag behind the leader.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct GroupStatus {
     /// The member that reports itself leader in the highest term, if any answers so.
     pub leader: Option<LeaderRef>,
     pub members: Vec<MemberStatus>,
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct LeaderRef {
     pub name: String,
     pub id: u64,
@@ -95,7 +95,7 @@ pub struct LeaderRef {
     pub redis: Option<std::net::SocketAddr>,
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct MemberStatus {
     pub name: String,
     pub id: u64,

@@ -135,38 +135,37 @@ impl Runtime {
             return Err(e);
         }
         let file = self.incoming(name);
-        let dir = file.parent().unwrap_or(&self.state_dir).to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-        let partial = file.with_extension("partial");
-        let mut out = tokio::fs::File::create(&partial)
-            .await
-            .map_err(io(format!("creating {}", partial.display())))?;
-        let mut hashing = Hashing {
-            out: &mut out,
-            hash: sha2::Sha256::new(),
-        };
-        let got = crate::control::read_frames(body, &mut hashing, bytes)
-            .await
-            .map_err(io(format!("receiving the archive of `{name}`")))?;
-        let digest: String = hashing
-            .hash
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        out.flush()
-            .await
-            .map_err(io(format!("writing {}", partial.display())))?;
-        out.sync_all()
-            .await
-            .map_err(io(format!("writing {}", partial.display())))?;
-        if got != bytes || digest != sha256 {
-            let _ = std::fs::remove_file(&partial);
-            return Err(RuntimeError::Invalid(format!(
-                "the archive of `{name}` arrived damaged ({got} of {bytes} bytes, sha256 {digest} instead of {sha256})"
-            )));
-        }
-        std::fs::rename(&partial, &file).map_err(io(format!("storing {}", file.display())))
+        store_frames(
+            body,
+            bytes,
+            sha256,
+            &file,
+            &format!("the archive of `{name}`"),
+        )
+        .await
+    }
+
+    /// `jail restore` from another machine: the archive follows as frames (`bytes`,
+    /// `sha256` in all); stored, checked, restored here as `restore` does, then deleted.
+    pub async fn restore_upload<R: AsyncRead + Unpin>(
+        &self,
+        body: &mut R,
+        bytes: u64,
+        sha256: &str,
+        name: Option<&str>,
+        host: Option<&str>,
+    ) -> Result<Created, RuntimeError> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let file = self
+            .state_dir
+            .join("incoming")
+            .join(format!("restore-{nanos}.tar.gz"));
+        store_frames(body, bytes, sha256, &file, "the archive to restore").await?;
+        let restored = self.restore(&file, name, host).await;
+        let _ = std::fs::remove_file(&file);
+        restored
     }
 
     /// Target side: restores the received `name` on this host — its name, addresses and data
@@ -299,6 +298,49 @@ impl Runtime {
 }
 
 /// Writes through to a file while hashing what passes.
+/// Reads an archive sent as frames into `file` (through `file.partial`, fsynced), refused
+/// unless it is `bytes` long with this `sha256`.
+async fn store_frames<R: AsyncRead + Unpin>(
+    body: &mut R,
+    bytes: u64,
+    sha256: &str,
+    file: &Path,
+    what: &str,
+) -> Result<(), RuntimeError> {
+    let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+    std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+    let partial = file.with_extension("partial");
+    let mut out = tokio::fs::File::create(&partial)
+        .await
+        .map_err(io(format!("creating {}", partial.display())))?;
+    let mut hashing = Hashing {
+        out: &mut out,
+        hash: sha2::Sha256::new(),
+    };
+    let got = crate::control::read_frames(body, &mut hashing, bytes)
+        .await
+        .map_err(io(format!("receiving {what}")))?;
+    let digest: String = hashing
+        .hash
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    out.flush()
+        .await
+        .map_err(io(format!("writing {}", partial.display())))?;
+    out.sync_all()
+        .await
+        .map_err(io(format!("writing {}", partial.display())))?;
+    if got != bytes || digest != sha256 {
+        let _ = std::fs::remove_file(&partial);
+        return Err(RuntimeError::Invalid(format!(
+            "{what} arrived damaged ({got} of {bytes} bytes, sha256 {digest} instead of {sha256})"
+        )));
+    }
+    std::fs::rename(&partial, file).map_err(io(format!("storing {}", file.display())))
+}
+
 struct Hashing<'a> {
     out: &'a mut tokio::fs::File,
     hash: sha2::Sha256,

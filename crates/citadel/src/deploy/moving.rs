@@ -74,6 +74,7 @@ pub async fn move_jail(
     let session = Arc::new(Session {
         cluster,
         text,
+        origin: origin.clone(),
         config: config.clone(),
     });
 
@@ -178,6 +179,7 @@ pub async fn move_jail(
     let next_session = Arc::new(Session {
         cluster: next,
         text: next_text,
+        origin: origin.clone(),
         config,
     });
     let (outcome, hosts) = apply_session(&next_session, json, timeout).await?;

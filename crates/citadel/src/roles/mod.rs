@@ -7,6 +7,7 @@ pub mod db;
 pub mod gate;
 pub mod store;
 
+use citadel_agent::protocol::RoleOp;
 use citadel_agent::{BoxFuture, Roles};
 use citadel_jail::JailPaths;
 use citadel_spec::{Cluster, Jail, Role};
@@ -58,6 +59,29 @@ impl Roles for BuiltinRoles {
         jail: &'a Jail,
     ) -> BoxFuture<'a, Option<bool>> {
         Box::pin(gate::in_rotation(&self.state_dir, cluster, jail))
+    }
+
+    fn operate<'a>(&'a self, op: &'a RoleOp) -> BoxFuture<'a, Result<serde_json::Value, String>> {
+        Box::pin(async move {
+            operate(&self.state_dir, op)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
+    }
+}
+
+/// A role's operator verb against this state directory's jail of that role (the agent runs
+/// it for an operator elsewhere; the CLI runs it itself on the jail's host).
+pub async fn operate(
+    state_dir: &std::path::Path,
+    op: &RoleOp,
+) -> anyhow::Result<serde_json::Value> {
+    match op {
+        RoleOp::DbStatus | RoleOp::DbVoter { .. } => crate::dbctl::operate(state_dir, op).await,
+        RoleOp::Gate { .. } => crate::gatectl::operate(state_dir, op).await,
+        RoleOp::AppKeyCreate { .. } | RoleOp::AppKeyList | RoleOp::AppKeyRevoke { .. } => {
+            crate::appctl::operate(state_dir, op).await
+        }
     }
 }
 
