@@ -340,6 +340,11 @@ pub fn format_double(d: f64) -> String {
 /// C's `%.17g`, which Redis 7.0 uses for scores: 17 significant digits, trailing zeros
 /// dropped, exponent form below 1e-4 and from 1e17.
 pub fn format_g17(d: f64) -> String {
+    format_g(d, 17)
+}
+
+/// C's `%.{precision}g`.
+pub fn format_g(d: f64, precision: usize) -> String {
     if d.is_infinite() {
         return if d > 0.0 { "inf".into() } else { "-inf".into() };
     }
@@ -353,7 +358,8 @@ pub fn format_g17(d: f64) -> String {
             "0".into()
         };
     }
-    let sci = format!("{d:.16e}");
+    let p = precision.max(1);
+    let sci = format!("{d:.prec$e}", prec = p - 1);
     let (mant, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
     let exp: i32 = exp.parse().unwrap_or(0);
     let trim = |s: &str| -> String {
@@ -363,11 +369,11 @@ pub fn format_g17(d: f64) -> String {
             s.to_string()
         }
     };
-    if !(-4..17).contains(&exp) {
+    if exp < -4 || exp >= p as i32 {
         let sign = if exp < 0 { '-' } else { '+' };
         format!("{}e{sign}{:02}", trim(mant), exp.abs())
     } else {
-        let decimals = (16 - exp).max(0) as usize;
+        let decimals = (p as i32 - 1 - exp).max(0) as usize;
         trim(&format!("{d:.decimals$}"))
     }
 }

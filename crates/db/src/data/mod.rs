@@ -14,6 +14,7 @@ mod hash;
 mod hll;
 mod keyspace;
 mod list;
+mod lualibs;
 pub mod script;
 mod set;
 mod sort;

@@ -169,6 +169,7 @@ pub fn run_with(
             }
             Ok(t)
         };
+        super::lualibs::install(&lua)?;
         g.raw_set("KEYS", strings(keys)?)?;
         g.raw_set("ARGV", strings(args)?)?;
         let redis = lua.create_table()?;
@@ -361,13 +362,22 @@ fn to_lua(lua: &Lua, r: Reply) -> mlua::Result<LuaValue> {
 }
 
 /// Redis's conversion of a script's result.
+/// How deep a script's returned tables may nest: past it, Redis's "reached lua stack limit"
+/// error stands in for the rest (a table that contains itself would nest forever).
+const MAX_REPLY_DEPTH: usize = 1000;
+
 fn from_lua(v: LuaValue) -> Reply {
+    from_lua_at(v, 0)
+}
+
+fn from_lua_at(v: LuaValue, depth: usize) -> Reply {
     match v {
         LuaValue::Nil | LuaValue::Boolean(false) => Reply::Nil,
         LuaValue::Boolean(true) => Reply::Int(1),
         LuaValue::Integer(i) => Reply::Int(i),
         LuaValue::Number(n) => Reply::Int(n as i64),
         LuaValue::String(s) => Reply::Bulk(s.as_bytes().to_vec()),
+        LuaValue::Table(_) if depth >= MAX_REPLY_DEPTH => Reply::err("ERR reached lua stack limit"),
         LuaValue::Table(t) => {
             if let Ok(LuaValue::String(e)) = t.raw_get::<LuaValue>("err") {
                 return Reply::Error(e.to_string_lossy());
@@ -379,7 +389,7 @@ fn from_lua(v: LuaValue) -> Reply {
             for i in 1.. {
                 match t.raw_get::<LuaValue>(i) {
                     Ok(LuaValue::Nil) | Err(_) => break,
-                    Ok(v) => out.push(from_lua(v)),
+                    Ok(v) => out.push(from_lua_at(v, depth + 1)),
                 }
             }
             Reply::Array(out)
