@@ -124,6 +124,7 @@ struct Slot {
 struct Inner {
     members: Members,
     redis: RedisConnectionInfo,
+    tcp: redis::io::tcp::TcpSettings,
     conn_config: AsyncConnectionConfig,
     connect_timeout: Duration,
     budget: Duration,
@@ -195,6 +196,13 @@ impl Db {
         if let Some(pw) = &cfg.password {
             redis = redis.set_password(pw);
         }
+        // No delayed small writes; and a member whose box is gone (no FIN, no RST) is given
+        // up once it leaves what we sent unacknowledged for a connect timeout, instead of a
+        // whole response timeout: the request then goes to another member (the request id
+        // keeps it exactly-once). A member that is alive but slow acknowledges at once.
+        let tcp = redis::io::tcp::TcpSettings::default()
+            .set_nodelay(true)
+            .set_user_timeout(cfg.connect_timeout());
         let conn_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(cfg.connect_timeout()))
             .set_response_timeout(Some(cfg.response_timeout()));
@@ -204,6 +212,7 @@ impl Db {
             inner: Arc::new(Inner {
                 members,
                 redis,
+                tcp,
                 conn_config,
                 connect_timeout: cfg.connect_timeout(),
                 budget: cfg.retry_budget(),
@@ -233,7 +242,9 @@ impl Db {
         for i in 0..n {
             let (host, port) = &members[(first + i) % n];
             let info = match ConnectionAddr::Tcp(host.clone(), *port).into_connection_info() {
-                Ok(info) => info.set_redis_settings(inner.redis.clone()),
+                Ok(info) => info
+                    .set_redis_settings(inner.redis.clone())
+                    .set_tcp_settings(inner.tcp.clone()),
                 Err(e) => {
                     last_err = format!("{host}:{port}: {e}");
                     continue;

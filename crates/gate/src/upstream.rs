@@ -104,6 +104,12 @@ async fn connect(
         Err(_) => return Err(UpstreamError::ConnectTimeout(addr, timeout)),
     };
     let _ = stream.set_nodelay(true);
+    // A member whose box lost power or its link sends no FIN and no RST: without this a
+    // request written to it would wait out the whole response timeout (30 s by default).
+    // With it, data the member's kernel leaves unacknowledged for a connect timeout fails the
+    // connection, and a replayable request goes to another member at once. A live member that
+    // is merely slow still acknowledges at once, so this never cuts a slow answer short.
+    let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(timeout));
     let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
