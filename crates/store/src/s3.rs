@@ -23,7 +23,7 @@ use crate::stats::{Stats, bump};
 pub struct Store {
     pub db: Arc<Db>,
     pub blocks: BlockStore,
-    /// The other disks: the peer's, and the spare's while the peer is down.
+    /// Every server's disk (where each block's copies go: `placement`) and the spare's.
     pub remote: Arc<Replicas>,
     pub region: String,
     pub stats: Arc<Stats>,
@@ -111,42 +111,40 @@ impl Store {
         }
     }
 
-    /// One block on this server's disk and the peer's (the spare's while the peer is
-    /// down), both fsynced, before returning.
+    /// One block on the disks of its two placed servers (`placement`; a fallback for one
+    /// that is down: the next server, then the spare), fsynced, before returning.
     async fn write_block(&self, data: Bytes) -> Result<String, Error> {
         let hash = hash_of(&data);
-        let (a, b) = tokio::join!(
-            self.blocks.put(&hash, data.clone()),
-            self.remote.put(&hash, data)
-        );
-        a?;
-        b?;
+        self.remote.put(&hash, data, &self.blocks).await?;
         Ok(hash)
     }
 
-    /// The local copy, else the peer's, which then replaces the missing or rotten local
-    /// one (read repair) without delaying the reply.
+    /// The local copy, else another server's (placed ones first). When this server is one
+    /// of the block's placed holders, that copy then replaces its missing or rotten one
+    /// (read repair) without delaying the reply.
     async fn read_block(&self, hash: &str) -> Result<Bytes, Error> {
         if let Some(b) = self.blocks.get(hash).await? {
             return Ok(b);
         }
         if let Some(b) = self.remote.get(hash).await? {
-            let (me, hash, copy) = (self.clone(), hash.to_string(), b.clone());
-            tokio::spawn(async move {
-                match me.blocks.repair(&hash, copy).await {
-                    Ok(()) => bump(&me.stats.read_repairs, 1),
-                    Err(e) => tracing::warn!(error = %e, block = %hash, "read repair failed"),
-                }
-            });
+            if self.remote.placed_here(hash) {
+                let (me, hash, copy) = (self.clone(), hash.to_string(), b.clone());
+                tokio::spawn(async move {
+                    match me.blocks.repair(&hash, copy).await {
+                        Ok(()) => bump(&me.stats.read_repairs, 1),
+                        Err(e) => tracing::warn!(error = %e, block = %hash, "read repair failed"),
+                    }
+                });
+            }
             return Ok(b);
         }
-        Err(Error::Io(format!("block {hash} is on neither server")))
+        Err(Error::Io(format!("block {hash} is on no server")))
     }
 
     /// Makes sure GC cannot have taken, nor take, the blocks a metadata commit is about to
     /// name (the rule is in `gc`): a writer that started less than a quarter of the grace
     /// ago may commit; a slower one (or `always`, for a copy of old blocks) touches every
-    /// block on both servers first, and fails if one is gone.
+    /// copy of every block first, and fails if a block has fewer than two copies left.
     pub(crate) async fn keep_blocks(
         &self,
         blocks: &[String],
@@ -159,9 +157,12 @@ impl Store {
         let mut names = blocks.to_vec();
         names.sort();
         names.dedup();
-        let (local, peer) =
-            tokio::join!(self.blocks.touch(names.clone()), self.remote.touch(&names));
-        let gone = local.map_err(internal)?.len() + peer.map_err(internal)?.len();
+        let gone = self
+            .remote
+            .touch(&names, &self.blocks)
+            .await
+            .map_err(internal)?
+            .len();
         if gone > 0 {
             return Err(s3_error!(
                 ServiceUnavailable,
