@@ -12,8 +12,11 @@ use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 use serde::{Deserialize, Serialize};
 
-use crate::meta::{HttpHeaders, ObjectMeta, now_secs, objects_key};
-use crate::s3::{BodyChecks, Store, check_content_md5, internal, part_checksums, quoted, ts};
+use crate::meta::{Checksums, HttpHeaders, ObjectMeta, now_secs, objects_key};
+use crate::s3::{
+    BodyChecks, Store, check_conditions, check_content_md5, internal, part_checksums, quoted,
+    set_checksums, ts,
+};
 
 /// S3's smallest part (all parts but the last).
 pub const MIN_PART: u64 = 5 * 1024 * 1024;
@@ -35,6 +38,13 @@ pub struct Upload {
     pub user_meta: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "HttpHeaders::is_empty")]
     pub headers: HttpHeaders,
+    /// The checksum algorithm the upload was created with (`SHA256`…) and its type
+    /// (`COMPOSITE`, the default, or `FULL_OBJECT`): Complete then stores the object's
+    /// checksum made of its parts' (COMPOSITE only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_algorithm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_type: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,6 +54,58 @@ pub struct PartMeta {
     pub modified: i64,
     pub blocks: Vec<String>,
     pub block_sizes: Vec<u64>,
+    /// The part's verified x-amz-checksum-* values.
+    #[serde(default, skip_serializing_if = "Checksums::is_empty")]
+    pub checksums: Checksums,
+}
+
+/// A multipart object's COMPOSITE checksum: the algorithm over its parts' raw checksums,
+/// concatenated, then `-<parts>` (S3's "checksum of checksums"). `None` when a part has no
+/// checksum of that algorithm, or for CRC64NVME (full-object only).
+fn composite(alg: &str, parts: &[&Checksums]) -> Option<String> {
+    use s3s::crypto::Checksum as _;
+    let mut raw = Vec::new();
+    for p in parts {
+        raw.extend(base64_simd::STANDARD.decode_to_vec(p.get(alg)?).ok()?);
+    }
+    let digest: Vec<u8> = match alg {
+        "SHA256" => s3s::crypto::Sha256::checksum(&raw).as_ref().to_vec(),
+        "SHA1" => s3s::crypto::Sha1::checksum(&raw).as_ref().to_vec(),
+        "CRC32" => s3s::crypto::Crc32::checksum(&raw).as_ref().to_vec(),
+        "CRC32C" => s3s::crypto::Crc32c::checksum(&raw).as_ref().to_vec(),
+        _ => return None,
+    };
+    Some(format!(
+        "{}-{}",
+        base64_simd::STANDARD.encode_to_string(digest),
+        parts.len()
+    ))
+}
+
+/// The `x-amz-copy-source-range` of an UploadPartCopy: `bytes=first-last` within the source.
+fn copy_range(r: &str, size: u64) -> S3Result<std::ops::Range<u64>> {
+    let bad = || {
+        s3_error!(
+            InvalidArgument,
+            "x-amz-copy-source-range must be bytes=first-last"
+        )
+    };
+    let (first, last) = r
+        .strip_prefix("bytes=")
+        .and_then(|r| r.split_once('-'))
+        .ok_or_else(bad)?;
+    let first: u64 = first.parse().map_err(|_| bad())?;
+    let last: u64 = last.parse().map_err(|_| bad())?;
+    if first > last {
+        return Err(bad());
+    }
+    if last >= size {
+        return Err(s3_error!(
+            InvalidRange,
+            "the range {first}-{last} is not within the source's {size} bytes"
+        ));
+    }
+    Ok(first..last + 1)
 }
 
 impl Store {
@@ -85,7 +147,19 @@ impl Store {
             headers: crate::s3::headers_of!(i),
             content_type: i.content_type.map(|c| c.to_string()),
             user_meta: i.metadata.unwrap_or_default().into_iter().collect(),
+            checksum_algorithm: i
+                .checksum_algorithm
+                .as_ref()
+                .map(|a| a.as_str().to_ascii_uppercase()),
+            checksum_type: i.checksum_type.as_ref().map(|t| t.as_str().to_string()),
         };
+        let checksum_type = up.checksum_algorithm.as_ref().map(|_| {
+            ChecksumType::from(
+                up.checksum_type
+                    .clone()
+                    .unwrap_or_else(|| ChecksumType::COMPOSITE.to_string()),
+            )
+        });
         self.db
             .hset_json(&uploads_key(&i.bucket), &id, &up)
             .await
@@ -94,6 +168,8 @@ impl Store {
             bucket: Some(i.bucket),
             key: Some(i.key),
             upload_id: Some(id),
+            checksum_algorithm: up.checksum_algorithm.map(ChecksumAlgorithm::from),
+            checksum_type,
             ..Default::default()
         }))
     }
@@ -117,13 +193,73 @@ impl Store {
             modified: now_secs(),
             blocks: body.blocks,
             block_sizes: body.sizes,
+            checksums: body.checksums,
         };
         self.db
             .hset_json(&parts_key(&i.upload_id), &i.part_number.to_string(), &part)
             .await
             .map_err(internal)?;
-        Ok(S3Response::new(UploadPartOutput {
+        let mut out = UploadPartOutput {
             e_tag: Some(quoted(&part.etag)),
+            ..Default::default()
+        };
+        set_checksums!(out, &part.checksums);
+        Ok(S3Response::new(out))
+    }
+
+    /// UploadPartCopy: a part made of an object's bytes (all, or `x-amz-copy-source-range`).
+    /// The bytes are read and stored like an uploaded part's — content-addressed, so blocks
+    /// the source already has are only touched, not written twice.
+    pub async fn mp_upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let i = req.input;
+        if !(1..=MAX_PART_NUMBER).contains(&i.part_number) {
+            return Err(s3_error!(InvalidArgument, "part number must be 1 to 10000"));
+        }
+        let (src_bucket, src_key) = match &i.copy_source {
+            CopySource::Bucket { bucket, key, .. } => (bucket.to_string(), key.to_string()),
+            _ => return Err(s3_error!(NotImplemented, "access points are not supported")),
+        };
+        self.upload(&i.bucket, &i.key, &i.upload_id).await?;
+        let src = self.object(&src_bucket, &src_key).await?;
+        check_conditions(
+            &src,
+            i.copy_source_if_match.as_ref(),
+            i.copy_source_if_none_match.as_ref(),
+            i.copy_source_if_modified_since.as_ref(),
+            i.copy_source_if_unmodified_since.as_ref(),
+            false,
+        )?;
+        let range = match &i.copy_source_range {
+            Some(r) => copy_range(r, src.size)?,
+            None => 0..src.size,
+        };
+        let len = (range.end - range.start) as i64;
+        let bytes = self.stream_range(&src, range);
+        let body = self
+            .store_body(Some(bytes), Some(len), BodyChecks::none())
+            .await?;
+        self.keep_blocks(&body.blocks, body.started, false).await?;
+        let part = PartMeta {
+            etag: hex::encode(body.md5),
+            size: body.total,
+            modified: now_secs(),
+            blocks: body.blocks,
+            block_sizes: body.sizes,
+            checksums: Checksums::default(),
+        };
+        self.db
+            .hset_json(&parts_key(&i.upload_id), &i.part_number.to_string(), &part)
+            .await
+            .map_err(internal)?;
+        Ok(S3Response::new(UploadPartCopyOutput {
+            copy_part_result: Some(CopyPartResult {
+                e_tag: Some(quoted(&part.etag)),
+                last_modified: Some(ts(part.modified)),
+                ..Default::default()
+            }),
             ..Default::default()
         }))
     }
@@ -143,17 +279,18 @@ impl Store {
                     .await
                     && m.upload_id.as_deref() == Some(i.upload_id.as_str())
                 {
-                    return Ok(S3Response::new(CompleteMultipartUploadOutput {
-                        bucket: Some(i.bucket.clone()),
-                        key: Some(i.key.clone()),
-                        e_tag: Some(quoted(&m.etag)),
-                        location: Some(format!("/{}/{}", i.bucket, i.key)),
-                        ..Default::default()
-                    }));
+                    return Ok(S3Response::new(completed(&i.bucket, &i.key, &m)));
                 }
                 return Err(e);
             }
         };
+        self.precheck_write(
+            &i.bucket,
+            &i.key,
+            i.if_match.as_ref(),
+            i.if_none_match.as_ref(),
+        )
+        .await?;
         let listed = i
             .multipart_upload
             .and_then(|m| m.parts)
@@ -172,7 +309,10 @@ impl Store {
             headers: up.headers.clone(),
             upload_id: Some(i.upload_id.clone()),
             part_sizes: Vec::new(),
+            checksums: Checksums::default(),
+            part_checksums: Vec::new(),
         };
+        let mut part_sums: Vec<&Checksums> = Vec::new();
         let mut last_number = 0;
         for (idx, p) in listed.iter().enumerate() {
             let n = p
@@ -209,22 +349,52 @@ impl Store {
             meta.part_sizes.push(got.size);
             meta.blocks.extend(got.blocks.iter().cloned());
             meta.block_sizes.extend(got.block_sizes.iter().copied());
+            part_sums.push(&got.checksums);
         }
         meta.etag = format!("{}-{}", hex::encode(md5s.finalize()), listed.len());
+        if part_sums.iter().any(|c| !c.is_empty()) {
+            meta.part_checksums = part_sums.iter().map(|c| (*c).clone()).collect();
+        }
+        // The object's checksum of its parts' checksums, checked against the one sent.
+        let given = Checksums::from_dto(
+            Checksum {
+                checksum_crc32: i.checksum_crc32.clone(),
+                checksum_crc32c: i.checksum_crc32c.clone(),
+                checksum_crc64nvme: i.checksum_crc64nvme.clone(),
+                checksum_sha1: i.checksum_sha1.clone(),
+                checksum_sha256: i.checksum_sha256.clone(),
+                ..Default::default()
+            },
+            "COMPOSITE",
+        );
+        let composite_type = up.checksum_type.as_deref().unwrap_or("COMPOSITE") == "COMPOSITE";
+        if let Some(alg) = up.checksum_algorithm.as_deref().filter(|_| composite_type) {
+            let sum = composite(alg, &part_sums);
+            if let Some(want) = given.get(alg)
+                && sum.as_ref() != Some(want)
+            {
+                return Err(s3_error!(
+                    BadDigest,
+                    "the {alg} you specified did not match the parts' checksums"
+                ));
+            }
+            if let Some(sum) = sum {
+                meta.checksums.set(alg, sum);
+                meta.checksums.kind = Some("COMPOSITE".into());
+            }
+        }
         // Object first, then the upload's records: a crash between leaves an upload that
         // Abort or a later GC removes, never a missing object.
-        self.db
-            .hset_json(&objects_key(&i.bucket), &i.key, &meta)
-            .await
-            .map_err(internal)?;
+        self.commit_object(
+            &i.bucket,
+            &i.key,
+            &meta,
+            i.if_match.as_ref(),
+            i.if_none_match.as_ref(),
+        )
+        .await?;
         self.drop_upload(&i.bucket, &i.upload_id).await?;
-        Ok(S3Response::new(CompleteMultipartUploadOutput {
-            bucket: Some(i.bucket.clone()),
-            key: Some(i.key.clone()),
-            e_tag: Some(quoted(&meta.etag)),
-            location: Some(format!("/{}/{}", i.bucket, i.key)),
-            ..Default::default()
-        }))
+        Ok(S3Response::new(completed(&i.bucket, &i.key, &meta)))
     }
 
     async fn drop_upload(&self, bucket: &str, id: &str) -> S3Result<()> {
@@ -254,7 +424,7 @@ impl Store {
         req: S3Request<ListPartsInput>,
     ) -> S3Result<S3Response<ListPartsOutput>> {
         let i = req.input;
-        self.upload(&i.bucket, &i.key, &i.upload_id).await?;
+        let up = self.upload(&i.bucket, &i.key, &i.upload_id).await?;
         let max = i.max_parts.unwrap_or(1000).clamp(1, 1000) as usize;
         let marker = i.part_number_marker.unwrap_or(0);
         let stored = self.parts(&i.upload_id).await?;
@@ -265,13 +435,15 @@ impl Store {
                 truncated = true;
                 break;
             }
-            page.push(Part {
+            let mut part = Part {
                 e_tag: Some(quoted(&p.etag)),
                 last_modified: Some(ts(p.modified)),
                 part_number: Some(*n),
                 size: Some(p.size as i64),
                 ..Default::default()
-            });
+            };
+            set_checksums!(part, &p.checksums);
+            page.push(part);
         }
         let next = if truncated {
             page.last().and_then(|p| p.part_number)
@@ -287,6 +459,7 @@ impl Store {
             next_part_number_marker: next,
             is_truncated: Some(truncated),
             parts: Some(page),
+            checksum_algorithm: up.checksum_algorithm.map(ChecksumAlgorithm::from),
             ..Default::default()
         }))
     }
@@ -354,4 +527,18 @@ impl Store {
             ..Default::default()
         }))
     }
+}
+
+/// CompleteMultipartUpload's answer for an object (also to a retried Complete).
+fn completed(bucket: &str, key: &str, m: &ObjectMeta) -> CompleteMultipartUploadOutput {
+    let mut out = CompleteMultipartUploadOutput {
+        bucket: Some(bucket.to_string()),
+        key: Some(key.to_string()),
+        e_tag: Some(quoted(&m.etag)),
+        location: Some(format!("/{bucket}/{key}")),
+        checksum_type: m.checksums.kind.clone().map(ChecksumType::from),
+        ..Default::default()
+    };
+    set_checksums!(out, &m.checksums);
+    out
 }
