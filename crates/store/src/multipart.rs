@@ -82,6 +82,90 @@ fn composite(alg: &str, parts: &[&Checksums]) -> Option<String> {
     ))
 }
 
+/// A multipart object's FULL_OBJECT checksum (CRC32, CRC32C or CRC64NVME): the CRC of the
+/// whole content, made from the parts' CRCs and sizes without reading the bytes. `None`
+/// when a part has no checksum of that algorithm, or for the SHA ones (COMPOSITE only).
+fn full_object(alg: &str, parts: &[&Checksums], sizes: &[u64]) -> Option<String> {
+    // Reflected polynomials (as zlib's crc32_combine takes them).
+    let (poly, width) = match alg {
+        "CRC32" => (0xEDB8_8320u64, 32),
+        "CRC32C" => (0x82F6_3B78u64, 32),
+        "CRC64NVME" => (0x9A6C_9329_AC4B_C9B5u64, 64),
+        _ => return None,
+    };
+    let mut crc: Option<u64> = None;
+    for (p, &len) in parts.iter().zip(sizes) {
+        let raw = base64_simd::STANDARD.decode_to_vec(p.get(alg)?).ok()?;
+        if raw.len() != width / 8 {
+            return None;
+        }
+        let part = raw.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+        crc = Some(match crc {
+            None => part,
+            Some(c) => crc_combine(poly, width, c, part, len),
+        });
+    }
+    let crc = crc?;
+    let bytes = crc.to_be_bytes();
+    Some(base64_simd::STANDARD.encode_to_string(&bytes[8 - width / 8..]))
+}
+
+/// The CRC of A followed by B from crc(A), crc(B) and B's length (zlib's crc32_combine,
+/// for any reflected CRC with all-ones init and final xor, as CRC32, CRC32C, CRC64NVME):
+/// crc(A) is advanced over len(B) zero bytes by squaring the one-zero-bit operator.
+fn crc_combine(poly: u64, width: usize, crc1: u64, crc2: u64, mut len2: u64) -> u64 {
+    fn times(mat: &[u64], mut vec: u64) -> u64 {
+        let mut sum = 0;
+        let mut i = 0;
+        while vec != 0 {
+            if vec & 1 != 0 {
+                sum ^= mat[i];
+            }
+            vec >>= 1;
+            i += 1;
+        }
+        sum
+    }
+    fn square(out: &mut [u64], mat: &[u64]) {
+        for (n, o) in out.iter_mut().enumerate() {
+            *o = times(mat, mat[n]);
+        }
+    }
+    if len2 == 0 {
+        return crc1;
+    }
+    let mut odd = vec![0u64; width];
+    let mut even = vec![0u64; width];
+    odd[0] = poly; // the operator for one zero bit
+    let mut row = 1u64;
+    for o in odd.iter_mut().skip(1) {
+        *o = row;
+        row <<= 1;
+    }
+    square(&mut even, &odd); // two zero bits
+    square(&mut odd, &even); // four
+    let mut crc1 = crc1;
+    loop {
+        square(&mut even, &odd); // eight bits = one byte, then 2, 4… bytes
+        if len2 & 1 != 0 {
+            crc1 = times(&even, crc1);
+        }
+        len2 >>= 1;
+        if len2 == 0 {
+            break;
+        }
+        square(&mut odd, &even);
+        if len2 & 1 != 0 {
+            crc1 = times(&odd, crc1);
+        }
+        len2 >>= 1;
+        if len2 == 0 {
+            break;
+        }
+    }
+    crc1 ^ crc2
+}
+
 /// The `x-amz-copy-source-range` of an UploadPartCopy: `bytes=first-last` within the source.
 fn copy_range(r: &str, size: u64) -> S3Result<std::ops::Range<u64>> {
     let bad = || {
@@ -367,9 +451,14 @@ impl Store {
             },
             "COMPOSITE",
         );
-        let composite_type = up.checksum_type.as_deref().unwrap_or("COMPOSITE") == "COMPOSITE";
-        if let Some(alg) = up.checksum_algorithm.as_deref().filter(|_| composite_type) {
-            let sum = composite(alg, &part_sums);
+        let full = up.checksum_type.as_deref() == Some("FULL_OBJECT")
+            || up.checksum_algorithm.as_deref() == Some("CRC64NVME");
+        if let Some(alg) = up.checksum_algorithm.as_deref() {
+            let sum = if full {
+                full_object(alg, &part_sums, &meta.part_sizes)
+            } else {
+                composite(alg, &part_sums)
+            };
             if let Some(want) = given.get(alg)
                 && sum.as_ref() != Some(want)
             {
@@ -380,7 +469,7 @@ impl Store {
             }
             if let Some(sum) = sum {
                 meta.checksums.set(alg, sum);
-                meta.checksums.kind = Some("COMPOSITE".into());
+                meta.checksums.kind = Some(if full { "FULL_OBJECT" } else { "COMPOSITE" }.into());
             }
         }
         // Object first, then the upload's records: a crash between leaves an upload that
@@ -541,4 +630,46 @@ fn completed(bucket: &str, key: &str, m: &ObjectMeta) -> CompleteMultipartUpload
     };
     set_checksums!(out, &m.checksums);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use s3s::crypto::Checksum as _;
+
+    fn b64(b: &[u8]) -> String {
+        base64_simd::STANDARD.encode_to_string(b)
+    }
+
+    #[test]
+    fn full_object_crcs_combine_the_parts() {
+        let parts: [&[u8]; 3] = [&[b'A'; 5000], &[b'B'; 777], b"tail"];
+        let whole: Vec<u8> = parts.concat();
+        let sizes: Vec<u64> = parts.iter().map(|p| p.len() as u64).collect();
+        let mut sums = Vec::new();
+        for p in parts {
+            let mut c = Checksums::default();
+            c.set("CRC32", b64(s3s::crypto::Crc32::checksum(p).as_ref()));
+            c.set("CRC32C", b64(s3s::crypto::Crc32c::checksum(p).as_ref()));
+            c.set(
+                "CRC64NVME",
+                b64(s3s::crypto::Crc64Nvme::checksum(p).as_ref()),
+            );
+            sums.push(c);
+        }
+        let refs: Vec<&Checksums> = sums.iter().collect();
+        assert_eq!(
+            full_object("CRC32", &refs, &sizes),
+            Some(b64(s3s::crypto::Crc32::checksum(&whole).as_ref()))
+        );
+        assert_eq!(
+            full_object("CRC32C", &refs, &sizes),
+            Some(b64(s3s::crypto::Crc32c::checksum(&whole).as_ref()))
+        );
+        assert_eq!(
+            full_object("CRC64NVME", &refs, &sizes),
+            Some(b64(s3s::crypto::Crc64Nvme::checksum(&whole).as_ref()))
+        );
+        assert_eq!(full_object("SHA256", &refs, &sizes), None);
+    }
 }

@@ -147,6 +147,24 @@ g = s3.get_object(Bucket=B, Key="msum", PartNumber=2, ChecksumMode="ENABLED")
 check("GET partNumber=2: part 2's SHA256",
       g.get("ChecksumSHA256") == parts[1]["ChecksumSHA256"] and g["Body"].read() == p2, g)
 
+# A FULL_OBJECT CRC32 upload: the object's CRC32 is the whole content's (no "-N").
+u = s3.create_multipart_upload(Bucket=B, Key="mcrc", ChecksumAlgorithm="CRC32", ChecksumType="FULL_OBJECT")
+check("Create echoes FULL_OBJECT", u.get("ChecksumType") == "FULL_OBJECT", u)
+u = u["UploadId"]
+parts_crc = []
+for n, p in [(1, p1), (2, p2)]:
+    c = b64(zlib.crc32(p).to_bytes(4, "big"))
+    r = s3.upload_part(Bucket=B, Key="mcrc", UploadId=u, PartNumber=n, Body=p,
+                       ChecksumAlgorithm="CRC32", ChecksumCRC32=c)
+    parts_crc.append({"ETag": r["ETag"], "PartNumber": n, "ChecksumCRC32": c})
+whole_crc = b64(zlib.crc32(p1 + p2).to_bytes(4, "big"))
+r = s3.complete_multipart_upload(Bucket=B, Key="mcrc", UploadId=u, ChecksumCRC32=whole_crc,
+                                 ChecksumType="FULL_OBJECT", MultipartUpload={"Parts": parts_crc})
+check("Complete answers the whole content's CRC32",
+      r.get("ChecksumCRC32") == whole_crc and r.get("ChecksumType") == "FULL_OBJECT", r)
+h = s3.head_object(Bucket=B, Key="mcrc", ChecksumMode="ENABLED")
+check("HEAD: the FULL_OBJECT CRC32", h.get("ChecksumCRC32") == whole_crc, h)
+
 # --- GetObjectAttributes.
 a = s3.get_object_attributes(Bucket=B, Key="sum-SHA256",
                              ObjectAttributes=["ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"])
