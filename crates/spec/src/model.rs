@@ -275,11 +275,23 @@ pub struct Jail {
     pub health: Option<HealthCheck>,
     /// Ports the jail listens on, checked for conflicts before it starts.
     pub ports: Vec<u16>,
+    /// A store jail's capacity weight: its share of the blocks relative to the other store
+    /// jails' (e.g. its disk in TB). Store jails only; `None` = `DEFAULT_STORE_WEIGHT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
     #[serde(skip)]
     pub spans: Spans,
 }
 
 impl Jail {
+    /// The capacity weight of a store jail that names none.
+    pub const DEFAULT_STORE_WEIGHT: f64 = 1.0;
+
+    /// This store jail's capacity weight (`weight`, else `DEFAULT_STORE_WEIGHT`).
+    pub fn store_weight(&self) -> f64 {
+        self.weight.unwrap_or(Self::DEFAULT_STORE_WEIGHT)
+    }
+
     pub fn address(&self, segment: &str) -> Option<Ipv4Addr> {
         self.addresses
             .iter()

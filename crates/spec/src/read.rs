@@ -313,6 +313,7 @@ const JAIL_KEYS: &[&str] = &[
     "pids",
     "ports",
     "health",
+    "weight",
 ];
 const HEALTH_KEYS: &[&str] = &["check", "port", "path", "segment", "interval", "timeout"];
 
@@ -572,6 +573,7 @@ fn read_jail(mut f: Fields<'_, '_>, diags: &mut Vec<Diagnostic>) -> Jail {
         limits: Limits::default(),
         health: None,
         ports: Vec::new(),
+        weight: None,
         spans: Spans::default(),
     };
     jail.spans.set("", f.span.clone());
@@ -661,6 +663,17 @@ fn read_jail(mut f: Fields<'_, '_>, diags: &mut Vec<Diagnostic>) -> Jail {
             diags.push(Diagnostic::error(
                 Some(span),
                 format!("{}: cpus must be more than 0, found {cpus}", f.what),
+            ));
+        }
+    }
+    if let Some((weight, span)) = f.number("weight", diags) {
+        jail.spans.set("weight", span.clone());
+        if weight > 0.0 && weight.is_finite() {
+            jail.weight = Some(weight);
+        } else {
+            diags.push(Diagnostic::error(
+                Some(span),
+                format!("{}: weight must be more than 0, found {weight}", f.what),
             ));
         }
     }

@@ -253,6 +253,15 @@ fn check_jail<'c>(
             .hint("give it one per segment it joins, e.g. addresses = { front = \"127.10.0.11\" }"),
         );
     }
+    if jail.weight.is_some() && jail.role != Role::Store {
+        diags.push(
+            Diagnostic::error(
+                jail.spans.get("weight"),
+                format!("jail `{name}`: `weight` applies to store jails only"),
+            )
+            .hint("a store jail's weight is its share of the stored blocks; remove it here"),
+        );
+    }
     let backend = host.map_or(Backend::Process, |h| h.backend);
     for a in &jail.addresses {
         let span = jail.spans.get(&format!("addresses.{}", a.segment));

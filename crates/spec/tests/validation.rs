@@ -377,3 +377,47 @@ addresses = { front = "198.18.94.11" }
     assert_eq!(addr("b").as_deref(), Some("192.0.2.7:7443"));
     assert_eq!(addr("c").as_deref(), Some("192.0.2.8:9443"));
 }
+
+#[test]
+fn a_store_weight_is_positive_and_for_store_jails_only() {
+    let src = format!(
+        r#"{HEAD}
+[[jail]]
+name = "s1"
+host = "h1"
+role = "store"
+addresses = {{ front = "127.10.0.5" }}
+weight = 0
+
+[[jail]]
+name = "c1"
+host = "h2"
+role = "command"
+command = "true"
+addresses = {{ front = "127.10.0.6" }}
+weight = 2
+"#
+    );
+    let report = errors_of(&src);
+    assert_error_at(&report, "weight must be more than 0", "0\n\n[[jail]]");
+    assert_error_at(&report, "applies to store jails only", "2\n");
+}
+
+#[test]
+fn a_store_weight_defaults_to_one() {
+    let (cluster, _) = parse(BUILTIN, "builtin", &Capabilities::all()).expect("valid");
+    let s = cluster.jail("store-1").expect("store-1");
+    assert_eq!(s.store_weight(), 1.0);
+    let src = format!(
+        r#"{HEAD}
+[[jail]]
+name = "s1"
+host = "h1"
+role = "store"
+addresses = {{ front = "127.10.0.5" }}
+weight = 2.5
+"#
+    );
+    let (cluster, _) = parse(&src, "t", &Capabilities::all()).expect("valid");
+    assert_eq!(cluster.jail("s1").unwrap().store_weight(), 2.5);
+}

@@ -15,9 +15,16 @@ pub struct StoreConfig {
     pub listen: SocketAddr,
     /// Internal block service for the peer server (back segment). Convention: port 3901.
     pub peer_listen: SocketAddr,
-    /// The other server's block service; `None` runs a single copy (tests, one server).
+    /// The other server's block service, for two servers of equal weight; `None` (and no
+    /// `servers`) runs a single copy (tests, one server).
     #[serde(default)]
     pub peer: Option<SocketAddr>,
+    /// Every data server's block service, this one included (the entry whose `addr` is
+    /// `peer_listen`), with its capacity weight: each block's two copies go to two of them
+    /// chosen by weight (`placement`). Every server must list the same names and weights.
+    /// Empty: this server and `peer`, weight 1 each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<ServerEntry>,
     /// A spare's block service (on the gate box): holds the second copy of blocks written
     /// while the peer is down, until both servers hold them again. `None`: a PUT fails
     /// while the peer is down.
@@ -78,6 +85,25 @@ fn default_scrub() -> f64 {
 /// Smallest grace accepted: below it a PUT's metadata commit could outlast the grace.
 pub const MIN_GC_GRACE_SECS: f64 = 1.0;
 
+/// One data server in `servers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerEntry {
+    /// Its name in the placement hash (the jail's name): stable across address changes.
+    pub name: String,
+    /// Its block service.
+    pub addr: SocketAddr,
+    /// Its capacity weight (> 0). Default 1.
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+}
+
+pub const DEFAULT_WEIGHT: f64 = 1.0;
+
+fn default_weight() -> f64 {
+    DEFAULT_WEIGHT
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DbConfig {
@@ -118,7 +144,48 @@ impl StoreConfig {
         if !(self.scrub_interval_secs.is_finite() && self.scrub_interval_secs >= 0.0) {
             return Err("scrub_interval_secs must be 0 (on request only) or more".into());
         }
+        if !self.servers.is_empty() {
+            if self.peer.is_some() {
+                return Err("give either `peer` or `servers`, not both".into());
+            }
+            let mut names = std::collections::BTreeSet::new();
+            for s in &self.servers {
+                if !names.insert(s.name.as_str()) {
+                    return Err(format!("two servers are named `{}`", s.name));
+                }
+                if !positive(s.weight) {
+                    return Err(format!("server `{}`: weight must be more than 0", s.name));
+                }
+            }
+            if !self.servers.iter().any(|s| s.addr == self.peer_listen) {
+                return Err(format!(
+                    "`servers` must list this server (addr = peer_listen = {})",
+                    self.peer_listen
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Every data server (this one included) and the index of this one: `servers`, else
+    /// this server and `peer` at weight 1, named by their block service addresses.
+    pub fn placement_servers(&self) -> (Vec<ServerEntry>, usize) {
+        if !self.servers.is_empty() {
+            let me = self
+                .servers
+                .iter()
+                .position(|s| s.addr == self.peer_listen)
+                .unwrap_or(0);
+            return (self.servers.clone(), me);
+        }
+        let entry = |addr: SocketAddr| ServerEntry {
+            name: addr.to_string(),
+            addr,
+            weight: DEFAULT_WEIGHT,
+        };
+        let mut all = vec![entry(self.peer_listen)];
+        all.extend(self.peer.map(entry));
+        (all, 0)
     }
 
     pub fn server_name(&self) -> String {

@@ -12,6 +12,7 @@ pub mod maintain;
 pub mod meta;
 pub mod multipart;
 pub mod peer;
+pub mod placement;
 pub mod replicas;
 pub mod s3;
 pub mod scrub;
@@ -100,10 +101,14 @@ pub async fn run_until(
     let store = s3::Store {
         db: Arc::clone(&db),
         blocks: blocks.clone(),
-        remote: Arc::new(replicas::Replicas::new(
-            cfg.peer.map(peer::PeerClient::new),
-            cfg.spare.map(peer::PeerClient::new),
-        )),
+        remote: {
+            let (servers, me) = cfg.placement_servers();
+            Arc::new(replicas::Replicas::new(
+                servers,
+                me,
+                cfg.spare.map(peer::PeerClient::new),
+            ))
+        },
         region: cfg.region.clone(),
         stats: Arc::new(stats::Stats::default()),
         gc_grace: Duration::from_secs_f64(cfg.gc_grace_secs),

@@ -1,8 +1,10 @@
 //! The background pass, every `catalogue_interval_secs`: list this disk, walk the metadata,
 //! collect unreferenced blocks past their grace, publish the catalogue record, then copy
-//! every referenced block this disk lacks from the peer (re-cloning a returning or wiped
-//! server) — or from the spare while the peer is down — at a capped rate; once this disk
-//! lacks nothing and the peer is up, the spare's copies both servers hold are dropped.
+//! every referenced block placed on this server (`placement`) that this disk lacks from
+//! another holder (re-cloning a returning or wiped server) — or from the spare — at a capped
+//! rate; once this disk lacks nothing and every server is up, the spare's copies whose
+//! placed servers hold them are dropped, and so are this disk's copies of blocks placed
+//! elsewhere (a fallback's, or moved by a change of servers or weights).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -52,43 +54,108 @@ impl Maintainer {
         let local = self.store.blocks.list().await?;
         let marked_at = Instant::now();
         let refs = catalogue::walk(&self.store.db).await?;
+        let remote = &self.store.remote;
         let held: HashSet<&str> = local.iter().map(|b| b.hash.as_str()).collect();
+        let mine: HashSet<&str> = refs
+            .blocks
+            .keys()
+            .map(String::as_str)
+            .filter(|h| remote.placed_here(h))
+            .collect();
         let unreferenced: Vec<_> = local
             .iter()
             .filter(|b| !refs.blocks.contains_key(&b.hash))
             .collect();
+        let misplaced: Vec<String> = local
+            .iter()
+            .filter(|b| refs.blocks.contains_key(&b.hash) && !mine.contains(b.hash.as_str()))
+            .map(|b| b.hash.clone())
+            .collect();
         let mut missing: Vec<(String, u64)> = refs
             .blocks
             .iter()
-            .filter(|(h, _)| !held.contains(h.as_str()))
+            .filter(|(h, _)| mine.contains(h.as_str()) && !held.contains(h.as_str()))
             .map(|(h, s)| (h.clone(), *s))
             .collect();
         missing.sort();
-        let remote = &self.store.remote;
-        let peer_up = match &remote.peer {
-            Some(p) => p.ping().await.is_ok(),
-            None => false,
-        };
-        remote.set_peer_up(peer_up);
+        let pings = remote
+            .others()
+            .map(|(i, c)| async move { (i, c.ping().await.is_ok()) });
+        let mut others = 0;
+        let mut up = 0;
+        for (i, ok) in futures::future::join_all(pings).await {
+            remote.set_up(i, ok);
+            others += 1;
+            up += usize::from(ok);
+        }
+        let all_up = up == others;
+        let weight = remote.servers[remote.me].entry.weight;
         self.store.stats.update(|st| {
-            count(st, &local, &refs, &held, unreferenced.len(), &missing);
-            st.peer_up = peer_up;
+            count(
+                st,
+                &local,
+                &refs,
+                &held,
+                &mine,
+                unreferenced.len(),
+                &missing,
+            );
+            st.misplaced_blocks = misplaced.len() as u64;
+            st.peer_up = others > 0 && all_up;
+            st.weight = weight;
         });
 
         let candidates: Vec<String> = unreferenced.iter().map(|b| b.hash.clone()).collect();
         self.store.collect(candidates, marked_at).await?;
         self.publish().await;
-        if !missing.is_empty() && (peer_up || remote.spare.is_some()) {
-            self.reclone(missing, peer_up).await?;
-        } else if missing.is_empty() && peer_up {
+        if !missing.is_empty() && (up > 0 || remote.spare.is_some()) {
+            self.reclone(missing, all_up).await?;
+        } else if missing.is_empty() && all_up {
             remote.drop_spare_copies(&self.store.blocks).await?;
+        }
+        if all_up && !misplaced.is_empty() {
+            self.drop_misplaced(misplaced).await?;
         }
         Ok(())
     }
 
-    /// Copies `missing` from the peer (or the spare: see `replicas`), at most
-    /// `reclone_bytes_per_s`. A block no holder has is lost only if the peer was asked.
-    async fn reclone(&self, missing: Vec<(String, u64)>, peer_up: bool) -> Result<(), Error> {
+    /// Removes this disk's copies of blocks placed elsewhere once every placed server holds
+    /// them (a fallback's copies after the server it stood in for is back, or blocks whose
+    /// placement moved when servers or weights changed).
+    async fn drop_misplaced(&self, misplaced: Vec<String>) -> Result<(), Error> {
+        let mut dropped = 0u64;
+        for chunk in misplaced.chunks(1024) {
+            let confirmed = self
+                .store
+                .remote
+                .confirmed(chunk, &self.store.blocks)
+                .await?;
+            let blocks = self.store.blocks.clone();
+            dropped += tokio::task::spawn_blocking(move || {
+                let mut n = 0u64;
+                for h in &confirmed {
+                    n += u64::from(blocks.remove_if_older(h, Duration::ZERO)?.is_some());
+                }
+                Ok::<u64, Error>(n)
+            })
+            .await
+            .map_err(|e| Error::Io(e.to_string()))??;
+        }
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "copies placed on other servers dropped: they hold them"
+            );
+            self.store
+                .stats
+                .update(|st| st.misplaced_blocks = st.misplaced_blocks.saturating_sub(dropped));
+        }
+        Ok(())
+    }
+
+    /// Copies `missing` from the other servers (or the spare: see `replicas`), at most
+    /// `reclone_bytes_per_s`. A block no holder has is lost only if every server was asked.
+    async fn reclone(&self, missing: Vec<(String, u64)>, all_up: bool) -> Result<(), Error> {
         let total_bytes = missing.iter().map(|(_, s)| s).sum();
         self.store.stats.update(|st| {
             st.reclone = crate::stats::RecloneProgress {
@@ -138,7 +205,7 @@ impl Maintainer {
                     store.stats.update(|st| {
                         st.reclone.done_blocks += 1;
                         st.reclone.done_bytes += n;
-                        st.reclone.lost_blocks += u64::from(!found && peer_up);
+                        st.reclone.lost_blocks += u64::from(!found && all_up);
                     });
                 }
                 Err(e) => {
@@ -167,21 +234,31 @@ impl Maintainer {
     }
 }
 
+/// The record's counts: objects are those with a block placed here (`mine`), and empty ones
+/// (every server holds those), held when every such block is on this disk.
 fn count(
     st: &mut ServerStatus,
     local: &[crate::blocks::BlockFile],
     refs: &Referenced,
     held: &HashSet<&str>,
+    mine: &HashSet<&str>,
     unreferenced: usize,
     missing: &[(String, u64)],
 ) {
     st.blocks = local.len() as u64;
     st.bytes = local.iter().map(|b| b.size).sum();
-    st.objects = refs.objects.len() as u64;
-    st.objects_held = refs
-        .objects
-        .iter()
-        .filter(|blocks| blocks.iter().all(|h| held.contains(h.as_str())))
+    let placed = || {
+        refs.objects
+            .iter()
+            .filter(|blocks| blocks.is_empty() || blocks.iter().any(|h| mine.contains(h.as_str())))
+    };
+    st.objects = placed().count() as u64;
+    st.objects_held = placed()
+        .filter(|blocks| {
+            blocks
+                .iter()
+                .all(|h| !mine.contains(h.as_str()) || held.contains(h.as_str()))
+        })
         .count() as u64;
     st.missing_blocks = missing.len() as u64;
     st.missing_bytes = missing.iter().map(|(_, s)| s).sum();

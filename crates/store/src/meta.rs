@@ -51,6 +51,78 @@ pub struct ObjectMeta {
     pub upload_id: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub part_sizes: Vec<u64>,
+    /// The x-amz-checksum-* values of the content (verified when it was written): a PUT's
+    /// whole-object ones, or a multipart object's composite (a checksum of its parts'
+    /// checksums, "…-N"); returned with `x-amz-checksum-mode: ENABLED`.
+    #[serde(default, skip_serializing_if = "Checksums::is_empty")]
+    pub checksums: Checksums,
+    /// A multipart object's parts' checksums, in order (GET/HEAD `partNumber`,
+    /// GetObjectAttributes); empty when no part had one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub part_checksums: Vec<Checksums>,
+}
+
+/// Stored x-amz-checksum-* values (base64, as S3 sends them) and their type.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Checksums {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32c: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc64nvme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha1: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// `COMPOSITE` (a multipart object's checksum of its parts') or `FULL_OBJECT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+impl Checksums {
+    pub fn is_empty(&self) -> bool {
+        *self == Checksums::default()
+    }
+
+    pub fn from_dto(c: s3s::dto::Checksum, kind: &str) -> Checksums {
+        let mut out = Checksums {
+            crc32: c.checksum_crc32,
+            crc32c: c.checksum_crc32c,
+            crc64nvme: c.checksum_crc64nvme,
+            sha1: c.checksum_sha1,
+            sha256: c.checksum_sha256,
+            kind: None,
+        };
+        if !out.is_empty() {
+            out.kind = Some(kind.to_string());
+        }
+        out
+    }
+
+    /// The value of one algorithm (`CRC32`, `CRC32C`, `CRC64NVME`, `SHA1`, `SHA256`).
+    pub fn get(&self, alg: &str) -> Option<&String> {
+        match alg.to_ascii_uppercase().as_str() {
+            "CRC32" => self.crc32.as_ref(),
+            "CRC32C" => self.crc32c.as_ref(),
+            "CRC64NVME" => self.crc64nvme.as_ref(),
+            "SHA1" => self.sha1.as_ref(),
+            "SHA256" => self.sha256.as_ref(),
+            _ => None,
+        }
+    }
+
+    pub fn set(&mut self, alg: &str, value: String) {
+        let slot = match alg.to_ascii_uppercase().as_str() {
+            "CRC32" => &mut self.crc32,
+            "CRC32C" => &mut self.crc32c,
+            "CRC64NVME" => &mut self.crc64nvme,
+            "SHA1" => &mut self.sha1,
+            "SHA256" => &mut self.sha256,
+            _ => return,
+        };
+        *slot = Some(value);
+    }
 }
 
 impl ObjectMeta {
@@ -225,6 +297,45 @@ impl Db {
         let s = serde_json::to_string(v).map_err(|e| Error::Db(e.to_string()))?;
         self.query::<()>(redis::cmd("HSET").arg(hash).arg(field).arg(s))
             .await
+    }
+
+    /// The raw record of a hash field (to compare-and-set it with `hset_if`).
+    pub async fn hget_raw(&self, hash: &str, field: &str) -> Result<Option<String>, Error> {
+        self.query(redis::cmd("HGET").arg(hash).arg(field)).await
+    }
+
+    /// Sets a hash field to `value` (or deletes it: `None`) only while it still holds
+    /// `expected` (`None`: absent), atomically — one script run in the db, as a compare-and-
+    /// set; true when it did. (A retry after a lost answer reads false for a write that
+    /// happened: the caller then reports a failed precondition for a write that took.)
+    pub async fn hset_if(
+        &self,
+        hash: &str,
+        field: &str,
+        expected: Option<&str>,
+        value: Option<&str>,
+    ) -> Result<bool, Error> {
+        const SCRIPT: &str = "local cur = redis.call('HGET', KEYS[1], ARGV[1]) \
+            if ARGV[2] == '1' then if cur ~= ARGV[3] then return 0 end \
+            elseif cur then return 0 end \
+            if ARGV[4] == '1' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[5]) \
+            else redis.call('HDEL', KEYS[1], ARGV[1]) end \
+            return 1";
+        let flag = |b: bool| if b { "1" } else { "0" };
+        let done: i64 = self
+            .query(
+                redis::cmd("EVAL")
+                    .arg(SCRIPT)
+                    .arg(1)
+                    .arg(hash)
+                    .arg(field)
+                    .arg(flag(expected.is_some()))
+                    .arg(expected.unwrap_or(""))
+                    .arg(flag(value.is_some()))
+                    .arg(value.unwrap_or("")),
+            )
+            .await?;
+        Ok(done == 1)
     }
 
     /// Sets only when absent; true when this call created it.

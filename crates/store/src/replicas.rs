@@ -1,8 +1,11 @@
-//! Where a block's second copy goes: the peer's disk, or — while the peer is down — the
-//! spare's, a third block holder on the gate box (as the db's witness keeps the log), so a
-//! PUT acknowledged while one server is down survives losing the other. The spare keeps a
-//! copy until both servers hold the block again (`drop_spare_copies`).
+//! Where a block's copies go: the two servers `placement` names for it (this one or others,
+//! by weight) — or, while one of them is down, the next server in its ranking, and then the
+//! spare (a third block holder on the gate box, as the db's witness keeps the log), so a
+//! PUT acknowledged while one server is down survives losing another. A copy off its
+//! placed servers (a fallback's, the spare's) is dropped once both placed servers hold the
+//! block (`confirmed`, used by `maintain`).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -10,17 +13,36 @@ use bytes::Bytes;
 
 use crate::Error;
 use crate::blocks::BlockStore;
+use crate::config::ServerEntry;
 use crate::peer::PeerClient;
+use crate::placement::{self, COPIES, Weighted};
 
-/// After a failed write to the peer, writes go straight to the spare this long (a dead
-/// peer behind a dropped link costs a connect timeout per try), until a pass reaches it.
-const PEER_DOWN_FOR: Duration = Duration::from_secs(2);
+/// After a failed write to a server, writes skip it this long (a dead box behind a dropped
+/// link costs a connect timeout per try), until a pass reaches it.
+const DOWN_FOR: Duration = Duration::from_secs(2);
+
+/// One data server: this one (`client` None) or another's block service.
+pub struct Server {
+    pub entry: ServerEntry,
+    pub client: Option<PeerClient>,
+    /// Unix milliseconds until which it is taken as down.
+    down_until: AtomicU64,
+}
+
+impl Weighted for Server {
+    fn name(&self) -> &str {
+        &self.entry.name
+    }
+    fn weight(&self) -> f64 {
+        self.entry.weight
+    }
+}
 
 pub struct Replicas {
-    pub peer: Option<PeerClient>,
+    /// Every data server, this one included (at `me`).
+    pub servers: Vec<Server>,
+    pub me: usize,
     pub spare: Option<PeerClient>,
-    /// Unix milliseconds until which the peer is taken as down.
-    peer_down_until: AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -30,62 +52,141 @@ fn now_ms() -> u64 {
 }
 
 impl Replicas {
-    pub fn new(peer: Option<PeerClient>, spare: Option<PeerClient>) -> Replicas {
-        Replicas {
-            peer,
-            spare,
-            peer_down_until: AtomicU64::new(0),
-        }
+    pub fn new(servers: Vec<ServerEntry>, me: usize, spare: Option<PeerClient>) -> Replicas {
+        let servers = servers
+            .into_iter()
+            .enumerate()
+            .map(|(i, entry)| Server {
+                client: (i != me).then(|| PeerClient::new(entry.addr)),
+                entry,
+                down_until: AtomicU64::new(0),
+            })
+            .collect();
+        Replicas { servers, me, spare }
     }
 
-    fn peer_skipped(&self) -> bool {
-        now_ms() < self.peer_down_until.load(Ordering::Relaxed)
+    /// Copies each block gets: `COPIES`, or fewer when fewer servers exist.
+    pub fn copies(&self) -> usize {
+        COPIES.min(self.servers.len())
     }
 
-    /// What the last pass found: a reachable peer takes writes again at once.
-    pub fn set_peer_up(&self, up: bool) {
+    /// The servers holding `block` (indices into `servers`).
+    pub fn placed(&self, block: &str) -> Vec<usize> {
+        placement::placed(block, &self.servers)
+    }
+
+    pub fn placed_here(&self, block: &str) -> bool {
+        self.placed(block).contains(&self.me)
+    }
+
+    /// The other servers (index, client).
+    pub fn others(&self) -> impl Iterator<Item = (usize, &PeerClient)> {
+        self.servers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.client.as_ref().map(|c| (i, c)))
+    }
+
+    /// Whether a copy has somewhere else to go when a placed server fails.
+    fn has_fallback(&self) -> bool {
+        self.servers.len() > self.copies() || self.spare.is_some()
+    }
+
+    fn skipped(&self, i: usize) -> bool {
+        now_ms() < self.servers[i].down_until.load(Ordering::Relaxed)
+    }
+
+    /// What the last pass (or a failed call) found: a reachable server takes writes again
+    /// at once; one that failed is skipped for a while when its copies can go elsewhere.
+    pub fn set_up(&self, i: usize, up: bool) {
         let until = if up {
             0
         } else {
-            now_ms() + PEER_DOWN_FOR.as_millis() as u64
+            now_ms() + DOWN_FOR.as_millis() as u64
         };
-        if up || self.spare.is_some() {
-            self.peer_down_until.store(until, Ordering::Relaxed);
+        if up || self.has_fallback() {
+            self.servers[i].down_until.store(until, Ordering::Relaxed);
         }
     }
 
-    /// Returns once a second disk holds the block, fsynced: the peer's, or the spare's
-    /// when the peer fails and a spare is configured. Without a spare a failed peer fails.
-    pub async fn put(&self, hash: &str, data: Bytes) -> Result<(), Error> {
-        let Some(peer) = &self.peer else {
-            return Ok(()); // one copy by configuration
+    async fn put_on(
+        &self,
+        i: usize,
+        hash: &str,
+        data: &Bytes,
+        local: &BlockStore,
+    ) -> Result<(), Error> {
+        let Some(client) = &self.servers[i].client else {
+            return local.put(hash, data.clone()).await;
         };
-        if !self.peer_skipped() {
-            match peer.put(hash, data.clone()).await {
-                Ok(()) => return Ok(()),
-                Err(e) if self.spare.is_none() => return Err(e),
+        if self.skipped(i) {
+            return Err(Error::Peer(format!(
+                "{} is down",
+                self.servers[i].entry.name
+            )));
+        }
+        let r = client.put(hash, data.clone()).await;
+        if let Err(e) = &r {
+            tracing::warn!(error = %e, server = %self.servers[i].entry.name, "block write failed");
+            self.set_up(i, false);
+        }
+        r
+    }
+
+    /// Returns once `copies()` disks hold the block, fsynced: its placed servers', or for
+    /// each that fails the next server in its ranking, then the spare.
+    pub async fn put(&self, hash: &str, data: Bytes, local: &BlockStore) -> Result<(), Error> {
+        let want = self.copies();
+        let ranked = placement::ranked(hash, &self.servers);
+        let (first, rest) = ranked.split_at(want);
+        let tries = first.iter().map(|&i| self.put_on(i, hash, &data, local));
+        let mut done = 0;
+        let mut failed = None;
+        for r in futures::future::join_all(tries).await {
+            match r {
+                Ok(()) => done += 1,
+                Err(e) => failed = Some(e),
+            }
+        }
+        for &i in rest {
+            if done >= want {
+                break;
+            }
+            match self.put_on(i, hash, &data, local).await {
+                Ok(()) => done += 1,
+                Err(e) => failed = Some(e),
+            }
+        }
+        if done < want
+            && let Some(spare) = &self.spare
+        {
+            match spare.put(hash, data).await {
+                Ok(()) => done += 1,
                 Err(e) => {
-                    tracing::warn!(error = %e, "peer down: writing to the spare instead");
-                    self.set_peer_up(false);
+                    failed = Some(Error::Peer(format!(
+                        "a server is down and the spare failed: {e}"
+                    )));
                 }
             }
         }
-        match &self.spare {
-            Some(spare) => spare
-                .put(hash, data)
-                .await
-                .map_err(|e| Error::Peer(format!("the peer is down and the spare failed: {e}"))),
-            None => Err(Error::Peer("the peer is down".into())),
+        if done >= want {
+            return Ok(());
         }
+        Err(failed.unwrap_or_else(|| Error::Peer("not enough servers up".into())))
     }
 
-    /// A copy from another disk, checked against its name: the peer's (unless it is taken
-    /// as down), else the spare's. `Ok(None)` only when every holder asked answered that it
-    /// has none.
+    /// A copy from another disk, checked against its name: its placed servers' first, then
+    /// the other servers' (a fallback copy), then the spare's. `Ok(None)` only when every
+    /// holder asked answered that it has none.
     pub async fn get(&self, hash: &str) -> Result<Option<Bytes>, Error> {
+        let mut order = placement::ranked(hash, &self.servers);
+        order.retain(|&i| i != self.me && !self.skipped(i));
+        let holders = order
+            .iter()
+            .filter_map(|&i| self.servers[i].client.as_ref())
+            .chain(self.spare.as_ref());
         let mut failed = None;
-        let peer = self.peer.as_ref().filter(|_| !self.peer_skipped());
-        for holder in [peer, self.spare.as_ref()].into_iter().flatten() {
+        for holder in holders {
             match holder.get(hash).await {
                 Ok(Some(b)) => return Ok(Some(b)),
                 Ok(None) => {}
@@ -95,51 +196,126 @@ impl Replicas {
         failed.map_or(Ok(None), Err)
     }
 
-    /// Refreshes blocks on the peer before a metadata commit names them (see `gc`); the
-    /// names it lacks. A peer that is down collects nothing, so with a spare standing in
-    /// for it an unreachable peer is no failure.
-    pub async fn touch(&self, names: &[String]) -> Result<Vec<String>, Error> {
-        let Some(peer) = &self.peer else {
-            return Ok(Vec::new());
-        };
-        if self.peer_skipped() {
-            return Ok(Vec::new());
-        }
-        match peer.touch(names).await {
-            Err(e) if self.spare.is_some() => {
-                tracing::warn!(error = %e, "peer down: its blocks cannot be touched");
-                self.set_peer_up(false);
-                Ok(Vec::new())
+    /// Refreshes every copy of `names` before a metadata commit names them (see `gc`), on
+    /// this disk, every other server and the spare; the names with fewer than `copies()`
+    /// copies. A placed server that cannot be reached counts as holding its copy: a server
+    /// that is down collects nothing, and on its return its first mark sees the commit.
+    pub async fn touch(&self, names: &[String], local: &BlockStore) -> Result<Vec<String>, Error> {
+        let mut held: HashMap<&str, usize> = names.iter().map(|n| (n.as_str(), 0)).collect();
+        let mut count = |absent: &[String], unreachable: Option<usize>| {
+            let absent: std::collections::HashSet<&str> =
+                absent.iter().map(String::as_str).collect();
+            for n in names {
+                let counts = match unreachable {
+                    None => !absent.contains(n.as_str()),
+                    Some(i) => self.placed(n).contains(&i),
+                };
+                if counts {
+                    *held.get_mut(n.as_str()).unwrap_or(&mut 0) += 1;
+                }
             }
-            other => other,
+        };
+        let remote = self.others().map(|(i, c)| async move {
+            if self.skipped(i) {
+                return (i, None);
+            }
+            match c.touch(names).await {
+                Ok(absent) => (i, Some(absent)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a server is down: its blocks cannot be touched");
+                    self.set_up(i, false);
+                    (i, None)
+                }
+            }
+        });
+        let spare = async {
+            match &self.spare {
+                Some(s) => s.touch(names).await.ok(),
+                None => None,
+            }
+        };
+        let (here, remote, spare) = tokio::join!(
+            local.touch(names.to_vec()),
+            futures::future::join_all(remote),
+            spare
+        );
+        count(&here?, None);
+        for (i, absent) in remote {
+            match absent {
+                Some(a) => count(&a, None),
+                None => count(&[], Some(i)),
+            }
         }
+        if let Some(a) = spare {
+            // Only what the spare holds counts: it is no placed server.
+            let holds: Vec<String> = names.iter().filter(|n| !a.contains(n)).cloned().collect();
+            for n in &holds {
+                *held.get_mut(n.as_str()).unwrap_or(&mut 0) += 1;
+            }
+        }
+        let want = self.copies();
+        Ok(names
+            .iter()
+            .filter(|n| held.get(n.as_str()).copied().unwrap_or(0) < want)
+            .cloned()
+            .collect())
     }
 
-    /// Drops the spare's copies of blocks both servers hold again; how many it dropped.
+    /// Of `names`, those every placed server holds (checked on this disk, touched on the
+    /// others): a copy elsewhere may then go. A server that cannot be asked confirms nothing.
+    pub async fn confirmed(
+        &self,
+        names: &[String],
+        local: &BlockStore,
+    ) -> Result<Vec<String>, Error> {
+        let mut by_server: HashMap<usize, Vec<String>> = HashMap::new();
+        for n in names {
+            for i in self.placed(n) {
+                by_server.entry(i).or_default().push(n.clone());
+            }
+        }
+        let mut lacking = std::collections::HashSet::new();
+        for (i, list) in by_server {
+            let absent = match &self.servers[i].client {
+                None => {
+                    let mut absent = Vec::new();
+                    for n in list {
+                        if !local.has(&n).await {
+                            absent.push(n);
+                        }
+                    }
+                    absent
+                }
+                Some(c) => c.touch(&list).await?,
+            };
+            lacking.extend(absent);
+        }
+        Ok(names
+            .iter()
+            .filter(|n| !lacking.contains(*n))
+            .cloned()
+            .collect())
+    }
+
+    /// Drops the spare's copies of blocks whose placed servers all hold them again; how
+    /// many it dropped.
     pub async fn drop_spare_copies(&self, local: &BlockStore) -> Result<u64, Error> {
-        let (Some(peer), Some(spare)) = (&self.peer, &self.spare) else {
+        let Some(spare) = &self.spare else {
             return Ok(0);
         };
         let mut dropped = 0;
         for chunk in spare.list().await?.chunks(1024) {
-            let mut here = Vec::new();
-            for h in chunk {
-                if local.has(h).await {
-                    here.push(h.clone());
-                }
-            }
-            if here.is_empty() {
+            let both = self.confirmed(chunk, local).await?;
+            if both.is_empty() {
                 continue;
             }
-            let absent = peer.touch(&here).await?;
-            let both: Vec<String> = here.into_iter().filter(|h| !absent.contains(h)).collect();
             dropped += both.len() as u64;
             spare.drop_blocks(&both).await?;
         }
         if dropped > 0 {
             tracing::info!(
                 dropped,
-                "the spare's copies dropped: both servers hold them"
+                "the spare's copies dropped: their placed servers hold them"
             );
         }
         Ok(dropped)

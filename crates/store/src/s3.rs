@@ -15,7 +15,7 @@ use s3s::{S3, S3Error, S3Request, S3Response, S3Result, s3_error};
 
 use crate::Error;
 use crate::blocks::{BlockStore, MAX_BLOCK, hash_of};
-use crate::meta::{BUCKETS, BucketMeta, Db, ObjectMeta, now_secs, objects_key};
+use crate::meta::{BUCKETS, BucketMeta, Checksums, Db, ObjectMeta, now_secs, objects_key};
 use crate::replicas::Replicas;
 use crate::stats::{Stats, bump};
 
@@ -23,7 +23,7 @@ use crate::stats::{Stats, bump};
 pub struct Store {
     pub db: Arc<Db>,
     pub blocks: BlockStore,
-    /// The other disks: the peer's, and the spare's while the peer is down.
+    /// Every server's disk (where each block's copies go: `placement`) and the spare's.
     pub remote: Arc<Replicas>,
     pub region: String,
     pub stats: Arc<Stats>,
@@ -39,6 +39,8 @@ pub(crate) struct Stored {
     pub total: u64,
     pub md5: [u8; 16],
     pub started: Instant,
+    /// The x-amz-checksum-* values the body was checked against (whole-object ones).
+    pub checksums: Checksums,
 }
 
 pub(crate) fn internal(e: Error) -> S3Error {
@@ -98,7 +100,7 @@ impl Store {
         }
     }
 
-    async fn object(&self, bucket: &str, key: &str) -> S3Result<ObjectMeta> {
+    pub(crate) async fn object(&self, bucket: &str, key: &str) -> S3Result<ObjectMeta> {
         self.bucket_exists(bucket).await?;
         match self
             .db
@@ -111,42 +113,40 @@ impl Store {
         }
     }
 
-    /// One block on this server's disk and the peer's (the spare's while the peer is
-    /// down), both fsynced, before returning.
+    /// One block on the disks of its two placed servers (`placement`; a fallback for one
+    /// that is down: the next server, then the spare), fsynced, before returning.
     async fn write_block(&self, data: Bytes) -> Result<String, Error> {
         let hash = hash_of(&data);
-        let (a, b) = tokio::join!(
-            self.blocks.put(&hash, data.clone()),
-            self.remote.put(&hash, data)
-        );
-        a?;
-        b?;
+        self.remote.put(&hash, data, &self.blocks).await?;
         Ok(hash)
     }
 
-    /// The local copy, else the peer's, which then replaces the missing or rotten local
-    /// one (read repair) without delaying the reply.
+    /// The local copy, else another server's (placed ones first). When this server is one
+    /// of the block's placed holders, that copy then replaces its missing or rotten one
+    /// (read repair) without delaying the reply.
     async fn read_block(&self, hash: &str) -> Result<Bytes, Error> {
         if let Some(b) = self.blocks.get(hash).await? {
             return Ok(b);
         }
         if let Some(b) = self.remote.get(hash).await? {
-            let (me, hash, copy) = (self.clone(), hash.to_string(), b.clone());
-            tokio::spawn(async move {
-                match me.blocks.repair(&hash, copy).await {
-                    Ok(()) => bump(&me.stats.read_repairs, 1),
-                    Err(e) => tracing::warn!(error = %e, block = %hash, "read repair failed"),
-                }
-            });
+            if self.remote.placed_here(hash) {
+                let (me, hash, copy) = (self.clone(), hash.to_string(), b.clone());
+                tokio::spawn(async move {
+                    match me.blocks.repair(&hash, copy).await {
+                        Ok(()) => bump(&me.stats.read_repairs, 1),
+                        Err(e) => tracing::warn!(error = %e, block = %hash, "read repair failed"),
+                    }
+                });
+            }
             return Ok(b);
         }
-        Err(Error::Io(format!("block {hash} is on neither server")))
+        Err(Error::Io(format!("block {hash} is on no server")))
     }
 
     /// Makes sure GC cannot have taken, nor take, the blocks a metadata commit is about to
     /// name (the rule is in `gc`): a writer that started less than a quarter of the grace
     /// ago may commit; a slower one (or `always`, for a copy of old blocks) touches every
-    /// block on both servers first, and fails if one is gone.
+    /// copy of every block first, and fails if a block has fewer than two copies left.
     pub(crate) async fn keep_blocks(
         &self,
         blocks: &[String],
@@ -159,9 +159,12 @@ impl Store {
         let mut names = blocks.to_vec();
         names.sort();
         names.dedup();
-        let (local, peer) =
-            tokio::join!(self.blocks.touch(names.clone()), self.remote.touch(&names));
-        let gone = local.map_err(internal)?.len() + peer.map_err(internal)?.len();
+        let gone = self
+            .remote
+            .touch(&names, &self.blocks)
+            .await
+            .map_err(internal)?
+            .len();
         if gone > 0 {
             return Err(s3_error!(
                 ServiceUnavailable,
@@ -217,7 +220,7 @@ impl Store {
                 "Content-Length said {n} bytes, the body had {total}"
             ));
         }
-        checks.verify()?;
+        let checksums = checks.verify()?;
         bump(&self.stats.puts, 1);
         bump(&self.stats.put_bytes, total);
         Ok(Stored {
@@ -226,12 +229,17 @@ impl Store {
             total,
             md5: md5.finalize().into(),
             started,
+            checksums,
         })
     }
 
     /// Streams bytes `range` of an object, block by block (a task feeds a bounded channel,
     /// so a large GET holds at most a few blocks in memory).
-    fn stream_range(&self, meta: &ObjectMeta, range: std::ops::Range<u64>) -> StreamingBlob {
+    pub(crate) fn stream_range(
+        &self,
+        meta: &ObjectMeta,
+        range: std::ops::Range<u64>,
+    ) -> StreamingBlob {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
         let me = self.clone();
         let blocks: Vec<(String, u64)> = meta
@@ -327,7 +335,17 @@ impl BodyChecks {
         }
     }
 
-    fn verify(self) -> S3Result<()> {
+    /// Checks nothing: a body the store itself produces (UploadPartCopy).
+    pub(crate) fn none() -> BodyChecks {
+        BodyChecks {
+            hasher: s3s::checksum::ChecksumHasher::default(),
+            headers: Checksum::default(),
+            trailers: None,
+        }
+    }
+
+    /// Checks every named checksum; the values, to store with the object.
+    fn verify(self) -> S3Result<Checksums> {
         let got = self.hasher.finalize();
         let trailer = |alg: &str| {
             self.trailers.as_ref().and_then(|t| {
@@ -339,6 +357,7 @@ impl BodyChecks {
                 .flatten()
             })
         };
+        let stored = Checksums::from_dto(got.clone(), "FULL_OBJECT");
         let pairs = [
             (
                 ALGORITHMS[0],
@@ -377,6 +396,182 @@ impl BodyChecks {
                     alg.to_ascii_uppercase()
                 ));
             }
+        }
+        Ok(stored)
+    }
+}
+
+/// Fills the x-amz-checksum-* fields of an output from stored checksums.
+macro_rules! set_checksums {
+    ($out:expr, $c:expr) => {{
+        let c: &$crate::meta::Checksums = $c;
+        $out.checksum_crc32 = c.crc32.clone();
+        $out.checksum_crc32c = c.crc32c.clone();
+        $out.checksum_crc64nvme = c.crc64nvme.clone();
+        $out.checksum_sha1 = c.sha1.clone();
+        $out.checksum_sha256 = c.sha256.clone();
+    }};
+}
+pub(crate) use set_checksums;
+
+/// The checksums a GET or HEAD returns with `x-amz-checksum-mode: ENABLED`: the object's
+/// (whole object asked), or part `n`'s (`partNumber`); none for a byte range.
+fn checksums_for(
+    meta: &ObjectMeta,
+    mode: Option<&ChecksumMode>,
+    part: Option<i32>,
+    ranged: bool,
+) -> Checksums {
+    if mode.is_none_or(|m| m.as_str() != ChecksumMode::ENABLED) || ranged {
+        return Checksums::default();
+    }
+    match part {
+        Some(n) if !meta.part_sizes.is_empty() => {
+            let mut c = usize::try_from(n - 1)
+                .ok()
+                .and_then(|i| meta.part_checksums.get(i))
+                .cloned()
+                .unwrap_or_default();
+            if !c.is_empty() {
+                c.kind = meta.checksums.kind.clone();
+            }
+            c
+        }
+        _ => meta.checksums.clone(),
+    }
+}
+
+/// An ETag condition against a stored record (`*` matches any).
+fn etag_matches(c: &ETagCondition, etag: &str) -> bool {
+    match c {
+        ETagCondition::Any => true,
+        ETagCondition::ETag(t) => t.value().trim_matches('"') == etag,
+    }
+}
+
+/// The preconditions of a conditional delete, against the stored record: `Ok(false)` when
+/// there is nothing to delete (S3 answers 204 then, whatever the conditions).
+fn delete_conditions(
+    cur: Option<&str>,
+    if_match: Option<&ETagCondition>,
+    size: Option<i64>,
+    modified: Option<&Timestamp>,
+) -> S3Result<bool> {
+    let Some(raw) = cur else { return Ok(false) };
+    let m: ObjectMeta = serde_json::from_str(raw)
+        .map_err(|e| internal(Error::Db(format!("bad object record: {e}"))))?;
+    let ok = if_match.is_none_or(|c| etag_matches(c, &m.etag))
+        && size.is_none_or(|n| n >= 0 && n as u64 == m.size)
+        && modified.is_none_or(|t| odt(t).unix_timestamp() == m.modified);
+    if ok {
+        Ok(true)
+    } else {
+        Err(s3_error!(
+            PreconditionFailed,
+            "the object does not match the delete's conditions"
+        ))
+    }
+}
+
+/// The preconditions of a conditional write (PUT, CompleteMultipartUpload) against the
+/// stored record: If-Match on a missing object is NoSuchKey, as S3 answers.
+fn write_conditions(
+    cur: Option<&str>,
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+) -> S3Result<()> {
+    match cur {
+        None if if_match.is_some() => Err(s3_error!(NoSuchKey, "If-Match on a missing object")),
+        None => Ok(()),
+        Some(raw) => {
+            let m: ObjectMeta = serde_json::from_str(raw)
+                .map_err(|e| internal(Error::Db(format!("bad object record: {e}"))))?;
+            check_conditions(&m, if_match, if_none_match, None, None, false)
+        }
+    }
+}
+
+impl Store {
+    /// Checks a write's If-Match / If-None-Match before its body is read (a sure failure
+    /// stores nothing); `commit_object` checks them again, atomically.
+    pub(crate) async fn precheck_write(
+        &self,
+        bucket: &str,
+        key: &str,
+        if_match: Option<&ETagCondition>,
+        if_none_match: Option<&ETagCondition>,
+    ) -> S3Result<()> {
+        if if_match.is_none() && if_none_match.is_none() {
+            return Ok(());
+        }
+        let cur = self
+            .db
+            .hget_raw(&objects_key(bucket), key)
+            .await
+            .map_err(internal)?;
+        write_conditions(cur.as_deref(), if_match, if_none_match)
+    }
+
+    /// Writes an object's record. With If-Match / If-None-Match the record is read, the
+    /// conditions checked against it and the new one set only if the record is still the
+    /// one checked (compare-and-set in the db): two conditional writers never both win.
+    pub(crate) async fn commit_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        meta: &ObjectMeta,
+        if_match: Option<&ETagCondition>,
+        if_none_match: Option<&ETagCondition>,
+    ) -> S3Result<()> {
+        let hash = objects_key(bucket);
+        if if_match.is_none() && if_none_match.is_none() {
+            return self.db.hset_json(&hash, key, meta).await.map_err(internal);
+        }
+        let value = serde_json::to_string(meta).map_err(|e| internal(Error::Db(e.to_string())))?;
+        let cur = self.db.hget_raw(&hash, key).await.map_err(internal)?;
+        write_conditions(cur.as_deref(), if_match, if_none_match)?;
+        if !self
+            .db
+            .hset_if(&hash, key, cur.as_deref(), Some(&value))
+            .await
+            .map_err(internal)?
+        {
+            return Err(s3_error!(
+                PreconditionFailed,
+                "the object changed while this conditional write ran"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Deletes an object's record, under conditions when any are given (compare-and-set,
+    /// as `commit_object`).
+    pub(crate) async fn delete_object_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        if_match: Option<&ETagCondition>,
+        size: Option<i64>,
+        modified: Option<&Timestamp>,
+    ) -> S3Result<()> {
+        let hash = objects_key(bucket);
+        if if_match.is_none() && size.is_none() && modified.is_none() {
+            return self.db.hdel(&hash, key).await.map(|_| ()).map_err(internal);
+        }
+        let cur = self.db.hget_raw(&hash, key).await.map_err(internal)?;
+        if !delete_conditions(cur.as_deref(), if_match, size, modified)? {
+            return Ok(());
+        }
+        if !self
+            .db
+            .hset_if(&hash, key, cur.as_deref(), None)
+            .await
+            .map_err(internal)?
+        {
+            return Err(s3_error!(
+                PreconditionFailed,
+                "the object changed while this conditional delete ran"
+            ));
         }
         Ok(())
     }
@@ -448,7 +643,7 @@ pub(crate) fn check_content_md5(header: Option<&str>, md5: &[u8; 16]) -> S3Resul
 }
 
 /// If-Match / If-None-Match / If-(Un)Modified-Since, as RFC 9110 orders them.
-fn check_conditions(
+pub(crate) fn check_conditions(
     meta: &ObjectMeta,
     if_match: Option<&ETagCondition>,
     if_none_match: Option<&ETagCondition>,
@@ -582,6 +777,76 @@ impl S3 for Store {
         self.mp_create(req).await
     }
 
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        self.mp_upload_part_copy(req).await
+    }
+
+    async fn get_object_attributes(
+        &self,
+        req: S3Request<GetObjectAttributesInput>,
+    ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
+        let i = req.input;
+        let meta = self.object(&i.bucket, &i.key).await?;
+        // One header, comma-separated: s3s 0.14.1 may hand it over as one item.
+        let want = |a: &str| {
+            i.object_attributes
+                .iter()
+                .flat_map(|x| x.as_str().split(','))
+                .any(|x| x.trim().eq_ignore_ascii_case(a))
+        };
+        let mut out = GetObjectAttributesOutput {
+            last_modified: Some(ts(meta.modified)),
+            ..Default::default()
+        };
+        if want(ObjectAttributes::ETAG) {
+            out.e_tag = Some(quoted(&meta.etag));
+        }
+        if want(ObjectAttributes::OBJECT_SIZE) {
+            out.object_size = Some(meta.size as i64);
+        }
+        if want(ObjectAttributes::STORAGE_CLASS) {
+            out.storage_class = Some(StorageClass::from_static(StorageClass::STANDARD));
+        }
+        if want(ObjectAttributes::CHECKSUM) && !meta.checksums.is_empty() {
+            let mut c = Checksum {
+                checksum_type: meta.checksums.kind.clone().map(ChecksumType::from),
+                ..Default::default()
+            };
+            set_checksums!(c, &meta.checksums);
+            out.checksum = Some(c);
+        }
+        if want(ObjectAttributes::OBJECT_PARTS) && !meta.part_sizes.is_empty() {
+            let max = i.max_parts.unwrap_or(1000).clamp(1, 1000) as usize;
+            let marker = i.part_number_marker.unwrap_or(0).max(0) as usize;
+            let total = meta.part_sizes.len();
+            let mut parts = Vec::new();
+            for (idx, size) in meta.part_sizes.iter().enumerate().skip(marker).take(max) {
+                let mut p = ObjectPart {
+                    part_number: Some(idx as i32 + 1),
+                    size: Some(*size as i64),
+                    ..Default::default()
+                };
+                if let Some(c) = meta.part_checksums.get(idx) {
+                    set_checksums!(p, c);
+                }
+                parts.push(p);
+            }
+            let last = marker + parts.len();
+            out.object_parts = Some(GetObjectAttributesParts {
+                total_parts_count: Some(total as i32),
+                part_number_marker: i.part_number_marker,
+                next_part_number_marker: (last < total).then_some(last as i32),
+                max_parts: Some(max as i32),
+                is_truncated: Some(last < total),
+                parts: Some(parts),
+            });
+        }
+        Ok(S3Response::new(out))
+    }
+
     async fn upload_part(
         &self,
         req: S3Request<UploadPartInput>,
@@ -711,27 +976,13 @@ impl S3 for Store {
         let checks = BodyChecks::new(&req, put_checksums(&req.input));
         let input = req.input;
         self.bucket_exists(&input.bucket).await?;
-        if input.if_match.is_some() || input.if_none_match.is_some() {
-            match self
-                .db
-                .hget_json::<ObjectMeta>(&objects_key(&input.bucket), &input.key)
-                .await
-            {
-                Ok(Some(m)) => check_conditions(
-                    &m,
-                    input.if_match.as_ref(),
-                    input.if_none_match.as_ref(),
-                    None,
-                    None,
-                    false,
-                )?,
-                Ok(None) if input.if_match.is_some() => {
-                    return Err(s3_error!(NoSuchKey, "If-Match on a missing object"));
-                }
-                Ok(None) => {}
-                Err(e) => return Err(internal(e)),
-            }
-        }
+        self.precheck_write(
+            &input.bucket,
+            &input.key,
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+        )
+        .await?;
         let headers = headers_of!(input);
         let body = self
             .store_body(input.body, input.content_length, checks)
@@ -749,16 +1000,25 @@ impl S3 for Store {
             headers,
             upload_id: None,
             part_sizes: Vec::new(),
+            checksums: body.checksums,
+            part_checksums: Vec::new(),
         };
-        // Blocks are on both disks (fsynced); only now does the object exist.
-        self.db
-            .hset_json(&objects_key(&input.bucket), &input.key, &meta)
-            .await
-            .map_err(internal)?;
-        Ok(S3Response::new(PutObjectOutput {
+        // Blocks are on two disks (fsynced); only now does the object exist.
+        self.commit_object(
+            &input.bucket,
+            &input.key,
+            &meta,
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+        )
+        .await?;
+        let mut out = PutObjectOutput {
             e_tag: Some(quoted(&meta.etag)),
+            checksum_type: meta.checksums.kind.clone().map(ChecksumType::from),
             ..Default::default()
-        }))
+        };
+        set_checksums!(out, &meta.checksums);
+        Ok(S3Response::new(out))
     }
 
     async fn get_object(
@@ -813,8 +1073,14 @@ impl S3 for Store {
         let body = self.stream_range(&meta, range.clone());
         bump(&self.stats.gets, 1);
         let h = &meta.headers;
+        let sums = checksums_for(
+            &meta,
+            i.checksum_mode.as_ref(),
+            i.part_number,
+            i.range.is_some(),
+        );
         // response-* query parameters (a presigned link's download name, …) override.
-        Ok(S3Response::new(GetObjectOutput {
+        let mut out = GetObjectOutput {
             body: Some(body),
             content_length: Some((range.end - range.start) as i64),
             content_range,
@@ -844,8 +1110,11 @@ impl S3 for Store {
             last_modified: Some(ts(meta.modified)),
             metadata: Some(meta.user_meta.clone().into_iter().collect()),
             parts_count: parts_count(&meta, i.part_number),
+            checksum_type: sums.kind.clone().map(ChecksumType::from),
             ..Default::default()
-        }))
+        };
+        set_checksums!(out, &sums);
+        Ok(S3Response::new(out))
     }
 
     async fn head_object(
@@ -876,7 +1145,9 @@ impl S3 for Store {
             }
             None => (meta.size, None),
         };
-        Ok(S3Response::new(HeadObjectOutput {
+        let sums = checksums_for(&meta, i.checksum_mode.as_ref(), i.part_number, false);
+        let mut out = HeadObjectOutput {
+            checksum_type: sums.kind.clone().map(ChecksumType::from),
             content_length: Some(length as i64),
             content_range,
             parts_count: parts_count(&meta, i.part_number),
@@ -891,7 +1162,9 @@ impl S3 for Store {
             last_modified: Some(ts(meta.modified)),
             metadata: Some(meta.user_meta.clone().into_iter().collect()),
             ..Default::default()
-        }))
+        };
+        set_checksums!(out, &sums);
+        Ok(S3Response::new(out))
     }
 
     async fn delete_object(
@@ -902,10 +1175,14 @@ impl S3 for Store {
         self.bucket_exists(&i.bucket).await?;
         // S3 answers 204 whether or not the key existed. The blocks go with the next GC pass
         // that finds them unreferenced and past the grace (`gc`).
-        self.db
-            .hdel(&objects_key(&i.bucket), &i.key)
-            .await
-            .map_err(internal)?;
+        self.delete_object_if(
+            &i.bucket,
+            &i.key,
+            i.if_match.as_ref(),
+            i.if_match_size,
+            i.if_match_last_modified_time.as_ref(),
+        )
+        .await?;
         Ok(S3Response::new(DeleteObjectOutput::default()))
     }
 
@@ -925,8 +1202,18 @@ impl S3 for Store {
         let mut deleted = Vec::new();
         let mut errors = Vec::new();
         for o in i.delete.objects {
-            match self.db.hdel(&objects_key(&i.bucket), &o.key).await {
-                Ok(_) => {
+            let etag = o.e_tag.clone().map(ETagCondition::ETag);
+            let done = self
+                .delete_object_if(
+                    &i.bucket,
+                    &o.key,
+                    etag.as_ref(),
+                    o.size,
+                    o.last_modified_time.as_ref(),
+                )
+                .await;
+            match done {
+                Ok(()) => {
                     if !quiet {
                         deleted.push(DeletedObject {
                             key: Some(o.key),
@@ -935,9 +1222,9 @@ impl S3 for Store {
                     }
                 }
                 Err(e) => errors.push(s3s::dto::Error {
-                    code: Some("ServiceUnavailable".into()),
+                    code: Some(e.code().as_str().to_string()),
                     key: Some(o.key),
-                    message: Some(e.to_string()),
+                    message: e.message().map(str::to_string),
                     version_id: None,
                 }),
             }

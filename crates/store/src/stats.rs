@@ -14,18 +14,28 @@ pub struct ServerStatus {
     /// Unix seconds of the last publish; `interval_secs` tells a reader when it is stale.
     pub updated: i64,
     pub interval_secs: f64,
+    /// Every other server's block service answered the last pass.
     pub peer_up: bool,
+    /// This server's capacity weight (its share of the blocks: `placement`).
+    #[serde(default)]
+    pub weight: f64,
     /// Block files on this disk and their bytes.
     pub blocks: u64,
     pub bytes: u64,
-    /// Objects in the metadata, and those with every block on this disk.
+    /// Objects with a block placed on this server, and those of them with every such block
+    /// on this disk (with two servers: every object). An object is under-replicated while
+    /// one of its placed servers lacks a block of it.
     pub objects: u64,
     pub objects_held: u64,
-    /// Blocks the metadata references that this disk lacks.
+    /// Blocks placed on this server that the metadata references and this disk lacks.
     pub missing_blocks: u64,
     pub missing_bytes: u64,
     /// Blocks on this disk no object references (collected once older than the grace).
     pub unreferenced_blocks: u64,
+    /// Referenced blocks on this disk placed on other servers (a fallback's copies, or
+    /// after a change of servers or weights): dropped once their placed servers hold them.
+    #[serde(default)]
+    pub misplaced_blocks: u64,
     pub reclone: RecloneProgress,
     pub scrub: Option<ScrubReport>,
     pub gc: GcTotals,
@@ -38,7 +48,7 @@ pub struct RecloneProgress {
     pub done_blocks: u64,
     pub total_bytes: u64,
     pub done_bytes: u64,
-    /// Blocks neither this disk nor the peer holds.
+    /// Blocks no disk holds (counted only when every server answered).
     pub lost_blocks: u64,
     /// Unix seconds; 0 = never.
     pub started: i64,
@@ -160,16 +170,25 @@ impl Stats {
         let gauges = [
             ("blocks", "Block files on this disk.", st.blocks),
             ("bytes", "Bytes of block files on this disk.", st.bytes),
-            ("objects", "Objects in the metadata.", st.objects),
+            (
+                "objects",
+                "Objects with a block placed on this server.",
+                st.objects,
+            ),
             (
                 "objects_held",
-                "Objects with every block on this disk.",
+                "Objects with every block placed here on this disk.",
                 st.objects_held,
             ),
             (
                 "missing_blocks",
-                "Referenced blocks this disk lacks.",
+                "Referenced blocks placed here that this disk lacks.",
                 st.missing_blocks,
+            ),
+            (
+                "misplaced_blocks",
+                "Referenced blocks on this disk placed on other servers.",
+                st.misplaced_blocks,
             ),
             (
                 "unreferenced_blocks",
@@ -190,7 +209,7 @@ impl Stats {
             ),
             (
                 "peer_up",
-                "1 when the last pass reached the peer.",
+                "1 when the last pass reached every other server.",
                 u64::from(st.peer_up),
             ),
         ];

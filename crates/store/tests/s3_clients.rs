@@ -213,3 +213,75 @@ fn boto3_compat_listings_and_headers() {
         &tmp.path().join("s1/store.log"),
     );
 }
+
+/// Conditional writes and deletes (an If-None-Match race too), stored checksums,
+/// UploadPartCopy and GetObjectAttributes through boto3 (`tests/s3_more.py`), then the
+/// same attributes and checksums through aws-cli, reading through the other server.
+#[test]
+fn conditions_checksums_part_copies_and_attributes() {
+    let Some(venv) = pyenv() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let db_addr = "127.140.5.2:6379".parse().unwrap();
+    let _redis = start_redis(db_addr, tmp.path());
+    let s1 = StoreNode::start(
+        &tmp.path().join("s1"),
+        "127.140.5.11",
+        Some("127.140.5.21"),
+        db_addr,
+    );
+    let s2 = StoreNode::start(
+        &tmp.path().join("s2"),
+        "127.140.5.21",
+        Some("127.140.5.11"),
+        db_addr,
+    );
+    let (key, secret) = create_key(&s1.config);
+    run_script(
+        &venv,
+        "s3_more.py",
+        &s1,
+        &key,
+        &secret,
+        &tmp.path().join("s1/store.log"),
+    );
+    let json = |args: &[&str]| {
+        let out = aws(&venv, &s2, &key, &secret, args);
+        assert!(
+            out.status.success(),
+            "aws {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let head = json(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "more",
+        "--key",
+        "sum-SHA256",
+        "--checksum-mode",
+        "ENABLED",
+    ]);
+    assert_eq!(
+        head["ChecksumSHA256"], "arcu6553sHVAiX4MjW0j7I7vD4w6R+Gz9Ok0Q9lTa+0=",
+        "{head}"
+    );
+    let attrs = json(&[
+        "s3api",
+        "get-object-attributes",
+        "--bucket",
+        "more",
+        "--key",
+        "copied",
+        "--object-attributes",
+        "ObjectSize",
+        "ObjectParts",
+    ]);
+    assert_eq!(
+        attrs["ObjectSize"].as_u64(),
+        Some(2 * (6 * 1024 * 1024 + 123)),
+        "{attrs}"
+    );
+    assert_eq!(attrs["ObjectParts"]["TotalPartsCount"], 3, "{attrs}");
+}

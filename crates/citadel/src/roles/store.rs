@@ -1,7 +1,7 @@
 //! The store role in a cluster: one `store` jail on each data server. Each listens for S3 on
 //! its first address (port 3900, what the gate's `store` service balances), serves blocks to
-//! the other store jail on the address they share last-declared (the back segment, port
-//! 3901), reaches the db jails directly at their addresses (port 6379) with the `[db]`
+//! the other store jails on the address they share last-declared (the back segment, port
+//! 3901) and lists every store jail with its `weight` (placement), reaches the db jails directly at their addresses (port 6379) with the `[db]`
 //! password, keeps its blocks in the jail's data directory, and serves `/metrics` and
 //! `POST /scrub` on its first address, port 9100. `[store]` holds `region` and the upkeep
 //! settings (`reclone_mib_per_s`, `catalogue_interval_secs`, `gc_grace_secs`,
@@ -15,7 +15,7 @@ use citadel_store::StoreConfig;
 use citadel_store::config::{self, DbConfig};
 use serde::Deserialize;
 
-use super::{db, locate};
+use super::db;
 
 pub const S3_PORT: u16 = 3900;
 pub const PEER_PORT: u16 = 3901;
@@ -47,12 +47,6 @@ pub fn check(source: &str, cluster: &Cluster) -> Vec<Diagnostic> {
     }
     let stores: Vec<&Jail> = stores(cluster);
     let mut diags = Vec::new();
-    if stores.len() > 2 {
-        diags.push(Diagnostic::error(
-            locate(source, "[[jail]]", "\"store\""),
-            "at most two store jails (one per data server) in this version",
-        ));
-    }
     for jail in stores {
         if let Err(e) = resolve(cluster, jail, Path::new("data")) {
             diags.push(Diagnostic::error(
@@ -75,23 +69,32 @@ fn stores(cluster: &Cluster) -> Vec<&Jail> {
 pub fn resolve(cluster: &Cluster, me: &Jail, data_dir: &Path) -> Result<StoreConfig, String> {
     let section: StoreSection = super::section(cluster, "store")?;
     let own = me.primary_address().ok_or("the jail has no address")?;
-    let peer_jail = stores(cluster).into_iter().find(|j| j.name != me.name);
-    let peer = match peer_jail {
-        Some(p) => Some(SocketAddr::new(
-            IpAddr::V4(
-                cluster
-                    .reach(me, p)
-                    .ok_or_else(|| format!("shares no segment with store jail `{}`", p.name))?,
-            ),
-            PEER_PORT,
-        )),
-        None => None,
-    };
-    // Listen for the peer where the peer reaches us (the back segment between servers).
-    let peer_ip = match peer_jail {
+    let all = stores(cluster);
+    // Listen for the others where they reach us (the back segment between servers).
+    let peer_ip = match all.iter().find(|j| j.name != me.name) {
         Some(p) => cluster.reach(p, me).unwrap_or(own),
         None => own,
     };
+    let peer_listen = SocketAddr::new(IpAddr::V4(peer_ip), PEER_PORT);
+    let mut servers = Vec::new();
+    for j in &all {
+        let addr =
+            if j.name == me.name {
+                peer_listen
+            } else {
+                SocketAddr::new(
+                    IpAddr::V4(cluster.reach(me, j).ok_or_else(|| {
+                        format!("shares no segment with store jail `{}`", j.name)
+                    })?),
+                    PEER_PORT,
+                )
+            };
+        servers.push(config::ServerEntry {
+            name: j.name.clone(),
+            addr,
+            weight: j.store_weight(),
+        });
+    }
     let spare = match &section.spare {
         Some(name) => {
             let jail = cluster
@@ -112,8 +115,9 @@ pub fn resolve(cluster: &Cluster, me: &Jail, data_dir: &Path) -> Result<StoreCon
     }
     let resolved = StoreConfig {
         listen: SocketAddr::new(IpAddr::V4(own), S3_PORT),
-        peer_listen: SocketAddr::new(IpAddr::V4(peer_ip), PEER_PORT),
-        peer,
+        peer_listen,
+        peer: None,
+        servers,
         spare,
         data_dir: data_dir.to_path_buf(),
         region: section.region.unwrap_or_else(|| "citadel".into()),
