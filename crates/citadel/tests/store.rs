@@ -166,6 +166,21 @@ fn store_status_shows_each_server_and_a_wiped_one_reclones() {
         "{scrub}"
     );
 
+    let spare_blocks = || {
+        std::fs::read_dir(up.data("spare").join("blocks"))
+            .map(|d| {
+                d.flatten()
+                    .map(|sub| std::fs::read_dir(sub.path()).map_or(0, |f| f.count()))
+                    .sum::<usize>()
+            })
+            .unwrap_or(0)
+    };
+    // A PUT that came while store-2 was still starting put its second copies on the spare;
+    // they go once both stores hold the blocks. Start the next step from an empty spare.
+    wait_for("the spare empty", Duration::from_secs(30), || {
+        (spare_blocks() == 0).then_some(())
+    });
+
     // store-2 stops: its record goes stale. Its disk is emptied; started again, it re-clones.
     up.ok(&["jail", "stop", "store-2"]);
     wait_for("store-2 stale", Duration::from_secs(20), || {
@@ -184,15 +199,6 @@ fn store_status_shows_each_server_and_a_wiped_one_reclones() {
         "{}",
         String::from_utf8_lossy(&put.stderr)
     );
-    let spare_blocks = || {
-        std::fs::read_dir(up.data("spare").join("blocks"))
-            .map(|d| {
-                d.flatten()
-                    .map(|sub| std::fs::read_dir(sub.path()).map_or(0, |f| f.count()))
-                    .sum::<usize>()
-            })
-            .unwrap_or(0)
-    };
     assert_eq!(spare_blocks(), 1, "the spare holds the second copy");
     std::fs::remove_dir_all(up.data("store-2").join("blocks")).unwrap();
     up.ok(&["jail", "start", "store-2"]);
