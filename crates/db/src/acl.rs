@@ -1029,8 +1029,9 @@ impl UserConfig {
 
 /// The users a node's configuration declares: its `users`, plus the `default` user when
 /// they do not declare it — `on`, `password` (or `nopass` without one), `~* &* +@all`, and
-/// `-@dangerous` as soon as any password or user is configured (with nothing configured at
-/// all, every connection may do everything, as a fresh Redis).
+/// `-@dangerous +info` as soon as any password or user is configured (with nothing
+/// configured at all, every connection may do everything, as a fresh Redis). INFO stays
+/// allowed: health and monitoring tools read it, and it changes nothing.
 pub fn configured(password: Option<&str>, users: &[UserConfig]) -> Result<Vec<User>, String> {
     let mut out: Vec<User> = Vec::new();
     for u in users {
@@ -1052,7 +1053,7 @@ pub fn configured(password: Option<&str>, users: &[UserConfig]) -> Result<Vec<Us
     } else {
         let mut rules = "~* &* +@all".to_string();
         if password.is_some() || !users.is_empty() {
-            rules.push_str(" -@dangerous");
+            rules.push_str(" -@dangerous +info");
         }
         let d = UserConfig {
             name: "default".into(),
@@ -1286,7 +1287,7 @@ mod tests {
         assert_eq!(
             with_pw[0].describe(),
             format!(
-                "user default on #{} ~* &* +@all -@dangerous",
+                "user default on #{} ~* &* +@all -@dangerous +info",
                 sha256_hex(b"pw")
             )
         );
@@ -1298,7 +1299,7 @@ mod tests {
         let both = configured(None, std::slice::from_ref(&admin)).expect("ok");
         assert_eq!(both.len(), 2);
         assert!(both[0].describe().contains("nopass"));
-        assert!(both[0].describe().ends_with("-@dangerous"));
+        assert!(both[0].describe().ends_with("-@dangerous +info"));
         assert!(configured(None, &[admin.clone(), admin.clone()]).is_err());
         let bad = UserConfig {
             name: "x".into(),

@@ -41,19 +41,20 @@ pub struct FileUser {
     pub name: String,
     #[serde(default)]
     pub password: Option<String>,
-    /// Redis ACL rules; default `~* &* +@all -@dangerous`, for `admin` `~* &* +@all`.
+    /// Redis ACL rules; default `~* &* +@all -@dangerous +info`, for `admin` `~* &* +@all`.
     #[serde(default)]
     pub rules: Option<String>,
 }
 
 /// Rules of a declared user that gives none.
-pub const DEFAULT_RULES: &str = "~* &* +@all -@dangerous";
+/// INFO stays allowed: health and monitoring tools read it, and it changes nothing.
+pub const DEFAULT_RULES: &str = "~* &* +@all -@dangerous +info";
 pub const ADMIN_RULES: &str = "~* &* +@all";
 
 const ADMIN_PASSWORD_GONE: &str = "`admin_password` is replaced by the `admin` user: write `users = [{ name = \"admin\", password = \"…\" }]` (its rules default to \"~* &* +@all\")";
 
 /// The users every db member gets: the `default` user first (`password`, or `nopass`
-/// without one; `~* &* +@all -@dangerous` unless declared), then the declared ones.
+/// without one; `~* &* +@all -@dangerous +info` unless declared), then the declared ones.
 pub fn users(section: &DbSection) -> Result<Vec<citadel_db::acl::UserConfig>, String> {
     if section.admin_password.is_some() {
         return Err(ADMIN_PASSWORD_GONE.into());
@@ -73,7 +74,12 @@ pub fn users(section: &DbSection) -> Result<Vec<citadel_db::acl::UserConfig>, St
     }
     for u in &section.users {
         let mut rules = u.rules.clone().unwrap_or_else(|| {
-            if u.name == "admin" { ADMIN_RULES } else { DEFAULT_RULES }.to_string()
+            if u.name == "admin" {
+                ADMIN_RULES
+            } else {
+                DEFAULT_RULES
+            }
+            .to_string()
         });
         // A declared default user without any password needs none (as without `users`).
         if u.name == "default" && u.password.is_none() && section.password.is_none() {
@@ -202,7 +208,11 @@ fn check_members(cluster: &Cluster) -> Vec<Diagnostic> {
     diags
 }
 
-fn with_section_warning(source: &str, cluster: &Cluster, mut diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
+fn with_section_warning(
+    source: &str,
+    cluster: &Cluster,
+    mut diags: Vec<Diagnostic>,
+) -> Vec<Diagnostic> {
     if cluster.sections.contains_key("db") && !cluster.jails.iter().any(|j| j.role == Role::Db) {
         diags.push(Diagnostic::warning(
             locate(source, "[db", "[db"),
@@ -309,7 +319,11 @@ mod tests {
             r#"password = "pw"
 users = [{ name = "admin", password = "root" }, { name = "ops", password = "o", rules = "~ops:* +@read" }]"#,
         );
-        let jail = cluster.jails.iter().find(|j| j.role == Role::Db).expect("db jail");
+        let jail = cluster
+            .jails
+            .iter()
+            .find(|j| j.role == Role::Db)
+            .expect("db jail");
         let cfg = resolve(&cluster, jail).expect("resolves");
         let users = citadel_db::acl::configured(cfg.password.as_deref(), &cfg.users).expect("ok");
         let line = |n: &str| {
@@ -319,16 +333,30 @@ users = [{ name = "admin", password = "root" }, { name = "ops", password = "o", 
                 .map(|u| u.describe())
                 .expect("user")
         };
-        assert!(line("default").ends_with("~* &* +@all -@dangerous"), "{}", line("default"));
+        assert!(
+            line("default").ends_with("~* &* +@all -@dangerous +info"),
+            "{}",
+            line("default")
+        );
         assert!(!line("default").contains("nopass"));
         assert!(line("admin").ends_with("~* &* +@all"), "{}", line("admin"));
-        assert!(line("ops").ends_with("~ops:* resetchannels -@all +@read"), "{}", line("ops"));
-        assert_eq!(default_password(&cluster).expect("ok").as_deref(), Some("pw"));
+        assert!(
+            line("ops").ends_with("~ops:* resetchannels -@all +@read"),
+            "{}",
+            line("ops")
+        );
+        assert_eq!(
+            default_password(&cluster).expect("ok").as_deref(),
+            Some("pw")
+        );
         // Without a password the default user needs none, and still lacks @dangerous.
         let (_, open) = with_db("");
         let cfg = resolve(&open, jail).expect("resolves");
         let users = citadel_db::acl::configured(cfg.password.as_deref(), &cfg.users).expect("ok");
-        assert_eq!(users[0].describe(), "user default on nopass ~* &* +@all -@dangerous");
+        assert_eq!(
+            users[0].describe(),
+            "user default on nopass ~* &* +@all -@dangerous +info"
+        );
     }
 
     #[test]
@@ -336,7 +364,8 @@ users = [{ name = "admin", password = "root" }, { name = "ops", password = "o", 
         let e = errors(r#"users = [{ name = "ops", password = "o", rules = "~* +nosuch" }]"#);
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(
-            e[0].1.contains("user `ops`: rule '+nosuch': Unknown command or category name in ACL"),
+            e[0].1
+                .contains("user `ops`: rule '+nosuch': Unknown command or category name in ACL"),
             "{e:?}"
         );
         let line = BUILTIN.lines().position(|l| l == "[db]").expect("[db]") + 2;
@@ -345,10 +374,13 @@ users = [{ name = "admin", password = "root" }, { name = "ops", password = "o", 
         assert!(e[0].1.contains("replaced by the `admin` user"), "{e:?}");
         let e = errors(r#"users = [{ name = "a b" }]"#);
         assert!(e[0].1.contains("without spaces"), "{e:?}");
-        let e = errors(r#"users = [{ name = "x", password = "1" }, { name = "x", password = "2" }]"#);
+        let e =
+            errors(r#"users = [{ name = "x", password = "1" }, { name = "x", password = "2" }]"#);
         assert!(e[0].1.contains("declared twice"), "{e:?}");
         let e = errors(r#"users = [{ name = "x", pasword = "1" }]"#);
         assert!(e[0].1.contains("pasword"), "{e:?}");
-        assert!(errors(r#"users = [{ name = "x", password = "1", rules = "%R~k:* +get" }]"#).is_empty());
+        assert!(
+            errors(r#"users = [{ name = "x", password = "1", rules = "%R~k:* +get" }]"#).is_empty()
+        );
     }
 }
