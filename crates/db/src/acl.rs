@@ -774,27 +774,21 @@ impl Perms {
         if self.everything {
             return true;
         }
-        let sub = first_arg.map(|a| String::from_utf8_lossy(a).to_ascii_uppercase());
+        // `NAME|SUB`, built only when a rule can depend on it (not for every GET's key).
+        let id = || {
+            first_arg.map(|a| format!("{name}|{}", String::from_utf8_lossy(a).to_ascii_uppercase()))
+        };
         if split_container(name)
-            && let Some(s) = &sub
+            && let Some(id) = id()
+            && SERVER.iter().any(|(n, _)| *n == id)
         {
-            let id = format!("{name}|{s}");
-            if SERVER.iter().any(|(n, _)| *n == id) {
-                return self.allowed.contains(&id);
-            }
+            return self.allowed.contains(&id);
         }
         if self.allowed.contains(name) {
-            return match &sub {
-                Some(s) if !self.denied_subs.is_empty() => {
-                    !self.denied_subs.contains(&format!("{name}|{s}"))
-                }
-                _ => true,
-            };
+            return self.denied_subs.is_empty()
+                || id().is_none_or(|id| !self.denied_subs.contains(&id));
         }
-        match &sub {
-            Some(s) => self.allowed.contains(&format!("{name}|{s}")),
-            None => false,
-        }
+        id().is_some_and(|id| self.allowed.contains(&id))
     }
 
     /// May the user touch this key (for reading, writing or both)?
