@@ -32,6 +32,7 @@ const SERVER: &[(&str, i32)] = &[
     ("WATCH", -2),
     ("UNWATCH", 1),
     ("OBJECT", -2),
+    ("ACL", -2),
 ];
 
 fn lower(b: &[u8]) -> String {
@@ -64,7 +65,12 @@ fn info_of(name: &str) -> Option<Reply> {
         Reply::Int(keys.0 as i64),
         Reply::Int(keys.1 as i64),
         Reply::Int(keys.2 as i64),
-        Reply::Array(Vec::new()),
+        Reply::Array(
+            crate::acl::category_names(&up)
+                .into_iter()
+                .map(Reply::Simple)
+                .collect(),
+        ),
         Reply::Array(Vec::new()),
         Reply::Array(Vec::new()),
         Reply::Array(Vec::new()),

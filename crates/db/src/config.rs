@@ -98,12 +98,16 @@ pub struct DbConfig {
     /// on two segments lists both, so clients on either reach it.
     #[serde(default)]
     pub redis_listen: Vec<SocketAddr>,
-    /// Password clients must give with AUTH, if any.
+    /// The `default` user's password (`AUTH pass`), if any.
     #[serde(default)]
     pub password: Option<String>,
-    /// Password of the `admin` user (AUTH admin PASS), required for FLUSHDB.
+    /// ACL users, in Redis's rule grammar (`users = [{ name = "admin", password = "…",
+    /// rules = "~* &* +@all" }]`). Without a `default` entry the default user is `on`,
+    /// `password` (or `nopass`), `~* &* +@all`, and `-@dangerous` once any password or user
+    /// is configured. These users are the base on every member; ACL SETUSER/DELUSER of them
+    /// is refused (see `crate::acl`).
     #[serde(default)]
-    pub admin_password: Option<String>,
+    pub users: Vec<crate::acl::UserConfig>,
     /// The whole group, this node included. Each node's file may give another member a
     /// different `peer` address: the one *this* node dials (the first segment both share).
     pub members: Vec<Member>,
@@ -156,6 +160,7 @@ impl DbConfig {
             ));
         }
         let _ = me;
+        crate::acl::configured(self.password.as_deref(), &self.users).map_err(DbError::Config)?;
         Ok(())
     }
 

@@ -2,6 +2,7 @@
 //! top, and a vote-only witness role so that two data servers plus a witness survive the
 //! loss of any one box.
 
+pub mod acl;
 pub mod admin;
 pub mod blocking;
 pub mod clients;

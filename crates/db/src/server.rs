@@ -6,6 +6,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::acl::{Directory, Perms};
 use crate::clients::{Client, Registry};
 use crate::data::{
     Class, NUM_DBS, STREAM_CFG, Watch, WriteReq, arity_err, blocks, check_arity, classify,
@@ -22,7 +23,11 @@ struct Conn {
     proto: u8,
     db: u32,
     authed: bool,
-    admin: bool,
+    /// The user this connection runs as, and the ACL generation it was read at.
+    user: Arc<Perms>,
+    user_gen: u64,
+    /// The configured users (the base; replicated ones are in the state machine).
+    dir: Arc<Directory>,
     readonly: bool,
     name: Option<String>,
     multi: Option<Vec<(u32, Vec<Vec<u8>>)>>,
@@ -34,12 +39,17 @@ struct Conn {
 }
 
 pub async fn serve(listener: TcpListener, node: Arc<Node>) {
+    // The config was validated at start; an invalid one leaves only a disabled default.
+    let users = crate::acl::configured(node.cfg.password.as_deref(), &node.cfg.users)
+        .unwrap_or_else(|_| vec![crate::acl::User::new("default")]);
+    let dir = Arc::new(Directory::new(users));
     loop {
         match listener.accept().await {
             Ok((s, _)) => {
                 let node = node.clone();
+                let dir = dir.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle_conn(s, node).await {
+                    if let Err(e) = handle_conn(s, node, dir).await {
                         tracing::debug!("client connection: {e}");
                     }
                 });
@@ -52,9 +62,9 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
     }
 }
 
-async fn handle_conn(s: TcpStream, node: Arc<Node>) -> std::io::Result<()> {
+async fn handle_conn(s: TcpStream, node: Arc<Node>, dir: Arc<Directory>) -> std::io::Result<()> {
     let mut subs_of = (0, crate::pubsub::Subscriptions::default());
-    let r = serve_conn(s, node, &mut subs_of).await;
+    let r = serve_conn(s, node, dir, &mut subs_of).await;
     // However the connection ended, its subscriptions go.
     subs_of.1.clear(subs_of.0);
     r
@@ -63,22 +73,24 @@ async fn handle_conn(s: TcpStream, node: Arc<Node>) -> std::io::Result<()> {
 async fn serve_conn(
     mut s: TcpStream,
     node: Arc<Node>,
+    dir: Arc<Directory>,
     subs_out: &mut (u64, crate::pubsub::Subscriptions),
 ) -> std::io::Result<()> {
     let _ = s.set_nodelay(true);
     let id = CLIENT_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let me = Registry::global().register(id, &s);
     let _unregister = crate::clients::Unregister(id);
-    // With no password configured at all, a connection may do everything (as Redis's
-    // default user with nopass).
-    let open = node.cfg.password.is_none() && node.cfg.admin_password.is_none();
+    // A connection starts as the default user, authenticated if it needs no password.
+    let user = default_user(&dir);
     let mut c = Conn {
         id,
         me,
         proto: 2,
         db: 0,
-        authed: node.cfg.password.is_none(),
-        admin: open,
+        authed: user.user.enabled && user.user.nopass,
+        user,
+        user_gen: crate::acl::generation(),
+        dir,
         readonly: false,
         name: None,
         multi: None,
@@ -149,6 +161,11 @@ async fn conn_loop(s: &mut TcpStream, node: &Arc<Node>, c: &mut Conn) -> std::io
         }
         let mut cmds = cmds.into_iter().peekable();
         while let Some(argv) = cmds.next() {
+            if c.user_gen != crate::acl::generation() && !refresh_user(c, &node) {
+                // Its user was deleted: Redis closes such connections.
+                s.write_all(&out).await?;
+                return Ok(());
+            }
             if pipelinable(c, &node, &argv) {
                 // A run of plain writes: queue them all, then collect the replies in order.
                 let mut run = vec![argv];
@@ -188,6 +205,15 @@ async fn conn_loop(s: &mut TcpStream, node: &Arc<Node>, c: &mut Conn) -> std::io
             let quit = argv[0].eq_ignore_ascii_case(b"QUIT");
             c.me.set_cmd(&argv[0], c.db);
             let name = upper(&argv[0]);
+            if c.authed
+                && let Some(e) = crate::acl::check(&c.user, &name, &argv)
+            {
+                if c.multi.is_some() {
+                    c.multi_dirty = true;
+                }
+                e.encode(c.proto, &mut out);
+                continue;
+            }
             if matches!(
                 name.as_str(),
                 "SUBSCRIBE" | "PSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE"
@@ -261,7 +287,7 @@ fn pipelinable(c: &Conn, node: &Node, argv: &[Vec<u8>]) -> bool {
     }
     let name = upper(&argv[0]);
     matches!(classify(&name), Some((Class::Write, _)))
-        && !needs_admin(&name)
+        && crate::acl::check(&c.user, &name, argv).is_none()
         && !blocks(&name, argv)
         && !matches!(name.as_str(), "SCRIPT" | "FUNCTION" | "FCALL" | "FCALL_RO")
         && check_arity(&name, argv.len())
@@ -288,24 +314,42 @@ fn unknown(argv: &[Vec<u8>]) -> Reply {
     ))
 }
 
-fn check_auth(node: &Node, user: &[u8], pass: &[u8]) -> Option<bool> {
-    // Returns Some(admin?) on success.
-    let cfg = &node.cfg;
-    if user.eq_ignore_ascii_case(b"admin") {
-        return cfg
-            .admin_password
-            .as_ref()
-            .filter(|p| p.as_bytes() == pass)
-            .map(|_| true);
+fn default_user(dir: &Directory) -> Arc<Perms> {
+    dir.configured("default")
+        .cloned()
+        .unwrap_or_else(|| Arc::new(Perms::new(crate::acl::User::new("default"))))
+}
+
+/// Re-reads the connection's user after an ACL change; false when it no longer exists.
+fn refresh_user(c: &mut Conn, node: &Node) -> bool {
+    c.user_gen = crate::acl::generation();
+    let name = c.user.user.name.clone();
+    match node.sm.read(|g| c.dir.find(&g.tables.users, &name)) {
+        Some(p) => {
+            c.user = p;
+            true
+        }
+        None => false,
     }
-    if user.eq_ignore_ascii_case(b"default") {
-        return match &cfg.password {
-            Some(p) if p.as_bytes() == pass => Some(false),
-            None => Some(false),
-            _ => None,
-        };
+}
+
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+
+/// The user `user` if `pass` is its password (or it needs none) and it is on. A user
+/// unknown here, or a password that does not match, is looked up again after a
+/// linearizable read: a SETUSER acknowledged on another member is then seen here.
+async fn authenticate(c: &Conn, node: &Arc<Node>, user: &[u8], pass: &[u8]) -> Option<Arc<Perms>> {
+    let name = String::from_utf8_lossy(user).into_owned();
+    let find = || node.sm.read(|g| c.dir.find(&g.tables.users, &name));
+    if let Some(p) = find()
+        && p.user.check_password(pass)
+    {
+        return Some(p);
     }
-    None
+    if c.dir.configured(&name).is_some() || node.is_witness() || node.linearize().await.is_err() {
+        return None;
+    }
+    find().filter(|p| p.user.check_password(pass))
 }
 
 async fn command(c: &mut Conn, node: &Arc<Node>, argv: Vec<Vec<u8>>) -> Reply {
@@ -352,21 +396,23 @@ async fn command(c: &mut Conn, node: &Arc<Node>, argv: Vec<Vec<u8>>) -> Reply {
                 3 => (&argv[1], &argv[2]),
                 _ => return arity_err("auth"),
             };
-            if node.cfg.password.is_none() && node.cfg.admin_password.is_none() {
+            if argv.len() == 2 && default_user(&c.dir).user.nopass {
                 return Reply::err(
-                    "ERR AUTH <password> called without any password configured for the default user.",
+                    "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
                 );
             }
-            match check_auth(node, user, pass) {
-                Some(admin) => {
+            match authenticate(c, node, user, pass).await {
+                Some(p) => {
                     c.authed = true;
-                    c.admin = admin;
+                    c.user = p;
+                    c.user_gen = crate::acl::generation();
                     Reply::ok()
                 }
-                None => Reply::err("WRONGPASS invalid username-password pair or user is disabled."),
+                None => Reply::err(WRONGPASS),
             }
         }
-        "HELLO" => hello(c, node, &argv),
+        "HELLO" => hello(c, node, &argv).await,
+        "ACL" => acl_cmd(c, node, &argv).await,
         "CLIENT" => client_cmd(c, &argv),
         "COMMAND" => crate::admin::command(&argv),
         "CONFIG" => crate::admin::config(node, &argv),
@@ -395,6 +441,8 @@ async fn command(c: &mut Conn, node: &Arc<Node>, argv: Vec<Vec<u8>>) -> Reply {
             c.db = 0;
             c.readonly = false;
             c.proto = 2;
+            c.user = default_user(&c.dir);
+            c.authed = c.user.user.enabled && c.user.user.nopass;
             Reply::Simple("RESET".into())
         }
         "INFO" => info(node, &argv),
@@ -449,7 +497,6 @@ fn queue(c: &mut Conn, node: &Node, name: String, argv: Vec<Vec<u8>>) -> Reply {
     let err = match classify(&name) {
         None => Some(unknown(&argv)),
         Some(_) if !check_arity(&name, argv.len()) => Some(arity_err(&name)),
-        Some(_) if needs_admin(&name) && !c.admin => Some(noperm(&name)),
         Some(_) => None,
     };
     if let Some(e) = err {
@@ -479,18 +526,6 @@ fn stream_cfg(node: &Node, argv: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     out
 }
 
-/// Commands only the admin user may run (they wipe or swap whole databases).
-fn needs_admin(name: &str) -> bool {
-    matches!(name, "FLUSHDB" | "FLUSHALL" | "SWAPDB")
-}
-
-fn noperm(name: &str) -> Reply {
-    Reply::err(format!(
-        "NOPERM this user has no permissions to run the '{}' command",
-        name.to_ascii_lowercase()
-    ))
-}
-
 fn select(c: &mut Conn, argv: &[Vec<u8>]) -> Reply {
     if argv.len() != 2 {
         return arity_err("select");
@@ -508,7 +543,7 @@ fn select(c: &mut Conn, argv: &[Vec<u8>]) -> Reply {
     }
 }
 
-fn hello(c: &mut Conn, node: &Node, argv: &[Vec<u8>]) -> Reply {
+async fn hello(c: &mut Conn, node: &Arc<Node>, argv: &[Vec<u8>]) -> Reply {
     let mut proto = c.proto;
     let mut i = 1;
     if argv.len() > 1 {
@@ -523,20 +558,16 @@ fn hello(c: &mut Conn, node: &Node, argv: &[Vec<u8>]) -> Reply {
         i = 2;
     }
     let mut authed = c.authed;
-    let mut admin = c.admin;
+    let mut user = c.user.clone();
     while i < argv.len() {
         match upper(&argv[i]).as_str() {
             "AUTH" if i + 2 < argv.len() => {
-                match check_auth(node, &argv[i + 1], &argv[i + 2]) {
-                    Some(a) => {
+                match authenticate(c, node, &argv[i + 1], &argv[i + 2]).await {
+                    Some(p) => {
                         authed = true;
-                        admin = a;
+                        user = p;
                     }
-                    None => {
-                        return Reply::err(
-                            "WRONGPASS invalid username-password pair or user is disabled.",
-                        );
-                    }
+                    None => return Reply::err(WRONGPASS),
                 }
                 i += 3;
             }
@@ -553,7 +584,8 @@ fn hello(c: &mut Conn, node: &Node, argv: &[Vec<u8>]) -> Reply {
         );
     }
     c.authed = authed;
-    c.admin = admin;
+    c.user = user;
+    c.user_gen = crate::acl::generation();
     c.proto = proto;
     let role = if node.raft.metrics().borrow().current_leader == Some(node.id()) {
         "master"
@@ -909,9 +941,6 @@ async fn data_cmd(c: &mut Conn, node: &Arc<Node>, name: String, argv: Vec<Vec<u8
             node.sm.read(|g| g.tables.dbs[db].read(&argv, now))
         }
         Class::Write => {
-            if needs_admin(&name) && !c.admin {
-                return noperm(&name);
-            }
             let cmds = vec![(c.db, stream_cfg(node, argv))];
             let keys = if crate::blocking::any_waiters() {
                 crate::blocking::written_keys(cmds.iter())
@@ -933,5 +962,181 @@ async fn data_cmd(c: &mut Conn, node: &Arc<Node>, name: String, argv: Vec<Vec<u8
             crate::blocking::settle(node, &keys).await;
             r
         }
+    }
+}
+
+/// ACL: WHOAMI, CAT, USERS, LIST, GETUSER, DRYRUN, LOG, GENPASS answered here (after a
+/// linearizable read, so what another member acknowledged is seen); SETUSER and DELUSER go
+/// through the log, and are refused for users the configuration declares.
+async fn acl_cmd(c: &mut Conn, node: &Arc<Node>, argv: &[Vec<u8>]) -> Reply {
+    let Some(sub) = argv.get(1).map(|a| upper(a)) else {
+        return arity_err("acl");
+    };
+    let reads = matches!(
+        sub.as_str(),
+        "USERS" | "LIST" | "GETUSER" | "DRYRUN" | "SETUSER" | "DELUSER"
+    );
+    if reads
+        && !c.readonly
+        && !node.is_witness()
+        && !node.unsafe_local_reads
+        && let Err(e) = node.linearize().await
+    {
+        return Reply::Error(e);
+    }
+    let users = || node.sm.read(|g| c.dir.all(&g.tables.users));
+    let bad_arity = || {
+        Reply::err(format!(
+            "ERR unknown subcommand or wrong number of arguments for '{}'. Try ACL HELP.",
+            lower(&argv[1])
+        ))
+    };
+    match sub.as_str() {
+        "WHOAMI" if argv.len() == 2 => Reply::bulk(&c.user.user.name),
+        "CAT" if argv.len() == 2 => Reply::Array(
+            crate::acl::CATEGORIES
+                .iter()
+                .map(|c| Reply::bulk(*c))
+                .collect(),
+        ),
+        "CAT" if argv.len() == 3 => match crate::acl::commands_in(&lower(&argv[2])) {
+            Some(v) => Reply::Array(v.into_iter().map(Reply::bulk).collect()),
+            None => Reply::err(format!(
+                "ERR Unknown category '{}'",
+                String::from_utf8_lossy(&argv[2])
+            )),
+        },
+        "USERS" if argv.len() == 2 => {
+            Reply::Array(users().into_iter().map(|u| Reply::bulk(u.name)).collect())
+        }
+        "LIST" if argv.len() == 2 => Reply::Array(
+            users()
+                .into_iter()
+                .map(|u| Reply::bulk(u.describe()))
+                .collect(),
+        ),
+        "GETUSER" if argv.len() == 3 => {
+            let name = String::from_utf8_lossy(&argv[2]).into_owned();
+            match node.sm.read(|g| c.dir.find(&g.tables.users, &name)) {
+                Some(p) => p.user.getuser(),
+                None => Reply::Nil,
+            }
+        }
+        "DRYRUN" if argv.len() >= 4 => {
+            let name = String::from_utf8_lossy(&argv[2]).into_owned();
+            match node.sm.read(|g| c.dir.find(&g.tables.users, &name)) {
+                Some(p) => crate::acl::dryrun(&p, &argv[3..]),
+                None => Reply::err(format!("ERR User '{name}' not found")),
+            }
+        }
+        "SETUSER" if argv.len() >= 3 => {
+            let name = String::from_utf8_lossy(&argv[2]).into_owned();
+            if c.dir.configured(&name).is_some() {
+                return Reply::err(format!(
+                    "ERR User '{name}' is declared in the cluster file ([db] users or password); change it there and apply"
+                ));
+            }
+            // Refuse a bad rule here without a log entry (the state machine checks again).
+            let mut scratch = node
+                .sm
+                .read(|g| g.tables.users.0.get(&name).cloned())
+                .unwrap_or_else(|| crate::acl::User::new(&name));
+            if !crate::acl::valid_name(&argv[2]) {
+                return Reply::err("ERR Usernames can't contain spaces or null characters");
+            }
+            if let Err(e) = scratch.apply_rules(&argv[3..]) {
+                return Reply::err(e);
+            }
+            acl_write(c, node, argv).await
+        }
+        "DELUSER" if argv.len() >= 3 => {
+            for n in &argv[2..] {
+                let name = String::from_utf8_lossy(n);
+                if name == "default" {
+                    return Reply::err("ERR The 'default' user cannot be removed");
+                }
+                if c.dir.configured(&name).is_some() {
+                    return Reply::err(format!(
+                        "ERR User '{name}' is declared in the cluster file ([db] users); remove it there and apply"
+                    ));
+                }
+            }
+            acl_write(c, node, argv).await
+        }
+        "LOG" if argv.len() <= 3 => {
+            if argv.len() == 3 && argv[2].eq_ignore_ascii_case(b"RESET") {
+                Reply::ok()
+            } else {
+                Reply::Array(Vec::new())
+            }
+        }
+        "GENPASS" if argv.len() <= 3 => {
+            let bits = match argv.get(2) {
+                None => 256,
+                Some(b) => match std::str::from_utf8(b)
+                    .ok()
+                    .and_then(|s| s.parse::<usize>().ok())
+                {
+                    Some(n) if (1..=4096).contains(&n) => n,
+                    _ => {
+                        return Reply::err(
+                            "ERR ACL GENPASS argument must be the number of bits for the output password, a positive number up to 4096",
+                        );
+                    }
+                },
+            };
+            let mut raw = vec![0u8; bits.div_ceil(8)];
+            use std::io::Read;
+            if std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut raw))
+                .is_err()
+            {
+                return Reply::err("ERR no randomness available");
+            }
+            let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+            Reply::bulk(&hex[..bits.div_ceil(4)])
+        }
+        "SAVE" | "LOAD" if argv.len() == 2 => Reply::err(
+            "ERR This server keeps users in the cluster file and the Raft log, not in an ACL file",
+        ),
+        "HELP" => Reply::Array(
+            [
+                "ACL <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "CAT [<category>]",
+                "DELUSER <username> [<username> ...]",
+                "DRYRUN <username> <command> [<arg> ...]",
+                "GETUSER <username>",
+                "GENPASS [<bits>]",
+                "LIST",
+                "LOG [<count> | RESET]",
+                "SETUSER <username> <attribute> [<attribute> ...]",
+                "USERS",
+                "WHOAMI",
+            ]
+            .iter()
+            .map(|l| Reply::Simple(l.to_string()))
+            .collect(),
+        ),
+        _ => bad_arity(),
+    }
+}
+
+/// ACL SETUSER/DELUSER through the log: `[ACL_WRITE, sub, args…]`.
+async fn acl_write(c: &Conn, node: &Arc<Node>, argv: &[Vec<u8>]) -> Reply {
+    if node.is_witness() {
+        return Reply::err("ERR a witness serves no data");
+    }
+    let mut cmd = vec![crate::acl::ACL_WRITE.to_vec()];
+    cmd.extend(argv[1..].iter().cloned());
+    let req = WriteReq {
+        rid: 0,
+        now_ms: 0,
+        watches: Vec::new(),
+        cmds: vec![(c.db, cmd)],
+        multi: false,
+    };
+    match node.write(req).await {
+        Ok(r) => r,
+        Err(e) => Reply::Error(e),
     }
 }

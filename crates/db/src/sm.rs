@@ -67,7 +67,7 @@ impl StateMachine {
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
             if !witness && data.first() == Some(&SNAP_DATA) {
-                inner.tables = crate::codec::dec(&data[1..])
+                inner.tables = Tables::decode_snapshot(&data[1..])
                     .map_err(|e| crate::error::DbError::Storage(format!("snapshot: {e}")))?;
             }
         }
@@ -90,7 +90,7 @@ impl StateMachine {
             data.push(SNAP_WITNESS);
         } else {
             data.push(SNAP_DATA);
-            data.extend(crate::codec::enc(&g.tables).map_err(snap_err)?);
+            data.extend(g.tables.encode_snapshot().map_err(snap_err)?);
         }
         let n = self.shared.seq.fetch_add(1, Ordering::Relaxed);
         let id = match &g.last_applied {
@@ -180,9 +180,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let tables = match (self.shared.witness, data.first()) {
             (true, _) => None,
-            (false, Some(&SNAP_DATA)) => {
-                Some(crate::codec::dec::<Tables>(&data[1..]).map_err(sm_err)?)
-            }
+            (false, Some(&SNAP_DATA)) => Some(Tables::decode_snapshot(&data[1..]).map_err(sm_err)?),
             (false, _) => {
                 // Last line of defence: never let a witness's empty snapshot wipe the tables.
                 tracing::error!(snapshot = %meta.snapshot_id, "refusing a snapshot without tables");

@@ -213,7 +213,7 @@ fn redis_crate_commands_pipelines_and_transactions() {
 #[test]
 fn resp3_hello_and_auth() {
     let mut c = Cluster::new("127.60.7", &[false]);
-    c.extra = "password = \"sesame\"\nadmin_password = \"root\"".into();
+    c.extra = "password = \"sesame\"\nusers = [{ name = \"admin\", password = \"root\", rules = \"~* &* +@all\" }]".into();
     c.start_all();
     let addr = c.member(1).redis;
     wait_port(addr, Duration::from_secs(20));

@@ -83,7 +83,7 @@ pub fn resolve(cluster: &Cluster, me: &Jail) -> Result<AppConfig, String> {
         }
     }
     if !written("db", "password") {
-        config.db.password = db::section(cluster)?.password;
+        config.db.password = db::default_password(cluster)?;
     }
     Ok(config)
 }

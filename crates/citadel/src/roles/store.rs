@@ -137,7 +137,7 @@ pub fn resolve(cluster: &Cluster, me: &Jail, data_dir: &Path) -> Result<StoreCon
             .unwrap_or(config::DEFAULT_SCRUB_INTERVAL_SECS),
         db: DbConfig {
             addrs,
-            password: db::section(cluster)?.password,
+            password: db::default_password(cluster)?,
         },
     };
     resolved.check()?;

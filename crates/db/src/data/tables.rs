@@ -22,6 +22,10 @@ pub struct Tables {
     /// Function libraries (member-local like the scripts; see `script::Libraries`).
     #[serde(skip)]
     pub libraries: super::script::Libraries,
+    /// Users made by ACL SETUSER (through the log). Snapshots carry them after the tables
+    /// (`encode_snapshot`), so a snapshot from before they existed still reads.
+    #[serde(skip)]
+    pub users: crate::acl::Users,
 }
 
 /// How many log entries a request id is remembered for (retries come within seconds).
@@ -37,7 +41,28 @@ impl Default for Tables {
             recent_order: Default::default(),
             scripts: Default::default(),
             libraries: Default::default(),
+            users: Default::default(),
         }
+    }
+}
+
+impl Tables {
+    /// The snapshot form: the tables, then the replicated users.
+    pub fn encode_snapshot(&self) -> Result<Vec<u8>, String> {
+        let mut out = crate::codec::enc(self)?;
+        out.extend(crate::codec::enc(&self.users)?);
+        Ok(out)
+    }
+
+    /// Reads `encode_snapshot`'s form (or the tables alone, as older snapshots hold).
+    pub fn decode_snapshot(b: &[u8]) -> Result<Tables, String> {
+        let (mut t, rest): (Tables, &[u8]) =
+            postcard::take_from_bytes(b).map_err(|e| format!("decode: {e}"))?;
+        if !rest.is_empty() {
+            t.users = crate::codec::dec(rest)?;
+        }
+        crate::acl::bump();
+        Ok(t)
     }
 }
 
@@ -124,6 +149,9 @@ impl Tables {
                         _ => super::NodeCfg::default(),
                     };
                     db.write_cfg(&argv[3..], now, index, cfg)
+                }
+                Some(_) if argv.len() > 1 && argv[0] == crate::acl::ACL_WRITE => {
+                    self.users.apply(&argv[1..])
                 }
                 Some(_) if !argv.is_empty() && is_cross_db(argv) => {
                     self.cross_db(*dbi as usize, argv, now, index)
