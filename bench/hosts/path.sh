@@ -20,29 +20,10 @@ THREADS=${THREADS:-2}
 export IDS=${IDS:-1000}
 LUA=$ROOT/bench/app
 NS=ct-bench-path
-W=$(mktemp -d /tmp/citadel-path-bench.XXXXXX)
-UP_PID=
+W_PREFIX=citadel-path-bench
+. "$ROOT/bench/hosts/lib.sh"
 IN=()
-stop_up() {
-  if [ -n "$UP_PID" ]; then
-    kill -TERM "$UP_PID" 2>/dev/null || true
-    for _ in $(seq 1 300); do kill -0 "$UP_PID" 2>/dev/null || break; sleep 0.05; done
-    kill -KILL "$UP_PID" 2>/dev/null || true
-    wait "$UP_PID" 2>/dev/null || true
-    UP_PID=
-  fi
-}
-cleanup() {
-  stop_up
-  ip netns del "$NS" 2>/dev/null || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
-[ "$(id -u)" = 0 ] || { echo "needs root (the netns backend)"; exit 1; }
 for t in wrk curl python3 ip; do command -v "$t" >/dev/null || { echo "missing $t"; exit 1; }; done
-
-(cd "$ROOT" && cargo build --release -q -p citadel)
-CITADEL=$ROOT/target/release/citadel
 BUILTIN=$ROOT/crates/spec/src/builtin.toml
 
 # The built-in file with its addresses moved: front, back, public (the gate's listeners).

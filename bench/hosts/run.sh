@@ -12,27 +12,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 COUNT=${COUNT:-20}
 NS=ct-bench-hosts
-W=$(mktemp -d /tmp/citadel-hosts-bench.XXXXXX)
-UP_PID=
-stop_up() {
-  if [ -n "$UP_PID" ]; then
-    kill -TERM "$UP_PID" 2>/dev/null || true
-    for _ in $(seq 1 300); do kill -0 "$UP_PID" 2>/dev/null || break; sleep 0.05; done
-    kill -KILL "$UP_PID" 2>/dev/null || true
-    wait "$UP_PID" 2>/dev/null || true
-    UP_PID=
-  fi
-}
-cleanup() {
-  stop_up
-  ip netns del "$NS" 2>/dev/null || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
-[ "$(id -u)" = 0 ] || { echo "needs root (the netns backend)"; exit 1; }
-
-(cd "$ROOT" && cargo build --release -q -p citadel)
-CITADEL=$ROOT/target/release/citadel
+W_PREFIX=citadel-hosts-bench
+. "$ROOT/bench/hosts/lib.sh"
 
 cluster() { # backend, net, seed address
   cat <<TOML
