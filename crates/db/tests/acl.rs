@@ -6,29 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, wait_port};
+use common::{Cluster, err, ok, q, wait_port};
 
 use redis::{Connection, RedisResult, Value};
-
-fn q<T: redis::FromRedisValue>(con: &mut Connection, args: &[&str]) -> RedisResult<T> {
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query(con)
-}
-
-fn ok<T: redis::FromRedisValue>(con: &mut Connection, args: &[&str]) -> T {
-    q(con, args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-/// The error text of a command that must fail.
-fn err(con: &mut Connection, args: &[&str]) -> String {
-    match q::<Value>(con, args) {
-        Ok(v) => panic!("{args:?} succeeded: {v:?}"),
-        Err(e) => format!("{} {}", e.code().unwrap_or(""), e.detail().unwrap_or("")),
-    }
-}
 
 fn conn_as(c: &Cluster, id: u64, user: &str, pass: &str) -> RedisResult<Connection> {
     let client = redis::Client::open(format!("redis://{user}:{pass}@{}/", c.member(id).redis))?;

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, raw, wait_port};
+use common::{Cluster, err, ok, q, raw, wait_port};
 use redis::{Connection, RedisResult, Value};
 
 fn trio(net: &str) -> Cluster {
@@ -16,26 +16,6 @@ fn trio(net: &str) -> Cluster {
     wait_port(c.member(2).redis, Duration::from_secs(20));
     c.wait_leader(&[1, 2], Duration::from_secs(20));
     c
-}
-
-fn q<T: redis::FromRedisValue>(con: &mut Connection, args: &[&str]) -> RedisResult<T> {
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query(con)
-}
-
-fn ok<T: redis::FromRedisValue>(con: &mut Connection, args: &[&str]) -> T {
-    q(con, args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn err(con: &mut Connection, args: &[&str]) -> String {
-    match q::<Value>(con, args) {
-        Ok(v) => panic!("{args:?} should fail, got {v:?}"),
-        // Redis's error line: its code, then the text.
-        Err(e) => format!("{} {}", e.code().unwrap_or("?"), e.detail().unwrap_or("")),
-    }
 }
 
 fn strs(v: &[&str]) -> Vec<String> {

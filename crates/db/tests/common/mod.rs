@@ -344,3 +344,28 @@ pub fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// Runs a command given as words.
+pub fn q<T: redis::FromRedisValue>(
+    con: &mut redis::Connection,
+    args: &[&str],
+) -> redis::RedisResult<T> {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query(con)
+}
+
+/// Runs a command that must succeed.
+pub fn ok<T: redis::FromRedisValue>(con: &mut redis::Connection, args: &[&str]) -> T {
+    q(con, args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+/// The error line of a command that must fail: Redis's code, then the text.
+pub fn err(con: &mut redis::Connection, args: &[&str]) -> String {
+    match q::<redis::Value>(con, args) {
+        Ok(v) => panic!("{args:?} should fail, got {v:?}"),
+        Err(e) => format!("{} {}", e.code().unwrap_or("?"), e.detail().unwrap_or("")),
+    }
+}
