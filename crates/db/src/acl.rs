@@ -25,6 +25,35 @@ use crate::resp::Reply;
 /// (`[ACL_WRITE, SETUSER|DELUSER, args…]`, proposed by the server only).
 pub const ACL_WRITE: &[u8] = b"\0citadel-acl";
 
+/// A script run by a user who may not do everything, as the log carries it:
+/// `[AS_CALLER, user name, the user's key/channel/command rules, EVAL|FCALL…]`. Every member
+/// checks each `redis.call` of the script against those rules at apply time, as Redis checks
+/// a script's calls against its caller; the rules travel with the entry, so the check is
+/// the same everywhere whatever happens to the user later.
+pub const AS_CALLER: &[u8] = b"\0citadel-as";
+
+/// The rules `AS_CALLER` carries for `user` (no passwords: a check needs none).
+pub fn caller_rules(user: &User) -> String {
+    format!(
+        "{} {} {}",
+        user.keys_text(),
+        user.channels_text(),
+        user.commands_text()
+    )
+}
+
+/// The permissions an `AS_CALLER` entry names.
+pub fn caller_perms(name: &[u8], rules: &[u8]) -> Perms {
+    let mut user = User::new(&String::from_utf8_lossy(name));
+    let words: Vec<&[u8]> = rules
+        .split(|b| *b == b' ')
+        .filter(|w| !w.is_empty())
+        .collect();
+    // Rules written by `caller_rules` from a valid user: they parse.
+    let _ = user.apply_rules(&words);
+    Perms::new(user)
+}
+
 /// Bumped whenever the replicated users may have changed (an applied SETUSER/DELUSER, a
 /// snapshot installed or loaded): connections re-read their user when it moves.
 static GEN: AtomicU64 = AtomicU64::new(1);

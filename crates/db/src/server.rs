@@ -180,6 +180,7 @@ async fn conn_loop(s: &mut TcpStream, node: &Arc<Node>, c: &mut Conn) -> std::io
                 let reqs: Vec<WriteReq> = run
                     .into_iter()
                     .map(|argv| {
+                        let argv = as_caller(c, &upper(&argv[0]), argv);
                         let mut req = WriteReq {
                             rid: 0,
                             now_ms: 0,
@@ -499,6 +500,7 @@ fn queue(c: &mut Conn, node: &Node, name: String, argv: Vec<Vec<u8>>) -> Reply {
         Some(_) if !check_arity(&name, argv.len()) => Some(arity_err(&name)),
         Some(_) => None,
     };
+    let argv = as_caller(c, &name, argv);
     if let Some(e) = err {
         c.multi_dirty = true;
         return e;
@@ -791,6 +793,20 @@ async fn watch(c: &mut Conn, node: &Arc<Node>, keys: &[Vec<u8>]) -> Reply {
     Reply::ok()
 }
 
+/// A script from a user who may not do everything goes into the log as `AS_CALLER`, so
+/// each of its calls is checked against that user where it runs (at apply time).
+fn as_caller(c: &Conn, name: &str, argv: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    if c.user.everything || !matches!(name, "EVAL" | "EVAL_RO" | "FCALL" | "FCALL_RO") {
+        return argv;
+    }
+    let mut out = Vec::with_capacity(argv.len() + 3);
+    out.push(crate::acl::AS_CALLER.to_vec());
+    out.push(c.user.user.name.clone().into_bytes());
+    out.push(crate::acl::caller_rules(&c.user.user).into_bytes());
+    out.extend(argv);
+    out
+}
+
 /// EVALSHA → EVAL with the script's body from this member's cache (the log always carries
 /// the script itself, so every member runs the same thing).
 fn resolve_sha(
@@ -922,6 +938,7 @@ async fn data_cmd(c: &mut Conn, node: &Arc<Node>, name: String, argv: Vec<Vec<u8
     if node.is_witness() {
         return Reply::err("ERR a witness serves no data");
     }
+    let argv = as_caller(c, &name, argv);
     match class {
         Class::Read => {
             if !c.readonly

@@ -242,6 +242,19 @@ fn default_user_with_a_password_and_no_dangerous_commands() {
     };
     assert_eq!(ok::<String>(&mut d, &["GET", "k"]), "v");
     assert!(err(&mut d, &["FLUSHDB"]).contains("'flushdb'"));
+    // Nor through a script: each redis.call is held to the caller's rules, on every member.
+    let e = err(&mut d, &["EVAL", "return redis.call('FLUSHDB')", "0"]);
+    assert!(e.contains("NOPERM") && e.contains("'flushdb'"), "{e}");
+    let e = err(&mut d, &["EVAL", "return redis.call('KEYS', '*')", "0"]);
+    assert!(e.contains("NOPERM"), "{e}");
+    assert_eq!(
+        ok::<String>(
+            &mut d,
+            &["EVAL", "return redis.call('GET', KEYS[1])", "1", "k"]
+        ),
+        "v",
+        "what the user may do, a script may do"
+    );
     assert!(err(&mut d, &["AUTH", "wrong"]).starts_with("WRONGPASS"));
     let _: () = ok(&mut d, &["AUTH", "sesame"]);
     assert_eq!(ok::<String>(&mut d, &["ACL", "WHOAMI"]), "default");

@@ -26,6 +26,9 @@ pub struct Tables {
     /// (`encode_snapshot`), so a snapshot from before they existed still reads.
     #[serde(skip)]
     pub users: crate::acl::Users,
+    /// While an `AS_CALLER` entry applies: whose permissions its script's calls are held to.
+    #[serde(skip)]
+    pub caller: Option<std::sync::Arc<crate::acl::Perms>>,
 }
 
 /// How many log entries a request id is remembered for (retries come within seconds).
@@ -41,6 +44,7 @@ impl Default for Tables {
             recent_order: Default::default(),
             scripts: Default::default(),
             libraries: Default::default(),
+            caller: None,
             users: Default::default(),
         }
     }
@@ -152,6 +156,14 @@ impl Tables {
                 }
                 Some(_) if argv.len() > 1 && argv[0] == crate::acl::ACL_WRITE => {
                     self.users.apply(&argv[1..])
+                }
+                Some(_) if argv.len() > 3 && argv[0] == crate::acl::AS_CALLER => {
+                    self.caller = Some(std::sync::Arc::new(crate::acl::caller_perms(
+                        &argv[1], &argv[2],
+                    )));
+                    let r = self.cross_db(*dbi as usize, &argv[3..], now, index);
+                    self.caller = None;
+                    r
                 }
                 Some(_) if !argv.is_empty() && is_cross_db(argv) => {
                     self.cross_db(*dbi as usize, argv, now, index)
@@ -272,6 +284,7 @@ impl Tables {
                 } else {
                     script::Entry::Script
                 };
+                let caller = self.caller.clone();
                 let dbs = &mut self.dbs;
                 let mut at_db = cur;
                 let read_only = name.ends_with("_RO");
@@ -318,7 +331,12 @@ impl Tables {
                             Some(s) if read_only && s.class == super::Class::Write => Reply::err(
                                 "ERR Write commands are not allowed from read-only scripts.",
                             ),
-                            Some(_) => dbs[at_db].write(cmd, now, index),
+                            Some(_) => {
+                                match caller.as_ref().and_then(|p| crate::acl::check(p, &n, cmd)) {
+                                    Some(denied) => denied,
+                                    None => dbs[at_db].write(cmd, now, index),
+                                }
+                            }
                         }
                     },
                     entry,
