@@ -22,14 +22,7 @@ fn builtin_on_hosts() -> String {
 
 #[test]
 fn plan_apply_and_a_rolling_restart_under_load() {
-    let op = Operator::new(&[
-        ("gate", "127.126.1.1"),
-        ("server-1", "127.126.1.2"),
-        ("server-2", "127.126.1.3"),
-    ]);
-    let gate = agent(&op, "gate", "127.126.1.1:7443");
-    let s1 = agent(&op, "server-1", "127.126.1.2:7443");
-    let s2 = agent(&op, "server-2", "127.126.1.3:7443");
+    let (op, [gate, s1, s2]) = seed_hosts("127.126");
     let file = op.write("cluster.toml", &builtin_on_hosts());
 
     let (ok, plan) = op.run("plan", &file, &[]);

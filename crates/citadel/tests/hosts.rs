@@ -467,6 +467,15 @@ impl Drop for Probe {
 impl ProbeLog {
     /// The longest time without a successful read, over the reads completed after `from`
     /// (counted from the last success before it).
+    fn failed_reads(&self) -> usize {
+        self.reads.iter().filter(|(_, ok)| !ok).count()
+    }
+
+    /// Reads and writes that failed.
+    fn failed(&self) -> usize {
+        self.failed_reads() + self.writes.iter().filter(|(_, ok)| !ok).count()
+    }
+
     fn read_gap(&self, from: Instant) -> Duration {
         let mut last = self
             .reads
@@ -709,12 +718,7 @@ fn the_seed_topology_survives_losing_a_box() {
     assert!(out.contains("✓ app-1") && out.contains("✓ app-2"), "{out}");
     let log = probe.finish();
     let report = load.join().expect("load thread").expect("load ran");
-    let failed = log
-        .reads
-        .iter()
-        .chain(&log.writes)
-        .filter(|(_, ok)| !ok)
-        .count();
+    let failed = log.failed();
     println!("{}", report.timeline());
     println!("{}", log.timeline(rolled));
     println!(
@@ -765,12 +769,7 @@ fn the_seed_topology_survives_losing_a_box() {
     let moves_took = moves_began.elapsed();
     let log = probe.finish();
     let report = load.join().expect("load thread").expect("load ran");
-    let probe_failed = log
-        .reads
-        .iter()
-        .chain(&log.writes)
-        .filter(|(_, ok)| !ok)
-        .count();
+    let probe_failed = log.failed();
     println!("{}", report.timeline());
     println!(
         "four moves over netns: {:.1}s; load: {} reads, {} writes, {} failed; probe: {probe_failed} failed",
@@ -784,11 +783,7 @@ fn the_seed_topology_survives_losing_a_box() {
         "reads failed during the moves: {:?}",
         report.errors
     );
-    assert_eq!(
-        log.reads.iter().filter(|(_, ok)| !ok).count(),
-        0,
-        "probe reads failed during the moves"
-    );
+    assert_eq!(log.failed_reads(), 0, "probe reads failed during the moves");
     assert_no_write_lost(&report);
     let lost = log.lost(&topo.users, "moves");
     assert!(lost.is_empty(), "acknowledged probe writes lost: {lost:?}");

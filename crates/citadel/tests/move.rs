@@ -42,14 +42,7 @@ fn raft(addr: &str, field: &str) -> Option<String> {
 
 #[test]
 fn move_an_app_and_a_db_jail_under_load() {
-    let op = Operator::new(&[
-        ("gate", &format!("{NET}.1.1")),
-        ("server-1", &format!("{NET}.1.2")),
-        ("server-2", &format!("{NET}.1.3")),
-    ]);
-    let gate = agent(&op, "gate", &format!("{NET}.1.1:7443"));
-    let s1 = agent(&op, "server-1", &format!("{NET}.1.2:7443"));
-    let s2 = agent(&op, "server-2", &format!("{NET}.1.3:7443"));
+    let (op, [gate, s1, s2]) = seed_hosts(NET);
     let text = builtin_on_agents(NET);
     let file = op.write("cluster.toml", &text);
     let (ok, out) = op.run("apply", &file, &[]);

@@ -70,14 +70,7 @@ fn host_row<'a>(status: &'a serde_json::Value, host: &str) -> &'a serde_json::Va
 
 #[test]
 fn every_verb_from_the_operators_machine() {
-    let op = Operator::new(&[
-        ("gate", &format!("{NET}.1.1")),
-        ("server-1", &format!("{NET}.1.2")),
-        ("server-2", &format!("{NET}.1.3")),
-    ]);
-    let gate = agent(&op, "gate", &format!("{NET}.1.1:7443"));
-    let s1 = agent(&op, "server-1", &format!("{NET}.1.2:7443"));
-    let mut s2 = agent(&op, "server-2", &format!("{NET}.1.3:7443"));
+    let (op, [gate, s1, mut s2]) = seed_hosts(NET);
     let text = builtin_on_agents(NET);
     let file = op.write("cluster.toml", &text);
     let (ok, out) = op.run("apply", &file, &[]);

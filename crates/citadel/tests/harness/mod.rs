@@ -627,3 +627,17 @@ pub fn healthy_everywhere(agents: &[&Up]) {
 pub fn pids(agent: &Up, jails: &[&str]) -> Vec<Option<i32>> {
     jails.iter().map(|j| agent.pid(j)).collect()
 }
+
+/// The operator's machine and the built-in cluster's three hosts, each a `citadel agent` on
+/// `{net}.1.N:7443` (gate 1, server-1 2, server-2 3) waiting for an apply.
+pub fn seed_hosts(net: &str) -> (Operator, [Up; 3]) {
+    let hosts = [("gate", 1), ("server-1", 2), ("server-2", 3)];
+    let addrs: Vec<(&str, String)> = hosts
+        .iter()
+        .map(|(h, n)| (*h, format!("{net}.1.{n}")))
+        .collect();
+    let named: Vec<(&str, &str)> = addrs.iter().map(|(h, a)| (*h, a.as_str())).collect();
+    let op = Operator::new(&named);
+    let agents = hosts.map(|(h, n)| agent(&op, h, &format!("{net}.1.{n}:7443")));
+    (op, agents)
+}

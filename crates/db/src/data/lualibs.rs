@@ -542,7 +542,6 @@ fn unpack_one(lua: &Lua, cur: &mut std::io::Cursor<&[u8]>) -> mlua::Result<Value
         cur.set_position((start + n) as u64);
         Ok(data[start..start + n].to_vec())
     };
-    use byteorder_free::*;
     Ok(match marker {
         M::Null => Value::Nil,
         M::True => Value::Boolean(true),
@@ -604,11 +603,9 @@ fn unpack_one(lua: &Lua, cur: &mut std::io::Cursor<&[u8]>) -> mlua::Result<Value
     })
 }
 
-mod byteorder_free {
-    /// A big-endian unsigned integer of up to 8 bytes.
-    pub fn be_u(b: &[u8]) -> u64 {
-        b.iter().fold(0u64, |acc, &x| (acc << 8) | x as u64)
-    }
+/// A big-endian unsigned integer of up to 8 bytes.
+fn be_u(b: &[u8]) -> u64 {
+    b.iter().fold(0u64, |acc, &x| (acc << 8) | x as u64)
 }
 
 // ---- bit (LuaBitOp) -------------------------------------------------------------------------
