@@ -176,20 +176,32 @@ impl Replicas {
     }
 
     /// A copy from another disk, checked against its name: its placed servers' first, then
-    /// the other servers' (a fallback copy), then the spare's. `Ok(None)` only when every
-    /// holder asked answered that it has none.
+    /// the other servers' (a fallback copy), then the spare's, then those of servers marked
+    /// down. `Ok(None)` only when every holder asked answered that it has none.
     pub async fn get(&self, hash: &str) -> Result<Option<Bytes>, Error> {
         let mut order = placement::ranked(hash, &self.servers);
-        order.retain(|&i| i != self.me && !self.skipped(i));
-        let holders = order
-            .iter()
-            .filter_map(|&i| self.servers[i].client.as_ref())
-            .chain(self.spare.as_ref());
+        order.retain(|&i| i != self.me);
+        // A server skipped for writes is still asked, last: it may be back before this
+        // server's next pass notices, and it may hold the only other copy.
+        let (up, skipped): (Vec<usize>, Vec<usize>) =
+            order.into_iter().partition(|&i| !self.skipped(i));
+        let client = |i: usize| self.servers[i].client.as_ref().map(|c| (Some(i), c));
+        let holders = up
+            .into_iter()
+            .filter_map(client)
+            .chain(self.spare.as_ref().map(|c| (None, c)))
+            .chain(skipped.into_iter().filter_map(client));
         let mut failed = None;
-        for holder in holders {
+        for (server, holder) in holders {
             match holder.get(hash).await {
-                Ok(Some(b)) => return Ok(Some(b)),
-                Ok(None) => {}
+                Ok(found) => {
+                    if let Some(i) = server {
+                        self.set_up(i, true);
+                    }
+                    if found.is_some() {
+                        return Ok(found);
+                    }
+                }
                 Err(e) => failed = Some(e),
             }
         }
