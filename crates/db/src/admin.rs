@@ -21,6 +21,9 @@ const SERVER: &[(&str, i32)] = &[
     ("SAVE", 1),
     ("BGSAVE", -1),
     ("BGREWRITEAOF", 1),
+    ("SYNC", 1),
+    ("PSYNC", -3),
+    ("REPLCONF", -1),
     ("SELECT", 2),
     ("READONLY", 1),
     ("READWRITE", 1),
@@ -34,6 +37,11 @@ const SERVER: &[(&str, i32)] = &[
     ("OBJECT", -2),
     ("ACL", -2),
 ];
+
+/// Whether the server itself answers `name` (a command that touches no data).
+pub fn is_server_command(name: &str) -> bool {
+    SERVER.iter().any(|(n, _)| *n == name)
+}
 
 fn lower(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_ascii_lowercase()

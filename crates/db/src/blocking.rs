@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+use crate::clients::Client;
 use crate::data::{WAITER, WriteReq, block_sources, block_timeout};
 use crate::node::{Node, now_ms};
 use crate::resp::Reply;
@@ -216,6 +217,15 @@ fn timed_out(name: &str) -> Reply {
     }
 }
 
+/// What CLIENT UNBLOCK makes a blocking command answer.
+fn unblocked(me: &Client, timeout: Reply) -> Reply {
+    if me.unblock_with_error() {
+        Reply::err("UNBLOCKED client unblocked via CLIENT UNBLOCK")
+    } else {
+        timeout
+    }
+}
+
 fn nothing(r: &Reply) -> bool {
     matches!(r, Reply::Nil | Reply::NilArray)
 }
@@ -239,8 +249,9 @@ pub async fn serve(
     name: &str,
     argv: Vec<Vec<u8>>,
     stream: &TcpStream,
-    killed: &tokio::sync::Notify,
+    me: &Client,
 ) -> Reply {
+    let killed = &me.killed;
     let timeout = match block_timeout(name, &argv) {
         Ok(t) => t,
         Err(e) => return e,
@@ -249,6 +260,7 @@ pub async fn serve(
         .then(|| tokio::time::Instant::now() + Duration::from_secs_f64(timeout.min(1e9)));
     let keys = block_sources(name, &argv);
     let _count = Blocked::new();
+    let _flag = me.block();
     let ticket = Ticket(TICKETS.fetch_add(1, Ordering::Relaxed));
     waiters()
         .lock()
@@ -346,6 +358,7 @@ pub async fn serve(
             // and then in case a notification was missed.
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = sleep => return timed_out(name),
+            _ = me.unblocked.notified() => return unblocked(me, timed_out(name)),
             _ = closed(stream) => return Reply::NilArray,
             _ = killed.notified() => {
                 // Leave the permit for the connection loop, which closes the connection.
@@ -365,9 +378,10 @@ pub async fn serve_xread(
     db: u32,
     argv: Vec<Vec<u8>>,
     stream: &TcpStream,
-    killed: &tokio::sync::Notify,
+    me: &Client,
     readonly: bool,
 ) -> Reply {
+    let killed = &me.killed;
     let timeout = match block_timeout("XREAD", &argv) {
         Ok(t) => t,
         Err(e) => return e,
@@ -394,6 +408,7 @@ pub async fn serve_xread(
     let deadline = (timeout > 0.0)
         .then(|| tokio::time::Instant::now() + Duration::from_secs_f64(timeout.min(1e9)));
     let _count = Blocked::new();
+    let _flag = me.block();
     loop {
         let applied = node.sm.applied.notified();
         tokio::pin!(applied);
@@ -414,6 +429,7 @@ pub async fn serve_xread(
             _ = &mut applied => {}
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = sleep => return Reply::NilArray,
+            _ = me.unblocked.notified() => return unblocked(me, Reply::NilArray),
             _ = closed(stream) => return Reply::NilArray,
             _ = killed.notified() => {
                 killed.notify_one();

@@ -16,6 +16,22 @@ pub struct Client {
     state: Mutex<State>,
     /// Notified to close the connection (CLIENT KILL).
     pub killed: Arc<tokio::sync::Notify>,
+    /// Waiting in a blocking command (CLIENT LIST's `b` flag; CLIENT UNBLOCK's target).
+    blocked: std::sync::atomic::AtomicBool,
+    /// Notified by CLIENT UNBLOCK, with `unblock_error` saying how the command ends.
+    pub unblocked: tokio::sync::Notify,
+    unblock_error: std::sync::atomic::AtomicBool,
+}
+
+/// Marks a client blocked while it lives (a blocking command's wait).
+pub struct BlockedFlag<'a>(&'a Client);
+
+impl Drop for BlockedFlag<'_> {
+    fn drop(&mut self) {
+        self.0
+            .blocked
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
@@ -40,15 +56,33 @@ impl Client {
         s.db = db;
     }
 
+    pub fn block(&self) -> BlockedFlag<'_> {
+        self.blocked
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        BlockedFlag(self)
+    }
+
+    /// After `unblocked` fired: whether CLIENT UNBLOCK asked for an error (else a timeout).
+    pub fn unblock_with_error(&self) -> bool {
+        self.unblock_error
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn line(&self) -> String {
+        let flags = if self.blocked.load(std::sync::atomic::Ordering::Relaxed) {
+            "b"
+        } else {
+            "N"
+        };
         let s = self.lock();
         format!(
-            "id={} addr={} laddr={} fd=0 name={} age={} idle=0 flags=N db={} sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp=2",
+            "id={} addr={} laddr={} fd=0 name={} age={} idle=0 flags={} db={} sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp=2",
             self.id,
             self.addr.map(|a| a.to_string()).unwrap_or_default(),
             self.laddr.map(|a| a.to_string()).unwrap_or_default(),
             s.name.as_deref().unwrap_or(""),
             self.created.elapsed().as_secs(),
+            flags,
             s.db,
             if s.cmd.is_empty() { "NULL" } else { &s.cmd },
         )
@@ -87,6 +121,9 @@ impl Registry {
             created: Instant::now(),
             state: Mutex::new(State::default()),
             killed: Arc::new(tokio::sync::Notify::new()),
+            blocked: Default::default(),
+            unblocked: Default::default(),
+            unblock_error: Default::default(),
         });
         self.lock().insert(id, c.clone());
         c
@@ -166,6 +203,34 @@ impl Registry {
                     .as_ref()
                     .is_none_or(|a| c.addr.is_some_and(|x| x.to_string() == *a))
         })))
+    }
+
+    /// CLIENT UNBLOCK id [TIMEOUT|ERROR]: 1 if the client was blocked and now is not.
+    pub fn unblock(&self, args: &[Vec<u8>]) -> Result<bool, String> {
+        let id = std::str::from_utf8(&args[0])
+            .ok()
+            .and_then(|a| a.parse::<u64>().ok())
+            .ok_or("ERR value is not an integer or out of range")?;
+        let error = match args
+            .get(1)
+            .map(|a| String::from_utf8_lossy(a).to_ascii_uppercase())
+        {
+            None => false,
+            Some(m) if m == "TIMEOUT" => false,
+            Some(m) if m == "ERROR" => true,
+            Some(_) => return Err("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR".into()),
+        };
+        let clients = self.lock();
+        let Some(c) = clients.get(&id) else {
+            return Ok(false);
+        };
+        if !c.blocked.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            return Ok(false);
+        }
+        c.unblock_error
+            .store(error, std::sync::atomic::Ordering::Relaxed);
+        c.unblocked.notify_one();
+        Ok(true)
     }
 
     fn kill_where(&self, f: impl Fn(&Client) -> bool) -> usize {

@@ -32,6 +32,9 @@ struct Conn {
     name: Option<String>,
     multi: Option<Vec<(u32, Vec<Vec<u8>>)>>,
     multi_dirty: bool,
+    /// Server commands queued in MULTI (DEBUG, PING, CONFIG …): they touch no data, so they
+    /// run when EXEC has written the rest; (place in the reply, command).
+    multi_local: Vec<(usize, Vec<Vec<u8>>)>,
     watches: Vec<Watch>,
     subs: crate::pubsub::Subscriptions,
     /// Set once the connection first subscribes: where published messages arrive.
@@ -95,6 +98,7 @@ async fn serve_conn(
         name: None,
         multi: None,
         multi_dirty: false,
+        multi_local: Vec::new(),
         watches: Vec::new(),
         subs: Default::default(),
         inbox: None,
@@ -244,6 +248,20 @@ async fn conn_loop(s: &mut TcpStream, node: &Arc<Node>, c: &mut Conn) -> std::io
                 }
                 continue;
             }
+            if matches!(name.as_str(), "SYNC" | "PSYNC")
+                && c.authed
+                && c.multi.is_none()
+                && check_arity(&name, argv.len())
+            {
+                // The connection becomes the replica's feed; `out` goes first.
+                match crate::feed::serve(&node, s, name == "PSYNC", &out).await {
+                    Some(refused) => {
+                        refused.encode(c.proto, &mut out);
+                        continue;
+                    }
+                    None => return Ok(()),
+                }
+            }
             let r = if blocks(&name, &argv)
                 && c.multi.is_none()
                 && c.authed
@@ -251,9 +269,9 @@ async fn conn_loop(s: &mut TcpStream, node: &Arc<Node>, c: &mut Conn) -> std::io
                 && check_arity(&name, argv.len())
             {
                 if name == "XREAD" {
-                    crate::blocking::serve_xread(&node, c.db, argv, s, &killed, c.readonly).await
+                    crate::blocking::serve_xread(&node, c.db, argv, s, &c.me, c.readonly).await
                 } else {
-                    crate::blocking::serve(&node, c.db, &name, argv, s, &killed).await
+                    crate::blocking::serve(&node, c.db, &name, argv, s, &c.me).await
                 }
             } else {
                 command(c, &node, argv).await
@@ -426,6 +444,8 @@ async fn command(c: &mut Conn, node: &Arc<Node>, argv: Vec<Vec<u8>>) -> Reply {
         // Every acknowledged write is already fsynced on a majority: nothing to save.
         "SAVE" | "BGSAVE" | "BGREWRITEAOF" => Reply::ok(),
         "SELECT" => select(c, &argv),
+        // A replica's handshake (listening-port, capa …) before PSYNC: nothing to keep.
+        "REPLCONF" => Reply::ok(),
         "READONLY" => {
             c.readonly = true;
             Reply::ok()
@@ -452,6 +472,7 @@ async fn command(c: &mut Conn, node: &Arc<Node>, argv: Vec<Vec<u8>>) -> Reply {
                 return Reply::err("ERR MULTI calls can not be nested");
             }
             c.multi = Some(Vec::new());
+            c.multi_local.clear();
             c.multi_dirty = false;
             Reply::ok()
         }
@@ -496,6 +517,18 @@ fn queue(c: &mut Conn, node: &Node, name: String, argv: Vec<Vec<u8>>) -> Reply {
         };
     }
     let err = match classify(&name) {
+        None if matches!(name.as_str(), "SYNC" | "PSYNC") => {
+            Some(Reply::err("ERR Command not allowed inside a transaction"))
+        }
+        None if crate::admin::is_server_command(&name) => {
+            if !check_arity(&name, argv.len()) {
+                c.multi_dirty = true;
+                return arity_err(&name);
+            }
+            let place = c.multi.as_ref().map_or(0, Vec::len) + c.multi_local.len();
+            c.multi_local.push((place, argv));
+            return Reply::Simple("QUEUED".into());
+        }
         None => Some(unknown(&argv)),
         Some(_) if !check_arity(&name, argv.len()) => Some(arity_err(&name)),
         Some(_) => None,
@@ -629,6 +662,10 @@ fn client_cmd(c: &mut Conn, argv: &[Vec<u8>]) -> Reply {
             Ok(s) => Reply::bulk(s),
             Err(e) => Reply::err(e),
         },
+        Some("UNBLOCK") if (3..=4).contains(&argv.len()) => match reg.unblock(&argv[2..]) {
+            Ok(done) => Reply::Int(done as i64),
+            Err(e) => Reply::err(e),
+        },
         Some("KILL") => match reg.kill(&argv[2..]) {
             Ok(Some(n)) => Reply::Int(n as i64),
             Ok(None) => Reply::ok(),
@@ -737,6 +774,7 @@ async fn exec(c: &mut Conn, node: &Arc<Node>) -> Reply {
     let Some(cmds) = c.multi.take() else {
         return Reply::err("ERR EXEC without MULTI");
     };
+    let local = std::mem::take(&mut c.multi_local);
     let watches = std::mem::take(&mut c.watches);
     if c.multi_dirty {
         c.multi_dirty = false;
@@ -759,7 +797,15 @@ async fn exec(c: &mut Conn, node: &Arc<Node>) -> Reply {
         Err(e) => Reply::Error(e),
     };
     crate::blocking::settle(node, &keys).await;
-    r
+    let Reply::Array(mut replies) = r else {
+        // The WATCH failed (nil) or the write did: nothing else runs.
+        return r;
+    };
+    for (place, argv) in local {
+        let one = Box::pin(command(c, node, argv)).await;
+        replies.insert(place.min(replies.len()), one);
+    }
+    Reply::Array(replies)
 }
 
 async fn watch(c: &mut Conn, node: &Arc<Node>, keys: &[Vec<u8>]) -> Reply {

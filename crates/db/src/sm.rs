@@ -148,7 +148,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     } else {
                         p.reqs
                             .iter()
-                            .map(|req| g.tables.apply_once(req, e.log_id.index))
+                            .map(|req| {
+                                let fresh = req.rid == 0 || !g.tables.recent.contains_key(&req.rid);
+                                let r = g.tables.apply_once(req, e.log_id.index);
+                                if fresh && crate::feed::listening() {
+                                    crate::feed::publish(&g.tables, req, &r);
+                                }
+                                r
+                            })
                             .collect()
                     }
                 }

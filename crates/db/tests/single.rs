@@ -154,6 +154,26 @@ fn redis_crate_commands_pipelines_and_transactions() {
         .query(&mut con)
         .unwrap();
     assert_eq!(r, Some(("OK".to_string(),)));
+    // Server commands inside MULTI run at EXEC, their replies in their places.
+    let r: (String, String, String, i64, String) = redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg("t")
+        .arg("1")
+        .cmd("PING")
+        .cmd("DEBUG")
+        .arg("SLEEP")
+        .arg("0")
+        .cmd("INCR")
+        .arg("t")
+        .cmd("ECHO")
+        .arg("last")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(
+        r,
+        ("OK".into(), "PONG".into(), "OK".into(), 2, "last".into())
+    );
 
     // SELECT isolates databases; DBSIZE counts.
     let _: () = redis::cmd("SELECT").arg(3).query(&mut con).unwrap();

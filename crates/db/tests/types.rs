@@ -332,6 +332,36 @@ fn blocking_pops_wait_for_writes_and_time_out() {
     let r: Vec<Value> = pipe.query(&mut con).unwrap();
     assert_eq!(r, vec![Value::Nil]);
     assert!(err(&mut con, &["BLPOP", "q", "-1"]).contains("timeout is negative"));
+
+    // CLIENT UNBLOCK ends a wait as a timeout, or with an error; CLIENT LIST shows `b`.
+    for (how, want_err) in [("TIMEOUT", false), ("ERROR", true)] {
+        let mut w = c.conn(follower);
+        let id: i64 = ok(&mut w, &["CLIENT", "ID"]);
+        let waiter = std::thread::spawn(move || q::<Value>(&mut w, &["BLPOP", "never", "0"]));
+        let mut admin = c.conn(follower);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ok::<String>(&mut admin, &["CLIENT", "LIST", "ID", &id.to_string()])
+            .contains("flags=b")
+        {
+            assert!(Instant::now() < deadline, "never blocked");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            ok::<i64>(&mut admin, &["CLIENT", "UNBLOCK", &id.to_string(), how]),
+            1
+        );
+        match waiter.join().unwrap() {
+            Err(e) if want_err => assert!(e.to_string().contains("UNBLOCKED"), "{e}"),
+            Ok(v) if !want_err => assert_eq!(v, Value::Nil),
+            other => panic!("CLIENT UNBLOCK {how}: {other:?}"),
+        }
+        // Not blocked any more: nothing to unblock.
+        assert_eq!(
+            ok::<i64>(&mut admin, &["CLIENT", "UNBLOCK", &id.to_string()]),
+            0
+        );
+    }
+    assert!(err(&mut con, &["CLIENT", "UNBLOCK", "1", "LATER"]).contains("TIMEOUT or ERROR"));
 }
 
 #[test]
