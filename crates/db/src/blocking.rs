@@ -23,7 +23,8 @@ use crate::resp::Reply;
 
 static BLOCKED: AtomicUsize = AtomicUsize::new(0);
 
-/// This member's waiting clients in arrival order: ticket → (db, command, source keys).
+/// This member's waiting clients in arrival order: ticket (arrival time, ns; see `arrival`)
+/// → (db, command, source keys).
 /// A waiter leaves an element to an earlier waiter on the same key (Redis serves the
 /// longest-waiting client first).
 type Waiters = std::sync::Mutex<std::collections::BTreeMap<u64, (u32, String, Vec<Vec<u8>>)>>;
@@ -38,8 +39,6 @@ fn left() -> &'static tokio::sync::Notify {
     static L: std::sync::OnceLock<tokio::sync::Notify> = std::sync::OnceLock::new();
     L.get_or_init(Default::default)
 }
-
-static TICKETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// The applied index each waiter last looked at the state (or finished an attempt) at.
 fn seen() -> &'static std::sync::Mutex<std::collections::BTreeMap<u64, u64>> {
@@ -250,6 +249,7 @@ pub async fn serve(
     argv: Vec<Vec<u8>>,
     stream: &TcpStream,
     me: &Client,
+    arrived_ns: u64,
 ) -> Reply {
     let killed = &me.killed;
     let timeout = match block_timeout(name, &argv) {
@@ -261,11 +261,16 @@ pub async fn serve(
     let keys = block_sources(name, &argv);
     let _count = Blocked::new();
     let _flag = me.block();
-    let ticket = Ticket(TICKETS.fetch_add(1, Ordering::Relaxed));
-    waiters()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(ticket.0, (db, name.to_string(), keys.clone()));
+    let ticket = {
+        // The place in line is the arrival time (unique: a tie goes behind).
+        let mut w = waiters().lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = arrived_ns;
+        while w.contains_key(&t) {
+            t += 1;
+        }
+        w.insert(t, (db, name.to_string(), keys.clone()));
+        Ticket(t)
+    };
     let mut first = true;
     loop {
         let applied = node.sm.applied.notified();

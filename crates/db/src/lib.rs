@@ -4,6 +4,7 @@
 
 pub mod acl;
 pub mod admin;
+pub mod arrival;
 pub mod blocking;
 pub mod clients;
 pub mod codec;

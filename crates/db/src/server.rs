@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::acl::{Directory, Perms};
@@ -120,10 +120,18 @@ async fn conn_loop(s: &mut TcpStream, node: &Arc<Node>, c: &mut Conn) -> std::io
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut out = Vec::with_capacity(16 * 1024);
     let killed = c.me.killed.clone();
+    // When the commands in `buf` arrived; none once a blocking command has waited (the
+    // commands behind it count as arriving when they are served, as in Redis).
+    let mut arrived: Option<u64>;
     let mut rx: Option<tokio::sync::mpsc::Receiver<Reply>> = None;
+    let mut reader = crate::arrival::StampedReader::new(s);
     loop {
         let n = tokio::select! {
-            n = s.read_buf(&mut buf) => n?,
+            n = reader.read(s, &mut buf) => {
+                let (n, at) = n?;
+                arrived = Some(at);
+                n
+            }
             Some(msg) = next_message(&mut rx) => {
                 let mut taken = crate::pubsub::size(&msg);
                 msg.encode(c.proto, &mut out);
@@ -271,7 +279,8 @@ async fn conn_loop(s: &mut TcpStream, node: &Arc<Node>, c: &mut Conn) -> std::io
                 if name == "XREAD" {
                     crate::blocking::serve_xread(&node, c.db, argv, s, &c.me, c.readonly).await
                 } else {
-                    crate::blocking::serve(&node, c.db, &name, argv, s, &c.me).await
+                    let at = arrived.take().unwrap_or_else(crate::arrival::now_ns);
+                    crate::blocking::serve(&node, c.db, &name, argv, s, &c.me, at).await
                 }
             } else {
                 command(c, &node, argv).await
@@ -359,16 +368,15 @@ const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is dis
 /// linearizable read: a SETUSER acknowledged on another member is then seen here.
 async fn authenticate(c: &Conn, node: &Arc<Node>, user: &[u8], pass: &[u8]) -> Option<Arc<Perms>> {
     let name = String::from_utf8_lossy(user).into_owned();
-    let find = || node.sm.read(|g| c.dir.find(&g.tables.users, &name));
-    if let Some(p) = find()
-        && p.user.check_password(pass)
-    {
-        return Some(p);
-    }
-    if c.dir.configured(&name).is_some() || node.is_witness() || node.linearize().await.is_err() {
+    // A user made, changed or deleted through the log (ACL SETUSER/DELUSER) is checked as
+    // of now, not as of this member's last apply: once DELUSER has answered, no member lets
+    // the user in. The cluster file's users are the same everywhere without it.
+    if c.dir.configured(&name).is_none() && !node.is_witness() && node.linearize().await.is_err() {
         return None;
     }
-    find().filter(|p| p.user.check_password(pass))
+    node.sm
+        .read(|g| c.dir.find(&g.tables.users, &name))
+        .filter(|p| p.user.check_password(pass))
 }
 
 async fn command(c: &mut Conn, node: &Arc<Node>, argv: Vec<Vec<u8>>) -> Reply {

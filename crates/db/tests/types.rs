@@ -718,6 +718,46 @@ fn an_earlier_waiter_is_served_first_when_a_later_one_races_the_push() {
 }
 
 #[test]
+fn waiters_sent_back_to_back_are_served_in_the_order_they_arrived() {
+    // Two clients send BLPOP one right after the other, with no reply in between (as
+    // Redis's own suite does): the first to arrive gets the first element, on every round,
+    // however the server's threads happen to pick the two connections up.
+    use std::io::{Read, Write};
+    let c = trio("127.151.11");
+    let leader = c.wait_leader(&[1, 2], Duration::from_secs(20));
+    let mut con = c.conn(leader);
+    let blpop = b"*3\r\n$5\r\nBLPOP\r\n$1\r\nq\r\n$1\r\n0\r\n";
+    for round in 0..40 {
+        let mut first = std::net::TcpStream::connect(c.member(leader).redis).unwrap();
+        let mut second = std::net::TcpStream::connect(c.member(leader).redis).unwrap();
+        for s in [&first, &second] {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        }
+        first.write_all(blpop).unwrap();
+        second.write_all(blpop).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.info(leader, "blocked_clients").as_deref() != Some("2") {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: never both blocked"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _: i64 = ok(&mut con, &["RPUSH", "q", "one", "two"]);
+        let got = |s: &mut std::net::TcpStream| {
+            let mut b = [0u8; 64];
+            let n = s.read(&mut b).unwrap();
+            String::from_utf8_lossy(&b[..n]).into_owned()
+        };
+        let (a, b) = (got(&mut first), got(&mut second));
+        assert!(
+            a.contains("one") && b.contains("two"),
+            "round {round}: first {a:?}, second {b:?}"
+        );
+    }
+}
+
+#[test]
 fn sort_orders_by_value_or_by_pattern_with_limit_get_and_store() {
     let c = trio("127.151.11");
     let leader = c.wait_leader(&[1, 2], Duration::from_secs(20));
