@@ -133,6 +133,15 @@ fn lists_sets_and_sorted_sets_behave_as_redis() {
         assert!(err(&mut con, &["ZADD", &z, "nan", "x"]).contains("not a valid float"));
         assert!(err(&mut con, &["ZADD", &z, "NX", "XX", "1", "x"]).contains("not compatible"));
         assert!(err(&mut con, &["LPOP"]).contains("wrong number of arguments"));
+        assert!(
+            err(&mut con, &["ZINTERCARD", "0", &z])
+                .contains("at least 1 input key is needed for 'zintercard' command")
+        );
+        assert!(
+            err(&mut con, &["HINCRBYFLOAT", &k("h"), "f", "+inf"])
+                .contains("value is NaN or Infinity")
+        );
+        assert_eq!(ok::<i64>(&mut con, &["EXISTS", &k("h")]), 0);
         assert_eq!(ok::<String>(&mut con, &["TYPE", &z]), "zset");
         assert_eq!(ok::<String>(&mut con, &["TYPE", &k("l2")]), "list");
         assert_eq!(ok::<String>(&mut con, &["TYPE", &k("t")]), "set");

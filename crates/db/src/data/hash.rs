@@ -124,6 +124,9 @@ fn run_write(db: &mut Db, name: &str, argv: &[Vec<u8>], at: At) -> Result<Reply,
             let Some(by) = parse_f64(&argv[3]) else {
                 return Err(Reply::err(NOT_FLOAT));
             };
+            if !by.is_finite() {
+                return Err(Reply::err("ERR value is NaN or Infinity"));
+            }
             let h = db.hash_create(&argv[1], at.index)?;
             let c = match h.get(&argv[2]) {
                 None => 0.0,

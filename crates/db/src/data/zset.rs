@@ -497,6 +497,11 @@ fn run_read(db: &Db, name: &str, argv: &[Vec<u8>], now: u64) -> Result<Reply, Re
             scores_reply(items, ws)
         }
         "ZINTERCARD" => {
+            if parse_i64(&argv[1]).is_some_and(|n| n <= 0) {
+                return Err(Reply::err(
+                    "ERR at least 1 input key is needed for 'zintercard' command",
+                ));
+            }
             let (keys, limit) = super::set::card_args(argv)?;
             let mut args = vec![b"ZINTER".to_vec(), keys.len().to_string().into_bytes()];
             args.extend(keys);
