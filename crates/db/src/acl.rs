@@ -140,6 +140,7 @@ const SERVER: &[(&str, &str)] = &[
     ("BGSAVE", "admin slow dangerous"),
     ("BGREWRITEAOF", "admin slow dangerous"),
     ("SYNC", "admin slow dangerous"),
+    ("PFSELFTEST", "hyperloglog admin slow dangerous"),
     ("PSYNC", "admin slow dangerous"),
     ("REPLCONF", "admin slow dangerous"),
     ("MULTI", "fast transaction"),

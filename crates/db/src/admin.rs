@@ -22,6 +22,7 @@ const SERVER: &[(&str, i32)] = &[
     ("BGSAVE", -1),
     ("BGREWRITEAOF", 1),
     ("SYNC", 1),
+    ("PFSELFTEST", 1),
     ("PSYNC", -3),
     ("REPLCONF", -1),
     ("SELECT", 2),

@@ -447,6 +447,7 @@ async fn command(c: &mut Conn, node: &Arc<Node>, argv: Vec<Vec<u8>>) -> Reply {
         "PUBLISH" => arity_err("publish"),
         "PUBSUB" if argv.len() >= 2 => crate::pubsub::Hub::global().introspect(&argv),
         "TIME" => crate::admin::time(&argv),
+        "PFSELFTEST" => crate::data::pf_selftest(),
         "DEBUG" => crate::admin::debug(node, c.db, &argv).await,
         "LASTSAVE" if argv.len() == 1 => Reply::Int((now_ms() / 1000) as i64),
         // Every acknowledged write is already fsynced on a majority: nothing to save.

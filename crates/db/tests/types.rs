@@ -659,6 +659,18 @@ fn publish_reaches_subscribers_on_every_member_and_a_stuck_one_is_cut_off() {
 fn hyperloglog_counts_merges_and_refuses_corrupt_values() {
     let c = trio("127.150.7");
     let mut con = c.conn(1);
+    // Small HLLs are sparse (Redis's run-length format), big ones dense, and a corrupt
+    // sparse value is detected.
+    assert_eq!(ok::<i64>(&mut con, &["PFADD", "small", "a", "b", "c"]), 1);
+    assert_eq!(
+        ok::<String>(&mut con, &["PFDEBUG", "ENCODING", "small"]),
+        "sparse"
+    );
+    assert!(ok::<Vec<u8>>(&mut con, &["GET", "small"]).len() < 40);
+    assert_eq!(ok::<i64>(&mut con, &["PFCOUNT", "small"]), 3);
+    let _: i64 = ok(&mut con, &["APPEND", "small", "hello"]);
+    assert!(err(&mut con, &["PFCOUNT", "small"]).starts_with("INVALIDOBJ"));
+    assert_eq!(ok::<String>(&mut con, &["PFSELFTEST"]), "OK");
     for batch in 0..10 {
         let mut cmd = redis::cmd("PFADD");
         cmd.arg("h1");
@@ -669,6 +681,10 @@ fn hyperloglog_counts_merges_and_refuses_corrupt_values() {
     }
     let n: i64 = ok(&mut con, &["PFCOUNT", "h1"]);
     assert!((n - 10_000).abs() < 200, "{n}");
+    assert_eq!(
+        ok::<String>(&mut con, &["PFDEBUG", "ENCODING", "h1"]),
+        "dense"
+    );
     assert_eq!(ok::<i64>(&mut con, &["PFADD", "h1", "a1"]), 0);
     assert_eq!(ok::<i64>(&mut con, &["PFADD", "h2", "b1", "b2", "a1"]), 1);
     let _: () = ok(&mut con, &["PFMERGE", "h3", "h1", "h2"]);

@@ -1,7 +1,9 @@
 //! HyperLogLog in Redis's own string format (so PFCOUNT on a value from Redis, DUMPs and
 //! byte-level tests agree): "HYLL", encoding, 3 spare bytes, an 8-byte cached cardinality
 //! (top bit of the last byte set = stale), then 16384 six-bit registers (dense) or Redis's
-//! run-length opcodes (sparse). This server reads both and writes dense.
+//! run-length opcodes (sparse). Like Redis, a new HLL is sparse (a few bytes instead of
+//! 12 KiB) until its encoding would pass `SPARSE_MAX` bytes or a register 32, and dense from
+//! then on.
 
 use super::{At, Db, Value, WRONGTYPE, upper};
 use crate::resp::Reply;
@@ -11,6 +13,11 @@ const M: usize = 1 << P;
 const Q: u32 = 64 - P;
 const HDR: usize = 16;
 const DENSE_LEN: usize = HDR + (M * 6).div_ceil(8);
+/// Redis's default `hll-sparse-max-bytes`. A constant, not the setting: every member must
+/// choose the same encoding for the same entry.
+const SPARSE_MAX: usize = 3000;
+/// The largest register a sparse VAL opcode holds.
+const SPARSE_VAL_MAX: u8 = 32;
 const NOT_HLL: &str = "WRONGTYPE Key is not a valid HyperLogLog string value.";
 const CORRUPT: &str = "INVALIDOBJ Corrupted HLL object detected";
 
@@ -122,6 +129,110 @@ fn dense(regs: &[u8]) -> Vec<u8> {
     s
 }
 
+/// A sparse HLL string with `regs` and a stale cache, if it is no longer than `SPARSE_MAX`
+/// and every register fits a VAL opcode: ZERO (runs up to 64), XZERO (up to 16384) and VAL
+/// (a value up to 32, runs up to 4) opcodes, as Redis writes them.
+fn sparse(regs: &[u8]) -> Option<Vec<u8>> {
+    let mut s = Vec::with_capacity(64);
+    s.extend_from_slice(b"HYLL\x01\0\0\0\0\0\0\0\0\0\0\x80");
+    let mut i = 0;
+    while i < regs.len() {
+        let v = regs[i];
+        let run = regs[i..].iter().take_while(|&&r| r == v).count();
+        if v == 0 {
+            let mut left = run;
+            while left > 0 {
+                let n = left.min(16384);
+                if n <= 64 {
+                    s.push((n - 1) as u8);
+                } else {
+                    s.push(0x40 | ((n - 1) >> 8) as u8);
+                    s.push(((n - 1) & 0xff) as u8);
+                }
+                left -= n;
+            }
+        } else {
+            if v > SPARSE_VAL_MAX {
+                return None;
+            }
+            let mut left = run;
+            while left > 0 {
+                let n = left.min(4);
+                s.push(0x80 | ((v - 1) << 2) | (n - 1) as u8);
+                left -= n;
+            }
+        }
+        if s.len() > SPARSE_MAX {
+            return None;
+        }
+        i += run;
+    }
+    Some(s)
+}
+
+/// The string for `regs`: sparse while `sparse_ok` (the value was sparse, or is new) and it
+/// fits, else dense.
+fn encode(regs: &[u8], sparse_ok: bool) -> Vec<u8> {
+    sparse_ok
+        .then(|| sparse(regs))
+        .flatten()
+        .unwrap_or_else(|| dense(regs))
+}
+
+fn is_sparse(s: &[u8]) -> bool {
+    s[4] == 1
+}
+
+/// PFSELFTEST: both encodings give back the registers they were given, and the estimate
+/// stays within Redis's error bound (5 standard errors, 1.04/√m each) as elements are added.
+pub fn selftest() -> Reply {
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for round in 0..100 {
+        let cap = if round % 2 == 0 {
+            64
+        } else {
+            SPARSE_VAL_MAX as u64 + 1
+        };
+        let mut regs = vec![0u8; M];
+        for _ in 0..(round * 37 % 500) {
+            let i = (next() % M as u64) as usize;
+            regs[i] = (next() % cap) as u8;
+        }
+        if registers(&dense(&regs)).as_deref() != Ok(&regs[..]) {
+            return Reply::err("ERR TESTFAILED dense registers do not read back");
+        }
+        if let Some(sp) = sparse(&regs)
+            && registers(&sp).as_deref() != Ok(&regs[..])
+        {
+            return Reply::err("ERR TESTFAILED sparse registers do not read back");
+        }
+    }
+    let bound = 5.0 * 1.04 / (M as f64).sqrt();
+    let mut regs = vec![0u8; M];
+    let mut checkpoint = 10u64;
+    for n in 1..=200_000u64 {
+        let (i, r) = pattern(&next().to_le_bytes());
+        regs[i] = regs[i].max(r);
+        if n == checkpoint {
+            let est = count(&regs) as f64;
+            let err = (est - n as f64).abs() / n as f64;
+            if err > bound {
+                return Reply::err(format!(
+                    "ERR TESTFAILED cardinality {n} estimated as {est} (error {err:.4} > {bound:.4})"
+                ));
+            }
+            checkpoint *= 10;
+        }
+    }
+    Reply::ok()
+}
+
 fn sigma(mut x: f64) -> f64 {
     if x == 1.0 {
         return f64::INFINITY;
@@ -200,6 +311,7 @@ fn run(db: &mut Db, name: &str, argv: &[Vec<u8>], at: At) -> Result<Reply, Reply
         "PFADD" => {
             let cur = load(db, &argv[1], now)?;
             let created = cur.is_none();
+            let sparse_ok = cur.as_ref().is_none_or(|(s, _)| is_sparse(s));
             let mut regs = cur.map(|(_, r)| r).unwrap_or_else(|| vec![0u8; M]);
             let mut changed = false;
             for e in &argv[2..] {
@@ -210,7 +322,7 @@ fn run(db: &mut Db, name: &str, argv: &[Vec<u8>], at: At) -> Result<Reply, Reply
                 }
             }
             if created || changed {
-                store(db, &argv[1], dense(&regs), at.index, now);
+                store(db, &argv[1], encode(&regs, sparse_ok), at.index, now);
             }
             Reply::Int((created || changed) as i64)
         }
@@ -242,15 +354,18 @@ fn run(db: &mut Db, name: &str, argv: &[Vec<u8>], at: At) -> Result<Reply, Reply
             }
         }
         "PFMERGE" => {
+            // Sparse only if every input is (as Redis: a dense input makes the result dense).
             let mut regs = vec![0u8; M];
+            let mut sparse_ok = true;
             for k in &argv[1..] {
-                if let Some((_, r)) = load(db, k, now)? {
+                if let Some((s, r)) = load(db, k, now)? {
+                    sparse_ok &= is_sparse(&s);
                     for (a, b) in regs.iter_mut().zip(r) {
                         *a = (*a).max(b);
                     }
                 }
             }
-            store(db, &argv[1], dense(&regs), at.index, now);
+            store(db, &argv[1], encode(&regs, sparse_ok), at.index, now);
             Reply::ok()
         }
         "PFDEBUG" => {
@@ -262,9 +377,9 @@ fn run(db: &mut Db, name: &str, argv: &[Vec<u8>], at: At) -> Result<Reply, Reply
             };
             match upper(&argv[1]).as_str() {
                 "GETREG" => Reply::Array(regs.iter().map(|r| Reply::Int(*r as i64)).collect()),
-                "ENCODING" => Reply::Simple(if s[4] == 0 { "dense" } else { "sparse" }.into()),
+                "ENCODING" => Reply::Simple(if is_sparse(&s) { "sparse" } else { "dense" }.into()),
                 "TODENSE" => {
-                    let was_sparse = s[4] == 1;
+                    let was_sparse = is_sparse(&s);
                     if was_sparse {
                         store(db, &argv[2], dense(&regs), at.index, now);
                     }

@@ -12,6 +12,7 @@ mod cmds;
 mod glob;
 mod hash;
 mod hll;
+pub use hll::selftest as pf_selftest;
 mod keyspace;
 mod list;
 mod lualibs;
