@@ -233,6 +233,8 @@ impl Db {
     }
 
     /// Opens one new connection to the next member in rotation, trying each member once.
+    /// For linearizable work a follower that names its leader is left for the leader: reads
+    /// there are served under its lease and writes need no forwarding hop.
     async fn connect(&self, readonly: bool) -> Result<MultiplexedConnection, String> {
         let inner = &self.inner;
         let members = inner.members.resolve().await?;
@@ -241,44 +243,55 @@ impl Db {
         let mut last_err = String::from("no members");
         for i in 0..n {
             let (host, port) = &members[(first + i) % n];
-            let info = match ConnectionAddr::Tcp(host.clone(), *port).into_connection_info() {
-                Ok(info) => info
-                    .set_redis_settings(inner.redis.clone())
-                    .set_tcp_settings(inner.tcp.clone()),
-                Err(e) => {
-                    last_err = format!("{host}:{port}: {e}");
-                    continue;
-                }
-            };
-            let client = match redis::Client::open(info) {
-                Ok(c) => c,
-                Err(e) => {
-                    last_err = format!("{host}:{port}: {e}");
-                    continue;
-                }
-            };
-            let fut = client.get_multiplexed_async_connection_with_config(&inner.conn_config);
-            // The handshake (AUTH, SELECT) also counts against the connect timeout.
-            match tokio::time::timeout(inner.connect_timeout * 2, fut).await {
-                Ok(Ok(mut conn)) => {
-                    if readonly {
-                        let r: Result<(), RedisError> =
-                            redis::cmd("READONLY").query_async(&mut conn).await;
-                        if let Err(e) = r {
-                            tracing::debug!(member = %format!("{host}:{port}"), error = %e,
-                                "READONLY refused; stale reads on this member are linearizable");
+            match self.open(host, *port, readonly).await {
+                Ok(mut conn) => {
+                    if !readonly && let Some((lhost, lport)) = leader_named_by(&mut conn).await {
+                        match self.open(&lhost, lport, false).await {
+                            Ok(c) => conn = c,
+                            Err(e) => tracing::debug!(leader = %format!("{lhost}:{lport}"),
+                                error = %e, "the leader named by a follower does not answer; staying"),
                         }
                     }
                     inner.metrics.db_connects.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(member = %format!("{host}:{port}"), readonly, "db connected");
                     return Ok(conn);
                 }
-                Ok(Err(e)) => last_err = format!("{host}:{port}: {e}"),
-                Err(_) => last_err = format!("{host}:{port}: connect timed out"),
+                Err(e) => last_err = e,
             }
             inner.rotation.fetch_add(1, Ordering::Relaxed);
         }
         Err(last_err)
+    }
+
+    /// One connection to `host:port` (AUTH and SELECT done; READONLY when `readonly`).
+    async fn open(
+        &self,
+        host: &str,
+        port: u16,
+        readonly: bool,
+    ) -> Result<MultiplexedConnection, String> {
+        let inner = &self.inner;
+        let info = ConnectionAddr::Tcp(host.to_string(), port)
+            .into_connection_info()
+            .map_err(|e| format!("{host}:{port}: {e}"))?
+            .set_redis_settings(inner.redis.clone())
+            .set_tcp_settings(inner.tcp.clone());
+        let client = redis::Client::open(info).map_err(|e| format!("{host}:{port}: {e}"))?;
+        let fut = client.get_multiplexed_async_connection_with_config(&inner.conn_config);
+        // The handshake (AUTH, SELECT) also counts against the connect timeout.
+        let mut conn = match tokio::time::timeout(inner.connect_timeout * 2, fut).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(format!("{host}:{port}: {e}")),
+            Err(_) => return Err(format!("{host}:{port}: connect timed out")),
+        };
+        if readonly {
+            let r: Result<(), RedisError> = redis::cmd("READONLY").query_async(&mut conn).await;
+            if let Err(e) = r {
+                tracing::debug!(member = %format!("{host}:{port}"), error = %e,
+                    "READONLY refused; stale reads on this member are linearizable");
+            }
+        }
+        tracing::debug!(member = %format!("{host}:{port}"), readonly, "db connected");
+        Ok(conn)
     }
 
     async fn slot_conn(&self, mode: ReadMode) -> Result<(u64, MultiplexedConnection), String> {
@@ -494,6 +507,29 @@ pub fn is_retryable(e: &RedisError) -> bool {
         }
         _ => is_retryable_code(e.code()),
     }
+}
+
+/// The leader a follower names in `INFO replication` (`master_host`, `master_port`, with
+/// its link up), as a Redis replica names its master; a master, or an error, names none.
+async fn leader_named_by(conn: &mut MultiplexedConnection) -> Option<(String, u16)> {
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(conn)
+        .await
+        .ok()?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    // A replica cut off from its master names one that may not answer: stay.
+    if field("role")? != "slave" || field("master_link_status")? != "up" {
+        return None;
+    }
+    Some((
+        field("master_host")?.to_string(),
+        field("master_port")?.parse().ok()?,
+    ))
 }
 
 /// Error codes a Raft-backed Redis-protocol server may use while it has no leader.

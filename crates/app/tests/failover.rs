@@ -791,3 +791,70 @@ async fn a_hung_member_is_left_for_another() {
     drop(hung); // SIGKILL works on a stopped process
     drop(good);
 }
+
+/// A member that is a replica names its master (`INFO replication`): the app's linearizable
+/// connection goes there, not through the replica first listed (for the db, a follower
+/// names its leader: reads there are served under the lease, writes need no forwarding).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linearizable_work_goes_to_the_master_a_replica_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p_addr = addr("127.40.16.1:6379");
+    let r_addr = addr("127.40.16.3:6379");
+    let opts = || RedisOpts {
+        password: None,
+        aof_dir: None,
+    };
+    let _primary = Redis::start(p_addr, opts());
+    let _replica = Redis::start(r_addr, opts());
+    assert!(redis_cli(r_addr, &["REPLICAOF", "127.40.16.1", "6379"]).contains("OK"));
+    wait_until_async("the replica's link up", Duration::from_secs(10), || async {
+        redis_cli(r_addr, &["INFO", "replication"]).contains("master_link_status:up")
+    })
+    .await;
+    // The replica is listed first: the app's first connection is dialled there.
+    let app = App::start(
+        dir.path(),
+        addr("127.40.16.2:8000"),
+        addr("127.40.16.2:9100"),
+        "addrs = [\"127.40.16.3:6379\", \"127.40.16.1:6379\"]\nconnect_timeout_ms = 300",
+        "[auth]\nrequired = false",
+    );
+    let http = Http::new();
+    for i in 0..5 {
+        let r = http
+            .must(
+                "PUT",
+                &format!("{}/v1/r/d{i}", app.base),
+                &[],
+                Some(&json!({"i": i}).to_string()),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let r = http
+            .must("GET", &format!("{}/v1/r/d{i}", app.base), &[], None)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    // Only the master holds a connection from the app; the replica none (its own
+    // redis-cli aside), and no write was refused there (READONLY) on the way.
+    let from_app = |at: SocketAddr| {
+        redis_cli(at, &["CLIENT", "LIST"])
+            .lines()
+            // Ordinary clients (not the replication link), not redis-cli itself.
+            .filter(|l| l.contains("flags=N") && !l.contains("cmd=client|list"))
+            .count()
+    };
+    assert!(
+        from_app(p_addr) >= 1,
+        "{}",
+        redis_cli(p_addr, &["CLIENT", "LIST"])
+    );
+    assert_eq!(
+        from_app(r_addr),
+        0,
+        "{}",
+        redis_cli(r_addr, &["CLIENT", "LIST"])
+    );
+    let stats = redis_cli(r_addr, &["INFO", "errorstats"]);
+    assert!(!stats.contains("READONLY"), "{stats}");
+}

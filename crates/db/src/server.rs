@@ -738,9 +738,25 @@ fn info(node: &Node, argv: &[Vec<u8>]) -> Reply {
         "persistence",
         "loading:0\r\nasync_loading:0\r\nrdb_changes_since_last_save:0\r\nrdb_bgsave_in_progress:0\r\naof_enabled:0\r\naof_rewrite_in_progress:0\r\naof_rewrite_scheduled:0\r\n".into(),
     ));
+    // A follower names the leader's Redis address, as a Redis replica names its master:
+    // clients that want linearizable work done without a forwarding hop go there.
+    let leader_addr = st
+        .leader
+        .filter(|&l| l != st.id)
+        .and_then(|l| node.cfg.members.iter().find(|m| m.id == l))
+        .and_then(|m| m.redis);
+    let master = match (role, leader_addr) {
+        ("slave", Some(a)) => format!(
+            "master_host:{}\r\nmaster_port:{}\r\nmaster_link_status:up\r\n",
+            a.ip(),
+            a.port()
+        ),
+        ("slave", None) => "master_link_status:down\r\n".to_string(),
+        _ => String::new(),
+    };
     sections.push((
         "replication",
-        format!("role:{role}\r\nconnected_slaves:0\r\n"),
+        format!("role:{role}\r\n{master}connected_slaves:0\r\n"),
     ));
     sections.push((
         "raft",

@@ -67,6 +67,17 @@ fn a_stock_redis_server_follows_a_member_through_sync_and_its_writes() {
     c.start_all();
     let leader = c.wait_data_leader(&[1, 2], Duration::from_secs(20));
     let mut db = c.conn(leader);
+    // A follower names the leader as its master, as a Redis replica does.
+    let follower = 3 - leader;
+    let start = Instant::now();
+    while c.info(follower, "master_link_status").as_deref() != Some("up") {
+        assert!(start.elapsed() < Duration::from_secs(10), "no leader named");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let at = c.member(leader).redis;
+    assert_eq!(c.info(follower, "master_host"), Some(at.ip().to_string()));
+    assert_eq!(c.info(follower, "master_port"), Some(at.port().to_string()));
+    assert_eq!(c.info(leader, "role").as_deref(), Some("master"));
 
     // Before the replica: one key of every type the RDB carries, one with a TTL.
     let _: () = ok(&mut db, &["SET", "s", "hello"]);
