@@ -4,7 +4,9 @@
 failover. Loopback addresses 127.61.0.x only. Writes RESULTS.md beside this file.
 
 Needs: redis-tools (redis-benchmark, redis-cli), redis-server, python3-redis.
-Usage: bench.py BIN [--quick]
+Usage: bench.py BIN [--quick] [--set | --types | --memory | --failover]
+  (no option: SET and GET, every type's write and EVAL at -P 1 and -P 16, memory per key
+  for 1M keys of each type, then failover)
 """
 
 import os
@@ -91,12 +93,90 @@ def wait_port(host, timeout=20):
 
 
 def bench(host, test, n, pipeline):
-    out = subprocess.run(["redis-benchmark", "-h", host, "-p", "6379", "-t", test, "-n", str(n),
-                          "-c", "50", "-P", str(pipeline), "-r", "100000", "-q"],
+    """One redis-benchmark run: `test` is a built-in test name, or a command (a list)."""
+    what = ["-t", test] if isinstance(test, str) else test
+    out = subprocess.run(["redis-benchmark", "-h", host, "-p", "6379", "-n", str(n),
+                          "-c", "50", "-P", str(pipeline), "-r", "100000", "-q"] + what,
                          capture_output=True, text=True, timeout=600).stdout
     out = out.replace("\r", "\n")
     m = re.findall(r"([\d.]+) requests per second", out)
     return float(m[-1]) if m else 0.0
+
+
+# Issue 11's rows: every type's typical write (and EVAL), built-in tests where
+# redis-benchmark has them.
+TYPE_TESTS = [
+    ("INCR", "incr"), ("LPUSH", "lpush"), ("LPOP", "lpop"), ("SADD", "sadd"),
+    ("HSET", "hset"), ("ZADD", "zadd"),
+    ("XADD", ["XADD", "stream:__rand_int__", "*", "field", "value"]),
+    ("EVAL", ["EVAL", "return redis.call('INCR', KEYS[1])", "1", "counter:__rand_int__"]),
+]
+
+# Memory per key: 1M keys of each type, one small value each.
+MEMORY_KEYS = 1_000_000
+MEMORY_TYPES = [
+    ("string", lambda i: ["SET", f"k:{i}", "value-0123456789"]),
+    ("hash", lambda i: ["HSET", f"k:{i}", "field", "value-0123456789"]),
+    ("list", lambda i: ["RPUSH", f"k:{i}", "value-0123456789"]),
+    ("set", lambda i: ["SADD", f"k:{i}", "value-0123456789"]),
+    ("zset", lambda i: ["ZADD", f"k:{i}", "1", "value-0123456789"]),
+    ("stream", lambda i: ["XADD", f"k:{i}", "1-1", "field", "value-0123456789"]),
+]
+
+
+def resp(cmd):
+    out = [f"*{len(cmd)}\r\n"]
+    for a in cmd:
+        out.append(f"${len(a.encode())}\r\n{a}\r\n")
+    return "".join(out)
+
+
+def rss(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def load_keys(host, make, n):
+    """Loads n keys through `redis-cli --pipe` (bounded: n commands, 600 s)."""
+    data = "".join(resp(make(i)) for i in range(n)).encode()
+    subprocess.run(["redis-cli", "-h", host, "-p", "6379", "--pipe"], input=data,
+                   capture_output=True, timeout=600, check=True)
+
+
+def settle_rss(pid):
+    """RSS once it stops moving (a member applies what it acknowledged, then frees buffers)."""
+    last, same = rss(pid), 0
+    end = time.time() + 30
+    while same < 5 and time.time() < end:
+        time.sleep(0.2)
+        now = rss(pid)
+        same = same + 1 if abs(now - last) < 256 * 1024 else 0
+        last = now
+    return last
+
+
+def memory_rows(redis_pid, rs_host, lh, leader_pid, n):
+    rows = []
+    for name, make in MEMORY_TYPES:
+        out = {}
+        for host, pid in ((rs_host, redis_pid), (lh, leader_pid)):
+            c = redis.Redis(host=host, port=6379, socket_timeout=60)
+            c.flushall()
+            before_rss = settle_rss(pid)
+            before_used = int(c.info("memory").get("used_memory", 0))
+            load_keys(host, make, n)
+            assert c.dbsize() == n, f"{host}: {c.dbsize()} keys of {n}"
+            after_rss = settle_rss(pid)
+            after_used = int(c.info("memory").get("used_memory", 0))
+            out[host] = ((after_rss - before_rss) / n, (after_used - before_used) / n)
+            c.flushall()
+        rows.append((name, out[rs_host], out[lh]))
+        print(f"memory per {name} key: redis rss {out[rs_host][0]:.0f} B (used_memory "
+              f"{out[rs_host][1]:.0f} B), citadel leader rss {out[lh][0]:.0f} B", flush=True)
+    return rows
 
 
 def failover_trial(nodes, data_ids):
@@ -160,14 +240,27 @@ def main():
         follower = f"{NET}.{3 - leader}"
         rows = []
         only_set = "--set" in sys.argv
-        for label, test, n, p in [] if only_failover else [("SET", "set", n1, 1), ("SET", "set", n16, 16)] if only_set else [("SET", "set", n1, 1), ("SET", "set", n16, 16),
-                                  ("GET", "get", n1, 1), ("GET", "get", n16, 16)]:
+        only_types = "--types" in sys.argv
+        plan = [("SET", "set"), ("GET", "get")]
+        if only_set:
+            plan = [("SET", "set")]
+        if only_types or not (only_set or only_failover):
+            plan = ([] if only_types else plan) + TYPE_TESTS
+        if only_failover:
+            plan = []
+        for label, test, n, p in [(label, test, n, p) for label, test in plan
+                                  for n, p in ((n1, 1), (n16, 16))]:
             r = bench(REDIS_HOST, test, n, p)
             c = bench(lh, test, n, p)
             cf = bench(follower, test, n, p)
             rows.append((f"{label} -P {p}", r, c, cf))
             print(f"{label} -P {p}: redis {r:.0f}/s, citadel leader {c:.0f}/s, follower {cf:.0f}/s", flush=True)
-        trials = [] if only_set else [failover_trial(nodes, [1, 2]) for _ in range(3 if quick else 10)]
+        mem = []
+        if "--memory" in sys.argv or not (only_set or only_types or only_failover):
+            mem = memory_rows(rs.pid, REDIS_HOST, lh, nodes[leader].proc.pid,
+                              MEMORY_KEYS // 10 if quick else MEMORY_KEYS)
+        skip_failover = only_set or only_types or "--memory" in sys.argv
+        trials = [] if skip_failover else [failover_trial(nodes, [1, 2]) for _ in range(3 if quick else 10)]
         ok = [t for t in trials if t is not None]
         med = statistics.median(ok) if ok else None
         print("failover trials (s):", ["%.3f" % t if t is not None else "none" for t in trials], flush=True)
@@ -182,6 +275,15 @@ def main():
             f.write("|---|---|---|---|---|---|\n")
             for name, r, c, cf in rows:
                 f.write(f"| {name} | {r:.0f} | {c:.0f} | {c / r if r else 0:.2f} | {cf:.0f} | {cf / r if r else 0:.2f} |\n")
+            if mem:
+                f.write(f"\nMemory per key ({MEMORY_KEYS // 10 if quick else MEMORY_KEYS} keys of each type, "
+                        "one 16-byte element each, loaded with `redis-cli --pipe`; the RSS growth of "
+                        "the process; redis-server also by its own `used_memory`):\n\n")
+                f.write("| type | redis-server RSS B/key | redis used_memory B/key | citadel leader RSS B/key | ratio (RSS) |\n")
+                f.write("|---|---|---|---|---|\n")
+                for name, (r_rss, r_used), (c_rss, _) in mem:
+                    f.write(f"| {name} | {r_rss:.0f} | {r_used:.0f} | {c_rss:.0f} | "
+                            f"{c_rss / r_rss if r_rss else 0:.2f} |\n")
             f.write("\nFailover (kill -9 of the leader, time until the first write sent after the kill is "
                     "acknowledged by the surviving data member; default timings: heartbeat 100 ms, "
                     "election 300-600 ms):\n\n")

@@ -123,7 +123,8 @@ enum Command {
         force: bool,
     },
     /// The state of every jail, as a table (with --file/--dir: every host's, through the
-    /// agents, with each host's generation: BEHIND or UNREACHABLE).
+    /// agents, with each host's generation: BEHIND or UNREACHABLE; exit code 3 when a host
+    /// is unreachable).
     #[command(after_help = "Examples:
   citadel status
   citadel status --json

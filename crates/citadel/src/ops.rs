@@ -168,10 +168,28 @@ pub async fn status(target: &Target, json: bool) -> anyhow::Result<i32> {
             } else {
                 crate::remote::print_cluster_status(&status);
             }
+            let unreachable: Vec<&str> = status
+                .hosts
+                .iter()
+                .filter(|h| h.error.is_some())
+                .map(|h| h.host.as_str())
+                .collect();
+            if !unreachable.is_empty() {
+                // A script (or a monitor) sees at once that the picture is incomplete.
+                eprintln!(
+                    "citadel status: {} host(s) unreachable: {}",
+                    unreachable.len(),
+                    unreachable.join(", ")
+                );
+                return Ok(UNREACHABLE_EXIT);
+            }
         }
     }
     Ok(0)
 }
+
+/// `status`'s exit code when a host's agent does not answer (the table is still printed).
+pub const UNREACHABLE_EXIT: i32 = 3;
 
 fn health_text(health: &Health, has_check: bool, running: bool) -> String {
     match health {

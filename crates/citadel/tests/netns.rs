@@ -557,7 +557,7 @@ backend = "netns"
             .replace("host = \"box\"", "host = \"b\"");
     let ns_a = HostNs::new(&format!("ct-agent-a-{}", std::process::id()));
     let ns_b = HostNs::new(&format!("ct-agent-b-{}", std::process::id()));
-    let a = ns_a.agent("a", &cluster);
+    let mut a = ns_a.agent("a", &cluster);
     let b = ns_b.agent("b", &cluster);
     a.wait_healthy(&["web-a"], Duration::from_secs(60));
     b.wait_healthy(&["web-b"], Duration::from_secs(60));
@@ -615,6 +615,36 @@ backend = "netns"
         "a restore onto host b through a's agent is refused: {err}"
     );
     assert!(!names(&a).contains(&"web-x".to_string()));
+
+    // kill -9 of the agent: its watchdog takes its jails down with nothing of them left
+    // (namespace, veth, cgroup, mount); started again on its state, it reconciles and runs
+    // host a's jail again.
+    let local = ["web-a", "web-a2"];
+    let pids: Vec<i32> = local.iter().filter_map(|j| a.pid(j)).collect();
+    assert!(a.pid("web-a").is_some(), "web-a runs");
+    kill9(a.child.id() as i32);
+    let _ = a.child.wait();
+    wait_for("agent a's jails gone", Duration::from_secs(30), || {
+        pids.iter().all(|&p| !alive(p)).then_some(())
+    });
+    nothing_left(&ns_a, &a, &local, "kill -9 of the agent");
+    let state = std::mem::replace(&mut a.dir, tempfile::tempdir().expect("tempdir"));
+    drop(a);
+    let a = ns_a.run_in(state, &["agent", "run", "--host", "a"]);
+    a.wait_healthy(&["web-a"], Duration::from_secs(60));
+    assert!(
+        ns_a.run(&[
+            "curl",
+            "-sf",
+            "--max-time",
+            "3",
+            "http://198.18.93.11:8000/"
+        ])
+        .status
+        .success(),
+        "web-a answers again after the agent's restart"
+    );
+    assert!(!names(&b).is_empty(), "agent b was not touched");
 
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("cluster.toml");

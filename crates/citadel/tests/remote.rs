@@ -365,8 +365,10 @@ fn every_verb_from_the_operators_machine() {
         .status();
     let _ = s2.child.wait();
     drop(s2);
-    let table = remote_ok(&op, &file, &["status"]);
+    let (code, table, err) = remote(&op, &file, &["status"]);
     println!("{table}");
+    assert_eq!(code, 3, "status with a host unreachable: {err}");
+    assert!(err.contains("1 host(s) unreachable: server-2"), "{err}");
     assert!(
         table.contains("UNREACHABLE") && table.contains("Connection refused"),
         "{table}"
