@@ -186,10 +186,23 @@ pub fn time(argv: &[Vec<u8>]) -> Reply {
     ])
 }
 
+/// DEBUG set-disable-deny-scripts: scripts taken by this member may call DEBUG (carried
+/// into the log with each script, `data::script::SCRIPT_OPTS`).
+static SCRIPTS_MAY_DEBUG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn scripts_may_debug() -> bool {
+    SCRIPTS_MAY_DEBUG.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// DEBUG: the subcommands the test suites and tools use that make sense here.
 pub async fn debug(node: &Node, db: u32, argv: &[Vec<u8>]) -> Reply {
     let now = crate::node::now_ms();
     match argv.get(1).map(|a| lower(a)).as_deref() {
+        Some("set-disable-deny-scripts") if argv.len() == 3 => {
+            SCRIPTS_MAY_DEBUG.store(argv[2] != b"0", std::sync::atomic::Ordering::Relaxed);
+            Reply::ok()
+        }
+        Some("protocol") if argv.len() == 3 => crate::data::debug_protocol(&argv[2]),
         // Data is always durable (the Raft log and snapshots): a reload changes nothing.
         Some("reload") | Some("loadaof") | Some("set-active-expire") | Some("change-repl-id") => {
             Reply::ok()
@@ -204,6 +217,8 @@ pub async fn debug(node: &Node, db: u32, argv: &[Vec<u8>]) -> Reply {
             Reply::ok()
         }
         Some("object") if argv.len() == 3 => {
+            // As Redis's, DEBUG OBJECT sees a key until it is reclaimed, expired or not.
+            let now = 0;
             let limits = node.settings.limits();
             node.sm.read(|g| {
                 let d = &g.tables.dbs[db as usize];

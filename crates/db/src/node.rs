@@ -376,6 +376,28 @@ impl Node {
             return None;
         }
         let (tx, rx) = oneshot::channel();
+        if is_script_decision(&req) {
+            // A script decision goes past the proposer: the entry in flight there may be the
+            // very script that waits for it (see `data::busy`).
+            let raft = self.raft.clone();
+            let mut req = req;
+            req.now_ms = now_ms();
+            tokio::spawn(async move {
+                let r = match raft.client_write_ff(Proposal { reqs: vec![req] }).await {
+                    Ok(rx) => match rx.await {
+                        Ok(Ok(resp)) => resp
+                            .data
+                            .into_iter()
+                            .next()
+                            .ok_or_else(|| "ERR missing reply".to_string()),
+                        _ => Err(TRYAGAIN.to_string()),
+                    },
+                    Err(e) => Err(format!("TRYAGAIN write not carried out: {e}")),
+                };
+                let _ = tx.send(r);
+            });
+            return Some(rx);
+        }
         self.proposer
             .queue
             .lock()
@@ -1234,6 +1256,13 @@ pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
     )
     .await
     .map_err(|e| DbError::Raft(e.to_string()))?;
+    if !witness {
+        crate::data::busy::install(Box::new(ScriptLog {
+            store: store.clone(),
+            raft: raft.clone(),
+            id: cfg.id,
+        }));
+    }
     let rid_base = now_ms().wrapping_mul(0x2545_F491_4F6C_DD1D)
         ^ (cfg.id << 48)
         ^ (std::process::id() as u64) << 20;
@@ -1345,4 +1374,83 @@ async fn boot_read_floor(store: &Arc<Store>, id: NodeId) -> Result<Option<(u64, 
         }
         _ => None,
     })
+}
+
+fn is_script_decision(req: &WriteReq) -> bool {
+    req.cmds.first().is_some_and(|(_, argv)| {
+        argv.first()
+            .is_some_and(|a| a == crate::data::busy::SCRIPT_DECIDE)
+    })
+}
+
+/// A running script's view of the committed log (`data::busy`): SCRIPT KILL's and the
+/// leader's decisions are read from it before the state machine applies them.
+struct ScriptLog {
+    store: Arc<Store>,
+    raft: Raft,
+    id: NodeId,
+}
+
+impl crate::data::busy::Log for ScriptLog {
+    fn committed(&self) -> u64 {
+        self.store.committed()
+    }
+
+    fn decisions(&self, from: u64, to: u64) -> Vec<(u64, crate::data::busy::Decision)> {
+        use crate::data::busy::{Decision, SCRIPT_DECIDE};
+        let mut out = Vec::new();
+        let Ok(entries) = self.store.read_range(from, to.saturating_add(1)) else {
+            return out;
+        };
+        for e in entries {
+            let openraft::EntryPayload::Normal(p) = &e.payload else {
+                continue;
+            };
+            for r in &p.reqs {
+                for (_, argv) in &r.cmds {
+                    if argv.len() == 4 && argv[0] == SCRIPT_DECIDE {
+                        let i = std::str::from_utf8(&argv[1])
+                            .ok()
+                            .and_then(|s| s.parse::<u64>().ok());
+                        let d = if argv[2] == b"kill" {
+                            Decision::Kill
+                        } else {
+                            Decision::Go
+                        };
+                        if let Some(i) = i {
+                            out.push((i, d));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn propose_go(&self, index: u64) {
+        if self.raft.metrics().borrow().current_leader != Some(self.id) {
+            return;
+        }
+        let req = WriteReq {
+            rid: 0,
+            now_ms: now_ms(),
+            watches: Vec::new(),
+            cmds: vec![(
+                0,
+                vec![
+                    crate::data::busy::SCRIPT_DECIDE.to_vec(),
+                    index.to_string().into_bytes(),
+                    b"go".to_vec(),
+                    b"-".to_vec(),
+                ],
+            )],
+            multi: false,
+        };
+        let raft = self.raft.clone();
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            h.spawn(async move {
+                let _ = raft.client_write_ff(Proposal { reqs: vec![req] }).await;
+            });
+        }
+    }
 }

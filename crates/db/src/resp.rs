@@ -203,6 +203,14 @@ pub enum Reply {
     /// key → value pairs that RESP2 sends as an array of two-element arrays and RESP3 as a
     /// map (XREAD and XREADGROUP).
     Streams(Vec<(Reply, Reply)>),
+    /// RESP3's boolean (`#t`/`#f`); `:1`/`:0` in RESP2.
+    Bool(bool),
+    /// RESP3's big number (`(…`); a bulk string in RESP2.
+    BigNum(String),
+    /// RESP3's verbatim string (`=len\r\nfmt:…`): its format and text; a bulk string in RESP2.
+    Verbatim(String, Vec<u8>),
+    /// RESP3's set (`~n`); an array in RESP2.
+    Set(Vec<Reply>),
 }
 
 impl Reply {
@@ -311,6 +319,42 @@ impl Reply {
                     }
                     k.encode(proto, out);
                     v.encode(proto, out);
+                }
+            }
+            Reply::Bool(b) => {
+                if proto >= 3 {
+                    out.extend_from_slice(if *b { b"#t\r\n" } else { b"#f\r\n" });
+                } else {
+                    Reply::Int(*b as i64).encode(proto, out);
+                }
+            }
+            Reply::BigNum(n) => {
+                if proto >= 3 {
+                    out.push(b'(');
+                    push_line(out, n.as_bytes());
+                } else {
+                    Reply::bulk(n).encode(proto, out);
+                }
+            }
+            Reply::Verbatim(fmt, text) => {
+                if proto >= 3 {
+                    out.push(b'=');
+                    out.extend_from_slice((text.len() + 4).to_string().as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                    out.extend_from_slice(fmt.as_bytes());
+                    out.push(b':');
+                    out.extend_from_slice(text);
+                    out.extend_from_slice(b"\r\n");
+                } else {
+                    Reply::bulk(text).encode(proto, out);
+                }
+            }
+            Reply::Set(items) => {
+                out.push(if proto >= 3 { b'~' } else { b'*' });
+                out.extend_from_slice(items.len().to_string().as_bytes());
+                out.extend_from_slice(b"\r\n");
+                for i in items {
+                    i.encode(proto, out);
                 }
             }
             Reply::Double(d) => {

@@ -1,6 +1,7 @@
 //! The Redis-protocol server of a data member.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -178,6 +179,12 @@ async fn conn_loop(s: &mut TcpStream, node: &Arc<Node>, c: &mut Conn) -> std::io
                 s.write_all(&out).await?;
                 return Ok(());
             }
+            if crate::data::busy::running().is_some()
+                && let Some(e) = busy(c, &node, &argv).await
+            {
+                e.encode(c.proto, &mut out);
+                continue;
+            }
             if pipelinable(c, &node, &argv) {
                 // A run of plain writes: queue them all, then collect the replies in order.
                 let mut run = vec![argv];
@@ -192,7 +199,9 @@ async fn conn_loop(s: &mut TcpStream, node: &Arc<Node>, c: &mut Conn) -> std::io
                 let reqs: Vec<WriteReq> = run
                     .into_iter()
                     .map(|argv| {
-                        let argv = as_caller(c, &upper(&argv[0]), argv);
+                        let name = upper(&argv[0]);
+                        let argv = script_opts(&node, &name, argv).unwrap_or_else(|e| e.1);
+                        let argv = as_caller(c, &name, argv);
                         let mut req = WriteReq {
                             rid: 0,
                             now_ms: 0,
@@ -310,7 +319,8 @@ async fn conn_loop(s: &mut TcpStream, node: &Arc<Node>, c: &mut Conn) -> std::io
 
 /// A write that may join a pipelined run: plain (not in MULTI), known, well-formed.
 fn pipelinable(c: &Conn, node: &Node, argv: &[Vec<u8>]) -> bool {
-    if !c.authed || c.multi.is_some() || node.is_witness() {
+    // Over maxmemory: writes are checked one by one (`data_cmd`).
+    if !c.authed || c.multi.is_some() || node.is_witness() || node.settings.maxmemory() > 0 {
         return false;
     }
     let name = upper(&argv[0]);
@@ -541,6 +551,14 @@ fn queue(c: &mut Conn, node: &Node, name: String, argv: Vec<Vec<u8>>) -> Reply {
         None => Some(unknown(&argv)),
         Some(_) if !check_arity(&name, argv.len()) => Some(arity_err(&name)),
         Some(_) => None,
+    };
+    let err = err.or_else(|| oom_refusal(node, &name, &argv));
+    let argv = match script_opts(node, &name, argv) {
+        Ok(a) => a,
+        Err((e, _)) => {
+            c.multi_dirty = true;
+            return e;
+        }
     };
     let argv = as_caller(c, &name, argv);
     if let Some(e) = err {
@@ -805,6 +823,19 @@ async fn exec(c: &mut Conn, node: &Arc<Node>) -> Reply {
         c.multi_dirty = false;
         return Reply::err("EXECABORT Transaction discarded because of previous errors.");
     }
+    // The state may have changed since the commands were queued (Redis checks again).
+    if !cmds.is_empty()
+        && let Some(Reply::Error(e)) =
+            crate::data::busy::busy_reply("EXEC", &[], node.settings.busy_threshold())
+    {
+        return Reply::err(format!("EXECABORT Transaction discarded because of: {e}"));
+    }
+    if let Some(Reply::Error(e)) = cmds.iter().find_map(|(_, argv)| {
+        let argv = unprefixed(argv);
+        oom_refusal(node, &upper(&argv[0]), argv)
+    }) {
+        return Reply::err(format!("EXECABORT Transaction discarded because of: {e}"));
+    }
     let keys = if crate::blocking::any_waiters() {
         crate::blocking::written_keys(cmds.iter())
     } else {
@@ -933,7 +964,6 @@ fn script_local(node: &Node, argv: &[Vec<u8>]) -> Option<Reply> {
                     .collect(),
             )
         })),
-        Some("KILL") => Some(Reply::err("NOTBUSY No scripts in execution right now.")),
         _ => None,
     }
 }
@@ -970,7 +1000,6 @@ fn function_local(node: &Node, argv: &[Vec<u8>]) -> Option<Reply> {
                     .collect(),
             )
         })),
-        Some("KILL") => Some(Reply::err("NOTBUSY No scripts in execution right now.")),
         Some("DUMP") | Some("RESTORE") | Some("STATS") => Some(Reply::err(
             "ERR FUNCTION DUMP/RESTORE/STATS are not supported by this server",
         )),
@@ -979,6 +1008,12 @@ fn function_local(node: &Node, argv: &[Vec<u8>]) -> Option<Reply> {
 }
 
 async fn data_cmd(c: &mut Conn, node: &Arc<Node>, name: String, argv: Vec<Vec<u8>>) -> Reply {
+    if (name == "SCRIPT" || name == "FUNCTION")
+        && argv.len() == 2
+        && argv[1].eq_ignore_ascii_case(b"KILL")
+    {
+        return kill_script(c, node, name == "SCRIPT").await;
+    }
     if name == "SCRIPT"
         && let Some(r) = script_local(node, &argv)
     {
@@ -1009,6 +1044,15 @@ async fn data_cmd(c: &mut Conn, node: &Arc<Node>, name: String, argv: Vec<Vec<u8
     if node.is_witness() {
         return Reply::err("ERR a witness serves no data");
     }
+    if class == Class::Write
+        && let Some(e) = oom_refusal(node, &name, &argv)
+    {
+        return e;
+    }
+    let argv = match script_opts(node, &name, argv) {
+        Ok(a) => a,
+        Err((e, _)) => return e,
+    };
     let argv = as_caller(c, &name, argv);
     match class {
         Class::Read => {
@@ -1226,5 +1270,125 @@ async fn acl_write(c: &Conn, node: &Arc<Node>, argv: &[Vec<u8>]) -> Reply {
     match node.write(req).await {
         Ok(r) => r,
         Err(e) => Reply::Error(e),
+    }
+}
+
+/// A command arriving while this member's state machine runs a script: it waits as it would
+/// in Redis (which reads nothing meanwhile) up to the busy threshold, then gets BUSY (inside
+/// MULTI that also dooms the transaction). MULTI, EXEC, DISCARD and the KILLs pass.
+async fn busy(c: &mut Conn, node: &Node, argv: &[Vec<u8>]) -> Option<Reply> {
+    let name = upper(&argv[0]);
+    if matches!(name.as_str(), "MULTI" | "EXEC" | "DISCARD") {
+        return None;
+    }
+    let threshold = node.settings.busy_threshold();
+    let e = crate::data::busy::busy_reply(&name, argv, Duration::ZERO)?;
+    crate::data::busy::wait_while_running(threshold).await;
+    crate::data::busy::busy_reply(&name, argv, threshold)?;
+    if c.multi.is_some() {
+        c.multi_dirty = true;
+    }
+    Some(e)
+}
+
+/// SCRIPT KILL / FUNCTION KILL: a `SCRIPT_DECIDE` "kill" marker through the log for the
+/// script this member runs; the reply (OK, UNKILLABLE, NOTBUSY) is decided where it is
+/// applied, after the script stopped or went on (`data::busy`).
+async fn kill_script(c: &Conn, node: &Arc<Node>, eval: bool) -> Reply {
+    use crate::data::busy;
+    let Some(r) = busy::running().filter(|r| r.eval == eval) else {
+        return Reply::err(busy::NOTBUSY);
+    };
+    if r.wrote {
+        return Reply::err(busy::UNKILLABLE);
+    }
+    if node.is_witness() {
+        return Reply::err("ERR a witness serves no data");
+    }
+    let req = WriteReq {
+        rid: 0,
+        now_ms: 0,
+        watches: Vec::new(),
+        cmds: vec![(
+            c.db,
+            vec![
+                busy::SCRIPT_DECIDE.to_vec(),
+                r.index.to_string().into_bytes(),
+                b"kill".to_vec(),
+                if eval {
+                    b"eval".to_vec()
+                } else {
+                    b"function".to_vec()
+                },
+            ],
+        )],
+        multi: false,
+    };
+    match node.write(req).await {
+        Ok(r) => r,
+        Err(e) => Reply::Error(e),
+    }
+}
+
+/// This member's used memory (INFO's used_memory: the process's RSS) is over maxmemory.
+/// Decided where a write is taken, before the log: a refused write never reaches it, and
+/// a script carries the decision (`SCRIPT_OPTS`), so every member runs it alike.
+fn over_maxmemory(node: &Node) -> bool {
+    let max = node.settings.maxmemory();
+    max > 0 && crate::admin::rss_bytes() > max
+}
+
+/// Redis's OOM refusal of a command that may grow memory (and of a script whose shebang
+/// flags neither allow OOM nor forbid writes) while over maxmemory.
+fn oom_refusal(node: &Node, name: &str, argv: &[Vec<u8>]) -> Option<Reply> {
+    use crate::data::script;
+    if node.settings.maxmemory() == 0 {
+        return None;
+    }
+    let refuse = match name {
+        "EVAL" | "EVAL_RO" => argv.get(1).is_some_and(
+            |body| matches!(script::shebang(body), Ok(Some(f)) if !f.allow_oom && !f.no_writes),
+        ),
+        _ => script::deny_oom(name, argv),
+    };
+    (refuse && over_maxmemory(node)).then(|| Reply::err(script::OOM_ERROR))
+}
+
+type Argv = Vec<Vec<u8>>;
+
+/// EVAL and FCALL carry what this member decided for them (`data::script::SCRIPT_OPTS`):
+/// over maxmemory (the script's first deny-oom write fails), DEBUG allowed. Err gives the
+/// refusal and the command unchanged.
+fn script_opts(node: &Node, name: &str, argv: Vec<Vec<u8>>) -> Result<Argv, (Reply, Argv)> {
+    if !matches!(name, "EVAL" | "EVAL_RO" | "FCALL" | "FCALL_RO") {
+        return Ok(argv);
+    }
+    if let Some(e) = oom_refusal(node, name, &argv) {
+        return Err((e, argv));
+    }
+    let mut opts = Vec::new();
+    if over_maxmemory(node) {
+        opts.push("oom");
+    }
+    if crate::admin::scripts_may_debug() {
+        opts.push("debug");
+    }
+    if opts.is_empty() {
+        return Ok(argv);
+    }
+    let mut out = Vec::with_capacity(argv.len() + 2);
+    out.push(crate::data::script::SCRIPT_OPTS.to_vec());
+    out.push(opts.join(",").into_bytes());
+    out.extend(argv);
+    Ok(out)
+}
+
+/// A queued command without the prefixes the server puts in front of it.
+fn unprefixed(argv: &[Vec<u8>]) -> &[Vec<u8>] {
+    match argv.first() {
+        Some(a) if a == STREAM_CFG && argv.len() > 3 => &argv[3..],
+        Some(a) if a == crate::acl::AS_CALLER && argv.len() > 3 => unprefixed(&argv[3..]),
+        Some(a) if a == crate::data::script::SCRIPT_OPTS && argv.len() > 2 => &argv[2..],
+        _ => argv,
     }
 }

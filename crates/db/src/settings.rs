@@ -28,7 +28,7 @@ const PARAMS: &[(&str, Kind, &str)] = &[
     ("appendfsync", Kind::Text, "always"), ("aof-use-rdb-preamble", Kind::Bool, "yes"), ("save", Kind::Text, ""),
     ("lazyfree-lazy-user-del", Kind::Bool, "no"), ("lazyfree-lazy-user-flush", Kind::Bool, "no"),
     ("lazyfree-lazy-expire", Kind::Bool, "no"), ("lazyfree-lazy-server-del", Kind::Bool, "no"),
-    ("lua-time-limit", Kind::Int, "5000"), ("busy-reply-threshold", Kind::Int, "5000"),
+    ("busy-reply-threshold", Kind::Int, "5000"),
     ("slowlog-log-slower-than", Kind::Int, "10000"), ("slowlog-max-len", Kind::Int, "128"),
     ("latency-tracking", Kind::Bool, "yes"), ("latency-monitor-threshold", Kind::Int, "0"),
     ("notify-keyspace-events", Kind::Text, ""), ("hz", Kind::Int, "10"),
@@ -49,6 +49,7 @@ const ALIASES: &[(&str, &str)] = &[
     ("hash-max-ziplist-value", "hash-max-listpack-value"),
     ("zset-max-ziplist-entries", "zset-max-listpack-entries"),
     ("zset-max-ziplist-value", "zset-max-listpack-value"),
+    ("lua-time-limit", "busy-reply-threshold"),
 ];
 
 pub struct Settings {
@@ -175,6 +176,18 @@ impl Settings {
             entries: self.int("stream-node-max-entries") as u64,
             bytes: self.int("stream-node-max-bytes") as u64,
         }
+    }
+
+    /// maxmemory in bytes (0: no limit). Checked on the member that takes a write, before it
+    /// is proposed (see `crate::server`'s OOM check), so it is member-local like Redis's.
+    pub fn maxmemory(&self) -> u64 {
+        self.int("maxmemory") as u64
+    }
+
+    /// How long a script runs before other clients get BUSY (busy-reply-threshold, alias
+    /// lua-time-limit).
+    pub fn busy_threshold(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.int("busy-reply-threshold") as u64)
     }
 
     /// The encoding limits OBJECT ENCODING reports against.

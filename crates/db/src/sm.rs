@@ -135,38 +135,50 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut g = self.shared.inner.write().unwrap_or_else(|p| p.into_inner());
-        let mut out = Vec::new();
-        for e in entries {
-            g.last_applied = Some(e.log_id);
-            let r = match e.payload {
-                EntryPayload::Blank => Vec::new(),
-                EntryPayload::Normal(p) => {
-                    if self.shared.witness {
-                        // A witness holds no tables; nobody waits for its replies.
-                        Vec::new()
-                    } else {
-                        p.reqs
-                            .iter()
-                            .map(|req| {
-                                let fresh = req.rid == 0 || !g.tables.recent.contains_key(&req.rid);
-                                let r = g.tables.apply_once(req, e.log_id.index);
-                                if fresh && crate::feed::listening() {
-                                    crate::feed::publish(&g.tables, req, &r);
-                                }
-                                r
-                            })
-                            .collect()
+        // A script may hold this thread for a while (and wait for a decision from the log:
+        // `data::busy`); the runtime moves this worker's other tasks elsewhere meanwhile.
+        let work = || {
+            let mut g = self.shared.inner.write().unwrap_or_else(|p| p.into_inner());
+            let mut out = Vec::new();
+            for e in entries {
+                g.last_applied = Some(e.log_id);
+                let r = match e.payload {
+                    EntryPayload::Blank => Vec::new(),
+                    EntryPayload::Normal(p) => {
+                        if self.shared.witness {
+                            // A witness holds no tables; nobody waits for its replies.
+                            Vec::new()
+                        } else {
+                            p.reqs
+                                .iter()
+                                .map(|req| {
+                                    let fresh =
+                                        req.rid == 0 || !g.tables.recent.contains_key(&req.rid);
+                                    let r = g.tables.apply_once(req, e.log_id.index);
+                                    if fresh && crate::feed::listening() {
+                                        crate::feed::publish(&g.tables, req, &r);
+                                    }
+                                    r
+                                })
+                                .collect()
+                        }
                     }
-                }
-                EntryPayload::Membership(m) => {
-                    g.membership = StoredMembership::new(Some(e.log_id), m);
-                    Vec::new()
-                }
-            };
-            out.push(r);
-        }
-        drop(g);
+                    EntryPayload::Membership(m) => {
+                        g.membership = StoredMembership::new(Some(e.log_id), m);
+                        Vec::new()
+                    }
+                };
+                out.push(r);
+            }
+            out
+        };
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let out = if multi_thread {
+            tokio::task::block_in_place(work)
+        } else {
+            work()
+        };
         self.shared.applied.notify_waiters();
         Ok(out)
     }

@@ -61,6 +61,9 @@ pub struct Store {
     /// Appended entries whose transaction may not have committed yet.
     tail: Mutex<BTreeMap<u64, Entry>>,
     state: Mutex<LogStateMem>,
+    /// The highest committed index openraft reported (`save_committed`; memory only): what
+    /// a running script may read ahead of the state machine (`data::busy`).
+    committed: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Clone, Default)]
@@ -91,6 +94,7 @@ impl Store {
             tx,
             tail: Mutex::new(BTreeMap::new()),
             state: Mutex::new(LogStateMem::default()),
+            committed: Default::default(),
         });
         let last_purged: Option<LogId> = store
             .meta_get(K_PURGED)
@@ -142,7 +146,12 @@ impl Store {
         rx.await.map_err(|_| "log writer stopped".to_string())?
     }
 
-    fn read_range(&self, start: u64, end_excl: u64) -> Result<Vec<Entry>, String> {
+    pub fn committed(&self) -> u64 {
+        self.committed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Entries `start..end_excl` as they are in the log.
+    pub fn read_range(&self, start: u64, end_excl: u64) -> Result<Vec<Entry>, String> {
         let mut out: BTreeMap<u64, Entry> = BTreeMap::new();
         // The tail first: an entry that leaves it has already committed to the table.
         {
@@ -324,6 +333,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
         self.clone()
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        if let Some(c) = committed {
+            self.store
+                .committed
+                .fetch_max(c.index, std::sync::atomic::Ordering::AcqRel);
+        }
+        Ok(())
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {

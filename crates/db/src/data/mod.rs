@@ -8,6 +8,7 @@
 //! never mutate.
 
 mod bits;
+pub mod busy;
 mod cmds;
 mod glob;
 mod hash;
@@ -37,7 +38,9 @@ pub use cmds::{
 pub use glob::glob_match;
 pub use keyspace::{Limits, digest};
 pub use stream::{NodeCfg, STREAM_CFG};
-pub use tables::{DEDUPE_MAX, DEDUPE_WINDOW, Proposal, SWEEP, SWEEP_MAX, Tables, WAITER, WriteReq};
+pub use tables::{
+    DEDUPE_MAX, DEDUPE_WINDOW, Proposal, SWEEP, SWEEP_MAX, Tables, WAITER, WriteReq, debug_protocol,
+};
 pub use zset::ZSet;
 
 pub const NUM_DBS: usize = 16;

@@ -29,6 +29,9 @@ pub struct Tables {
     /// While an `AS_CALLER` entry applies: whose permissions its script's calls are held to.
     #[serde(skip)]
     pub caller: Option<std::sync::Arc<crate::acl::Perms>>,
+    /// While a `SCRIPT_OPTS` entry applies: what the taking member decided for its script.
+    #[serde(skip)]
+    pub script_opts: Vec<String>,
 }
 
 /// How many log entries a request id is remembered for (retries come within seconds).
@@ -45,6 +48,7 @@ impl Default for Tables {
             scripts: Default::default(),
             libraries: Default::default(),
             caller: None,
+            script_opts: Vec::new(),
             users: Default::default(),
         }
     }
@@ -165,6 +169,21 @@ impl Tables {
                     self.caller = None;
                     r
                 }
+                Some(_) if argv.len() > 2 && argv[0] == script::SCRIPT_OPTS => {
+                    self.script_opts = String::from_utf8_lossy(&argv[1])
+                        .split(',')
+                        .map(str::to_string)
+                        .collect();
+                    let r = self.cross_db(*dbi as usize, &argv[2..], now, index);
+                    self.script_opts.clear();
+                    r
+                }
+                Some(_) if argv.len() == 4 && argv[0] == super::busy::SCRIPT_DECIDE => {
+                    match (parse_i64(&argv[1]), argv[2].as_slice()) {
+                        (Some(i), b"kill") => super::busy::kill_reply(i as u64, argv[3] == b"eval"),
+                        _ => Reply::ok(),
+                    }
+                }
                 Some(_) if !argv.is_empty() && is_cross_db(argv) => {
                     self.cross_db(*dbi as usize, argv, now, index)
                 }
@@ -197,6 +216,15 @@ fn db_index(b: &[u8]) -> Result<usize, Reply> {
 
 impl Tables {
     fn cross_db(&mut self, cur: usize, argv: &[Vec<u8>], now: u64, index: u64) -> Reply {
+        if argv.len() > 2 && argv[0] == script::SCRIPT_OPTS {
+            self.script_opts = String::from_utf8_lossy(&argv[1])
+                .split(',')
+                .map(str::to_string)
+                .collect();
+            let r = self.cross_db(cur, &argv[2..], now, index);
+            self.script_opts.clear();
+            return r;
+        }
         let name = upper(&argv[0]);
         if !check_arity(&name, argv.len()) {
             return arity_err(&name);
@@ -276,24 +304,54 @@ impl Tables {
                     (argv[1].clone(), argv.to_vec())
                 };
                 let (keys, args) = script::split_args(&rest)?;
+                let flags = if fcall { None } else { script::shebang(&code)? };
                 if !fcall {
                     self.scripts.0.insert(script::sha1_hex(&code), code.clone());
                 }
+                // The shebang line is not Lua: the script starts after it (same line numbers).
+                let code = match (flags, code.iter().position(|&b| b == b'\n')) {
+                    (Some(_), Some(nl)) => code[nl..].to_vec(),
+                    (Some(_), None) => Vec::new(),
+                    _ => code,
+                };
                 let entry = if fcall {
                     script::Entry::Function(&rest[1])
                 } else {
                     script::Entry::Script
                 };
+                let opts = std::mem::take(&mut self.script_opts);
+                let ctx = script::Ctx {
+                    index,
+                    seed: index ^ now.rotate_left(17),
+                    oom: opts.iter().any(|o| o == "oom"),
+                    read_only: name.ends_with("_RO") || flags.is_some_and(|f| f.no_writes),
+                    allow_oom: flags.is_some_and(|f| f.allow_oom),
+                    allow_debug: opts.iter().any(|o| o == "debug"),
+                    eval: !fcall,
+                };
                 let caller = self.caller.clone();
                 let dbs = &mut self.dbs;
                 let mut at_db = cur;
-                let read_only = name.ends_with("_RO");
                 Ok(script::run_with(
                     &code,
                     keys,
                     args,
-                    |cmd| {
+                    |cmd, check| {
                         let n = upper(&cmd[0]);
+                        if check {
+                            // redis.acl_check_cmd: may the caller run it?
+                            return match spec(&n) {
+                                None if !matches!(n.as_str(), "SELECT" | "DEBUG") => Reply::err(
+                                    "ERR Invalid command passed to redis.acl_check_cmd()",
+                                ),
+                                _ => Reply::Int(
+                                    caller
+                                        .as_ref()
+                                        .and_then(|p| crate::acl::check(p, &n, cmd))
+                                        .is_none() as i64,
+                                ),
+                            };
+                        }
                         if n == "SELECT" {
                             // A script may switch databases for its own later calls.
                             return match cmd.get(1).and_then(|d| db_index(d).ok()) {
@@ -304,6 +362,9 @@ impl Tables {
                                 _ => Reply::err("ERR DB index is out of range"),
                             };
                         }
+                        if n == "DEBUG" {
+                            return script_debug(cmd);
+                        }
                         if (n == "XREAD" || n == "XREADGROUP") && super::blocks(&n, cmd) {
                             return Reply::err(format!(
                                 "ERR {} command is not allowed with BLOCK option from scripts",
@@ -311,6 +372,9 @@ impl Tables {
                             ));
                         }
                         match spec(&n) {
+                            None if NOSCRIPT.contains(&n.as_str()) => {
+                                Reply::err("ERR This Redis command is not allowed from script")
+                            }
                             None => Reply::err("ERR Unknown Redis command called from script"),
                             // Redis 7.0 flags these blocking commands `noscript` (BLMPOP
                             // and BZMPOP run once without waiting, as in MULTI).
@@ -328,9 +392,6 @@ impl Tables {
                             {
                                 Reply::err("ERR This Redis command is not allowed from script")
                             }
-                            Some(s) if read_only && s.class == super::Class::Write => Reply::err(
-                                "ERR Write commands are not allowed from read-only scripts.",
-                            ),
                             Some(_) => {
                                 match caller.as_ref().and_then(|p| crate::acl::check(p, &n, cmd)) {
                                     Some(denied) => denied,
@@ -340,6 +401,7 @@ impl Tables {
                         }
                     },
                     entry,
+                    &ctx,
                 ))
             }
             "SCRIPT" => match upper(&argv[1]).as_str() {
@@ -413,8 +475,9 @@ impl Tables {
                     body,
                     &[],
                     &[],
-                    |_| Reply::err("ERR redis.call is not allowed while loading a library"),
+                    |_, _| Reply::err("ERR redis.call is not allowed while loading a library"),
                     script::Entry::Register,
+                    &script::Ctx::default(),
                 ) {
                     Reply::Array(n) => n,
                     Reply::Error(e) => return Err(Reply::Error(e)),
@@ -480,3 +543,80 @@ impl Db {
         self.map.insert(super::SKey::new(k), item);
     }
 }
+
+/// DEBUG inside a script (allowed after DEBUG set-disable-deny-scripts 1): the subcommands
+/// that change nothing — PROTOCOL (every RESP3 type, as Redis's), SLEEP (a no-op here: the
+/// script's clock is the entry's, frozen anyway) and the member-local switches.
+fn script_debug(cmd: &[Vec<u8>]) -> Reply {
+    let sub = cmd.get(1).map(|a| upper(a)).unwrap_or_default();
+    match sub.as_str() {
+        "PROTOCOL" if cmd.len() == 3 => debug_protocol(&cmd[2]),
+        "SLEEP" | "SET-ACTIVE-EXPIRE" | "SET-DISABLE-DENY-SCRIPTS" if cmd.len() == 3 => Reply::ok(),
+        _ => Reply::err("ERR DEBUG subcommand not supported inside scripts by this server"),
+    }
+}
+
+/// DEBUG PROTOCOL <type>: one reply of each RESP3 type, as Redis's.
+pub fn debug_protocol(kind: &[u8]) -> Reply {
+    match upper(kind).as_str() {
+        "STRING" => Reply::bulk("Hello World"),
+        "INTEGER" => Reply::Int(12345),
+        // Redis's own value (not π).
+        #[allow(clippy::approx_constant)]
+        "DOUBLE" => Reply::Double(3.141),
+        "BIGNUM" => Reply::BigNum("1234567999999999999999999999999999999".into()),
+        "NULL" => Reply::Nil,
+        "ARRAY" => Reply::Array((0..3).map(Reply::Int).collect()),
+        "SET" => Reply::Set((0..3).map(Reply::Int).collect()),
+        "MAP" => Reply::Map(
+            (0..3)
+                .map(|j| (Reply::Int(j), Reply::Bool(j == 1)))
+                .collect(),
+        ),
+        // Attributes are not shown to scripts: the reply that follows them.
+        "ATTRIB" => Reply::bulk("Some real reply following the attribute"),
+        "PUSH" => Reply::Push((0..2).map(Reply::Int).collect()),
+        "VERBATIM" => Reply::Verbatim("txt".into(), b"This is a verbatim\nstring".to_vec()),
+        "TRUE" => Reply::Bool(true),
+        "FALSE" => Reply::Bool(false),
+        _ => Reply::err(
+            "ERR Wrong protocol type name. Please use one of the following: string|integer|double|bignum|null|array|set|map|attrib|push|verbatim|true|false",
+        ),
+    }
+}
+
+/// Redis commands served outside the data model that Redis 7.0 flags `noscript`: a script
+/// calling them hears that they are not allowed (rather than unknown).
+const NOSCRIPT: &[&str] = &[
+    "ACL",
+    "AUTH",
+    "CLIENT",
+    "CLUSTER",
+    "CONFIG",
+    "DISCARD",
+    "EXEC",
+    "FAILOVER",
+    "HELLO",
+    "MONITOR",
+    "MULTI",
+    "PSUBSCRIBE",
+    "PSYNC",
+    "PUNSUBSCRIBE",
+    "REPLICAOF",
+    "RESET",
+    "SAVE",
+    "BGSAVE",
+    "BGREWRITEAOF",
+    "SHUTDOWN",
+    "SLAVEOF",
+    "SUBSCRIBE",
+    "SYNC",
+    "UNSUBSCRIBE",
+    "UNWATCH",
+    "WATCH",
+    "WAIT",
+    "QUIT",
+    "MIGRATE",
+    "READONLY",
+    "READWRITE",
+];
