@@ -162,7 +162,10 @@ pub fn config(node: &Node, argv: &[Vec<u8>]) -> Reply {
             Ok(()) => Reply::ok(),
             Err(e) => Reply::err(e),
         },
-        Some("resetstat") if argv.len() == 2 => Reply::ok(),
+        Some("resetstat") if argv.len() == 2 => {
+            crate::resp::reset_error_stats();
+            Reply::ok()
+        }
         Some("rewrite") if argv.len() == 2 => {
             Reply::err("ERR The server is running without a config file")
         }

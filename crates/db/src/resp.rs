@@ -235,6 +235,7 @@ impl Reply {
                 push_line(out, s.as_bytes());
             }
             Reply::Error(s) => {
+                count_error(s);
                 out.push(b'-');
                 push_line(out, s.as_bytes());
             }
@@ -368,6 +369,33 @@ impl Reply {
             }
         }
     }
+}
+
+/// Error replies sent to clients by their code (INFO errorstats; CONFIG RESETSTAT clears).
+static ERROR_STATS: std::sync::Mutex<std::collections::BTreeMap<String, u64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn count_error(msg: &str) {
+    let code = msg.split(' ').next().unwrap_or("ERR");
+    let code = if code.is_empty() { "ERR" } else { code };
+    let mut m = ERROR_STATS.lock().unwrap_or_else(|p| p.into_inner());
+    // Bounded like Redis's (128 codes), so odd error texts cannot grow it.
+    if m.len() < 128 || m.contains_key(code) {
+        *m.entry(code.to_string()).or_default() += 1;
+    }
+}
+
+/// (code, count) of the error replies sent since start or CONFIG RESETSTAT.
+pub fn error_stats() -> Vec<(String, u64)> {
+    let m = ERROR_STATS.lock().unwrap_or_else(|p| p.into_inner());
+    m.iter().map(|(k, v)| (k.clone(), *v)).collect()
+}
+
+pub fn reset_error_stats() {
+    ERROR_STATS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
 }
 
 /// Formats a float as Redis does for INCRBYFLOAT: shortest form, no exponent for common values.

@@ -1,7 +1,6 @@
 //! The Redis-protocol server of a data member.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -745,12 +744,30 @@ fn info(node: &Node, argv: &[Vec<u8>]) -> Reply {
             crate::blocking::blocked_clients()
         ),
     ));
+    // Each script runs in a Lua state of its own, gone when it ends: no Lua memory is kept.
+    let cached_scripts = node.sm.read(|g| g.tables.scripts.0.len());
     sections.push((
         "memory",
         format!(
-            "used_memory:{}\r\nmaxmemory:0\r\n",
-            crate::admin::rss_bytes()
+            "used_memory:{}\r\nmaxmemory:{}\r\nused_memory_lua:0\r\nused_memory_scripts:0\r\nnumber_of_cached_scripts:{cached_scripts}\r\n",
+            crate::admin::rss_bytes(),
+            node.settings.maxmemory()
         ),
+    ));
+    let errors = crate::resp::error_stats();
+    sections.push((
+        "stats",
+        format!(
+            "total_error_replies:{}\r\n",
+            errors.iter().map(|(_, n)| n).sum::<u64>()
+        ),
+    ));
+    sections.push((
+        "errorstats",
+        errors
+            .iter()
+            .map(|(code, n)| format!("errorstat_{code}:count={n}\r\n"))
+            .collect(),
     ));
     sections.push((
         "persistence",
@@ -823,13 +840,7 @@ async fn exec(c: &mut Conn, node: &Arc<Node>) -> Reply {
         c.multi_dirty = false;
         return Reply::err("EXECABORT Transaction discarded because of previous errors.");
     }
-    // The state may have changed since the commands were queued (Redis checks again).
-    if !cmds.is_empty()
-        && let Some(Reply::Error(e)) =
-            crate::data::busy::busy_reply("EXEC", &[], node.settings.busy_threshold())
-    {
-        return Reply::err(format!("EXECABORT Transaction discarded because of: {e}"));
-    }
+    // Memory may have gone over maxmemory since the commands were queued (Redis checks again).
     if let Some(Reply::Error(e)) = cmds.iter().find_map(|(_, argv)| {
         let argv = unprefixed(argv);
         oom_refusal(node, &upper(&argv[0]), argv)
@@ -1278,13 +1289,20 @@ async fn acl_write(c: &Conn, node: &Arc<Node>, argv: &[Vec<u8>]) -> Reply {
 /// MULTI that also dooms the transaction). MULTI, EXEC, DISCARD and the KILLs pass.
 async fn busy(c: &mut Conn, node: &Node, argv: &[Vec<u8>]) -> Option<Reply> {
     let name = upper(&argv[0]);
-    if matches!(name.as_str(), "MULTI" | "EXEC" | "DISCARD") {
+    if matches!(name.as_str(), "MULTI" | "DISCARD") || (name == "EXEC" && c.multi.is_none()) {
         return None;
     }
-    let threshold = node.settings.busy_threshold();
-    let e = crate::data::busy::busy_reply(&name, argv, Duration::ZERO)?;
-    crate::data::busy::wait_while_running(threshold).await;
-    crate::data::busy::busy_reply(&name, argv, threshold)?;
+    let e = crate::data::busy::wait_or_busy(&name, argv, node.settings.busy_threshold()).await?;
+    if name == "EXEC" {
+        // EXEC itself refused: the transaction is discarded, as Redis's execCommandAbort.
+        c.multi = None;
+        c.multi_dirty = false;
+        c.watches.clear();
+        let Reply::Error(e) = e else { return Some(e) };
+        return Some(Reply::err(format!(
+            "EXECABORT Transaction discarded because of: {e}"
+        )));
+    }
     if c.multi.is_some() {
         c.multi_dirty = true;
     }

@@ -489,8 +489,9 @@ fn lua_scripts_run_atomically_on_every_member() {
     let mut f = c.conn(follower);
     let r: (i64, Vec<String>, i64) = ok(&mut f, &["EVALSHA", &sha, "1", "jobs", "b"]);
     assert_eq!(r.0, 2);
-    // Every script sees the same random sequence (the members must agree).
-    assert_eq!(r.2, first_random);
+    // math.random is seeded per run from the log entry, as Redis 7 seeds it per run: the
+    // members agree (tests/scripts.rs), one script to the next differs.
+    assert!((1..=1000).contains(&r.2) && (1..=1000).contains(&first_random));
     assert_eq!(
         ok::<Vec<i64>>(&mut f, &["SCRIPT", "EXISTS", &sha, "nope"]),
         vec![1, 0]

@@ -69,6 +69,9 @@ pub struct Running {
     /// EVAL (SCRIPT KILL) or FCALL (FUNCTION KILL).
     pub eval: bool,
     pub wrote: bool,
+    /// Past `BUSY_INSTRUCTIONS`: only then do others get BUSY (and may kill it). A short
+    /// script that merely waited for a busy machine's CPU makes them wait, never fail.
+    pub long: bool,
 }
 
 static RUNNING: Mutex<Option<Running>> = Mutex::new(None);
@@ -115,6 +118,7 @@ pub struct Run {
     seen: u64,
     decision: Option<Decision>,
     last_proposal: Option<Instant>,
+    long: bool,
 }
 
 impl Run {
@@ -126,6 +130,7 @@ impl Run {
                 since: Instant::now(),
                 eval,
                 wrote: false,
+                long: false,
             }));
         }
         Run {
@@ -135,6 +140,7 @@ impl Run {
             seen: index,
             decision: None,
             last_proposal: None,
+            long: false,
         }
     }
 
@@ -165,7 +171,16 @@ impl Run {
 
     /// At a hook tick: true when the script must stop (killed before its first write).
     pub fn killed(&mut self, spent: u64) -> bool {
-        if self.wrote || spent < BUSY_INSTRUCTIONS || self.index == 0 {
+        if spent < BUSY_INSTRUCTIONS || self.index == 0 {
+            return false;
+        }
+        if !self.long {
+            self.long = true;
+            if let Some(r) = RUNNING.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                r.long = true;
+            }
+        }
+        if self.wrote {
             return false;
         }
         self.look();
@@ -238,12 +253,12 @@ impl Run {
     }
 }
 
-/// BUSY for a command arriving while this member's state machine has been running one
-/// script for longer than `threshold` (Redis's busy-reply-threshold / lua-time-limit).
-/// Commands Redis allows during a busy script pass (KILL, AUTH, …).
+/// BUSY for a command arriving while this member's state machine runs a long script (past
+/// `BUSY_INSTRUCTIONS`) for longer than `threshold` (Redis's busy-reply-threshold, alias
+/// lua-time-limit). Commands Redis allows during a busy script pass (KILL, AUTH, …).
 pub fn busy_reply(name: &str, argv: &[Vec<u8>], threshold: Duration) -> Option<Reply> {
     let r = running()?;
-    if r.since.elapsed() < threshold || allowed_while_busy(name, argv) {
+    if !r.long || r.since.elapsed() < threshold || allowed_while_busy(name, argv) {
         return None;
     }
     let kill = if r.eval {
@@ -256,15 +271,26 @@ pub fn busy_reply(name: &str, argv: &[Vec<u8>], threshold: Duration) -> Option<R
     )))
 }
 
-/// How long a command that found a script running waits before it looks again (the script
-/// holds the state machine: Redis would not read the command before the threshold either).
-pub async fn wait_while_running(threshold: Duration) {
-    while let Some(r) = running() {
-        let left = threshold.saturating_sub(r.since.elapsed());
-        if left.is_zero() {
-            return;
+/// A command that found a script running: it waits (Redis reads nothing while a script
+/// runs) until that script ends — None — or has been busy past `threshold` — BUSY. The next
+/// script is not waited for, so a stream of short scripts cannot hold a command back.
+pub async fn wait_or_busy(name: &str, argv: &[Vec<u8>], threshold: Duration) -> Option<Reply> {
+    if allowed_while_busy(name, argv) {
+        return None;
+    }
+    let first = running()?;
+    loop {
+        match running() {
+            Some(r) if r.index == first.index && r.since == first.since => {
+                if let Some(e) = busy_reply(name, argv, threshold) {
+                    return Some(e);
+                }
+                let left = threshold.saturating_sub(r.since.elapsed());
+                tokio::time::sleep(left.clamp(Duration::from_millis(1), Duration::from_millis(5)))
+                    .await;
+            }
+            _ => return None,
         }
-        tokio::time::sleep(left.min(Duration::from_millis(5))).await;
     }
 }
 
