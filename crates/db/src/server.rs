@@ -534,6 +534,13 @@ fn queue(c: &mut Conn, node: &Node, name: String, argv: Vec<Vec<u8>>) -> Reply {
             _ => Reply::Simple("QUEUED".into()),
         };
     }
+    if matches!(
+        name.as_str(),
+        "SAVE" | "SHUTDOWN" | "SUBSCRIBE" | "PSUBSCRIBE" | "MONITOR"
+    ) {
+        c.multi_dirty = true;
+        return Reply::err("ERR Command not allowed inside a transaction");
+    }
     let err = match classify(&name) {
         None if matches!(name.as_str(), "SYNC" | "PSYNC") => {
             Some(Reply::err("ERR Command not allowed inside a transaction"))
@@ -1296,6 +1303,7 @@ async fn busy(c: &mut Conn, node: &Node, argv: &[Vec<u8>]) -> Option<Reply> {
     if name == "EXEC" {
         // EXEC itself refused: the transaction is discarded, as Redis's execCommandAbort.
         c.multi = None;
+        c.multi_local.clear();
         c.multi_dirty = false;
         c.watches.clear();
         let Reply::Error(e) = e else { return Some(e) };

@@ -138,7 +138,7 @@ impl Settings {
                     Some(n) => n.to_string(),
                     None => {
                         return Err(format!(
-                            "ERR Invalid argument '{val}' for CONFIG SET '{name}' - argument couldn't be parsed into an integer"
+                            "ERR CONFIG SET failed (possibly related to argument '{name}') - argument couldn't be parsed into an integer"
                         ));
                     }
                 },
@@ -146,7 +146,7 @@ impl Settings {
                     "yes" | "no" => val.to_ascii_lowercase(),
                     _ => {
                         return Err(format!(
-                            "ERR Invalid argument '{val}' for CONFIG SET '{name}' - argument must be 'yes' or 'no'"
+                            "ERR CONFIG SET failed (possibly related to argument '{name}') - argument must be 'yes' or 'no'"
                         ));
                     }
                 },

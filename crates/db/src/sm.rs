@@ -34,8 +34,21 @@ pub struct SmShared {
 
 impl SmShared {
     pub fn read<R>(&self, f: impl FnOnce(&SmInner) -> R) -> R {
-        let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        f(&g)
+        if let Ok(g) = self.inner.try_read() {
+            return f(&g);
+        }
+        // The state machine is applying, maybe a long script (or one waiting for the log's
+        // decision, `data::busy`): wait without holding a runtime worker, or enough waiting
+        // readers would starve Raft itself (heartbeats, the very decision awaited).
+        let wait = || {
+            let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
+            f(&g)
+        };
+        if multi_thread() {
+            tokio::task::block_in_place(wait)
+        } else {
+            wait()
+        }
     }
 }
 
@@ -172,9 +185,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             out
         };
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let out = if multi_thread {
+        let out = if multi_thread() {
             tokio::task::block_in_place(work)
         } else {
             work()
@@ -237,4 +248,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             })),
         }
     }
+}
+
+/// On a multi-thread tokio runtime (where `block_in_place` may be used).
+fn multi_thread() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
