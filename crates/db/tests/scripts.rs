@@ -412,7 +412,11 @@ fn script_kill_stops_a_busy_script_at_the_same_state_on_every_member() {
         q::<String>(&mut con, &["PING"]).is_err_and(|e| e.code() == Some("BUSY"))
     });
     assert!(err(&mut con, &["SCRIPT", "KILL"]).starts_with("UNKILLABLE"));
+    // Its caller hears the budget, or TRYAGAIN on a slow machine while it still runs.
     let _ = runner.join().unwrap();
+    wait_for("the budget to end it", Duration::from_secs(60), || {
+        q::<String>(&mut con, &["PING"]).is_ok() && q::<String>(&mut f, &["PING"]).is_ok()
+    });
 
     // A kill racing a script's first write after it got busy: whichever the log holds first
     // wins on both members — killed and nothing written, or written and unkillable.

@@ -25,8 +25,14 @@ use std::time::{Duration, Instant};
 
 use crate::resp::Reply;
 
-/// The internal marker: `[SCRIPT_DECIDE, script's log index, "kill" | "go", "eval" | "function"]`.
+/// The internal marker: `[SCRIPT_DECIDE, script id, "kill" | "go", "eval" | "function"]`.
 pub const SCRIPT_DECIDE: &[u8] = b"\0citadel-script-decide";
+
+/// A script's id: its entry's log index and its place among the scripts that entry runs (an
+/// entry is a batch of writes and may hold several), so a KILL names exactly one.
+pub fn script_id(log_index: u64, nth: u64) -> u64 {
+    (log_index << 16) | nth.min(0xffff)
+}
 
 /// Instructions after which a script that has not written yet can be killed (and its first
 /// write waits for the log's decision). About 10–50 ms of Lua.
@@ -122,8 +128,10 @@ pub struct Run {
 }
 
 impl Run {
-    /// `index` 0: not in the log (a library's registration, a test): never gated.
-    pub fn start(index: u64, eval: bool) -> Run {
+    /// `index`: the script's id (its entry's log index and its place among the entry's
+    /// scripts, `script_id`); 0: not in the log (a library's registration, a test): never
+    /// gated. `log_index`: its entry's index, where reading the log for decisions starts.
+    pub fn start(index: u64, log_index: u64, eval: bool) -> Run {
         if index > 0 {
             set_running(Some(Running {
                 index,
@@ -137,7 +145,7 @@ impl Run {
             index,
             eval,
             wrote: false,
-            seen: index,
+            seen: log_index,
             decision: None,
             last_proposal: None,
             long: false,

@@ -85,8 +85,10 @@ pub enum Entry<'a> {
 /// the log entry, so it is the same on every member.
 #[derive(Clone, Debug, Default)]
 pub struct Ctx {
-    /// The log index of the entry that runs it (0: none — never gated, never killed).
+    /// The log index of the entry that runs it.
     pub index: u64,
+    /// The script's id (`busy::script_id`; 0: none — never gated, never killed).
+    pub id: u64,
     /// Seed of `math.random` (Redis 7 seeds it per run; here from the entry).
     pub seed: u64,
     /// The member that took the script found used memory over `maxmemory`: its first
@@ -322,7 +324,8 @@ pub fn run_with(
     let _ = lua.set_memory_limit(MAX_MEMORY);
     let registering = matches!(entry, Entry::Register);
     let run = Arc::new(Mutex::new(super::busy::Run::start(
-        if registering { 0 } else { ctx.index },
+        if registering { 0 } else { ctx.id },
+        ctx.index,
         ctx.eval,
     )));
     // Set once the script must end whatever it does (killed, out of budget): every hook tick

@@ -32,6 +32,9 @@ pub struct Tables {
     /// While a `SCRIPT_OPTS` entry applies: what the taking member decided for its script.
     #[serde(skip)]
     pub script_opts: Vec<String>,
+    /// (log index, scripts run so far in that entry): a script's id (`busy::script_id`).
+    #[serde(skip)]
+    pub script_nth: (u64, u64),
 }
 
 /// How many log entries a request id is remembered for (retries come within seconds).
@@ -49,6 +52,7 @@ impl Default for Tables {
             libraries: Default::default(),
             caller: None,
             script_opts: Vec::new(),
+            script_nth: (0, 0),
             users: Default::default(),
         }
     }
@@ -320,8 +324,14 @@ impl Tables {
                     script::Entry::Script
                 };
                 let opts = std::mem::take(&mut self.script_opts);
+                // The nth script of this entry (an entry is a batch: it may run several).
+                self.script_nth = match self.script_nth {
+                    (i, n) if i == index => (i, n + 1),
+                    _ => (index, 0),
+                };
                 let ctx = script::Ctx {
                     index,
+                    id: super::busy::script_id(index, self.script_nth.1),
                     seed: index ^ now.rotate_left(17),
                     oom: opts.iter().any(|o| o == "oom"),
                     read_only: name.ends_with("_RO") || flags.is_some_and(|f| f.no_writes),
