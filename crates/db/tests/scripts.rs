@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, err, ok, q, wait_port};
+use common::{Cluster, err, ok, q, raw, wait_port};
 
 fn trio(net: &str) -> Cluster {
     let mut c = Cluster::new(net, &[false, false, true]);
@@ -315,6 +315,21 @@ fn sandbox_helpers_flags_and_maxmemory_behave_as_redis() {
     assert!(err(&mut con, &["EXEC"]).contains("previous errors"));
     let _: () = ok(&mut other, &["CONFIG", "SET", "maxmemory", "0"]);
     assert_eq!(ok::<String>(&mut con, &["GET", "x"]), "1");
+    // CONFIG inside MULTI runs at EXEC, its reply in its place; SAVE is refused there.
+    let out = raw(
+        c.member(leader).redis,
+        b"MULTI\r\nSET foo bar\r\nCONFIG SET maxmemory bla\r\nEXEC\r\n",
+    );
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.contains(
+            "*2\r\n+OK\r\n-ERR CONFIG SET failed (possibly related to argument 'maxmemory')"
+        ),
+        "{out}"
+    );
+    let _: () = ok(&mut con, &["MULTI"]);
+    assert!(err(&mut con, &["SAVE"]).contains("not allowed inside a transaction"));
+    assert!(err(&mut con, &["EXEC"]).starts_with("EXECABORT"));
     // DEBUG PROTOCOL from a script once allowed; RESP3 types reach a RESP2 client as RESP2.
     assert!(
         err(
@@ -366,6 +381,9 @@ fn script_kill_stops_a_busy_script_at_the_same_state_on_every_member() {
     let mut con = c.conn(leader);
     assert!(err(&mut con, &["SCRIPT", "KILL"]).starts_with("NOTBUSY"));
 
+    let mut m2 = c.conn(leader);
+    let _: () = ok(&mut m2, &["MULTI"]);
+    let _: String = ok(&mut m2, &["INCR", "xx"]);
     // A script that loops without writing: others get BUSY (also on the follower, which
     // runs it too), SCRIPT KILL stops it, its caller hears why.
     let url = c.url(leader);
@@ -385,12 +403,24 @@ fn script_kill_stops_a_busy_script_at_the_same_state_on_every_member() {
         q::<String>(&mut f, &["PING"]).is_err_and(|e| e.code() == Some("BUSY"))
     });
     assert!(err(&mut con, &["FUNCTION", "KILL"]).starts_with("NOTBUSY"));
+    // MULTI passes during a busy script, a command refused meanwhile dooms the transaction,
+    // and EXEC itself during it aborts with BUSY (another connection, queued before).
+    let mut m1 = c.conn(leader);
+    let _: () = ok(&mut m1, &["MULTI"]);
+    assert!(err(&mut m1, &["INCR", "xx"]).starts_with("BUSY"));
+    assert!(
+        err(&mut m2, &["EXEC"]).starts_with("EXECABORT Transaction discarded because of: BUSY")
+    );
     let _: () = ok(&mut f, &["SCRIPT", "KILL"]);
     let e = runner.join().unwrap();
     assert!(e.contains("killed by user"), "{e}");
     wait_for("PONG again", Duration::from_secs(20), || {
         q::<String>(&mut con, &["PING"]).is_ok() && q::<String>(&mut f, &["PING"]).is_ok()
     });
+    let _: String = ok(&mut m1, &["INCR", "xx"]);
+    assert!(err(&mut m1, &["EXEC"]).contains("previous errors"));
+    assert_eq!(q::<Option<i64>>(&mut con, &["GET", "xx"]).unwrap(), None);
+    assert_eq!(ok::<String>(&mut m2, &["PING", "asdf"]), "asdf");
 
     // A script that wrote before it got busy cannot be killed; it ends at its budget.
     let url = c.url(leader);
