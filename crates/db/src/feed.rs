@@ -73,8 +73,11 @@ pub fn publish(tables: &Tables, req: &WriteReq, reply: &Reply) {
 /// The command a replica should run for `argv`, which was applied with reply `r`.
 fn propagated(tables: &Tables, argv: &[Vec<u8>], r: &Reply, now: u64) -> Option<Vec<Vec<u8>>> {
     let head = argv.first()?;
-    if head == SWEEP || head == crate::acl::ACL_WRITE {
+    if head == SWEEP || head == crate::acl::ACL_WRITE || head == crate::data::busy::SCRIPT_DECIDE {
         return None;
+    }
+    if head == crate::data::script::SCRIPT_OPTS {
+        return propagated(tables, argv.get(2..)?, r, now);
     }
     if head == STREAM_CFG || head == crate::acl::AS_CALLER {
         return propagated(tables, argv.get(3..)?, r, now);
