@@ -490,8 +490,7 @@ fn run_write(db: &mut Db, name: &str, argv: &[Vec<u8>], at: At) -> Result<Reply,
             {
                 return Err(Reply::err(SYNTAX));
             }
-            db.map.clear();
-            db.last_delete = index;
+            db.flush();
             Reply::ok()
         }
         _ => return Err(super::unknown_cmd(name)),

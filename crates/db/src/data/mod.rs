@@ -351,13 +351,15 @@ impl Db {
     }
 
     /// Drops the key if it has expired (deterministic: `now` is the entry's clock).
-    fn reap(&mut self, k: &[u8], now: u64, index: u64) {
+    fn reap(&mut self, k: &[u8], now: u64, _index: u64) {
         let sk = SKey::new(k);
         if let Some(i) = self.map.get(&sk)
             && !i.live(now)
         {
+            // Reclaiming an expired key is no change for a WATCH made after it had expired.
+            let ver = i.ver;
             self.map.remove(&sk);
-            self.last_delete = index;
+            self.forgot(ver);
         }
     }
 
@@ -418,6 +420,20 @@ impl Db {
         );
     }
 
+    /// Keys whose last change was at `ver` went without a command touching them (a flush,
+    /// a swap, reclaimed expired keys): a WATCH of an absent key fails only if one of them
+    /// changed after it (`last_delete` is "the newest change that is gone").
+    pub(crate) fn forgot(&mut self, ver: u64) {
+        self.last_delete = self.last_delete.max(ver);
+    }
+
+    /// Removes every key (FLUSHDB, FLUSHALL): as `forgot` for each.
+    pub(crate) fn flush(&mut self) {
+        let newest = self.map.values().map(|i| i.ver).max().unwrap_or(0);
+        self.map.clear();
+        self.forgot(newest);
+    }
+
     pub(crate) fn del(&mut self, k: &[u8], index: u64) -> bool {
         let gone = self.map.remove(&SKey::new(k)).is_some();
         if gone {
@@ -427,7 +443,7 @@ impl Db {
     }
 
     /// Drops up to `max` keys that have expired by `now` (the entry's clock); returns how many.
-    pub fn sweep(&mut self, now: u64, index: u64, max: usize) -> usize {
+    pub fn sweep(&mut self, now: u64, _index: u64, max: usize) -> usize {
         let dead: Vec<SKey> = self
             .map
             .iter()
@@ -436,10 +452,9 @@ impl Db {
             .take(max)
             .collect();
         for k in &dead {
-            self.map.remove(k);
-        }
-        if !dead.is_empty() {
-            self.last_delete = index;
+            if let Some(i) = self.map.remove(k) {
+                self.forgot(i.ver);
+            }
         }
         dead.len()
     }

@@ -254,19 +254,28 @@ impl Tables {
                     return Err(Reply::err(SYNTAX));
                 }
                 for db in &mut self.dbs {
-                    db.map.clear();
-                    db.last_delete = index;
+                    db.flush();
                 }
                 Ok(Reply::ok())
             }
             "SWAPDB" => {
                 let (a, b) = (db_index(&argv[1])?, db_index(&argv[2])?);
+                // What leaves each index is gone from there (a WATCH of an absent key fails
+                // if any of it changed after the WATCH, as `Db::flush`); what arrives is new
+                // there (its versions are bumped, so a WATCH of a key it holds fails).
+                let gone = |db: &Db| {
+                    db.map
+                        .values()
+                        .map(|i| i.ver)
+                        .max()
+                        .unwrap_or(0)
+                        .max(db.last_delete)
+                };
+                let (gone_a, gone_b) = (gone(&self.dbs[a]), gone(&self.dbs[b]));
                 self.dbs.swap(a, b);
-                // Every key of both changed (WATCH must see it): mark both as just-deleted
-                // and bump the versions of what they now hold.
-                for d in [a, b] {
+                for (d, gone) in [(a, gone_a), (b, gone_b)] {
                     let db = &mut self.dbs[d];
-                    db.last_delete = index;
+                    db.last_delete = gone;
                     for item in db.map.values_mut() {
                         item.ver = index;
                     }

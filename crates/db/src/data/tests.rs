@@ -71,6 +71,69 @@ fn watch_detects_changes() {
 }
 
 #[test]
+fn watch_of_an_absent_key_survives_flushes_and_swaps_that_do_not_touch_it() {
+    let mut t = Tables::default();
+    let mut idx = 0;
+    let mut run = |t: &mut Tables, db: u32, cmd: &str, now: u64| {
+        idx += 1;
+        let req = WriteReq {
+            rid: 0,
+            now_ms: now,
+            watches: Vec::new(),
+            cmds: vec![(db, a(cmd))],
+            multi: false,
+        };
+        (t.apply(&req, idx), idx)
+    };
+    // EXEC of a PING guarded by a WATCH of `x` in db 0 made at log index `at`, when `x`
+    // was absent (or expired: version 0).
+    let exec = |t: &mut Tables, at: u64, now: u64| {
+        let req = WriteReq {
+            rid: 0,
+            now_ms: now,
+            watches: vec![Watch {
+                db: 0,
+                key: b"x".to_vec(),
+                ver: 0,
+                at,
+            }],
+            cmds: vec![(0, a("PING"))],
+            multi: true,
+        };
+        t.apply(&req, 1_000_000) != Reply::NilArray
+    };
+    run(&mut t, 0, "SET other 1", 0);
+    // x absent, other keys older than the WATCH: FLUSHDB and FLUSHALL leave it alone.
+    let (_, at) = run(&mut t, 0, "SET y 1", 0);
+    run(&mut t, 0, "FLUSHDB", 0);
+    assert!(exec(&mut t, at, 0));
+    let (_, at) = run(&mut t, 0, "SET y 1", 0);
+    run(&mut t, 0, "FLUSHALL", 0);
+    assert!(exec(&mut t, at, 0));
+    // x written after the WATCH, then flushed: touched.
+    let (_, at) = run(&mut t, 0, "PING", 0);
+    run(&mut t, 0, "SET x 1", 0);
+    run(&mut t, 0, "FLUSHDB", 0);
+    assert!(!exec(&mut t, at, 0));
+    // A stale x (expired before the WATCH), flushed or swapped away: no change.
+    run(&mut t, 0, "SET x 1 PX 1", 10);
+    let (_, at) = run(&mut t, 0, "PING", 20);
+    run(&mut t, 0, "FLUSHDB", 20);
+    assert!(exec(&mut t, at, 20));
+    run(&mut t, 0, "SET x 1 PX 1", 30);
+    let (_, at) = run(&mut t, 0, "PING", 40);
+    run(&mut t, 0, "SWAPDB 0 1", 40);
+    assert!(exec(&mut t, at, 40));
+    // A live x swapped in: touched.
+    run(&mut t, 1, "FLUSHDB", 50);
+    run(&mut t, 0, "FLUSHDB", 50);
+    run(&mut t, 1, "SET x 1", 50);
+    let (_, at) = run(&mut t, 0, "PING", 60);
+    run(&mut t, 0, "SWAPDB 0 1", 60);
+    assert!(!exec(&mut t, at, 60));
+}
+
+#[test]
 fn globs() {
     assert!(glob_match(b"key:*", b"key:1"));
     assert!(glob_match(b"h?llo", b"hello"));
