@@ -246,7 +246,7 @@ def main():
             plan = [("SET", "set")]
         if only_types or not (only_set or only_failover):
             plan = ([] if only_types else plan) + TYPE_TESTS
-        if only_failover:
+        if only_failover or "--memory" in sys.argv:
             plan = []
         for label, test, n, p in [(label, test, n, p) for label, test in plan
                                   for n, p in ((n1, 1), (n16, 16))]:
