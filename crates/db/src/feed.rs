@@ -6,8 +6,9 @@
 //! and the start of the feed are taken under the state machine's lock, so nothing falls
 //! between them.
 //!
-//! What a replica does not get: the leader's expiry sweep (a Redis replica hides expired
-//! keys by itself), users, and a partial resync (every SYNC is a full one). Scripts go as
+//! The leader's expiry sweep goes as DEL of the keys it dropped (as Redis propagates an
+//! expiry). What a replica does not get: users, and a partial resync (every SYNC is a full
+//! one). Scripts go as
 //! the script, which the replica runs (Redis 7 sends their effects instead). A replica that
 //! falls more than `BACKLOG` writes behind is disconnected, as Redis does when a replica's
 //! output buffer outgrows its limit.
@@ -73,7 +74,21 @@ pub fn publish(tables: &Tables, req: &WriteReq, reply: &Reply) {
 /// The command a replica should run for `argv`, which was applied with reply `r`.
 fn propagated(tables: &Tables, argv: &[Vec<u8>], r: &Reply, now: u64) -> Option<Vec<Vec<u8>>> {
     let head = argv.first()?;
-    if head == SWEEP || head == crate::acl::ACL_WRITE || head == crate::data::busy::SCRIPT_DECIDE {
+    if head == SWEEP {
+        // The leader's expiry sweep: the keys it dropped, deleted as Redis propagates an
+        // expiry (else a replica keeps every expired key's memory).
+        let Reply::Array(gone) = r else { return None };
+        if gone.is_empty() {
+            return None;
+        }
+        let mut out = vec![b"DEL".to_vec()];
+        out.extend(gone.iter().filter_map(|k| match k {
+            Reply::Bulk(k) => Some(k.clone()),
+            _ => None,
+        }));
+        return Some(out);
+    }
+    if head == crate::acl::ACL_WRITE || head == crate::data::busy::SCRIPT_DECIDE {
         return None;
     }
     if head == crate::data::script::SCRIPT_OPTS {

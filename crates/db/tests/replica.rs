@@ -204,6 +204,17 @@ fn a_stock_redis_server_follows_a_member_through_sync_and_its_writes() {
         Some("hello!")
     );
 
+    // An expired key is deleted on the replica too (the leader's sweep goes as DEL): a
+    // replica only hides expired keys, DBSIZE still counts them until the DEL.
+    let size: i64 = q(&mut r, &["DBSIZE"]).unwrap();
+    let _: () = ok(&mut db, &["SET", "short", "v", "PX", "300"]);
+    until("the short-lived key", &mut r, |r| {
+        q::<i64>(r, &["DBSIZE"]) == Some(size + 1)
+    });
+    until("the short-lived key deleted", &mut r, |r| {
+        q::<i64>(r, &["DBSIZE"]) == Some(size)
+    });
+
     // A stream has no RDB encoding here: a new SYNC is refused with the reason, and the
     // connection still answers.
     let mut other = c.conn(leader);

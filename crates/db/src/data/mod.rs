@@ -443,7 +443,8 @@ impl Db {
     }
 
     /// Drops up to `max` keys that have expired by `now` (the entry's clock); returns how many.
-    pub fn sweep(&mut self, now: u64, _index: u64, max: usize) -> usize {
+    /// Drops up to `max` expired keys; the keys it dropped.
+    pub fn sweep(&mut self, now: u64, _index: u64, max: usize) -> Vec<Vec<u8>> {
         let dead: Vec<SKey> = self
             .map
             .iter()
@@ -456,7 +457,7 @@ impl Db {
                 self.forgot(i.ver);
             }
         }
-        dead.len()
+        dead.into_iter().map(|k| k.1).collect()
     }
 
     /// Whether any key has expired by `now` (keys that a sweep would drop).

@@ -148,9 +148,13 @@ impl Tables {
             let r = match self.dbs.get_mut(*dbi as usize) {
                 // The leader's expiry sweep: a name clients cannot send (the server refuses
                 // unknown commands before they reach the log).
-                Some(db) if argv.len() == 1 && argv[0] == SWEEP => {
-                    Reply::Int(db.sweep(now, index, SWEEP_MAX) as i64)
-                }
+                // The keys it dropped: a Redis replica fed by this member deletes them too.
+                Some(db) if argv.len() == 1 && argv[0] == SWEEP => Reply::Array(
+                    db.sweep(now, index, SWEEP_MAX)
+                        .into_iter()
+                        .map(Reply::Bulk)
+                        .collect(),
+                ),
                 Some(db) if argv.len() > 1 && argv[0] == WAITER => {
                     db.write_waiter(&argv[1..], now, index)
                 }
