@@ -4,7 +4,7 @@
 failover. Loopback addresses 127.61.0.x only. Writes RESULTS.md beside this file.
 
 Needs: redis-tools (redis-benchmark, redis-cli), redis-server, python3-redis.
-Usage: bench.py BIN [--quick] [--set | --types | --memory | --failover]
+Usage: bench.py BIN [--quick] [--set | --types | --memory | --failover | --only=EVAL,XADD]
   (no option: SET and GET, every type's write and EVAL at -P 1 and -P 16, memory per key
   for 1M keys of each type, then failover)
 """
@@ -36,7 +36,7 @@ The machine is shared with other builds, so compare the ratios within one run.
 
 
 class Node:
-    def __init__(self, work, bin_path, nid, members):
+    def __init__(self, work, bin_path, nid, members, net=NET):
         self.id = nid
         self.bin = bin_path
         self.cfg = os.path.join(work, f"n{nid}.toml")
@@ -46,9 +46,9 @@ class Node:
             f.write(f'id = {nid}\ndata_dir = "{work}/n{nid}"\n')
             for mid, kind in members:
                 f.write(f'[[members]]\nid = {mid}\nname = "m{mid}"\nkind = "{kind}"\n')
-                f.write(f'peer = "{NET}.{mid}:7000"\n')
+                f.write(f'peer = "{net}.{mid}:7000"\n')
                 if kind == "data":
-                    f.write(f'redis = "{NET}.{mid}:6379"\n')
+                    f.write(f'redis = "{net}.{mid}:6379"\n')
 
     def start(self):
         logf = open(self.log, "a")
@@ -102,6 +102,8 @@ def bench(host, test, n, pipeline):
     m = re.findall(r"([\d.]+) requests per second", out)
     return float(m[-1]) if m else 0.0
 
+
+SET_GET = [("SET", "set"), ("GET", "get")]
 
 # Issue 11's rows: every type's typical write (and EVAL), built-in tests where
 # redis-benchmark has them.
@@ -158,24 +160,47 @@ def settle_rss(pid):
     return last
 
 
-def memory_rows(redis_pid, rs_host, lh, leader_pid, n):
+# Memory is measured on fresh processes for each type (an allocator keeps what a FLUSHALL
+# frees, so a second type loaded into the same process would look cheaper than it is).
+MEM_NET = "127.61.1"
+
+
+def memory_rows(bin_path, n):
     rows = []
     for name, make in MEMORY_TYPES:
-        out = {}
-        for host, pid in ((rs_host, redis_pid), (lh, leader_pid)):
-            c = redis.Redis(host=host, port=6379, socket_timeout=60)
-            c.flushall()
-            before_rss = settle_rss(pid)
-            before_used = int(c.info("memory").get("used_memory", 0))
-            load_keys(host, make, n)
-            assert c.dbsize() == n, f"{host}: {c.dbsize()} keys of {n}"
-            after_rss = settle_rss(pid)
-            after_used = int(c.info("memory").get("used_memory", 0))
-            out[host] = ((after_rss - before_rss) / n, (after_used - before_used) / n)
-            c.flushall()
-        rows.append((name, out[rs_host], out[lh]))
-        print(f"memory per {name} key: redis rss {out[rs_host][0]:.0f} B (used_memory "
-              f"{out[rs_host][1]:.0f} B), citadel leader rss {out[lh][0]:.0f} B", flush=True)
+        work = tempfile.mkdtemp(prefix="citadel-db-mem-")
+        members = [(1, "data"), (2, "data"), (3, "witness")]
+        nodes = {i: Node(work, bin_path, i, members, MEM_NET) for i, _ in members}
+        rs_host = f"{MEM_NET}.10"
+        rs = subprocess.Popen(["redis-server", "--bind", rs_host, "--port", "6379", "--save", "",
+                               "--appendonly", "no", "--protected-mode", "no"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for node in nodes.values():
+                node.start()
+            for h in (rs_host, f"{MEM_NET}.1", f"{MEM_NET}.2"):
+                wait_port(h)
+            leader = wait_leader([f"{MEM_NET}.1", f"{MEM_NET}.2"], [1, 2])
+            lh = f"{MEM_NET}.{leader}"
+            out = {}
+            for host, pid in ((rs_host, rs.pid), (lh, nodes[leader].proc.pid)):
+                c = redis.Redis(host=host, port=6379, socket_timeout=60)
+                before_rss = settle_rss(pid)
+                before_used = int(c.info("memory").get("used_memory", 0))
+                load_keys(host, make, n)
+                assert c.dbsize() == n, f"{host}: {c.dbsize()} keys of {n}"
+                after_rss = settle_rss(pid)
+                after_used = int(c.info("memory").get("used_memory", 0))
+                out[host] = ((after_rss - before_rss) / n, (after_used - before_used) / n)
+            rows.append((name, out[rs_host], out[lh]))
+            print(f"memory per {name} key: redis rss {out[rs_host][0]:.0f} B (used_memory "
+                  f"{out[rs_host][1]:.0f} B), citadel leader rss {out[lh][0]:.0f} B", flush=True)
+        finally:
+            for node in nodes.values():
+                node.kill()
+            rs.send_signal(signal.SIGKILL)
+            rs.wait()
+            shutil.rmtree(work, ignore_errors=True)
     return rows
 
 
@@ -241,13 +266,16 @@ def main():
         rows = []
         only_set = "--set" in sys.argv
         only_types = "--types" in sys.argv
-        plan = [("SET", "set"), ("GET", "get")]
+        plan = list(SET_GET)
         if only_set:
             plan = [("SET", "set")]
         if only_types or not (only_set or only_failover):
             plan = ([] if only_types else plan) + TYPE_TESTS
         if only_failover or "--memory" in sys.argv:
             plan = []
+        only = [a.split("=", 1)[1].upper().split(",") for a in sys.argv if a.startswith("--only=")]
+        if only:
+            plan = [(label, test) for label, test in SET_GET + TYPE_TESTS if label in only[0]]
         for label, test, n, p in [(label, test, n, p) for label, test in plan
                                   for n, p in ((n1, 1), (n16, 16))]:
             r = bench(REDIS_HOST, test, n, p)
@@ -257,14 +285,15 @@ def main():
             print(f"{label} -P {p}: redis {r:.0f}/s, citadel leader {c:.0f}/s, follower {cf:.0f}/s", flush=True)
         mem = []
         if "--memory" in sys.argv or not (only_set or only_types or only_failover):
-            mem = memory_rows(rs.pid, REDIS_HOST, lh, nodes[leader].proc.pid,
-                              MEMORY_KEYS // 10 if quick else MEMORY_KEYS)
-        skip_failover = only_set or only_types or "--memory" in sys.argv
+            mem = memory_rows(bin_path, MEMORY_KEYS // 10 if quick else MEMORY_KEYS)
+        skip_failover = only_set or only_types or bool(only) or "--memory" in sys.argv
         trials = [] if skip_failover else [failover_trial(nodes, [1, 2]) for _ in range(3 if quick else 10)]
         ok = [t for t in trials if t is not None]
         med = statistics.median(ok) if ok else None
         print("failover trials (s):", ["%.3f" % t if t is not None else "none" for t in trials], flush=True)
-        with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
+        # A partial run (any option but --quick) prints its figures and leaves RESULTS.md.
+        partial = any(a.startswith("--") and a != "--quick" for a in sys.argv[2:])
+        with open(os.devnull if partial else os.path.join(HERE, "RESULTS.md"), "w") as f:
             f.write("# citadel-db benchmark results\n\n")
             f.write(f"Made by `bench/db/run.sh` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
                     f"{os.cpu_count()} cores shared with other work; redis-benchmark -c 50 -r 100000.\n")
