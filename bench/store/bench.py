@@ -1,6 +1,6 @@
 """Store benchmark load tool (see run.sh). Per phase: ops/s, MB/s, p50 and p99 of a bounded
-load — PROCS processes, each with CONC/PROCS threads and one boto3 client per thread (so the
-GIL of one process does not cap the load), OPS requests in all or DUR seconds, whichever comes
+load — PROCS processes, each with CONC/PROCS threads and one S3 client per thread (so the
+GIL of one process does not cap the load; CLIENT=raw, a lean SigV4 client, or CLIENT=boto3), OPS requests in all or DUR seconds, whichever comes
 first — and the CPU the load tool and the servers used meanwhile (from /proc).
 
   bench.py citadel CITADEL_BIN OUT.json   # a `citadel up` of its own, the phases, the re-clone
@@ -9,8 +9,9 @@ first — and the CPU the load tool and the servers used meanwhile (from /proc).
                                           # `bench` created here, server PIDs from SERVER_PIDS)
   bench.py compare GARAGE.json CITADEL.json   # the table with ratios (Citadel / Garage)
 """
-import json, multiprocessing as mp, os, shutil, signal, subprocess, sys, tempfile, threading, time
+import hashlib, hmac, http.client, io, json, multiprocessing as mp, os, shutil, signal, subprocess, sys, tempfile, threading, time
 
+CLIENT = os.environ.get("CLIENT", "raw")  # raw (lean SigV4, see RawS3) or boto3
 CONC = int(os.environ.get("CONC", "16"))
 PROCS = max(1, min(CONC, int(os.environ.get("PROCS", "4"))))
 OPS = int(os.environ.get("OPS", "2000"))
@@ -35,20 +36,87 @@ def client(endpoint, key, secret, region):
                         aws_secret_access_key=secret, region_name=region, config=cfg)
 
 
+class RawS3:
+    """A lean S3 client for the load (CLIENT=raw, the default): one keep-alive HTTP/1.1
+    connection, path-style, SigV4 header auth with the payload's SHA-256 — the same requests
+    boto3 sends over http, without boto3's per-request CPU (which, on 2 cores, the load tool
+    would otherwise spend more of than the servers)."""
+
+    def __init__(self, endpoint, key, secret, region):
+        import urllib.parse
+        u = urllib.parse.urlsplit(endpoint)
+        self.host, self.port, self.hosthdr = u.hostname, u.port or 80, u.netloc
+        self.key, self.secret, self.region = key, secret, region
+        self.conn, self.day, self.skey = None, None, None
+
+    def _signing_key(self, day):
+        if day != self.day:
+            k = ("AWS4" + self.secret).encode()
+            for part in (day, self.region, "s3", "aws4_request"):
+                k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+            self.day, self.skey = day, k
+        return self.skey
+
+    def request(self, method, path, body=b""):
+        now = time.gmtime()
+        amz = time.strftime("%Y%m%dT%H%M%SZ", now)
+        day = amz[:8]
+        ph = hashlib.sha256(body).hexdigest()
+        canon = (f"{method}\n{path}\n\nhost:{self.hosthdr}\nx-amz-content-sha256:{ph}\n"
+                 f"x-amz-date:{amz}\n\nhost;x-amz-content-sha256;x-amz-date\n{ph}")
+        scope = f"{day}/{self.region}/s3/aws4_request"
+        sts = f"AWS4-HMAC-SHA256\n{amz}\n{scope}\n{hashlib.sha256(canon.encode()).hexdigest()}"
+        sig = hmac.new(self._signing_key(day), sts.encode(), hashlib.sha256).hexdigest()
+        headers = {"Host": self.hosthdr, "x-amz-content-sha256": ph, "x-amz-date": amz,
+                   "Authorization": f"AWS4-HMAC-SHA256 Credential={self.key}/{scope}, "
+                                    f"SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature={sig}"}
+        if method == "PUT":
+            headers["Content-Length"] = str(len(body))
+        for attempt in (1, 2):
+            reused = self.conn is not None
+            try:
+                if self.conn is None:
+                    self.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+                self.conn.request(method, path, body=body if method == "PUT" else None, headers=headers)
+                r = self.conn.getresponse()
+                data = r.read()
+                break
+            except Exception as e:
+                if self.conn is not None:
+                    self.conn.close()
+                self.conn = None
+                # A kept-alive connection the server closed meanwhile (it restarted): once
+                # more on a new one, as urllib3's pool does under boto3.
+                stale = isinstance(e, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError))
+                if not (reused and stale and attempt == 1):
+                    raise
+        if r.status != 200:
+            raise RuntimeError(f"{method} {path}: {r.status} {data[:200]!r}")
+        return data
+
+    def put_object(self, Bucket, Key, Body):
+        self.request("PUT", f"/{Bucket}/{Key}", Body)
+
+    def get_object(self, Bucket, Key):
+        return {"Body": io.BytesIO(self.request("GET", f"/{Bucket}/{Key}"))}
+
+
 def run_op(c, spec, i, bases):
-    kind, prefix, size, ops = spec
+    kind, prefix, size, keys = spec
     if kind == "put":
         # Distinct content per object: a 4-byte counter prefix defeats block dedup.
         c.put_object(Bucket="bench", Key=f"{prefix}{i}", Body=i.to_bytes(4, "big") + bases[size][4:])
     else:
-        got = c.get_object(Bucket="bench", Key=f"{prefix}{i % ops}")["Body"].read()
+        # Only objects the PUT phase stored (it may have stopped at DUR, or had errors).
+        got = c.get_object(Bucket="bench", Key=f"{prefix}{keys[i % len(keys)]}")["Body"].read()
         if len(got) != size:
             raise RuntimeError(f"short read: {len(got)} of {size}")
 
 
-def worker_main(conn, wid, threads, endpoints, key, secret, region, counter, barrier):
+def worker_main(conn, wid, threads, endpoints, key, secret, region, counter, stop, barrier):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    cs = [client(endpoints[(wid * threads + t) % len(endpoints)], key, secret, region)
+    make = RawS3 if CLIENT == "raw" else client
+    cs = [make(endpoints[(wid * threads + t) % len(endpoints)], key, secret, region)
           for t in range(threads)]
     bases = {SMALL: os.urandom(SMALL), LARGE: os.urandom(LARGE)}
     conn.send("ready")
@@ -56,13 +124,14 @@ def worker_main(conn, wid, threads, endpoints, key, secret, region, counter, bar
         spec = conn.recv()
         if spec is None:
             return
-        ops = spec[3]
-        lat, errors, lock = [], [0], threading.Lock()
+        ops = spec[4]
+        spec = spec[:4]
+        lat, errors, lock, stored = [], [0], threading.Lock(), []
         barrier.wait()
         deadline = time.monotonic() + DUR
 
         def run(c):
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not stop.value:
                 with counter.get_lock():
                     i = counter.value
                     counter.value += 1
@@ -78,13 +147,14 @@ def worker_main(conn, wid, threads, endpoints, key, secret, region, counter, bar
                 d = time.monotonic() - t
                 with lock:
                     lat.append(d)
+                    stored.append(i)
 
         ts = [threading.Thread(target=run, args=(c,)) for c in cs]
         for t in ts:
             t.start()
         for t in ts:
             t.join()
-        conn.send((lat, errors[0], time.monotonic()))
+        conn.send((lat, errors[0], time.monotonic(), stored if spec[0] == "put" else []))
 
 
 def cpu_ticks(pids):
@@ -122,14 +192,16 @@ class Load:
     def __init__(self, endpoints, key, secret, region, server_pids):
         ctx = mp.get_context("fork")
         self.server_pids = server_pids  # a callable: the servers' PIDs now
+        self.stored = {}  # prefix -> indices a PUT phase stored
         self.counter = ctx.Value("q", 0)
+        self.stop = ctx.Value("b", 0)
         self.barrier = ctx.Barrier(PROCS + 1)
         per = [CONC // PROCS + (1 if w < CONC % PROCS else 0) for w in range(PROCS)]
         self.conns, self.procs = [], []
         for w in range(PROCS):
             a, b = ctx.Pipe()
             p = ctx.Process(target=worker_main, daemon=True,
-                            args=(b, w, per[w], endpoints, key, secret, region, self.counter, self.barrier))
+                            args=(b, w, per[w], endpoints, key, secret, region, self.counter, self.stop, self.barrier))
             p.start()
             self.conns.append(a)
             self.procs.append(p)
@@ -137,24 +209,35 @@ class Load:
             if not a.poll(120) or a.recv() != "ready":
                 raise RuntimeError("load process did not start")
 
-    def phase(self, name, kind, prefix, size, ops):
-        """CONC threads over PROCS processes share `ops` requests, bounded by DUR seconds."""
+    def phase(self, name, kind, prefix, size, ops, keys=None, until=None):
+        """CONC threads over PROCS processes share `ops` requests, bounded by DUR seconds (and
+        by `until()` turning true, when given); a GET phase reads the `keys` a PUT phase stored."""
         self.counter.value = 0
+        self.stop.value = 0
         for a in self.conns:
-            a.send((kind, prefix, size, ops))
+            a.send((kind, prefix, size, keys, ops))
         srv = self.server_pids()
         load_pids = [p.pid for p in self.procs]
         self.barrier.wait(timeout=60)
         start = time.monotonic()
         c_load, c_srv = cpu_ticks(load_pids), cpu_ticks(srv)
-        lat, errors, end = [], 0, start
+        if until:
+            def watch():
+                while not self.stop.value and time.monotonic() < start + DUR:
+                    if until():
+                        self.stop.value = 1
+                    time.sleep(0.1)
+            threading.Thread(target=watch, daemon=True).start()
+        lat, errors, end, stored = [], 0, start, []
         for a in self.conns:
             if not a.poll(DUR + 60):
                 raise RuntimeError(f"{name}: a load process did not finish")
-            l, e, t = a.recv()
+            l, e, t, k = a.recv()
             lat += l
             errors += e
             end = max(end, t)
+            stored += k
+        self.stop.value = 1
         took = max(end - start, 1e-9)
         c_load, c_srv = cpu_ticks(load_pids) - c_load, cpu_ticks(srv) - c_srv
         lat.sort()
@@ -166,17 +249,18 @@ class Load:
         print(f"{name:<28} {n:>6} ops {errors:>3} err {row['ops_s']:>7.0f} ops/s {row['mb_s']:>7.1f} MB/s"
               f"  p50 {row['p50_ms']:6.1f} ms  p99 {row['p99_ms']:6.1f} ms"
               f"  cpu load tool {row['cpu_load']:3.0f} %, servers {row['cpu_servers']:3.0f} %", flush=True)
+        if kind == "put":
+            self.stored[prefix] = sorted(stored)
         return row
 
     def phases(self):
-        print(f"CONC={CONC} over PROCS={PROCS} processes, OPS={OPS} (1 MiB: {BIG_OPS}) DUR<={DUR}s, "
+        print(f"CLIENT={CLIENT} CONC={CONC} over PROCS={PROCS} processes, OPS={OPS} (1 MiB: {BIG_OPS}) DUR<={DUR}s, "
               f"load average {os.getloadavg()[0]:.1f}", flush=True)
-        return [
-            self.phase("PUT 4 KiB", "put", "s", SMALL, OPS),
-            self.phase("GET 4 KiB", "get", "s", SMALL, OPS),
-            self.phase("PUT 1 MiB", "put", "l", LARGE, BIG_OPS),
-            self.phase("GET 1 MiB", "get", "l", LARGE, BIG_OPS),
-        ]
+        rows = [self.phase("PUT 4 KiB", "put", "s", SMALL, OPS)]
+        rows.append(self.phase("GET 4 KiB", "get", "s", SMALL, OPS, self.stored["s"]))
+        rows.append(self.phase("PUT 1 MiB", "put", "l", LARGE, BIG_OPS))
+        rows.append(self.phase("GET 1 MiB", "get", "l", LARGE, BIG_OPS, self.stored["l"]))
+        return rows
 
     def close(self):
         for a in self.conns:
@@ -193,7 +277,7 @@ class Load:
 
 def save(path, target, rows, **extra):
     with open(path, "w") as f:
-        json.dump(dict(target=target, conc=CONC, procs=PROCS, ops=OPS, dur=DUR,
+        json.dump(dict(target=target, client=CLIENT, conc=CONC, procs=PROCS, ops=OPS, dur=DUR,
                        loadavg=os.getloadavg(), rows=rows, **extra), f, indent=1)
 
 
@@ -334,7 +418,11 @@ def citadel_main(bin_, out):
             return r if done else None
 
         wait("store-2 re-cloning", lambda: store2().get("active") or reclone(), within=60)
-        during = load.phase("GET 1 MiB (during re-clone)", "get", "l", LARGE, BIG_OPS)
+        # GETs for as long as the re-clone runs (≤ DUR s), unless it is over already.
+        done_before = reclone() is not None
+        during = load.phase("GET 1 MiB (during re-clone)", "get", "l", LARGE,
+                            BIG_OPS if done_before else 1 << 30, load.stored["l"],
+                            until=None if done_before else lambda: reclone() is not None)
         wait("store-2 re-cloned", lambda: reclone() is not None, within=600)
         r = reclone()
         secs = r["elapsed_ms"] / 1000
@@ -364,7 +452,7 @@ def compare(gpath, cpath):
     with open(cpath) as f:
         c = json.load(f)
     gr = {r["phase"]: r for r in g["rows"]}
-    print(f"\nCitadel / Garage (CONC={c['conc']} over {c['procs']} processes; load average "
+    print(f"\nCitadel / Garage (CLIENT={c.get('client')} CONC={c['conc']} over {c['procs']} processes; load average "
           f"Garage run {g['loadavg'][0]:.1f}, Citadel run {c['loadavg'][0]:.1f}); p99: lower is better")
     print("| phase | Garage ops/s | Citadel ops/s | ratio | Garage MB/s | Citadel MB/s | ratio "
           "| Garage p99 ms | Citadel p99 ms | ratio | target |")
@@ -384,9 +472,9 @@ def compare(gpath, cpath):
     print("| phase | Garage: load tool | Garage: servers | Citadel: load tool | Citadel: servers |")
     print("|---|---|---|---|---|")
     for r in c["rows"]:
-        x = gr.get(r["phase"], {})
-        print(f"| {r['phase']} | {x.get('cpu_load', float('nan')):.0f} | {x.get('cpu_servers', float('nan')):.0f} "
-              f"| {r['cpu_load']:.0f} | {r['cpu_servers']:.0f} |")
+        x = gr.get(r["phase"])
+        gx = f"{x['cpu_load']:.0f} | {x['cpu_servers']:.0f}" if x else "— | —"
+        print(f"| {r['phase']} | {gx} | {r['cpu_load']:.0f} | {r['cpu_servers']:.0f} |")
     r = c.get("reclone")
     if r:
         print(f"\nre-clone of the wiped store: {r['mb_s']:.1f} MB/s (target ≥ 50), clients kept "

@@ -10,6 +10,7 @@
 #   GARAGE_BIN=/path/to/garage bench/store/run.sh   # CONC=16 clients over PROCS=4 processes,
 #   CONC=32 PROCS=4 OPS=4000 DUR=30 bench/store/run.sh   #  OPS=2000 small / OPS/7 large, DUR=20 s
 #   SAVE=dir bench/store/run.sh                     # keep garage.json and citadel.json there
+#   GARAGE_FSYNC=false CLIENT=boto3 …               # Garage's default fsync off; boto3 as the load
 #
 # Garage is built from source outside this repository (never committed), e.g.
 #   git clone https://github.com/deuxfleurs-org/garage && cd garage && git checkout v2.0.0
@@ -64,6 +65,7 @@ until_ok() {
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
 G=127.145.30
+GARAGE_FSYNC=${GARAGE_FSYNC:-true}  # the issue's comparison; false = Garage's defaults, for reference
 run_garage() {
   local secret n dir id ids=() key_id key_secret
   secret=$("$PY" -c 'import secrets; print(secrets.token_hex(32))')
@@ -76,8 +78,8 @@ data_dir = "$dir/data"
 db_engine = "lmdb"
 replication_factor = 2
 consistency_mode = "consistent"
-metadata_fsync = true
-data_fsync = true
+metadata_fsync = $GARAGE_FSYNC
+data_fsync = $GARAGE_FSYNC
 rpc_bind_addr = "$G.$n:3901"
 rpc_public_addr = "$G.$n:3901"
 rpc_secret = "$secret"
@@ -106,7 +108,7 @@ EOF
   key_secret=$("$PY" -c 'import secrets; print(secrets.token_hex(32))')
   gc 1 key import --yes -n bench "$key_id" "$key_secret" >/dev/null
   gc 1 key allow --create-bucket bench >/dev/null
-  echo "garage $("$GARAGE_BIN" --version 2>/dev/null | head -1): 2 nodes on $G.1-2, replication_factor = 2, fsync on"
+  echo "garage $("$GARAGE_BIN" --version 2>/dev/null | head -1): 2 nodes on $G.1-2, replication_factor = 2, fsync $GARAGE_FSYNC"
   S3_KEY=$key_id S3_SECRET=$key_secret SERVER_PIDS="${GARAGE_PIDS[*]}" \
     "$PY" "$BENCH" s3 garage "http://$G.1:3900,http://$G.2:3900" garage "$WORK/garage.json"
   stop_garage
