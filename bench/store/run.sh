@@ -11,6 +11,8 @@
 #   CONC=32 PROCS=4 OPS=4000 DUR=30 bench/store/run.sh   #  OPS=2000 small / OPS/7 large, DUR=20 s
 #   SAVE=dir bench/store/run.sh                     # keep garage.json and citadel.json there
 #   GARAGE_FSYNC=false CLIENT=boto3 …               # Garage's default fsync off; boto3 as the load
+#   GARAGE_NODELAY=1 …                              # Garage with TCP_NODELAY (bench/store/nodelay.c)
+#   GARAGE_ONLY=1 …                                 # the Garage part alone
 #
 # Garage is built from source outside this repository (never committed), e.g.
 #   git clone https://github.com/deuxfleurs-org/garage && cd garage && git checkout v2.0.0
@@ -66,9 +68,15 @@ port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
 G=127.145.30
 GARAGE_FSYNC=${GARAGE_FSYNC:-true}  # the issue's comparison; false = Garage's defaults, for reference
+GARAGE_NODELAY=${GARAGE_NODELAY:-0}  # 1: TCP_NODELAY forced into Garage (nodelay.c), for reference
 run_garage() {
   local secret n dir id ids=() key_id key_secret
+  local preload=""
   secret=$("$PY" -c 'import secrets; print(secrets.token_hex(32))')
+  if [ "$GARAGE_NODELAY" = 1 ]; then
+    preload=$WORK/nodelay.so
+    cc -O2 -shared -fPIC -o "$preload" "$ROOT/bench/store/nodelay.c" -ldl
+  fi
   for n in 1 2; do
     dir=$WORK/garage-$n
     mkdir -p "$dir/meta" "$dir/data"
@@ -90,7 +98,7 @@ s3_region = "garage"
 root_domain = ".s3.garage.localhost"
 EOF
     chmod 600 "$dir/garage.toml"
-    RUST_LOG=${GARAGE_LOG:-warn} "$GARAGE_BIN" -c "$dir/garage.toml" server >"$dir/log" 2>&1 &
+    LD_PRELOAD=$preload RUST_LOG=${GARAGE_LOG:-warn} "$GARAGE_BIN" -c "$dir/garage.toml" server >"$dir/log" 2>&1 &
     GARAGE_PIDS+=($!)
   done
   gc() { "$GARAGE_BIN" -c "$WORK/garage-$1/garage.toml" "${@:2}"; }
@@ -108,7 +116,7 @@ EOF
   key_secret=$("$PY" -c 'import secrets; print(secrets.token_hex(32))')
   gc 1 key import --yes -n bench "$key_id" "$key_secret" >/dev/null
   gc 1 key allow --create-bucket bench >/dev/null
-  echo "garage $("$GARAGE_BIN" --version 2>/dev/null | head -1): 2 nodes on $G.1-2, replication_factor = 2, fsync $GARAGE_FSYNC"
+  echo "garage $("$GARAGE_BIN" --version 2>/dev/null | head -1): 2 nodes on $G.1-2, replication_factor = 2, fsync $GARAGE_FSYNC${preload:+, TCP_NODELAY forced}"
   S3_KEY=$key_id S3_SECRET=$key_secret SERVER_PIDS="${GARAGE_PIDS[*]}" \
     "$PY" "$BENCH" s3 garage "http://$G.1:3900,http://$G.2:3900" garage "$WORK/garage.json"
   stop_garage
@@ -119,6 +127,7 @@ if [ -n "${GARAGE_BIN:-}" ] && [ -x "$GARAGE_BIN" ]; then
 else
   echo "Garage skipped: set GARAGE_BIN to a garage binary built from source (see the top of $0)"
 fi
+if [ "${GARAGE_ONLY:-0}" = 1 ]; then exit 0; fi
 "$PY" "$BENCH" citadel "$ROOT/target/release/citadel" "$WORK/citadel.json"
 if [ -f "$WORK/garage.json" ]; then
   "$PY" "$BENCH" compare "$WORK/garage.json" "$WORK/citadel.json"
