@@ -18,8 +18,11 @@ use crate::meta::now_secs;
 use crate::s3::Store;
 use crate::stats::{ServerStatus, bump};
 
-/// Blocks copied at once while re-cloning (fsync latency hides behind the others).
-const RECLONE_PARALLEL: usize = 4;
+/// Blocks copied at once while re-cloning (fsync latency and the peer round trip hide
+/// behind the others; the byte cap still bounds the bandwidth). 4 gave ~45 blocks/s on the
+/// shared 2-core bench machine, so a wiped store of mostly 4 KiB blocks came back at
+/// 14 MB/s; 16 gave 35 MB/s with clients keeping the same share (bench/store/RESULTS.md).
+const RECLONE_PARALLEL: usize = 16;
 /// How often a running re-clone republishes its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
