@@ -125,7 +125,7 @@ EOF
 if [ -n "${GARAGE_BIN:-}" ] && [ -x "$GARAGE_BIN" ]; then
   run_garage
 else
-  echo "Garage skipped: set GARAGE_BIN to a garage binary built from source (see the top of $0)"
+  echo "Garage skipped: GARAGE_BIN (${GARAGE_BIN:-unset}) is not an executable garage binary built from source (see the top of $0)"
 fi
 if [ "${GARAGE_ONLY:-0}" = 1 ]; then exit 0; fi
 "$PY" "$BENCH" citadel "$ROOT/target/release/citadel" "$WORK/citadel.json"
