@@ -1,7 +1,8 @@
 """Store benchmark load tool (see run.sh). Per phase: ops/s, MB/s, p50 and p99 of a bounded
 load — PROCS processes, each with CONC/PROCS threads and one S3 client per thread (so the
-GIL of one process does not cap the load; CLIENT=raw, a lean SigV4 client, or CLIENT=boto3), OPS requests in all or DUR seconds, whichever comes
-first — and the CPU the load tool and the servers used meanwhile (from /proc).
+GIL of one process does not cap the load; CLIENT=raw, a lean SigV4 client, or CLIENT=boto3),
+OPS requests in all or DUR seconds, whichever comes first — and the CPU the load tool and the
+servers used meanwhile (from /proc).
 
   bench.py citadel CITADEL_BIN OUT.json   # a `citadel up` of its own, the phases, the re-clone
   bench.py s3 NAME ENDPOINTS REGION OUT.json   # the phases against running S3 endpoints
