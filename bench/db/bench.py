@@ -284,7 +284,7 @@ def main():
             rows.append((f"{label} -P {p}", r, c, cf))
             print(f"{label} -P {p}: redis {r:.0f}/s, citadel leader {c:.0f}/s, follower {cf:.0f}/s", flush=True)
         mem = []
-        if "--memory" in sys.argv or not (only_set or only_types or only_failover):
+        if "--memory" in sys.argv or not (only_set or only_types or only_failover or only):
             mem = memory_rows(bin_path, MEMORY_KEYS // 10 if quick else MEMORY_KEYS)
         skip_failover = only_set or only_types or bool(only) or "--memory" in sys.argv
         trials = [] if skip_failover else [failover_trial(nodes, [1, 2]) for _ in range(3 if quick else 10)]
