@@ -160,6 +160,33 @@ def settle_rss(pid):
     return last
 
 
+def start_side_by_side(bin_path, net, prefix):
+    """A group (2 data members + witness on net.1-3) and a redis-server on net.10, started
+    and answering: (work dir, nodes, redis-server process, leader id)."""
+    work = tempfile.mkdtemp(prefix=prefix)
+    members = [(1, "data"), (2, "data"), (3, "witness")]
+    nodes = {i: Node(work, bin_path, i, members, net) for i, _ in members}
+    rs = subprocess.Popen(["redis-server", "--bind", f"{net}.10", "--port", "6379", "--save", "",
+                           "--appendonly", "no", "--protected-mode", "no"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for n in nodes.values():
+        n.start()
+    for h in (f"{net}.10", f"{net}.1", f"{net}.2"):
+        wait_port(h)
+    return work, nodes, rs, wait_leader([f"{net}.1", f"{net}.2"], [1, 2])
+
+
+def stop_side_by_side(work, nodes, rs, keep=False):
+    for n in nodes.values():
+        n.kill()
+    rs.send_signal(signal.SIGKILL)
+    rs.wait()
+    if keep:
+        print("kept", work)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 # Memory is measured on fresh processes for each type (an allocator keeps what a FLUSHALL
 # frees, so a second type loaded into the same process would look cheaper than it is).
 MEM_NET = "127.61.1"
@@ -168,19 +195,9 @@ MEM_NET = "127.61.1"
 def memory_rows(bin_path, n):
     rows = []
     for name, make in MEMORY_TYPES:
-        work = tempfile.mkdtemp(prefix="citadel-db-mem-")
-        members = [(1, "data"), (2, "data"), (3, "witness")]
-        nodes = {i: Node(work, bin_path, i, members, MEM_NET) for i, _ in members}
+        work, nodes, rs, leader = start_side_by_side(bin_path, MEM_NET, "citadel-db-mem-")
         rs_host = f"{MEM_NET}.10"
-        rs = subprocess.Popen(["redis-server", "--bind", rs_host, "--port", "6379", "--save", "",
-                               "--appendonly", "no", "--protected-mode", "no"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            for node in nodes.values():
-                node.start()
-            for h in (rs_host, f"{MEM_NET}.1", f"{MEM_NET}.2"):
-                wait_port(h)
-            leader = wait_leader([f"{MEM_NET}.1", f"{MEM_NET}.2"], [1, 2])
             lh = f"{MEM_NET}.{leader}"
             out = {}
             for host, pid in ((rs_host, rs.pid), (lh, nodes[leader].proc.pid)):
@@ -196,11 +213,7 @@ def memory_rows(bin_path, n):
             print(f"memory per {name} key: redis rss {out[rs_host][0]:.0f} B (used_memory "
                   f"{out[rs_host][1]:.0f} B), citadel leader rss {out[lh][0]:.0f} B", flush=True)
         finally:
-            for node in nodes.values():
-                node.kill()
-            rs.send_signal(signal.SIGKILL)
-            rs.wait()
-            shutil.rmtree(work, ignore_errors=True)
+            stop_side_by_side(work, nodes, rs)
     return rows
 
 
@@ -249,18 +262,8 @@ def main():
     quick = "--quick" in sys.argv
     n1, n16 = (20000, 100000) if quick else (100000, 500000)
     only_failover = "--failover" in sys.argv
-    work = tempfile.mkdtemp(prefix="citadel-db-bench-")
-    members = [(1, "data"), (2, "data"), (3, "witness")]
-    nodes = {i: Node(work, bin_path, i, members) for i, _ in members}
-    rs = subprocess.Popen(["redis-server", "--bind", REDIS_HOST, "--port", "6379", "--save", "",
-                           "--appendonly", "no", "--protected-mode", "no"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work, nodes, rs, leader = start_side_by_side(bin_path, NET, "citadel-db-bench-")
     try:
-        for n in nodes.values():
-            n.start()
-        for h in (REDIS_HOST, f"{NET}.1", f"{NET}.2"):
-            wait_port(h)
-        leader = wait_leader([f"{NET}.1", f"{NET}.2"], [1, 2])
         lh = f"{NET}.{leader}"
         follower = f"{NET}.{3 - leader}"
         rows = []
@@ -320,14 +323,7 @@ def main():
             f.write(f"- median: {'%.3f s' % med if med is not None else 'n/a'}\n")
             f.write(ANCHORS)
     finally:
-        for n in nodes.values():
-            n.kill()
-        rs.send_signal(signal.SIGKILL)
-        rs.wait()
-        if "--keep" in sys.argv:
-            print("kept", work)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        stop_side_by_side(work, nodes, rs, keep="--keep" in sys.argv)
 
 
 if __name__ == "__main__":
