@@ -328,7 +328,7 @@ fn redis_cli_works() {
 }
 
 #[test]
-fn redis_py_works() {
+fn redis_py_pipelines_transactions_scripts_and_pubsub() {
     // Debian's python3-redis lives under /usr/bin/python3.
     let py = "/usr/bin/python3";
     let has = std::process::Command::new(py)
@@ -369,6 +369,37 @@ for k in r.scan_iter(match="*"):
 assert {{"a", "h", "c"}} <= keys, keys
 r3 = redis.Redis(host="{ip}", port={port}, protocol=3, decode_responses=True) if int(redis.__version__.split(".")[0]) >= 5 else r
 assert r3.get("a") == "2"
+
+# Lua through register_script: EVALSHA, and after SCRIPT FLUSH the NOSCRIPT fallback to EVAL.
+incr_by = r.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+assert incr_by(keys=["n"], args=[5]) == 5
+assert incr_by(keys=["n"], args=[2]) == 7
+assert r.script_exists(incr_by.sha) == [True]
+r.script_flush()
+assert r.script_exists(incr_by.sha) == [False]
+assert incr_by(keys=["n"], args=[1]) == 8
+
+# Pub/sub: a channel and a pattern subscription on one connection, then PUBLISH.
+import time
+ps = r.pubsub()
+ps.subscribe("news")
+ps.psubscribe("ne*")
+deadline = time.time() + 10
+confirmed = 0
+while confirmed < 2 and time.time() < deadline:
+    m = ps.get_message(timeout=1.0)
+    if m and m["type"] in ("subscribe", "psubscribe"):
+        confirmed += 1
+assert confirmed == 2
+assert r.publish("news", "hello") == 2
+assert r.pubsub_numsub("news") == [("news", 1)]
+got = []
+while len(got) < 2 and time.time() < deadline:
+    m = ps.get_message(timeout=1.0)
+    if m and m["type"] in ("message", "pmessage"):
+        got.append((m["type"], m["channel"], m["data"]))
+assert sorted(got) == [("message", "news", "hello"), ("pmessage", "news", "hello")], got
+ps.close()
 print("ok")
 "#,
         ip = addr.ip(),
