@@ -10,6 +10,7 @@ pub mod clients;
 pub mod codec;
 pub mod config;
 pub mod data;
+pub mod early;
 pub mod error;
 pub mod feed;
 pub mod net;

@@ -237,6 +237,13 @@ fn codec() -> LengthDelimitedCodec {
 pub struct Peers {
     clients: HashMap<NodeId, Arc<PeerClient>>,
     pub cfg: DbConfig,
+    /// Per voter, the newest entry an early AppendEntries ([`crate::early`]) of this leader's
+    /// vote placed on its disk: openraft's own request for those entries need not carry them.
+    early_acked: Mutex<HashMap<NodeId, (Vote, LogId)>>,
+    /// Entries voters took from early requests, and entries left out of openraft's requests
+    /// because of them (INFO `early_entries`, `trimmed_entries`).
+    pub early_entries: AtomicU64,
+    pub trimmed_entries: AtomicU64,
 }
 
 impl Peers {
@@ -249,7 +256,56 @@ impl Peers {
         Arc::new(Peers {
             clients,
             cfg: cfg.clone(),
+            early_acked: Default::default(),
+            early_entries: AtomicU64::new(0),
+            trimmed_entries: AtomicU64::new(0),
         })
+    }
+
+    /// An early AppendEntries of `vote` up to `last` succeeded on `to`: it holds the leader's
+    /// log up to `last`, durably.
+    pub fn early_acked(&self, to: NodeId, vote: Vote, last: LogId) {
+        let mut m = self.early_acked.lock().unwrap_or_else(|p| p.into_inner());
+        match m.get(&to) {
+            Some((v, l)) if *v == vote && *l >= last => {}
+            _ => {
+                m.insert(to, (vote, last));
+            }
+        }
+    }
+
+    /// Drops from openraft's AppendEntries to `to` the leading entries an early request of
+    /// the same vote already placed there, moving `prev_log_id` up to the last one dropped.
+    /// Returns whether anything was dropped.
+    fn trim_early(&self, to: NodeId, rpc: &mut AppendEntriesRequest<TypeConfig>) -> bool {
+        let acked = {
+            let m = self.early_acked.lock().unwrap_or_else(|p| p.into_inner());
+            match m.get(&to) {
+                Some((v, l)) if *v == rpc.vote => *l,
+                _ => return false,
+            }
+        };
+        let n = rpc
+            .entries
+            .iter()
+            .take_while(|e| e.log_id.index <= acked.index)
+            .count();
+        if n == 0 {
+            return false;
+        }
+        rpc.prev_log_id = Some(rpc.entries[n - 1].log_id);
+        rpc.entries.drain(..n);
+        self.trimmed_entries.fetch_add(n as u64, Ordering::Relaxed);
+        true
+    }
+
+    /// Forgets what early requests placed on `to` (it answered a trimmed request with a
+    /// conflict: its disk was replaced, say).
+    fn forget_early(&self, to: NodeId) {
+        self.early_acked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&to);
     }
 
     pub fn rpc_timeout(&self) -> Duration {
@@ -360,11 +416,23 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        match self
+        let mut rpc = rpc;
+        let trimmed = self.peers.trim_early(self.target, &mut rpc);
+        let res = self
             .peers
             .call(self.target, &PeerReq::Append(rpc), self.ttl(&option))
-            .await
+            .await;
+        if trimmed
+            && !matches!(
+                res,
+                Ok(PeerResp::Append(Ok(AppendEntriesResponse::Success)))
+            )
         {
+            // openraft would take a conflict as one at the prev_log_id it sent: forget the early
+            // acknowledgements, and its next request goes whole.
+            self.peers.forget_early(self.target);
+        }
+        match res {
             Ok(PeerResp::Append(Ok(r))) => Ok(r),
             Ok(PeerResp::Append(Err(e))) => {
                 Err(RPCError::RemoteError(RemoteError::new(self.target, e)))

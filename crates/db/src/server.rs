@@ -733,6 +733,14 @@ fn info(node: &Node, argv: &[Vec<u8>]) -> Reply {
         (total, per_db)
     });
     let (by_lease, rounds) = node.read_counts();
+    let early = node
+        .peers
+        .early_entries
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let trimmed = node
+        .peers
+        .trimmed_entries
+        .load(std::sync::atomic::Ordering::Relaxed);
     let mut sections: Vec<(&str, String)> = Vec::new();
     sections.push((
         "server",
@@ -803,7 +811,7 @@ fn info(node: &Node, argv: &[Vec<u8>]) -> Reply {
     sections.push((
         "raft",
         format!(
-            "raft_id:{}\r\nraft_state:{}\r\nraft_leader:{}\r\nraft_term:{}\r\nraft_last_log_index:{}\r\nraft_applied_index:{}\r\nraft_snapshot_index:{}\r\ndisk_bytes:{}\r\nkeys_in_memory:{keys_in_memory}\r\nreads_by_lease:{by_lease}\r\nread_index_rounds:{rounds}\r\n",
+            "raft_id:{}\r\nraft_state:{}\r\nraft_leader:{}\r\nraft_term:{}\r\nraft_last_log_index:{}\r\nraft_applied_index:{}\r\nraft_snapshot_index:{}\r\ndisk_bytes:{}\r\nkeys_in_memory:{keys_in_memory}\r\nreads_by_lease:{by_lease}\r\nread_index_rounds:{rounds}\r\nearly_entries:{early}\r\ntrimmed_entries:{trimmed}\r\n",
             st.id,
             st.state,
             st.leader.map(|l| l.to_string()).unwrap_or_default(),

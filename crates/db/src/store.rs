@@ -4,7 +4,8 @@
 //! fsynced are written together in the next transaction: many client writes share one fsync
 //! (group commit). Each append is acknowledged to openraft (`LogFlushed`) only after its
 //! transaction committed with `Durability::Immediate`. Entries not yet committed are kept in
-//! a small in-memory tail so that readers (replication) see them at once.
+//! a small in-memory tail so that readers (replication) see them at once. A hook
+//! (`on_append`) sees every append as it is queued: the leader's early replication.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -64,6 +65,8 @@ pub struct Store {
     /// The highest committed index openraft reported (`save_committed`; memory only): what
     /// a running script may read ahead of the state machine (`data::busy`).
     committed: std::sync::atomic::AtomicU64,
+    /// Called with every append before it is queued for its fsync ([`crate::early`]).
+    on_append: std::sync::OnceLock<crate::early::Hook>,
 }
 
 #[derive(Clone, Default)]
@@ -95,6 +98,7 @@ impl Store {
             tail: Mutex::new(BTreeMap::new()),
             state: Mutex::new(LogStateMem::default()),
             committed: Default::default(),
+            on_append: Default::default(),
         });
         let last_purged: Option<LogId> = store
             .meta_get(K_PURGED)
@@ -144,6 +148,11 @@ impl Store {
             .send(Work::Other { job, done })
             .map_err(|_| "log writer stopped".to_string())?;
         rx.await.map_err(|_| "log writer stopped".to_string())?
+    }
+
+    /// Sets what sees every append as it is queued (once; later calls are ignored).
+    pub fn on_append(&self, hook: crate::early::Hook) {
+        let _ = self.on_append.set(hook);
     }
 
     pub fn committed(&self) -> u64 {
@@ -376,21 +385,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut rows = Vec::new();
-        let mut last = None;
-        {
-            let mut tail = self.store.tail.lock().unwrap_or_else(|p| p.into_inner());
-            for e in entries {
-                let id = *e.get_log_id();
-                rows.push((id.index, crate::codec::enc(&e).map_err(serr_w)?));
-                tail.insert(id.index, e);
-                last = Some(id);
-            }
-        }
-        let Some(last) = last else {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let Some(last) = entries.last().map(|e| *e.get_log_id()) else {
             callback.log_io_completed(Ok(()));
             return Ok(());
         };
+        let mut rows = Vec::with_capacity(entries.len());
+        for e in &entries {
+            rows.push((e.get_log_id().index, crate::codec::enc(e).map_err(serr_w)?));
+        }
+        if let Some(hook) = self.store.on_append.get() {
+            let prev = self
+                .store
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .last_log;
+            hook(prev, &entries);
+        }
+        {
+            let mut tail = self.store.tail.lock().unwrap_or_else(|p| p.into_inner());
+            for e in entries {
+                tail.insert(e.get_log_id().index, e);
+            }
+        }
         self.store
             .state
             .lock()
