@@ -23,6 +23,57 @@ pub fn valid_hash(h: &str) -> bool {
     h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// A block's bytes with their SHA-256 name, checked exactly once: made by hashing the bytes
+/// (`Block::new`) or by checking a name a peer sent with them (`Block::named`), so storing
+/// or forwarding one never hashes again (a re-cloned block was hashed twice on arrival).
+#[derive(Debug, Clone)]
+pub struct Block {
+    hash: String,
+    data: Bytes,
+}
+
+impl Block {
+    pub fn new(data: Bytes) -> Block {
+        Block {
+            hash: hash_of(&data),
+            data,
+        }
+    }
+
+    /// The bytes, if they are what `hash` names.
+    pub fn named(hash: &str, data: Bytes) -> Result<Block, Error> {
+        if !valid_hash(hash) || hash_of(&data) != hash {
+            return Err(Error::BadBlock(format!(
+                "content does not match name {hash}"
+            )));
+        }
+        Ok(Block {
+            hash: hash.to_string(),
+            data,
+        })
+    }
+
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    pub fn data(&self) -> &Bytes {
+        &self.data
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    pub fn into_data(self) -> Bytes {
+        self.data
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct BlockStore {
     dir: PathBuf,
@@ -70,15 +121,10 @@ impl BlockStore {
     }
 
     /// Writes a block and fsyncs it (file, then directory) before returning: once this
-    /// returns, the block survives a power cut. `hash` must be the block's SHA-256.
-    pub async fn put(&self, hash: &str, data: Bytes) -> Result<(), Error> {
-        if !valid_hash(hash) || hash_of(&data) != hash {
-            return Err(Error::BadBlock(format!(
-                "content does not match name {hash}"
-            )));
-        }
+    /// returns, the block survives a power cut.
+    pub async fn put(&self, block: &Block) -> Result<(), Error> {
         let me = self.clone();
-        let hash = hash.to_string();
+        let (hash, data) = (block.hash.clone(), block.data.clone());
         tokio::task::spawn_blocking(move || {
             // Same name, same content: an existing block is only refreshed (GC's clock
             // restarts), never rewritten; it was fsynced when first written.
@@ -92,13 +138,8 @@ impl BlockStore {
     }
 
     /// Writes a block even when a file of that name exists (it was found rotten).
-    pub async fn repair(&self, hash: &str, data: Bytes) -> Result<(), Error> {
-        if !valid_hash(hash) || hash_of(&data) != hash {
-            return Err(Error::BadBlock(format!(
-                "content does not match name {hash}"
-            )));
-        }
-        let path = self.path(hash);
+    pub async fn repair(&self, block: &Block) -> Result<(), Error> {
+        let (path, data) = (self.path(&block.hash), block.data.clone());
         tokio::task::spawn_blocking(move || write_durable(&path, &data))
             .await
             .map_err(|e| Error::Io(e.to_string()))?
@@ -284,14 +325,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BlockStore::open(dir.path()).unwrap();
         let grace = Duration::from_secs(600);
-        let (a, b) = (Bytes::from_static(b"one"), Bytes::from_static(b"two"));
-        let (ha, hb) = (hash_of(&a), hash_of(&b));
-        store.put(&ha, a.clone()).await.unwrap();
-        store.put(&hb, b).await.unwrap();
+        let a = Block::new(Bytes::from_static(b"one"));
+        let b = Block::new(Bytes::from_static(b"two"));
+        let (ha, hb) = (a.hash().to_string(), b.hash().to_string());
+        store.put(&a).await.unwrap();
+        store.put(&b).await.unwrap();
         age(&store, &ha, grace * 2);
         age(&store, &hb, grace * 2);
         // A writer of the same content (a PUT, or the peer's copy of it) refreshes the block.
-        store.put(&ha, a).await.unwrap();
+        store.put(&a).await.unwrap();
         assert_eq!(store.remove_if_older(&ha, grace).unwrap(), None);
         assert_eq!(store.remove_if_older(&hb, grace).unwrap(), Some(3));
         assert!(!store.has(&hb).await);
@@ -301,5 +343,13 @@ mod tests {
             vec![hb]
         );
         assert_eq!(store.verify(&ha).await.unwrap(), Verdict::Good);
+    }
+
+    #[test]
+    fn a_named_block_must_match_its_name() {
+        let a = Block::new(Bytes::from_static(b"one"));
+        assert!(Block::named(a.hash(), Bytes::from_static(b"one")).is_ok());
+        assert!(Block::named(a.hash(), Bytes::from_static(b"One")).is_err());
+        assert!(Block::named("../etc", Bytes::from_static(b"one")).is_err());
     }
 }

@@ -186,10 +186,9 @@ impl Maintainer {
                     }
                     pace.take(size).await;
                     match store.remote.get(&hash).await? {
-                        Some(data) => {
-                            let n = data.len() as u64;
-                            store.blocks.put(&hash, data).await?;
-                            Ok((n, true))
+                        Some(block) => {
+                            store.blocks.put(&block).await?;
+                            Ok((block.len() as u64, true))
                         }
                         None => Ok((0, false)),
                     }

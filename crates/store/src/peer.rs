@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 
 use crate::Error;
-use crate::blocks::{BlockStore, MAX_BLOCK, hash_of};
+use crate::blocks::{Block, BlockStore, MAX_BLOCK};
 use crate::http::{HttpClient, Reply, reply};
 
 /// A touch names at most this many blocks (a 10 GiB object in 1 MiB blocks).
@@ -104,8 +104,11 @@ async fn handle(blocks: BlockStore, spare: bool, req: Request<Incoming>) -> Repl
             Err(e) => failed(e),
         },
         Method::PUT => match body(req, MAX_BLOCK).await {
-            Ok(data) => match blocks.put(&hash, data).await {
-                Ok(()) => reply(StatusCode::NO_CONTENT, Bytes::new()),
+            Ok(data) => match Block::named(&hash, data) {
+                Ok(block) => match blocks.put(&block).await {
+                    Ok(()) => reply(StatusCode::NO_CONTENT, Bytes::new()),
+                    Err(e) => failed(e),
+                },
                 Err(e) => failed(e),
             },
             Err(r) => r,
@@ -148,9 +151,14 @@ impl PeerClient {
     }
 
     /// Returns once the peer has the block on disk (fsynced).
-    pub async fn put(&self, hash: &str, data: Bytes) -> Result<(), Error> {
+    pub async fn put(&self, block: &Block) -> Result<(), Error> {
         let (status, _) = self
-            .call(Method::PUT, &format!("/blocks/{hash}"), data, "PUT block")
+            .call(
+                Method::PUT,
+                &format!("/blocks/{}", block.hash()),
+                block.data().clone(),
+                "PUT block",
+            )
             .await?;
         if status == StatusCode::NOT_FOUND {
             return Err(Error::Peer(format!("{}: PUT block: 404", self.addr())));
@@ -158,7 +166,7 @@ impl PeerClient {
         Ok(())
     }
 
-    pub async fn get(&self, hash: &str) -> Result<Option<Bytes>, Error> {
+    pub async fn get(&self, hash: &str) -> Result<Option<Block>, Error> {
         let (status, body) = self
             .call(
                 Method::GET,
@@ -171,13 +179,12 @@ impl PeerClient {
             return Ok(None);
         }
         // Never trust the wire: the name is the checksum.
-        if hash_of(&body) != hash {
-            return Err(Error::Peer(format!(
+        Block::named(hash, body).map(Some).map_err(|_| {
+            Error::Peer(format!(
                 "{}: block {hash} came back with other content",
                 self.addr()
-            )));
-        }
-        Ok(Some(body))
+            ))
+        })
     }
 
     /// Refreshes the named blocks on the peer; returns the names it does not hold.

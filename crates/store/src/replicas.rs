@@ -9,10 +9,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use crate::Error;
-use crate::blocks::BlockStore;
+use crate::blocks::{Block, BlockStore};
 use crate::config::ServerEntry;
 use crate::peer::PeerClient;
 use crate::placement::{self, COPIES, Weighted};
@@ -109,15 +107,9 @@ impl Replicas {
         }
     }
 
-    async fn put_on(
-        &self,
-        i: usize,
-        hash: &str,
-        data: &Bytes,
-        local: &BlockStore,
-    ) -> Result<(), Error> {
+    async fn put_on(&self, i: usize, block: &Block, local: &BlockStore) -> Result<(), Error> {
         let Some(client) = &self.servers[i].client else {
-            return local.put(hash, data.clone()).await;
+            return local.put(block).await;
         };
         if self.skipped(i) {
             return Err(Error::Peer(format!(
@@ -125,7 +117,7 @@ impl Replicas {
                 self.servers[i].entry.name
             )));
         }
-        let r = client.put(hash, data.clone()).await;
+        let r = client.put(block).await;
         if let Err(e) = &r {
             tracing::warn!(error = %e, server = %self.servers[i].entry.name, "block write failed");
             self.set_up(i, false);
@@ -135,11 +127,11 @@ impl Replicas {
 
     /// Returns once `copies()` disks hold the block, fsynced: its placed servers', or for
     /// each that fails the next server in its ranking, then the spare.
-    pub async fn put(&self, hash: &str, data: Bytes, local: &BlockStore) -> Result<(), Error> {
+    pub async fn put(&self, block: &Block, local: &BlockStore) -> Result<(), Error> {
         let want = self.copies();
-        let ranked = placement::ranked(hash, &self.servers);
+        let ranked = placement::ranked(block.hash(), &self.servers);
         let (first, rest) = ranked.split_at(want);
-        let tries = first.iter().map(|&i| self.put_on(i, hash, &data, local));
+        let tries = first.iter().map(|&i| self.put_on(i, block, local));
         let mut done = 0;
         let mut failed = None;
         for r in futures::future::join_all(tries).await {
@@ -152,7 +144,7 @@ impl Replicas {
             if done >= want {
                 break;
             }
-            match self.put_on(i, hash, &data, local).await {
+            match self.put_on(i, block, local).await {
                 Ok(()) => done += 1,
                 Err(e) => failed = Some(e),
             }
@@ -160,7 +152,7 @@ impl Replicas {
         if done < want
             && let Some(spare) = &self.spare
         {
-            match spare.put(hash, data).await {
+            match spare.put(block).await {
                 Ok(()) => done += 1,
                 Err(e) => {
                     failed = Some(Error::Peer(format!(
@@ -178,7 +170,7 @@ impl Replicas {
     /// A copy from another disk, checked against its name: its placed servers' first, then
     /// the other servers' (a fallback copy), then the spare's, then those of servers marked
     /// down. `Ok(None)` only when every holder asked answered that it has none.
-    pub async fn get(&self, hash: &str) -> Result<Option<Bytes>, Error> {
+    pub async fn get(&self, hash: &str) -> Result<Option<Block>, Error> {
         let mut order = placement::ranked(hash, &self.servers);
         order.retain(|&i| i != self.me);
         // A server skipped for writes is still asked, last: it may be back before this

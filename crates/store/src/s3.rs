@@ -14,7 +14,7 @@ use s3s::dto::*;
 use s3s::{S3, S3Error, S3Request, S3Response, S3Result, s3_error};
 
 use crate::Error;
-use crate::blocks::{BlockStore, MAX_BLOCK, hash_of};
+use crate::blocks::{Block, BlockStore, MAX_BLOCK};
 use crate::meta::{BUCKETS, BucketMeta, Checksums, Db, ObjectMeta, now_secs, objects_key};
 use crate::replicas::Replicas;
 use crate::stats::{Stats, bump};
@@ -116,9 +116,9 @@ impl Store {
     /// One block on the disks of its two placed servers (`placement`; a fallback for one
     /// that is down: the next server, then the spare), fsynced, before returning.
     async fn write_block(&self, data: Bytes) -> Result<String, Error> {
-        let hash = hash_of(&data);
-        self.remote.put(&hash, data, &self.blocks).await?;
-        Ok(hash)
+        let block = Block::new(data);
+        self.remote.put(&block, &self.blocks).await?;
+        Ok(block.hash().to_string())
     }
 
     /// The local copy, else another server's (placed ones first). When this server is one
@@ -130,15 +130,17 @@ impl Store {
         }
         if let Some(b) = self.remote.get(hash).await? {
             if self.remote.placed_here(hash) {
-                let (me, hash, copy) = (self.clone(), hash.to_string(), b.clone());
+                let (me, copy) = (self.clone(), b.clone());
                 tokio::spawn(async move {
-                    match me.blocks.repair(&hash, copy).await {
+                    match me.blocks.repair(&copy).await {
                         Ok(()) => bump(&me.stats.read_repairs, 1),
-                        Err(e) => tracing::warn!(error = %e, block = %hash, "read repair failed"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, block = %copy.hash(), "read repair failed")
+                        }
                     }
                 });
             }
-            return Ok(b);
+            return Ok(b.into_data());
         }
         Err(Error::Io(format!("block {hash} is on no server")))
     }

@@ -36,8 +36,8 @@ impl Store {
                 None
             });
             match good {
-                Some(data) => {
-                    self.blocks.repair(&block.hash, data).await?;
+                Some(good) => {
+                    self.blocks.repair(&good).await?;
                     report.repaired += 1;
                     bump(&self.stats.scrub_repaired, 1);
                     tracing::info!(block = %block.hash, "scrub: repaired from the peer");
