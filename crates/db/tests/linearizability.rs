@@ -12,6 +12,7 @@ use common::{Cluster, wait_port};
 
 const A: u64 = 1;
 const B: u64 = 2;
+const WITNESS: u64 = 3;
 
 fn w(call: u64, ret: u64, v: u64) -> Op {
     Op {
@@ -173,14 +174,15 @@ enum Outcome {
 /// One client operation: (history key, outcome), given a random choice and a unique value.
 type Client = fn(&mut redis::Connection, u64, u64) -> (u64, Outcome);
 
-/// Runs 6 clients over both data members for 6 s while the leader is killed with -9 and
-/// restarted and the next leader is SIGSTOPped for 1 s; returns every key's history.
+/// Runs 6 clients over both data members for 8 s while the leader is killed with -9 and
+/// restarted, the next leader is SIGSTOPped for 1 s, and then its follower and the witness
+/// together for 1 s; returns every key's history.
 fn record(c: &mut Cluster, leader: u64, client: Client) -> BTreeMap<u64, Vec<Op>> {
     let origin = Instant::now();
     let ns = move || origin.elapsed().as_nanos() as u64;
     let hist: History = Arc::new(Mutex::new(BTreeMap::new()));
     let urls = Arc::new(vec![c.url(A), c.url(B)]);
-    let run_for = Duration::from_secs(6);
+    let run_for = Duration::from_secs(8);
     let mut threads = Vec::new();
     for t in 0..6u64 {
         let (hist, urls) = (hist.clone(), urls.clone());
@@ -251,6 +253,16 @@ fn record(c: &mut Cluster, leader: u64, client: Client) -> BTreeMap<u64, Vec<Op>
     c.pause(now_leader);
     std::thread::sleep(Duration::from_millis(1000));
     c.resume(now_leader);
+    // Then stop the follower and the witness together: the leader is left without a
+    // majority (writes must not be acknowledged, reads only while its lease lasts).
+    let now_leader = c.wait_data_leader(&[A, B], Duration::from_secs(10));
+    let follower = if now_leader == A { B } else { A };
+    std::thread::sleep(Duration::from_millis(500));
+    c.pause(follower);
+    c.pause(WITNESS);
+    std::thread::sleep(Duration::from_millis(1000));
+    c.resume(follower);
+    c.resume(WITNESS);
     for t in threads {
         t.join().unwrap();
     }
@@ -429,7 +441,6 @@ fn checker_catches_a_broken_build_serving_local_reads() {
 /// tells it of its deposition — reads through it at once. Returns the history: the two
 /// acknowledged writes, and the read if it answered.
 fn read_through_a_deposed_leader(net: &str, env: &[(&str, &str)]) -> (Vec<Op>, Option<u64>) {
-    const WITNESS: u64 = 3;
     let c = trio(net, env);
     let old = c.wait_leader(&[A, B], Duration::from_secs(20));
     let other = if old == A { B } else { A };

@@ -251,7 +251,11 @@ mod tests {
             .unwrap();
         app.env.insert("TOKIO_WORKER_THREADS".into(), "4".into());
         assert_eq!(workers(&cluster, "app-1").as_deref(), Some("4"));
-        let app = cluster.jails.iter_mut().find(|j| j.name == "app-1").unwrap();
+        let app = cluster
+            .jails
+            .iter_mut()
+            .find(|j| j.name == "app-1")
+            .unwrap();
         app.limits.cpus = None;
         app.env.clear();
         assert_eq!(workers(&cluster, "app-1"), None);
