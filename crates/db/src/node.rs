@@ -93,7 +93,7 @@ impl Proposer {
     /// a whole round (fsyncs) per write. So when the last entry carried writes of several
     /// clients, wait until they are back (queue = what was queued + the last entry's writes)
     /// or a fifth of the last round has passed (at most 1 ms), whichever comes first. A lone
-    /// client never waits.
+    /// client sending one write at a time never waits.
     async fn linger(&self) {
         let last = self.last_batch.swap(0, Ordering::Relaxed) as usize;
         if last < 2 {
