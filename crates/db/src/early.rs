@@ -78,14 +78,12 @@ async fn dispatch(
             let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
             (m.vote, voters)
         };
-        // Still the committed leader of the term that made these entries.
+        // Still the committed leader of the term that made these entries (the hook passes
+        // only entries this node made).
         let Some(first) = entries.first() else {
             continue;
         };
-        if !vote.is_committed()
-            || *vote.leader_id() != first.get_log_id().leader_id
-            || vote.leader_id().node_id != me
-        {
+        if !vote.is_committed() || *vote.leader_id() != first.get_log_id().leader_id {
             continue;
         }
         for to in voters.into_iter().filter(|&v| v != me) {

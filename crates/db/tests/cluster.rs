@@ -4,19 +4,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, wait_port};
+use common::{Cluster, trio, wait_for, wait_port};
 
 const A: u64 = 1;
 const B: u64 = 2;
 const W: u64 = 3;
-
-fn trio(net: &str) -> Cluster {
-    let mut c = Cluster::new(net, &[false, false, true]);
-    c.start_all();
-    wait_port(c.member(A).redis, Duration::from_secs(20));
-    wait_port(c.member(B).redis, Duration::from_secs(20));
-    c
-}
 
 fn get(c: &Cluster, id: u64, key: &str, readonly: bool) -> Option<String> {
     let mut con = c.conn(id);
@@ -436,15 +428,11 @@ fn voters_take_entries_early_and_openraft_requests_leave_them_out() {
         "openraft's requests left out {trimmed} entries"
     );
     let last = c.info(leader, "raft_last_log_index").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while c.info(follower, "raft_applied_index").as_deref() != Some(last.as_str()) {
-        assert!(
-            Instant::now() < deadline,
-            "the follower never applied {last}: {:?}",
-            c.info(follower, "raft_applied_index")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(
+        &format!("the follower to apply {last}"),
+        Duration::from_secs(10),
+        || c.info(follower, "raft_applied_index").as_deref() == Some(last.as_str()),
+    );
     for i in [0, 99, 199] {
         assert_eq!(
             get(&c, follower, &format!("k{i}"), true),

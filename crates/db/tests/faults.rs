@@ -6,19 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, wait_port};
+use common::{Cluster, trio, wait_port};
 
 const A: u64 = 1;
 const B: u64 = 2;
 const W: u64 = 3;
-
-fn trio(net: &str) -> Cluster {
-    let mut c = Cluster::new(net, &[false, false, true]);
-    c.start_all();
-    wait_port(c.member(A).redis, Duration::from_secs(20));
-    wait_port(c.member(B).redis, Duration::from_secs(20));
-    c
-}
 
 fn values(c: &Cluster, id: u64, keys: &[String], readonly: bool) -> Vec<Option<String>> {
     let mut con = c.conn(id);

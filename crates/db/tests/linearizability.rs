@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::lin::{Kind, Op, check};
-use common::{Cluster, wait_port};
+use common::{Cluster, trio, trio_with};
 
 const A: u64 = 1;
 const B: u64 = 2;
@@ -147,18 +147,6 @@ fn checker_judges_queues_and_sorted_sets() {
     ]));
 }
 
-fn trio(net: &str, env: &[(&str, &str)]) -> Cluster {
-    let mut c = Cluster::new(net, &[false, false, true]);
-    c.env = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    c.start_all();
-    wait_port(c.member(A).redis, Duration::from_secs(20));
-    wait_port(c.member(B).redis, Duration::from_secs(20));
-    c
-}
-
 type History = Arc<Mutex<BTreeMap<u64, Vec<Op>>>>;
 
 /// What one client operation came to.
@@ -290,7 +278,7 @@ fn register_op(cn: &mut redis::Connection, choice: u64, v: u64) -> (u64, Outcome
 
 #[test]
 fn histories_across_leader_kill_and_partition_are_linearizable() {
-    let mut c = trio("127.60.11", &[]);
+    let mut c = trio("127.60.11");
     let leader = c.wait_leader(&[A, B], Duration::from_secs(20));
     let hist = record(&mut c, leader, register_op);
     let total: usize = hist.values().map(Vec::len).sum();
@@ -368,7 +356,7 @@ fn queue_result(cn: &mut redis::Connection, choice: u64, v: u64) -> (u64, Result
 
 #[test]
 fn queue_sorted_set_and_lua_histories_across_leader_kill_and_pause_are_linearizable() {
-    let mut c = trio("127.150.11", &[]);
+    let mut c = trio("127.150.11");
     let leader = c.wait_leader(&[A, B], Duration::from_secs(20));
     let hist = record(&mut c, leader, queue_op);
     let done = |f: fn(&Kind) -> bool| {
@@ -400,7 +388,7 @@ fn queue_sorted_set_and_lua_histories_across_leader_kill_and_pause_are_lineariza
 /// follower that does not see it.
 #[test]
 fn checker_catches_a_broken_build_serving_local_reads() {
-    let c = trio("127.60.12", &[("CITADEL_DB_UNSAFE_LOCAL_READS", "1")]);
+    let c = trio_with("127.60.12", &[("CITADEL_DB_UNSAFE_LOCAL_READS", "1")]);
     let leader = c.wait_leader(&[A, B], Duration::from_secs(20));
     let follower = if leader == A { B } else { A };
     let mut lc = c.conn(leader);
@@ -441,7 +429,7 @@ fn checker_catches_a_broken_build_serving_local_reads() {
 /// tells it of its deposition — reads through it at once. Returns the history: the two
 /// acknowledged writes, and the read if it answered.
 fn read_through_a_deposed_leader(net: &str, env: &[(&str, &str)]) -> (Vec<Op>, Option<u64>) {
-    let c = trio(net, env);
+    let c = trio_with(net, env);
     let old = c.wait_leader(&[A, B], Duration::from_secs(20));
     let other = if old == A { B } else { A };
     let origin = Instant::now();

@@ -5,27 +5,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Cluster, err, ok, q, raw, wait_port};
-
-fn trio(net: &str) -> Cluster {
-    let mut c = Cluster::new(net, &[false, false, true]);
-    c.start_all();
-    wait_port(c.member(1).redis, Duration::from_secs(20));
-    wait_port(c.member(2).redis, Duration::from_secs(20));
-    c.wait_leader(&[1, 2], Duration::from_secs(20));
-    c
-}
-
-/// Waits until `f` holds (or panics with `what`).
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use common::{Cluster, err, ok, q, raw, trio, wait_for};
 
 /// The value of `key` as `id` holds it locally (READONLY: no read index), once it settles.
 fn local_get(c: &Cluster, id: u64, key: &str) -> Option<String> {

@@ -6,17 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, err, ok, q, raw, wait_port};
+use common::{err, ok, q, raw, trio, wait_port};
 use redis::{Connection, RedisResult, Value};
-
-fn trio(net: &str) -> Cluster {
-    let mut c = Cluster::new(net, &[false, false, true]);
-    c.start_all();
-    wait_port(c.member(1).redis, Duration::from_secs(20));
-    wait_port(c.member(2).redis, Duration::from_secs(20));
-    c.wait_leader(&[1, 2], Duration::from_secs(20));
-    c
-}
 
 fn strs(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
@@ -749,7 +740,7 @@ fn waiters_sent_back_to_back_are_served_in_the_order_they_arrived() {
     // Redis's own suite does): the first to arrive gets the first element, on every round,
     // however the server's threads happen to pick the two connections up.
     use std::io::{Read, Write};
-    let c = trio("127.151.11");
+    let c = trio("127.151.13");
     let leader = c.wait_leader(&[1, 2], Duration::from_secs(20));
     let mut con = c.conn(leader);
     let blpop = b"*3\r\n$5\r\nBLPOP\r\n$1\r\nq\r\n$1\r\n0\r\n";

@@ -104,8 +104,8 @@ pub fn identity_env(cluster: &Cluster, jail: &Jail, paths: &JailPaths) -> BTreeM
     }
     // The app role's async runtime sized to the jail's CPU limit: a runtime with more
     // workers than the jail has cores spends its time parking and waking them (one worker
-    // for `cpus = 1.0`: 9 % less CPU per request and 5–7 % more GETs through the gate in
-    // bench/e2e). The jail's own `env` may set it otherwise.
+    // for `cpus = 1.0`: 11 % less app CPU and 4–5 % more GETs through the gate,
+    // bench/e2e/RESULTS.md). The jail's own `env` may set it otherwise.
     if jail.role == citadel_spec::Role::App
         && let Some(cpus) = jail.limits.cpus
     {
@@ -220,6 +220,14 @@ mod tests {
         assert_eq!(addr_var("front-2"), "CITADEL_ADDR_FRONT_2");
     }
 
+    fn app_1(cluster: &mut Cluster) -> &mut Jail {
+        cluster
+            .jails
+            .iter_mut()
+            .find(|j| j.name == "app-1")
+            .unwrap()
+    }
+
     #[test]
     fn an_app_jails_runtime_is_sized_to_its_cpus() {
         let (mut cluster, _) = citadel_spec::parse(
@@ -237,25 +245,13 @@ mod tests {
         };
         assert_eq!(workers(&cluster, "app-1").as_deref(), Some("1"));
         assert_eq!(workers(&cluster, "db-1"), None);
-        let app = cluster
-            .jails
-            .iter_mut()
-            .find(|j| j.name == "app-1")
-            .unwrap();
-        app.limits.cpus = Some(2.5);
+        app_1(&mut cluster).limits.cpus = Some(2.5);
         assert_eq!(workers(&cluster, "app-1").as_deref(), Some("3"));
-        let app = cluster
-            .jails
-            .iter_mut()
-            .find(|j| j.name == "app-1")
-            .unwrap();
-        app.env.insert("TOKIO_WORKER_THREADS".into(), "4".into());
+        app_1(&mut cluster)
+            .env
+            .insert("TOKIO_WORKER_THREADS".into(), "4".into());
         assert_eq!(workers(&cluster, "app-1").as_deref(), Some("4"));
-        let app = cluster
-            .jails
-            .iter_mut()
-            .find(|j| j.name == "app-1")
-            .unwrap();
+        let app = app_1(&mut cluster);
         app.limits.cpus = None;
         app.env.clear();
         assert_eq!(workers(&cluster, "app-1"), None);

@@ -318,6 +318,35 @@ impl Drop for Cluster {
     }
 }
 
+/// Two data members (1 and 2) and a witness (3) on `net`.1–3, started, with their Redis ports
+/// answering and a leader both data members agree on.
+pub fn trio(net: &str) -> Cluster {
+    trio_with(net, &[])
+}
+
+/// [`trio`] with extra environment for the processes.
+pub fn trio_with(net: &str, env: &[(&str, &str)]) -> Cluster {
+    let mut c = Cluster::new(net, &[false, false, true]);
+    c.env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    c.start_all();
+    wait_port(c.member(1).redis, Duration::from_secs(20));
+    wait_port(c.member(2).redis, Duration::from_secs(20));
+    c.wait_leader(&[1, 2], Duration::from_secs(20));
+    c
+}
+
+/// Waits until `f` holds (or panics with `what`).
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Waits until a TCP port accepts connections.
 pub fn wait_port(addr: SocketAddr, timeout: Duration) {
     let deadline = Instant::now() + timeout;
