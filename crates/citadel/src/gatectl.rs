@@ -185,7 +185,7 @@ fn bans_table(bans: &serde_json::Value) -> comfy_table::Table {
 }
 
 /// `GET /backends`: `[{"name", "policy", "port", "members": [{"name", "address", "up",
-/// "draining", "active", "requests", "failures"}]}]`, one row per member.
+/// "draining", "stalled", "active", "requests", "failures"}]}]`, one row per member.
 fn backends_table(services: &serde_json::Value) -> comfy_table::Table {
     let mut table = output::table([
         "SERVICE", "PORT", "POLICY", "MEMBER", "ADDRESS", "STATE", "ACTIVE", "REQUESTS", "FAILURES",
@@ -197,9 +197,14 @@ fn backends_table(services: &serde_json::Value) -> comfy_table::Table {
     };
     for service in services.as_array().into_iter().flatten() {
         for m in service["members"].as_array().into_iter().flatten() {
-            let state = match (m["up"].as_bool(), m["draining"].as_bool()) {
-                (_, Some(true)) => "draining",
-                (Some(true), _) => "up",
+            let state = match (
+                m["up"].as_bool(),
+                m["draining"].as_bool(),
+                m["stalled"].as_bool(),
+            ) {
+                (_, Some(true), _) => "draining",
+                (Some(true), _, Some(true)) => "stalled",
+                (Some(true), _, _) => "up",
                 _ => "down",
             };
             table.add_row(vec![

@@ -788,18 +788,29 @@ fn the_seed_topology_survives_losing_a_box() {
     let lost = log.lost(&topo.users, "moves");
     assert!(lost.is_empty(), "acknowledged probe writes lost: {lost:?}");
 
-    // Whole-box loss of server-1 under the mixed load.
+    // Whole-box loss under the mixed load, of the server that holds the db leader: the
+    // worst box to lose (its app and the leader go at once).
+    let leader_on_2 = topo.raft(&topo.s2, DB_2, "raft_state").as_deref() == Some("Leader");
+    let (lost, lost_agent, lost_db, lost_app, kept, kept_db) = if leader_on_2 {
+        (&topo.s2, 2, DB_2, "app-2", &topo.s1, DB_1)
+    } else {
+        (&topo.s1, 1, DB_1, "app-1", &topo.s2, DB_2)
+    };
+    println!(
+        "whole-box loss: losing {}, which holds the db leader",
+        if leader_on_2 { "server-2" } else { "server-1" }
+    );
     let load = load_from_users(&topo.users, "mixed", 40);
     let probe = Probe::start(&topo.users, "probe", Duration::from_secs(90));
     wait_for("the probe's writes", Duration::from_secs(20), || {
         (probe.acked.load(Ordering::Relaxed) >= 20).then_some(())
     });
-    let s1_links = ["eth1", "eth2", "eth3"];
+    let links = ["eth1", "eth2", "eth3"];
     let lost_at = Instant::now();
-    topo.lose(&topo.s1, 1, &s1_links);
+    topo.lose(lost, lost_agent, &links);
     // Held down until the load has visibly resumed.
     wait_for(
-        "reads and writes resume without server-1",
+        "reads and writes resume without the lost server",
         Duration::from_secs(30),
         || {
             let out = topo.users.run(&[
@@ -818,25 +829,25 @@ fn the_seed_topology_survives_losing_a_box() {
             (out.status.success() && lost_at.elapsed() > Duration::from_secs(8)).then_some(())
         },
     );
-    topo.restore(&topo.s1, &s1_links);
+    topo.restore(lost, &links);
     let back_at = Instant::now();
     wait_for(
-        "server-1 catches up and serves again",
+        "the lost server catches up and serves again",
         Duration::from_secs(60),
         || {
             let leader = topo
-                .raft(&topo.s2, DB_2, "raft_applied_index")?
+                .raft(kept, kept_db, "raft_applied_index")?
                 .parse::<u64>()
                 .ok()?;
-            let db1 = topo
-                .raft(&topo.s1, DB_1, "raft_applied_index")?
+            let back = topo
+                .raft(lost, lost_db, "raft_applied_index")?
                 .parse::<u64>()
                 .ok()?;
-            (db1 >= leader && topo.in_rotation("app", "app-1")).then_some(())
+            (back >= leader && topo.in_rotation("app", lost_app)).then_some(())
         },
     );
     println!(
-        "server-1 back: caught up and in rotation after {:.1}s",
+        "lost server back: caught up and in rotation after {:.1}s",
         back_at.elapsed().as_secs_f64()
     );
     let report = load.join().expect("load thread").expect("load ran");

@@ -113,7 +113,7 @@ async fn backends(State(g): St) -> Json<Vec<ServiceView>> {
             name: s.cfg.name.clone(),
             policy: s.cfg.policy,
             port: s.cfg.port,
-            members: s.members.iter().map(|m| m.view()).collect(),
+            members: s.members.iter().map(|m| m.view(s.cfg.stall_ms)).collect(),
         })
         .collect();
     v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -137,7 +137,7 @@ fn set_drain(g: &Gate, service: &str, member: &str, on: bool) -> Response {
     };
     m.draining.store(on, Ordering::Release);
     tracing::info!(service, member, draining = on, "drain changed");
-    Json(m.view()).into_response()
+    Json(m.view(s.cfg.stall_ms)).into_response()
 }
 
 async fn drain(State(g): St, Path((service, member)): Path<(String, String)>) -> Response {
@@ -231,10 +231,14 @@ async fn metrics(State(g): St) -> Response {
                 ("service", s.cfg.name.as_str()),
                 ("member", m.name.as_str()),
             ];
-            let v = m.view();
+            let v = m.view(s.cfg.stall_ms);
             extra.push((
                 crate::metrics::gauge_series("gate_backend_up", &l),
                 if v.up { 1.0 } else { 0.0 },
+            ));
+            extra.push((
+                crate::metrics::gauge_series("gate_backend_stalled", &l),
+                if v.stalled { 1.0 } else { 0.0 },
             ));
             extra.push((
                 crate::metrics::gauge_series("gate_backend_active", &l),

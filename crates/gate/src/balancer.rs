@@ -32,6 +32,10 @@ pub struct Member {
     passive_fails: AtomicU32,
     pub draining: AtomicBool,
     pub active: AtomicU64,
+    /// Requests sent to this member that have no response head yet.
+    awaiting: AtomicU64,
+    /// When (`clock_ms`) this member last sent a response head, or began to be awaited.
+    last_head_ms: AtomicU64,
     pub requests: AtomicU64,
     pub failures: AtomicU64,
     /// Keep-alive connections to this member (kept across reloads with the member).
@@ -44,6 +48,8 @@ pub struct MemberView {
     pub address: String,
     pub up: bool,
     pub draining: bool,
+    /// Requests wait on it with no answer for longer than the service's `stall_ms`.
+    pub stalled: bool,
     pub active: u64,
     pub requests: u64,
     pub failures: u64,
@@ -65,6 +71,8 @@ impl Member {
             passive_fails: AtomicU32::new(0),
             draining: AtomicBool::new(false),
             active: AtomicU64::new(0),
+            awaiting: AtomicU64::new(0),
+            last_head_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             pool: Pool::default(),
@@ -78,6 +86,14 @@ impl Member {
     /// Healthy and not draining: may take new work.
     pub fn eligible(&self) -> bool {
         self.is_up() && !self.draining.load(Ordering::Acquire)
+    }
+
+    /// Requests are waiting on this member and it has sent no response head for longer than
+    /// `stall_ms` (0: never stalled).
+    pub fn stalled(&self, stall_ms: u64, now_ms: u64) -> bool {
+        stall_ms > 0
+            && self.awaiting.load(Ordering::Acquire) > 0
+            && now_ms.saturating_sub(self.last_head_ms.load(Ordering::Acquire)) > stall_ms
     }
 
     /// At least one active health check of this member has finished.
@@ -125,12 +141,13 @@ impl Member {
         }
     }
 
-    pub fn view(&self) -> MemberView {
+    pub fn view(&self, stall_ms: u64) -> MemberView {
         MemberView {
             name: self.name.clone(),
             address: self.addr.to_string(),
             up: self.is_up(),
             draining: self.draining.load(Ordering::Relaxed),
+            stalled: self.stalled(stall_ms, clock_ms()),
             active: self.active.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
@@ -152,6 +169,40 @@ impl ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Milliseconds on a monotonic clock that starts with the process.
+pub fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+/// Counts a request as waiting for its response head on a member until `answered` or
+/// dropped; what `Member::stalled` reads.
+pub struct AwaitingHead<'a>(&'a Member);
+
+impl<'a> AwaitingHead<'a> {
+    pub fn new(m: &'a Member) -> Self {
+        // A member that was idle starts its stall clock now, not at its last answer.
+        if m.awaiting.fetch_add(1, Ordering::AcqRel) == 0 {
+            m.last_head_ms.store(clock_ms(), Ordering::Release);
+        }
+        Self(m)
+    }
+
+    /// The member sent a response head.
+    pub fn answered(self) {
+        self.0.last_head_ms.store(clock_ms(), Ordering::Release);
+    }
+}
+
+impl Drop for AwaitingHead<'_> {
+    fn drop(&mut self) {
+        self.0.awaiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -195,26 +246,37 @@ impl Service {
         }
     }
 
-    /// Picks a member for new work, skipping indexes in `exclude`.
+    /// Picks a member for new work, skipping indexes in `exclude`, and passing over stalled
+    /// members while an eligible one is not stalled.
     /// `key` is the consistent-hashing key (client IP or a header value).
     pub fn pick(&self, key: Option<&[u8]>, exclude: &[usize]) -> Option<(usize, Arc<Member>)> {
+        let ok = |i: usize| self.members[i].eligible() && !exclude.contains(&i);
+        let now = clock_ms();
+        let stall_ms = self.cfg.stall_ms;
+        // One turn of the rotation per pick, whichever pass finds the member.
+        let start = self.rr.fetch_add(1, Ordering::Relaxed);
+        self.pick_among(key, start, |i| {
+            ok(i) && !self.members[i].stalled(stall_ms, now)
+        })
+        .or_else(|| self.pick_among(key, start, ok))
+    }
+
+    fn pick_among(
+        &self,
+        key: Option<&[u8]>,
+        start: usize,
+        ok: impl Fn(usize) -> bool,
+    ) -> Option<(usize, Arc<Member>)> {
         let n = self.members.len();
         if n == 0 {
             return None;
         }
-        let ok = |i: usize| self.members[i].eligible() && !exclude.contains(&i);
         let idx = match self.cfg.policy {
-            Policy::RoundRobin => {
-                let start = self.rr.fetch_add(1, Ordering::Relaxed);
-                (0..n).map(|k| (start + k) % n).find(|&i| ok(i))
-            }
-            Policy::LeastConn => {
-                let start = self.rr.fetch_add(1, Ordering::Relaxed);
-                (0..n)
-                    .map(|k| (start + k) % n)
-                    .filter(|&i| ok(i))
-                    .min_by_key(|&i| self.members[i].active.load(Ordering::Relaxed))
-            }
+            Policy::RoundRobin => (0..n).map(|k| (start + k) % n).find(|&i| ok(i)),
+            Policy::LeastConn => (0..n)
+                .map(|k| (start + k) % n)
+                .filter(|&i| ok(i))
+                .min_by_key(|&i| self.members[i].active.load(Ordering::Relaxed)),
             Policy::ConsistentHash => {
                 // Rendezvous (highest random weight) hashing: a member's loss moves only
                 // the keys that were on it.
@@ -366,6 +428,7 @@ mod tests {
             idle_timeout_ms: 100,
             retries: 1,
             pool_idle_per_member: 1,
+            stall_ms: 500,
         };
         Service::new(cfg, None)
     }
@@ -435,6 +498,39 @@ mod tests {
             s.members[0].record_traffic(false, 3, "app");
         }
         assert!(!s.members[0].is_up());
+    }
+
+    #[test]
+    fn a_stalled_member_is_passed_over_while_another_answers() {
+        let mut s = svc(Policy::RoundRobin, 2);
+        s.cfg.stall_ms = 1;
+        for m in &s.members {
+            m.record_check(true, 1, 1, "app");
+        }
+        let stuck = AwaitingHead::new(&s.members[0]);
+        s.members[0].last_head_ms.store(0, Ordering::Release);
+        while clock_ms() < 2 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for _ in 0..4 {
+            assert_eq!(s.pick(None, &[]).map(|(i, _)| i), Some(1));
+        }
+        // With every member stalled the stalled ones still serve.
+        let other = AwaitingHead::new(&s.members[1]);
+        s.members[1].last_head_ms.store(0, Ordering::Release);
+        let picked: Vec<_> = (0..4)
+            .filter_map(|_| s.pick(None, &[]).map(|(i, _)| i))
+            .collect();
+        assert!(picked.contains(&0) && picked.contains(&1), "{picked:?}");
+        // An answer ends the stall; so does no request waiting.
+        other.answered();
+        drop(stuck);
+        assert!(!s.members[0].stalled(1, clock_ms()));
+        assert!(!s.members[1].stalled(1, clock_ms()));
+        s.cfg.stall_ms = 0;
+        let _again = AwaitingHead::new(&s.members[0]);
+        s.members[0].last_head_ms.store(0, Ordering::Release);
+        assert!(!s.members[0].stalled(0, clock_ms()), "0 turns it off");
     }
 
     #[tokio::test]

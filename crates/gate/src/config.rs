@@ -22,6 +22,7 @@
 //! | `services[].response_timeout_ms` | 30000 (time to the backend's response head) |
 //! | `services[].idle_timeout_ms` | 60000 (TCP idle; UDP flow idle; a pause inside an HTTP response body) |
 //! | `services[].retries` | 1 (extra attempts on another member, idempotent requests only) |
+//! | `services[].stall_ms` | 500 (a member with requests waiting and no response head for this long is passed over while another is not; 0 = off) |
 //! | `services[].pool_idle_per_member` | 64 pooled keep-alive connections |
 //! | `http.header_read_timeout_ms` | 10000 (slow clients get dropped) |
 //! | `http.max_header_bytes` | 16384 (larger heads get 431) |
@@ -243,6 +244,12 @@ pub struct ServiceConfig {
     pub retries: u32,
     #[serde(default = "d_64")]
     pub pool_idle_per_member: usize,
+    /// A member that has had requests waiting for this long without sending any response
+    /// head is passed over for new requests while another member is not: a box that froze
+    /// or lost its links gives no RST, and without this every request sent to it until the
+    /// passive or active checks notice waits out the whole response timeout.
+    #[serde(default = "d_500")]
+    pub stall_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::Gate;
-use crate::balancer::{ActiveGuard, BoxError, ProxyBody};
+use crate::balancer::{ActiveGuard, AwaitingHead, BoxError, ProxyBody};
 use crate::config::Policy;
 use crate::firewall::Refusal;
 use crate::metrics::HttpStats;
@@ -516,7 +516,14 @@ async fn proxy(
         *out.headers_mut() = parts.headers.clone();
         upstream::origin_form(&mut out, &member.authority);
         let sent = member.pool.send(member.addr, connect_timeout, out);
-        match tokio::time::timeout(timeout, sent).await {
+        let awaiting = AwaitingHead::new(&member);
+        let outcome = tokio::time::timeout(timeout, sent).await;
+        if let Ok(Ok(_)) = &outcome {
+            awaiting.answered();
+        } else {
+            drop(awaiting);
+        }
+        match outcome {
             Ok(Ok((mut resp, lease))) => {
                 svc.record_traffic(&member, true);
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS

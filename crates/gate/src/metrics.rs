@@ -107,6 +107,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "gauge",
         "1 when the backend passes its health checks",
     ),
+    (
+        "gate_backend_stalled",
+        "gauge",
+        "1 while requests wait on the backend with no answer for longer than stall_ms",
+    ),
 ];
 
 /// Per-listener HTTP counters, looked up once per connection so that a request costs only

@@ -1,5 +1,5 @@
 //! HTTP proxy through real processes: failover under load, forwarding headers, the
-//! 502/503/504 answers. Addresses: 127.80.1.0/24 and 127.80.2.0/24.
+//! 502/503/504 answers, and a frozen member passed over. Addresses: 127.80.{1,2,6,8}.0/24.
 
 mod common;
 
@@ -30,14 +30,23 @@ health = {{ path = "/health", interval_ms = 200, timeout_ms = 200, rise = 2, fal
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_backend_under_load_fails_no_request() {
-    let net = "127.80.1";
+/// Two echo members (app1, app2) behind a gate with `cfg`, both up.
+struct TwoBackends {
+    _b1: Proc,
+    b2: Proc,
+    _gate: GateProc,
+    _dir: tempfile::TempDir,
+    /// The admin API's client and address.
+    ac: TestClient,
+    admin: std::net::SocketAddr,
+}
+
+async fn two_backends_up(net: &str, cfg: &str) -> TwoBackends {
     let dir = tempfile::tempdir().unwrap();
-    let _b1 = spawn_echo("app1", sa(&format!("{net}.11:8000"))).await;
-    let mut b2 = spawn_echo("app2", sa(&format!("{net}.12:8000"))).await;
+    let b1 = spawn_echo("app1", sa(&format!("{net}.11:8000"))).await;
+    let b2 = spawn_echo("app2", sa(&format!("{net}.12:8000"))).await;
     let admin = sa(&format!("{net}.1:9100"));
-    let _gate = spawn_gate(dir.path(), &two_backend_config(net, ""), admin).await;
+    let gate = spawn_gate(dir.path(), cfg, admin).await;
     let ac = client(None);
     assert!(
         wait_until(Duration::from_secs(5), || async {
@@ -46,6 +55,21 @@ async fn kill9_backend_under_load_fails_no_request() {
         .await,
         "both members should come up"
     );
+    TwoBackends {
+        _b1: b1,
+        b2,
+        _gate: gate,
+        _dir: dir,
+        ac,
+        admin,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_backend_under_load_fails_no_request() {
+    let net = "127.80.1";
+    let mut two = two_backends_up(net, &two_backend_config(net, "")).await;
+    let (ac, admin) = (two.ac.clone(), two.admin);
 
     let url = format!("http://{net}.1:8080/hello");
     let sources: Vec<std::net::IpAddr> = (0..4u8)
@@ -59,7 +83,7 @@ async fn kill9_backend_under_load_fails_no_request() {
         "round robin reached app2 before the kill"
     );
     let killed_at = Instant::now();
-    b2.kill9();
+    two.b2.kill9();
     // Out of rotation within its fall time (2 × 200 ms) plus a check's timeout and slack.
     assert!(
         wait_until(Duration::from_secs(3), || async {
@@ -86,16 +110,22 @@ async fn kill9_backend_under_load_fails_no_request() {
         .await
     );
     let c = client(Some(format!("{net}.120").parse().unwrap()));
-    let mut back = false;
-    for _ in 0..10 {
-        if let Ok((200, b)) = get(&c, &url).await
-            && b.starts_with("app2")
+    assert!(
+        answers_within(&c, &url, "app2", 10).await,
+        "app2 serves again after recovery"
+    );
+}
+
+/// Whether `member` answers one of `tries` requests to `url`.
+async fn answers_within(c: &TestClient, url: &str, member: &str, tries: usize) -> bool {
+    for _ in 0..tries {
+        if let Ok((200, b)) = get(c, url).await
+            && b.starts_with(member)
         {
-            back = true;
-            break;
+            return true;
         }
     }
-    assert!(back, "app2 serves again after recovery");
+    false
 }
 
 #[tokio::test]
@@ -277,19 +307,8 @@ health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 100 }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_with_active_checks_only_leaves_rotation_within_fall_time() {
     let net = "127.80.6";
-    let dir = tempfile::tempdir().unwrap();
-    let _b1 = spawn_echo("app1", sa(&format!("{net}.11:8000"))).await;
-    let mut b2 = spawn_echo("app2", sa(&format!("{net}.12:8000"))).await;
-    let admin = sa(&format!("{net}.1:9100"));
-    let cfg = two_backend_config(net, "passive_fail = 0");
-    let _gate = spawn_gate(dir.path(), &cfg, admin).await;
-    let ac = client(None);
-    assert!(
-        wait_until(Duration::from_secs(5), || async {
-            member_up(&ac, admin, "app", "app1").await && member_up(&ac, admin, "app", "app2").await
-        })
-        .await
-    );
+    let mut two = two_backends_up(net, &two_backend_config(net, "passive_fail = 0")).await;
+    let (ac, admin) = (two.ac.clone(), two.admin);
     let sources: Vec<std::net::IpAddr> = (0..2u8)
         .map(|w| format!("{net}.{}", 100 + w).parse().unwrap())
         .collect();
@@ -301,7 +320,7 @@ async fn kill9_with_active_checks_only_leaves_rotation_within_fall_time() {
     );
     assert!(load.wait_more(200, Duration::from_secs(10)).await);
     let killed = Instant::now();
-    b2.kill9();
+    two.b2.kill9();
     assert!(
         wait_until(Duration::from_secs(3), || async {
             !member_up(&ac, admin, "app", "app2").await
@@ -318,4 +337,65 @@ async fn kill9_with_active_checks_only_leaves_rotation_within_fall_time() {
     assert!(load.wait_more(300, Duration::from_secs(10)).await);
     let (total, failed) = load.finish().await;
     assert_eq!(failed, 0, "no client request may fail ({total} sent)");
+}
+
+/// A member frozen with its sockets open (SIGSTOP: its kernel still accepts connections and
+/// data, nothing answers) is passed over once a request has waited on it for `stall_ms`,
+/// long before the response timeout, the active checks or passive ejection would act: the
+/// way a box that hangs or loses power fails, without a FIN or an RST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_member_is_passed_over_after_stall_ms() {
+    let net = "127.80.8";
+    // Checks too slow, and passive ejection off, to act within the test: only the stall can.
+    let cfg = two_backend_config(
+        net,
+        "passive_fail = 0\nresponse_timeout_ms = 20000\nstall_ms = 300",
+    )
+    .replace(
+        "interval_ms = 200, timeout_ms = 200",
+        "interval_ms = 60000, timeout_ms = 1000",
+    );
+    let two = two_backends_up(net, &cfg).await;
+    let (ac, admin) = (two.ac.clone(), two.admin);
+    let url = format!("http://{net}.1:8080/who");
+    two.b2.signal("STOP");
+    // Round robin sends one of two requests to app2, where it waits.
+    let c = client(Some(format!("{net}.100").parse().unwrap()));
+    let stuck: Vec<_> = (0..2)
+        .map(|_| {
+            let (c, url) = (c.clone(), url.clone());
+            tokio::spawn(async move { get(&c, &url).await })
+        })
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            member_field(&backends(&ac, admin).await, "app", "app2", "stalled") == true
+        })
+        .await,
+        "app2 reported stalled"
+    );
+    assert_eq!(
+        member_field(&backends(&ac, admin).await, "app", "app2", "up"),
+        true,
+        "still in rotation: only the stall keeps work off it"
+    );
+    // Every new request goes to app1 and answers at once.
+    let c2 = client(Some(format!("{net}.101").parse().unwrap()));
+    for n in 0..20 {
+        let r = tokio::time::timeout(Duration::from_secs(2), get(&c2, &url)).await;
+        match r {
+            Ok(Ok((200, body))) => assert!(body.starts_with("app1"), "request {n}: {body}"),
+            other => panic!("request {n} after the stall: {other:?}"),
+        }
+    }
+    // Thawed, the waiting request is answered and app2 takes work again.
+    two.b2.signal("CONT");
+    for s in stuck {
+        let (code, _) = s.await.unwrap().expect("the waiting request is answered");
+        assert_eq!(code, 200);
+    }
+    assert!(
+        answers_within(&c2, &url, "app2", 10).await,
+        "app2 serves again once it answers"
+    );
 }
