@@ -117,8 +117,16 @@ fn build_resolver(server: SocketAddr) -> Result<TokioResolver, String> {
     builder.build().map_err(|e| e.to_string())
 }
 
+/// A member as `host`, `port`.
+type Addr = (String, u16);
+
+/// How long a member whose connection broke, or that did not take a connection, is tried
+/// only after the others: a box that froze or lost its links answers nothing, and every
+/// connect to it costs a whole connect timeout while another member could already serve.
+const SUSPECT_FOR: Duration = Duration::from_secs(5);
+
 struct Slot {
-    conn: Option<(u64, MultiplexedConnection)>,
+    conn: Option<(u64, MultiplexedConnection, Addr)>,
 }
 
 struct Inner {
@@ -135,6 +143,8 @@ struct Inner {
     shared: Mutex<Slot>,
     stale: Mutex<Slot>,
     tx_idle: std::sync::Mutex<Vec<MultiplexedConnection>>,
+    /// Members tried last until the instant given (see `SUSPECT_FOR`).
+    suspects: std::sync::Mutex<Vec<(Addr, Instant)>>,
     metrics: Arc<Metrics>,
 }
 
@@ -197,12 +207,13 @@ impl Db {
             redis = redis.set_password(pw);
         }
         // No delayed small writes; and a member whose box is gone (no FIN, no RST) is given
-        // up once it leaves what we sent unacknowledged for a connect timeout, instead of a
-        // whole response timeout: the request then goes to another member (the request id
-        // keeps it exactly-once). A member that is alive but slow acknowledges at once.
+        // up once it leaves what we sent unacknowledged for half a connect timeout, instead
+        // of a whole response timeout: the request then goes to another member (the request
+        // id keeps it exactly-once). A member that is alive but slow still acknowledges at
+        // once: its kernel does, busy or not.
         let tcp = redis::io::tcp::TcpSettings::default()
             .set_nodelay(true)
-            .set_user_timeout(cfg.connect_timeout());
+            .set_user_timeout(cfg.connect_timeout() / 2);
         let conn_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(cfg.connect_timeout()))
             .set_response_timeout(Some(cfg.response_timeout()));
@@ -223,6 +234,7 @@ impl Db {
                 shared: Mutex::new(Slot { conn: None }),
                 stale: Mutex::new(Slot { conn: None }),
                 tx_idle: std::sync::Mutex::new(Vec::new()),
+                suspects: std::sync::Mutex::new(Vec::new()),
                 metrics,
             }),
         })
@@ -232,34 +244,70 @@ impl Db {
         &self.inner.metrics
     }
 
-    /// Opens one new connection to the next member in rotation, trying each member once.
-    /// For linearizable work a follower that names its leader is left for the leader: reads
-    /// there are served under its lease and writes need no forwarding hop.
-    async fn connect(&self, readonly: bool) -> Result<MultiplexedConnection, String> {
+    /// Opens one new connection to the next member in rotation, trying each member once,
+    /// suspects last. For linearizable work a follower that names its leader is left for
+    /// the leader (unless that one is a suspect): reads there are served under its lease and
+    /// writes need no forwarding hop.
+    async fn connect(&self, readonly: bool) -> Result<(MultiplexedConnection, Addr), String> {
         let inner = &self.inner;
         let members = inner.members.resolve().await?;
         let n = members.len();
         let first = inner.rotation.fetch_add(1, Ordering::Relaxed);
+        let mut order: Vec<&Addr> = (0..n).map(|i| &members[(first + i) % n]).collect();
+        order.sort_by_key(|a| self.is_suspect(a));
         let mut last_err = String::from("no members");
-        for i in 0..n {
-            let (host, port) = &members[(first + i) % n];
-            match self.open(host, *port, readonly).await {
+        for member in order {
+            match self.open(&member.0, member.1, readonly).await {
                 Ok(mut conn) => {
-                    if !readonly && let Some((lhost, lport)) = leader_named_by(&mut conn).await {
-                        match self.open(&lhost, lport, false).await {
-                            Ok(c) => conn = c,
-                            Err(e) => tracing::debug!(leader = %format!("{lhost}:{lport}"),
-                                error = %e, "the leader named by a follower does not answer; staying"),
+                    self.clear_suspect(member);
+                    let mut at = member.clone();
+                    if !readonly
+                        && let Some(leader) = leader_named_by(&mut conn).await
+                        && !self.is_suspect(&leader)
+                    {
+                        match self.open(&leader.0, leader.1, false).await {
+                            Ok(c) => (conn, at) = (c, leader),
+                            Err(e) => {
+                                tracing::debug!(leader = %format!("{}:{}", leader.0, leader.1),
+                                    error = %e, "the leader named by a follower does not answer; staying");
+                                self.suspect(&leader);
+                            }
                         }
                     }
                     inner.metrics.db_connects.fetch_add(1, Ordering::Relaxed);
-                    return Ok(conn);
+                    return Ok((conn, at));
                 }
-                Err(e) => last_err = e,
+                Err(e) => {
+                    self.suspect(member);
+                    last_err = e;
+                }
             }
             inner.rotation.fetch_add(1, Ordering::Relaxed);
         }
         Err(last_err)
+    }
+
+    fn suspects(&self) -> std::sync::MutexGuard<'_, Vec<(Addr, Instant)>> {
+        self.inner
+            .suspects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn suspect(&self, member: &Addr) {
+        let until = Instant::now() + SUSPECT_FOR;
+        let mut s = self.suspects();
+        s.retain(|(a, t)| a != member && *t > Instant::now());
+        s.push((member.clone(), until));
+    }
+
+    fn clear_suspect(&self, member: &Addr) {
+        self.suspects().retain(|(a, _)| a != member);
+    }
+
+    fn is_suspect(&self, member: &Addr) -> bool {
+        let now = Instant::now();
+        self.suspects().iter().any(|(a, t)| a == member && *t > now)
     }
 
     /// One connection to `host:port` (AUTH and SELECT done; READONLY when `readonly`).
@@ -300,22 +348,27 @@ impl Db {
             ReadMode::Stale => &self.inner.stale,
         };
         let mut guard = slot.lock().await;
-        if let Some((g, c)) = &guard.conn {
+        if let Some((g, c, _)) = &guard.conn {
             return Ok((*g, c.clone()));
         }
-        let conn = self.connect(mode == ReadMode::Stale).await?;
+        let (conn, at) = self.connect(mode == ReadMode::Stale).await?;
         let g = self.inner.generation.fetch_add(1, Ordering::Relaxed);
-        guard.conn = Some((g, conn.clone()));
+        guard.conn = Some((g, conn.clone(), at));
         Ok((g, conn))
     }
 
-    async fn drop_slot(&self, mode: ReadMode, generation: u64) {
+    /// Forgets the slot's connection if it is still `generation`; `broken`: it failed at
+    /// the I/O level (its member went quiet, reset it or refused), so its member is suspect.
+    async fn drop_slot(&self, mode: ReadMode, generation: u64, broken: bool) {
         let slot = match mode {
             ReadMode::Linearizable => &self.inner.shared,
             ReadMode::Stale => &self.inner.stale,
         };
         let mut guard = slot.lock().await;
-        if matches!(&guard.conn, Some((g, _)) if *g == generation) {
+        if matches!(&guard.conn, Some((g, _, _)) if *g == generation) {
+            if let (true, Some((_, _, at))) = (broken, &guard.conn) {
+                self.suspect(at);
+            }
             guard.conn = None;
         }
     }
@@ -341,7 +394,7 @@ impl Db {
                 Ok((g, conn)) => match within(deadline, op(conn, outcome)).await {
                     Ok(v) => return Ok(v),
                     Err(e) if is_retryable(&e) => {
-                        self.drop_slot(mode, g).await;
+                        self.drop_slot(mode, g, e.kind() == ErrorKind::Io).await;
                         if may_have_run(&e) {
                             outcome = Outcome::Unknown;
                         }
@@ -384,7 +437,7 @@ impl Db {
         let idle = self.inner.tx_idle.lock().ok().and_then(|mut v| v.pop());
         match idle {
             Some(c) => Ok(c),
-            None => self.connect(false).await,
+            None => self.connect(false).await.map(|(c, _)| c),
         }
     }
 
@@ -465,8 +518,9 @@ impl Db {
             return false;
         };
         let r: Result<String, RedisError> = redis::cmd("PING").query_async(&mut conn).await;
-        if r.is_err() {
-            self.drop_slot(ReadMode::Linearizable, g).await;
+        if let Err(e) = &r {
+            self.drop_slot(ReadMode::Linearizable, g, e.kind() == ErrorKind::Io)
+                .await;
         }
         r.is_ok()
     }

@@ -34,8 +34,11 @@ pub struct Member {
     pub active: AtomicU64,
     /// Requests sent to this member that have no response head yet.
     awaiting: AtomicU64,
-    /// When (`clock_ms`) this member last sent a response head, or began to be awaited.
+    /// When (`clock_ms`) this member last sent a response head, passed a check, or began
+    /// to be awaited.
     last_head_ms: AtomicU64,
+    /// A request to it timed out and it has not answered since.
+    silent: AtomicBool,
     pub requests: AtomicU64,
     pub failures: AtomicU64,
     /// Keep-alive connections to this member (kept across reloads with the member).
@@ -73,6 +76,7 @@ impl Member {
             active: AtomicU64::new(0),
             awaiting: AtomicU64::new(0),
             last_head_ms: AtomicU64::new(0),
+            silent: AtomicBool::new(false),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             pool: Pool::default(),
@@ -88,12 +92,24 @@ impl Member {
         self.is_up() && !self.draining.load(Ordering::Acquire)
     }
 
-    /// Requests are waiting on this member and it has sent no response head for longer than
-    /// `stall_ms` (0: never stalled).
+    /// Requests are waiting on this member, or one timed out, and it has sent no response
+    /// head (nor passed a check) for longer than `stall_ms` (0: never stalled). A timed-out
+    /// request keeps it stalled once nothing waits on it any more: else the next request
+    /// would be sent to it and wait out the response timeout again.
     pub fn stalled(&self, stall_ms: u64, now_ms: u64) -> bool {
         stall_ms > 0
-            && self.awaiting.load(Ordering::Acquire) > 0
+            && (self.awaiting.load(Ordering::Acquire) > 0 || self.silent.load(Ordering::Acquire))
             && now_ms.saturating_sub(self.last_head_ms.load(Ordering::Acquire)) > stall_ms
+    }
+
+    /// A request to it got no response head within the response timeout.
+    pub fn record_silence(&self) {
+        self.silent.store(true, Ordering::Release);
+    }
+
+    fn heard_from(&self) {
+        self.last_head_ms.store(clock_ms(), Ordering::Release);
+        self.silent.store(false, Ordering::Release);
     }
 
     /// At least one active health check of this member has finished.
@@ -104,6 +120,7 @@ impl Member {
     /// Records one active health check result.
     pub fn record_check(&self, ok: bool, rise: u32, fall: u32, service: &str) {
         if ok {
+            self.heard_from();
             self.fail_streak.store(0, Ordering::Relaxed);
             let n = self.ok_streak.fetch_add(1, Ordering::Relaxed) + 1;
             let first = !self.ever_settled.load(Ordering::Relaxed);
@@ -196,7 +213,7 @@ impl<'a> AwaitingHead<'a> {
 
     /// The member sent a response head.
     pub fn answered(self) {
-        self.0.last_head_ms.store(clock_ms(), Ordering::Release);
+        self.0.heard_from();
     }
 }
 
@@ -290,15 +307,19 @@ impl Service {
     }
 
     /// Records how real traffic to `member` went. Passive ejection never takes out the last
-    /// member in rotation (as Envoy's max_ejection_percent bounds it): with none left every
+    /// member in rotation that is not stalled (as Envoy's max_ejection_percent bounds it): with none left every
     /// request fails fast with 503, where a member that is slow for a moment — carrying the
     /// whole load alone, or waiting on a db failover — still answers most; a member that is
     /// really gone leaves at its active checks' `fall`.
     pub fn record_traffic(&self, member: &Member, ok: bool) {
+        // A stalled member does not count: ejecting the one member that still answers,
+        // slowly (waiting on a db failover), because a frozen one is still in rotation
+        // would leave none that answers.
         let others_in_rotation = || {
-            self.members
-                .iter()
-                .any(|m| !std::ptr::eq(&**m, member) && m.eligible())
+            let now = clock_ms();
+            self.members.iter().any(|m| {
+                !std::ptr::eq(&**m, member) && m.eligible() && !m.stalled(self.cfg.stall_ms, now)
+            })
         };
         let threshold = if ok || others_in_rotation() {
             self.cfg.passive_fail
@@ -500,24 +521,35 @@ mod tests {
         assert!(!s.members[0].is_up());
     }
 
-    #[test]
-    fn a_stalled_member_is_passed_over_while_another_answers() {
+    /// Two members up, `stall_ms` = 1.
+    fn two_up_stalling_fast() -> Service {
         let mut s = svc(Policy::RoundRobin, 2);
         s.cfg.stall_ms = 1;
         for m in &s.members {
             m.record_check(true, 1, 1, "app");
         }
-        let stuck = AwaitingHead::new(&s.members[0]);
-        s.members[0].last_head_ms.store(0, Ordering::Release);
+        s
+    }
+
+    /// A request waiting on `m`, which has not answered for longer than 1 ms.
+    fn stall(m: &Member) -> AwaitingHead<'_> {
+        let waiting = AwaitingHead::new(m);
+        m.last_head_ms.store(0, Ordering::Release);
         while clock_ms() < 2 {
             std::thread::sleep(Duration::from_millis(1));
         }
+        waiting
+    }
+
+    #[test]
+    fn a_stalled_member_is_passed_over_while_another_answers() {
+        let mut s = two_up_stalling_fast();
+        let stuck = stall(&s.members[0]);
         for _ in 0..4 {
             assert_eq!(s.pick(None, &[]).map(|(i, _)| i), Some(1));
         }
         // With every member stalled the stalled ones still serve.
-        let other = AwaitingHead::new(&s.members[1]);
-        s.members[1].last_head_ms.store(0, Ordering::Release);
+        let other = stall(&s.members[1]);
         let picked: Vec<_> = (0..4)
             .filter_map(|_| s.pick(None, &[]).map(|(i, _)| i))
             .collect();
@@ -527,6 +559,12 @@ mod tests {
         drop(stuck);
         assert!(!s.members[0].stalled(1, clock_ms()));
         assert!(!s.members[1].stalled(1, clock_ms()));
+        // A timed-out request keeps it stalled with nothing waiting; a passing check ends it.
+        s.members[0].record_silence();
+        assert!(s.members[0].stalled(1, clock_ms()));
+        assert_eq!(s.pick(None, &[]).map(|(i, _)| i), Some(1));
+        s.members[0].record_check(true, 1, 1, "app");
+        assert!(!s.members[0].stalled(1, clock_ms()));
         s.cfg.stall_ms = 0;
         let _again = AwaitingHead::new(&s.members[0]);
         s.members[0].last_head_ms.store(0, Ordering::Release);
@@ -551,5 +589,22 @@ mod tests {
         s.members[0].record_check(true, 1, 1, "app");
         s.record_traffic(&s.members[1], false);
         assert!(!s.members[1].is_up());
+    }
+
+    #[test]
+    fn passive_ejection_spares_the_last_member_that_is_not_stalled() {
+        let s = two_up_stalling_fast();
+        // m0 froze: a request waits on it with no answer.
+        let _frozen = stall(&s.members[0]);
+        // m1 answers, slowly (its requests time out while its db fails over).
+        for _ in 0..10 {
+            s.record_traffic(&s.members[1], false);
+        }
+        assert!(s.members[1].is_up(), "the one member that answers stays");
+        // m0's own failures eject it.
+        for _ in 0..3 {
+            s.record_traffic(&s.members[0], false);
+        }
+        assert!(!s.members[0].is_up());
     }
 }

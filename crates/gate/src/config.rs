@@ -22,7 +22,7 @@
 //! | `services[].response_timeout_ms` | 30000 (time to the backend's response head) |
 //! | `services[].idle_timeout_ms` | 60000 (TCP idle; UDP flow idle; a pause inside an HTTP response body) |
 //! | `services[].retries` | 1 (extra attempts on another member, idempotent requests only) |
-//! | `services[].stall_ms` | 500 (a member with requests waiting and no response head for this long is passed over while another is not; 0 = off) |
+//! | `services[].stall_ms` | 500 (a member with requests waiting, or one timed out, and no response head nor passed check for this long is passed over while another is not; 0 = off) |
 //! | `services[].pool_idle_per_member` | 64 pooled keep-alive connections |
 //! | `http.header_read_timeout_ms` | 10000 (slow clients get dropped) |
 //! | `http.max_header_bytes` | 16384 (larger heads get 431) |

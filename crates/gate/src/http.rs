@@ -567,6 +567,7 @@ async fn proxy(
                 continue;
             }
             Err(_) => {
+                member.record_silence();
                 svc.record_traffic(&member, false);
                 return short(
                     StatusCode::GATEWAY_TIMEOUT,
