@@ -6,6 +6,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+/// As `citadel` (which runs the db in a db jail): mimalloc, not glibc's allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(about = "Citadel replicated database node (data or witness)")]
 struct Args {

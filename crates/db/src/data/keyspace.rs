@@ -1,7 +1,7 @@
 //! The keyspace: existence, types, TTLs, SCAN, renames, OBJECT.
 
 use super::{
-    At, Db, Item, NO_KEY, NOT_INT, Rng, SKey, SYNTAX, Value, glob_match, parse_i64, upper,
+    At, Db, Item, KeyRef, NO_KEY, NOT_INT, Rng, SKey, SYNTAX, Value, glob_match, parse_i64, upper,
 };
 use crate::resp::Reply;
 
@@ -448,7 +448,7 @@ fn run_write(db: &mut Db, name: &str, argv: &[Vec<u8>], at: At) -> Result<Reply,
                 None => sorted_reply(s.out),
             }
         }
-        "PERSIST" => match db.map.get_mut(&SKey::new(&argv[1])) {
+        "PERSIST" => match db.map.get_mut(KeyRef::new(&argv[1]).view()) {
             Some(i) if i.expire_at.is_some() => {
                 i.expire_at = None;
                 i.ver = index;
@@ -536,7 +536,7 @@ fn expire(db: &mut Db, name: &str, argv: &[Vec<u8>], at: At) -> Result<Reply, Re
         "EXPIRE" | "PEXPIRE" => ms.checked_add(now as i64).ok_or_else(bad)?,
         _ => ms,
     };
-    let Some(item) = db.map.get_mut(&SKey::new(&argv[1])) else {
+    let Some(item) = db.map.get_mut(KeyRef::new(&argv[1]).view()) else {
         return Ok(Reply::Int(0));
     };
     let cur = item.expire_at;

@@ -56,6 +56,65 @@ impl SKey {
     }
 }
 
+/// A key as the map orders it, (hash, bytes), whether owned (`SKey`) or borrowed
+/// (`KeyRef`): lookups borrow the key they are given instead of copying it into an `SKey`.
+pub trait KeyView {
+    fn parts(&self) -> (u64, &[u8]);
+}
+
+impl KeyView for SKey {
+    fn parts(&self) -> (u64, &[u8]) {
+        (self.0, &self.1)
+    }
+}
+
+/// A key borrowed for a lookup.
+pub struct KeyRef<'a>(u64, &'a [u8]);
+
+impl<'a> KeyRef<'a> {
+    pub fn new(k: &'a [u8]) -> Self {
+        KeyRef(key_hash(k), k)
+    }
+
+    /// What `BTreeMap<SKey, _>::get` and friends take.
+    pub fn view(&self) -> &(dyn KeyView + 'a) {
+        self
+    }
+}
+
+impl KeyView for KeyRef<'_> {
+    fn parts(&self) -> (u64, &[u8]) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn KeyView + 'a> for SKey {
+    fn borrow(&self) -> &(dyn KeyView + 'a) {
+        self
+    }
+}
+
+// The same order as `SKey`'s derived one: the hash, then the bytes.
+impl PartialEq for dyn KeyView + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn KeyView + '_ {}
+
+impl PartialOrd for dyn KeyView + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn KeyView + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.parts().cmp(&other.parts())
+    }
+}
+
 /// FNV-1a, 63 bits: stable across members and versions.
 pub fn key_hash(k: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
@@ -295,7 +354,7 @@ macro_rules! typed_access {
 
             /// For writes, which have dropped expired keys already. Call `changed` after.
             pub(crate) fn $get_mut(&mut self, k: &[u8]) -> Result<Option<&mut $ty>, Reply> {
-                match self.map.get_mut(&SKey::new(k)) {
+                match self.map.get_mut(KeyRef::new(k).view()) {
                     None => Ok(None),
                     Some(Item {
                         value: Value::$variant(v),
@@ -342,7 +401,7 @@ typed_access!(
 
 impl Db {
     pub(crate) fn get_live(&self, k: &[u8], now: u64) -> Option<&Item> {
-        self.map.get(&SKey::new(k)).filter(|i| i.live(now))
+        self.map.get(KeyRef::new(k).view()).filter(|i| i.live(now))
     }
 
     /// Version of a key for WATCH (0 when absent or expired).
@@ -352,13 +411,13 @@ impl Db {
 
     /// Drops the key if it has expired (deterministic: `now` is the entry's clock).
     fn reap(&mut self, k: &[u8], now: u64, _index: u64) {
-        let sk = SKey::new(k);
-        if let Some(i) = self.map.get(&sk)
+        let sk = KeyRef::new(k);
+        if let Some(i) = self.map.get(sk.view())
             && !i.live(now)
         {
             // Reclaiming an expired key is no change for a WATCH made after it had expired.
             let ver = i.ver;
-            self.map.remove(&sk);
+            self.map.remove(sk.view());
             self.forgot(ver);
         }
     }
@@ -366,26 +425,26 @@ impl Db {
     /// Records a change to `k`: a new version, and an emptied container is removed (Redis
     /// never keeps an empty list, set, hash or sorted set).
     pub(crate) fn changed(&mut self, k: &[u8], index: u64) {
-        let sk = SKey::new(k);
-        let Some(item) = self.map.get_mut(&sk) else {
+        let sk = KeyRef::new(k);
+        let Some(item) = self.map.get_mut(sk.view()) else {
             return;
         };
         item.ver = index;
         if item.value.is_empty_container() {
-            self.map.remove(&sk);
+            self.map.remove(sk.view());
             self.last_delete = index;
         }
     }
 
     /// Removes an empty container a failed write may have created, without a new version.
     pub(crate) fn drop_if_empty(&mut self, k: &[u8]) {
-        let sk = SKey::new(k);
+        let sk = KeyRef::new(k);
         if self
             .map
-            .get(&sk)
+            .get(sk.view())
             .is_some_and(|i| i.value.is_empty_container())
         {
-            self.map.remove(&sk);
+            self.map.remove(sk.view());
         }
     }
 
@@ -435,7 +494,7 @@ impl Db {
     }
 
     pub(crate) fn del(&mut self, k: &[u8], index: u64) -> bool {
-        let gone = self.map.remove(&SKey::new(k)).is_some();
+        let gone = self.map.remove(KeyRef::new(k).view()).is_some();
         if gone {
             self.last_delete = index;
         }

@@ -238,7 +238,7 @@ fn run_write(db: &mut Db, name: &str, argv: &[Vec<u8>], at: At) -> Result<Reply,
                     "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
                 ));
             }
-            match db.map.get_mut(&super::SKey::new(&argv[1])) {
+            match db.map.get_mut(super::KeyRef::new(&argv[1]).view()) {
                 Some(Item {
                     value: Value::Str(s),
                     ver,
@@ -350,7 +350,7 @@ fn getex(db: &mut Db, argv: &[Vec<u8>], now: u64, index: u64) -> Result<Reply, R
         } else {
             return Err(Reply::err(SYNTAX));
         };
-        if let Some(i) = db.map.get_mut(&super::SKey::new(&argv[1])) {
+        if let Some(i) = db.map.get_mut(super::KeyRef::new(&argv[1]).view()) {
             i.expire_at = exp;
             i.ver = index;
         }

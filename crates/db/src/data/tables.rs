@@ -555,7 +555,7 @@ impl Db {
 
     /// Removes and returns the item at `k`.
     pub(crate) fn take(&mut self, k: &[u8], index: u64) -> Option<super::Item> {
-        let item = self.map.remove(&super::SKey::new(k));
+        let item = self.map.remove(super::KeyRef::new(k).view());
         if item.is_some() {
             self.last_delete = index;
         }

@@ -216,3 +216,27 @@ fn dump_and_restore_roundtrip_and_refuse_garbage() {
     bad.push(p);
     assert!(db.write(&bad, 0, 4).is_error());
 }
+
+#[test]
+fn a_borrowed_key_finds_what_an_owned_one_stored_in_the_same_order() {
+    let keys: Vec<Vec<u8>> = (0..2000u32)
+        .map(|i| format!("key:{}", i.wrapping_mul(2654435761)).into_bytes())
+        .chain([Vec::new(), vec![0], vec![0, 0], vec![255; 40]])
+        .collect();
+    let mut map = std::collections::BTreeMap::new();
+    for (i, k) in keys.iter().enumerate() {
+        map.insert(SKey::new(k), i);
+    }
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(map.get(KeyRef::new(k).view()), Some(&i), "{k:?}");
+    }
+    assert_eq!(map.get(KeyRef::new(b"absent").view()), None);
+    // The borrowed order is the owned one: a sorted walk compares equal both ways.
+    let owned: Vec<&SKey> = map.keys().collect();
+    for w in owned.windows(2) {
+        let (a, b) = (KeyRef::new(&w[0].1), KeyRef::new(&w[1].1));
+        assert!(a.view() < b.view(), "{:?} !< {:?}", w[0], w[1]);
+    }
+    assert!(map.remove(KeyRef::new(&keys[7]).view()).is_some());
+    assert_eq!(map.get(KeyRef::new(&keys[7]).view()), None);
+}
