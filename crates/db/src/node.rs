@@ -620,6 +620,16 @@ impl Node {
         Some(applied)
     }
 
+    /// The index of the last entry applied here.
+    fn applied_index(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0)
+    }
+
     /// (reads led under the lease, read-index rounds run) by this node since it started.
     pub fn read_counts(&self) -> (u64, u64) {
         (
@@ -679,6 +689,9 @@ impl Node {
         let deadline = Instant::now() + Duration::from_millis(self.cfg.tunables.write_wait_ms);
         loop {
             match self.read_index().await {
+                // Already applied (always so for a lease read): openraft's wait would clone
+                // the whole metrics (membership, replication map) to check it.
+                Ok(idx) if self.applied_index() >= idx => return Ok(idx),
                 Ok(idx) => {
                     let left = deadline
                         .saturating_duration_since(Instant::now())
