@@ -120,9 +120,10 @@ fn build_resolver(server: SocketAddr) -> Result<TokioResolver, String> {
 /// A member as `host`, `port`.
 type Addr = (String, u16);
 
-/// How long a member whose connection broke, or that did not take a connection, is tried
-/// only after the others: a box that froze or lost its links answers nothing, and every
-/// connect to it costs a whole connect timeout while another member could already serve.
+/// How long a member that went quiet (a connection to it timed out or was reset, or a
+/// connect got no answer) is tried only after the others: a box that froze or lost its
+/// links answers nothing, and every connect to it costs a whole connect timeout while
+/// another member could already serve.
 const SUSPECT_FOR: Duration = Duration::from_secs(5);
 
 struct Slot {
