@@ -379,11 +379,16 @@ impl Db {
         Ok(conn)
     }
 
-    async fn slot_conn(&self, mode: ReadMode) -> Result<(u64, MultiplexedConnection), String> {
-        let slot = match mode {
+    /// The shared connection's slot for `mode`.
+    fn slot(&self, mode: ReadMode) -> &Mutex<Slot> {
+        match mode {
             ReadMode::Linearizable => &self.inner.shared,
             ReadMode::Stale => &self.inner.stale,
-        };
+        }
+    }
+
+    async fn slot_conn(&self, mode: ReadMode) -> Result<(u64, MultiplexedConnection), String> {
+        let slot = self.slot(mode);
         let mut guard = slot.lock().await;
         if let Some(held) = &guard.conn {
             // A stand-in is given up once its leader is no longer a suspect: the next
@@ -406,10 +411,7 @@ impl Db {
     /// Forgets the slot's connection if it is still `generation`; `broken`: its member went
     /// quiet or reset it, so it is a suspect.
     async fn drop_slot(&self, mode: ReadMode, generation: u64, broken: bool) {
-        let slot = match mode {
-            ReadMode::Linearizable => &self.inner.shared,
-            ReadMode::Stale => &self.inner.stale,
-        };
+        let slot = self.slot(mode);
         let mut guard = slot.lock().await;
         if let Some(held) = &guard.conn
             && held.generation == generation

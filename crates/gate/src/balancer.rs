@@ -102,11 +102,6 @@ impl Member {
             && now_ms.saturating_sub(self.last_head_ms.load(Ordering::Acquire)) > stall_ms
     }
 
-    /// A request to it got no response head within the response timeout.
-    pub fn record_silence(&self) {
-        self.silent.store(true, Ordering::Release);
-    }
-
     fn heard_from(&self) {
         self.last_head_ms.store(clock_ms(), Ordering::Release);
         self.silent.store(false, Ordering::Release);
@@ -215,6 +210,12 @@ impl<'a> AwaitingHead<'a> {
     pub fn answered(self) {
         self.0.heard_from();
     }
+
+    /// No response head came within the response timeout: the member stays stalled until
+    /// it answers or passes a check, even with nothing waiting on it.
+    pub fn timed_out(self) {
+        self.0.silent.store(true, Ordering::Release);
+    }
 }
 
 impl Drop for AwaitingHead<'_> {
@@ -269,13 +270,17 @@ impl Service {
     pub fn pick(&self, key: Option<&[u8]>, exclude: &[usize]) -> Option<(usize, Arc<Member>)> {
         let ok = |i: usize| self.members[i].eligible() && !exclude.contains(&i);
         let now = clock_ms();
-        let stall_ms = self.cfg.stall_ms;
         // One turn of the rotation per pick, whichever pass finds the member.
         let start = self.rr.fetch_add(1, Ordering::Relaxed);
         self.pick_among(key, start, |i| {
-            ok(i) && !self.members[i].stalled(stall_ms, now)
+            !exclude.contains(&i) && self.answering(&self.members[i], now)
         })
         .or_else(|| self.pick_among(key, start, ok))
+    }
+
+    /// In rotation and not stalled: a member new work can expect an answer from.
+    fn answering(&self, m: &Member, now_ms: u64) -> bool {
+        m.eligible() && !m.stalled(self.cfg.stall_ms, now_ms)
     }
 
     fn pick_among(
@@ -307,19 +312,18 @@ impl Service {
     }
 
     /// Records how real traffic to `member` went. Passive ejection never takes out the last
-    /// member in rotation that is not stalled (as Envoy's max_ejection_percent bounds it): with none left every
-    /// request fails fast with 503, where a member that is slow for a moment — carrying the
-    /// whole load alone, or waiting on a db failover — still answers most; a member that is
-    /// really gone leaves at its active checks' `fall`.
+    /// member that is `answering` (as Envoy's max_ejection_percent bounds it): with none
+    /// left every request fails fast with 503, where a member that is slow for a moment —
+    /// carrying the whole load alone, or waiting on a db failover — still answers most; a
+    /// member that is really gone leaves at its active checks' `fall`. A stalled member
+    /// does not count: ejecting the one member that still answers, slowly, because a frozen
+    /// one is still in rotation would leave none that answers.
     pub fn record_traffic(&self, member: &Member, ok: bool) {
-        // A stalled member does not count: ejecting the one member that still answers,
-        // slowly (waiting on a db failover), because a frozen one is still in rotation
-        // would leave none that answers.
         let others_in_rotation = || {
             let now = clock_ms();
-            self.members.iter().any(|m| {
-                !std::ptr::eq(&**m, member) && m.eligible() && !m.stalled(self.cfg.stall_ms, now)
-            })
+            self.members
+                .iter()
+                .any(|m| !std::ptr::eq(&**m, member) && self.answering(m, now))
         };
         let threshold = if ok || others_in_rotation() {
             self.cfg.passive_fail
@@ -560,7 +564,7 @@ mod tests {
         assert!(!s.members[0].stalled(1, clock_ms()));
         assert!(!s.members[1].stalled(1, clock_ms()));
         // A timed-out request keeps it stalled with nothing waiting; a passing check ends it.
-        s.members[0].record_silence();
+        stall(&s.members[0]).timed_out();
         assert!(s.members[0].stalled(1, clock_ms()));
         assert_eq!(s.pick(None, &[]).map(|(i, _)| i), Some(1));
         s.members[0].record_check(true, 1, 1, "app");

@@ -517,14 +517,9 @@ async fn proxy(
         upstream::origin_form(&mut out, &member.authority);
         let sent = member.pool.send(member.addr, connect_timeout, out);
         let awaiting = AwaitingHead::new(&member);
-        let outcome = tokio::time::timeout(timeout, sent).await;
-        if let Ok(Ok(_)) = &outcome {
-            awaiting.answered();
-        } else {
-            drop(awaiting);
-        }
-        match outcome {
+        match tokio::time::timeout(timeout, sent).await {
             Ok(Ok((mut resp, lease))) => {
+                awaiting.answered();
                 svc.record_traffic(&member, true);
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                     && let Some((_, client_side)) = upgrade
@@ -567,7 +562,7 @@ async fn proxy(
                 continue;
             }
             Err(_) => {
-                member.record_silence();
+                awaiting.timed_out();
                 svc.record_traffic(&member, false);
                 return short(
                     StatusCode::GATEWAY_TIMEOUT,
