@@ -51,6 +51,13 @@ pub struct DbConfig {
     pub connect_timeout_ms: u64,
     /// Time to wait for one reply before the connection is treated as broken. Default 2000.
     pub response_timeout_ms: u64,
+    /// A member whose host acknowledges nothing sent to it for this long is gone (a box that
+    /// lost power or its links sends no FIN and no RST): its connection fails, and the
+    /// requests on it go to another member (TCP_USER_TIMEOUT). While a reply is awaited on a
+    /// shared connection, a PING goes out every third of this, so that there is something
+    /// to acknowledge. A live host acknowledges within its delayed-ACK time (at most 200 ms
+    /// on Linux), busy or not. Default 300.
+    pub unacked_timeout_ms: u64,
     /// Total time one request may spend reconnecting and retrying. Default 5000.
     pub retry_budget_ms: u64,
     /// Idle dedicated connections kept for WATCH/MULTI transactions. Default 16.
@@ -69,6 +76,7 @@ impl Default for DbConfig {
             database: 0,
             connect_timeout_ms: 1000,
             response_timeout_ms: 2000,
+            unacked_timeout_ms: 300,
             retry_budget_ms: 5000,
             tx_pool_idle: 64,
             tx_max: 64,
@@ -82,6 +90,9 @@ impl DbConfig {
     }
     pub fn response_timeout(&self) -> Duration {
         Duration::from_millis(self.response_timeout_ms.max(1))
+    }
+    pub fn unacked_timeout(&self) -> Duration {
+        Duration::from_millis(self.unacked_timeout_ms.max(1))
     }
     pub fn retry_budget(&self) -> Duration {
         Duration::from_millis(self.retry_budget_ms)

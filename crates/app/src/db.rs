@@ -14,7 +14,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
@@ -130,13 +130,71 @@ struct Slot {
     conn: Option<Held>,
 }
 
-/// A slot's connection: its generation, the member, and until when it is kept when it is a
-/// stand-in (a follower kept because the leader it named was a suspect).
+/// A slot's connection: its generation, the member, until when it is kept when it is a
+/// stand-in (a follower kept because the leader it named was a suspect), and what its
+/// watchdog reads.
 struct Held {
     generation: u64,
     conn: MultiplexedConnection,
     at: Addr,
     stand_in_until: Option<Instant>,
+    watch: Arc<Watch>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.watch.retired.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What a shared connection's watchdog reads: how many requests await a reply on it, and
+/// whether the slot gave it up.
+#[derive(Default)]
+struct Watch {
+    awaiting: AtomicUsize,
+    retired: AtomicBool,
+}
+
+impl Watch {
+    /// Runs `request`, counting it as awaiting a reply meanwhile (also when it is dropped
+    /// unfinished).
+    async fn awaiting<T>(&self, request: impl Future<Output = T>) -> T {
+        struct Counted<'a>(&'a AtomicUsize);
+        impl Drop for Counted<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.awaiting.fetch_add(1, Ordering::Relaxed);
+        let _counted = Counted(&self.awaiting);
+        request.await
+    }
+}
+
+/// Keeps something unacknowledged on a shared connection while replies are awaited on it:
+/// TCP_USER_TIMEOUT counts only unacknowledged data, so when the member's box goes after it
+/// acknowledged every request (all callers waiting, none sending), nothing would fail the
+/// connection before the response timeout. A PING every `every` does: if the host
+/// acknowledges nothing, the connection fails, and every request on it with it. A PING's
+/// reply is not waited for past `every` (it may queue behind a slow reply).
+async fn keep_acknowledging(mut conn: MultiplexedConnection, watch: Arc<Watch>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if watch.retired.load(Ordering::Relaxed) {
+            return;
+        }
+        if watch.awaiting.load(Ordering::Relaxed) > 0 {
+            let ping = redis::cmd("PING");
+            if let Ok(Err(e)) =
+                tokio::time::timeout(every, ping.query_async::<String>(&mut conn)).await
+                && e.kind() == ErrorKind::Io
+            {
+                return;
+            }
+        }
+    }
 }
 
 /// A connection that could not be opened: why, and whether the member answered at all (a
@@ -161,6 +219,9 @@ struct Inner {
     tcp: redis::io::tcp::TcpSettings,
     conn_config: AsyncConnectionConfig,
     connect_timeout: Duration,
+    /// How often a shared connection awaiting replies is given a PING (see
+    /// `keep_acknowledging`).
+    ping_every: Duration,
     budget: Duration,
     tx_idle_max: usize,
     tx_permits: tokio::sync::Semaphore,
@@ -233,13 +294,13 @@ impl Db {
             redis = redis.set_password(pw);
         }
         // No delayed small writes; and a member whose box is gone (no FIN, no RST) is given
-        // up once it leaves what we sent unacknowledged for half a connect timeout, instead
-        // of a whole response timeout: the request then goes to another member (the request
-        // id keeps it exactly-once). A member that is alive but slow still acknowledges at
-        // once: its kernel does, busy or not.
+        // up once it leaves what we sent unacknowledged for `unacked_timeout`, instead of a
+        // whole response timeout: the request then goes to another member (the request id
+        // keeps it exactly-once). A member that is alive but slow still acknowledges: its
+        // kernel does, busy or not, within its delayed-ACK time.
         let tcp = redis::io::tcp::TcpSettings::default()
             .set_nodelay(true)
-            .set_user_timeout(cfg.connect_timeout() / 2);
+            .set_user_timeout(cfg.unacked_timeout());
         let conn_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(cfg.connect_timeout()))
             .set_response_timeout(Some(cfg.response_timeout()));
@@ -252,6 +313,7 @@ impl Db {
                 tcp,
                 conn_config,
                 connect_timeout: cfg.connect_timeout(),
+                ping_every: cfg.unacked_timeout() / 3,
                 budget: cfg.retry_budget(),
                 tx_idle_max: cfg.tx_pool_idle,
                 tx_permits: tokio::sync::Semaphore::new(cfg.tx_max.max(1)),
@@ -387,25 +449,37 @@ impl Db {
         }
     }
 
-    async fn slot_conn(&self, mode: ReadMode) -> Result<(u64, MultiplexedConnection), String> {
+    /// The slot's connection (opened if there is none): its generation, the connection, and
+    /// its watch, for counting a request as awaiting a reply.
+    async fn slot_conn(
+        &self,
+        mode: ReadMode,
+    ) -> Result<(u64, MultiplexedConnection, Arc<Watch>), String> {
         let slot = self.slot(mode);
         let mut guard = slot.lock().await;
         if let Some(held) = &guard.conn {
             // A stand-in is given up once its leader is no longer a suspect: the next
             // connect goes to whoever leads then.
             if held.stand_in_until.is_none_or(|t| Instant::now() < t) {
-                return Ok((held.generation, held.conn.clone()));
+                return Ok((held.generation, held.conn.clone(), held.watch.clone()));
             }
         }
         let opened = self.connect(mode == ReadMode::Stale).await?;
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed);
+        let watch = Arc::new(Watch::default());
+        tokio::spawn(keep_acknowledging(
+            opened.conn.clone(),
+            watch.clone(),
+            self.inner.ping_every,
+        ));
         guard.conn = Some(Held {
             generation,
             conn: opened.conn.clone(),
             at: opened.at,
             stand_in_until: opened.stand_in.then(|| Instant::now() + SUSPECT_FOR),
+            watch: watch.clone(),
         });
-        Ok((generation, opened.conn))
+        Ok((generation, opened.conn, watch))
     }
 
     /// Forgets the slot's connection if it is still `generation`; `broken`: its member went
@@ -441,17 +515,19 @@ impl Db {
         loop {
             let conn = tokio::time::timeout_at(deadline.into(), self.slot_conn(mode)).await;
             let err = match conn.unwrap_or_else(|_| Err("connecting: retry budget spent".into())) {
-                Ok((g, conn)) => match within(deadline, op(conn, outcome)).await {
-                    Ok(v) => return Ok(v),
-                    Err(e) if is_retryable(&e) => {
-                        self.drop_slot(mode, g, !answered(&e)).await;
-                        if may_have_run(&e) {
-                            outcome = Outcome::Unknown;
+                Ok((g, conn, watch)) => {
+                    match watch.awaiting(within(deadline, op(conn, outcome))).await {
+                        Ok(v) => return Ok(v),
+                        Err(e) if is_retryable(&e) => {
+                            self.drop_slot(mode, g, !answered(&e)).await;
+                            if may_have_run(&e) {
+                                outcome = Outcome::Unknown;
+                            }
+                            e.to_string()
                         }
-                        e.to_string()
+                        Err(e) => return Err(DbError::Redis(e)),
                     }
-                    Err(e) => return Err(DbError::Redis(e)),
-                },
+                }
                 Err(msg) => msg,
             };
             self.retry_wait(&mut attempt, deadline, &err).await?;
@@ -564,7 +640,7 @@ impl Db {
 
     /// One PING through the shared connection, without retries beyond one reconnect.
     pub async fn ping(&self) -> bool {
-        let Ok((g, mut conn)) = self.slot_conn(ReadMode::Linearizable).await else {
+        let Ok((g, mut conn, _)) = self.slot_conn(ReadMode::Linearizable).await else {
             return false;
         };
         let r: Result<String, RedisError> = redis::cmd("PING").query_async(&mut conn).await;

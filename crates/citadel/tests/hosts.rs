@@ -236,7 +236,12 @@ impl Topology {
             .into_iter()
             .enumerate()
         {
-            let dir = tempfile::tempdir().expect("tempdir");
+            let mut dir = tempfile::tempdir().expect("tempdir");
+            // CITADEL_TEST_KEEP=1 keeps every agent's state (its jails' logs) for a look after.
+            if std::env::var_os("CITADEL_TEST_KEEP").is_some() {
+                dir.disable_cleanup(true);
+                println!("{host}'s state: {}", dir.path().display());
+            }
             let listen = format!("198.18.99.{}:7443", i + 1);
             let mut cmd = agent_command(host, dir.path(), &listen, &op.bundle(host));
             ns.enter(&mut cmd);
@@ -807,6 +812,12 @@ fn the_seed_topology_survives_losing_a_box() {
     });
     let links = ["eth1", "eth2", "eth3"];
     let lost_at = Instant::now();
+    println!(
+        "whole-box loss at {:?} since the epoch",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+    );
     topo.lose(lost, lost_agent, &links);
     // Held down until the load has visibly resumed.
     wait_for(

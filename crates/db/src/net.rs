@@ -54,6 +54,8 @@ pub enum PeerReq {
         last: Option<LogId>,
     },
     Status,
+    /// From a data member that has not heard from the leader: "have you?"
+    LeaderSilence,
     /// Admin: add a configured member as a voter (learner first), or remove one.
     ChangeVoter {
         id: NodeId,
@@ -82,6 +84,23 @@ pub struct NodeStatus {
     pub matched: Vec<(NodeId, Option<u64>)>,
 }
 
+/// How long a member has not heard from a leader (`None`: not since it started; 0: it
+/// leads), and how long it refuses votes after it hears from one (its vote lease).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LeaderSilence {
+    pub silent_ms: Option<u64>,
+    pub lease_ms: u64,
+}
+
+impl LeaderSilence {
+    /// Whether the member would grant a vote now (as far as the leader's lease goes: openraft
+    /// 0.9 refuses votes within the lease of the leader a member last heard from).
+    pub fn would_grant(&self) -> bool {
+        self.silent_ms
+            .is_none_or(|ms| ms > self.lease_ms + crate::node::LEASE_MARGIN_MS)
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub enum PeerResp {
     Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
@@ -93,6 +112,7 @@ pub enum PeerResp {
     ReadIndex(Result<u64, String>),
     TakeOver(bool),
     Status(NodeStatus),
+    LeaderSilence(LeaderSilence),
     Admin(Result<String, String>),
     Error(String),
     /// How many of this member's subscribers received a message.

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::ClientWriteError;
-use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, Config, RaftMetrics, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, oneshot};
 
@@ -15,7 +15,8 @@ use crate::config::{DbConfig, Kind};
 use crate::data::{Proposal, WriteReq};
 use crate::error::DbError;
 use crate::net::{
-    CallError, Network, NodeStatus, PeerHandler, PeerReq, PeerResp, Peers, serve_peers,
+    CallError, LeaderSilence, Network, NodeStatus, PeerHandler, PeerReq, PeerResp, Peers,
+    serve_peers,
 };
 use crate::resp::Reply;
 use crate::sm::{SNAP_DATA, SmShared, StateMachine};
@@ -66,8 +67,13 @@ struct ReadLease {
 /// 0.9's vote lease is each member's `election_timeout_max`; the witness's is the shorter,
 /// three heartbeats), the rest a margin for clock-rate drift and scheduling.
 pub fn read_lease(t: &crate::config::Tunables) -> Duration {
-    let shortest_vote_lease = t.election_max_ms.min(witness_election(t).1);
-    Duration::from_millis(shortest_vote_lease * 3 / 4)
+    Duration::from_millis(shortest_vote_lease_ms(t) * 3 / 4)
+}
+
+/// The shortest time any voter refuses votes after it last heard from a leader: openraft
+/// 0.9's vote lease is each member's `election_timeout_max`, and the witness's is the shorter.
+fn shortest_vote_lease_ms(t: &crate::config::Tunables) -> u64 {
+    t.election_max_ms.min(witness_election(t).1)
 }
 
 type Waiter = oneshot::Sender<Result<Reply, String>>;
@@ -836,6 +842,32 @@ impl Node {
         Ok(format!("voters now: {set:?}"))
     }
 
+    /// How long this member refuses votes after it last heard from a leader (openraft 0.9's
+    /// lease: its `election_timeout_max`).
+    fn vote_lease_ms(&self) -> u64 {
+        if self.is_witness() {
+            witness_election(&self.cfg.tunables).1
+        } else {
+            self.cfg.tunables.election_max_ms
+        }
+    }
+
+    /// What this member tells a data member that asks whether it still hears the leader.
+    fn leader_silence(&self) -> LeaderSilence {
+        let silent_ms = if self.raft.metrics().borrow().state == ServerState::Leader {
+            Some(0)
+        } else {
+            match self.last_leader_contact.load(Ordering::Relaxed) {
+                0 => None,
+                last => Some((self.started.elapsed().as_millis() as u64).saturating_sub(last)),
+            }
+        };
+        LeaderSilence {
+            silent_ms,
+            lease_ms: self.vote_lease_ms(),
+        }
+    }
+
     pub fn status(&self) -> NodeStatus {
         let m = self.raft.metrics().borrow().clone();
         NodeStatus {
@@ -964,6 +996,7 @@ impl PeerHandler for Node {
                 });
                 PeerResp::TakeOver(ok)
             }
+            PeerReq::LeaderSilence => PeerResp::LeaderSilence(self.leader_silence()),
             PeerReq::Status => PeerResp::Status(self.status()),
             PeerReq::ChangeVoter { id, add } => PeerResp::Admin(self.change_voter(id, add).await),
             PeerReq::Publish { channel, message } => {
@@ -1092,13 +1125,27 @@ async fn witness_loop(node: Arc<Node>) {
 /// Speeds up failover. openraft 0.9 lets a follower campaign only after a lease
 /// (`election_timeout_max`) *plus* a random election timeout since it last heard from the
 /// leader (~1.05 s on average with the defaults), and voters refuse votes during that lease.
-/// A data member that has not heard from a leader for the lease plus a small random jitter
-/// calls the election itself, right as the voters' lease ends (~0.7 s with the defaults).
+/// A data member that has not heard from a leader calls the election itself:
+/// - as soon as a majority of the voters (itself included) have not heard from the leader
+///   for their own lease either, so they would grant the vote: it asks the other voters
+///   (`LeaderSilence`) once its silence passes the shortest lease (the witness's, ~0.3 s with
+///   the defaults). A leader that still reaches the others is left alone: no vote is asked
+///   for that they would refuse, so no term is raised that would unseat it.
+/// - at the latest when the data members' lease plus a small random jitter has passed
+///   (~0.7 s with the defaults), whatever the others said or if they did not answer.
+///
 /// Calling an election early never endangers safety, only (rarely) a healthy leader's term.
 async fn failover_loop(node: Arc<Node>) {
     let t = &node.cfg.tunables;
     let jitter_span = (t.election_min_ms / 2).max(1);
+    let ask_after = shortest_vote_lease_ms(t) + LEASE_MARGIN_MS;
+    let ask_every = Duration::from_millis(ASK_EVERY_MS);
+    // The silence (by the leader's last word) each kind of election was called for: one
+    // early and one last-resort call per silence, so that an early call that failed does
+    // not hold back the last-resort one.
     let mut kicked_for = 0u64;
+    let mut asked_for = 0u64;
+    let mut next_ask = Instant::now();
     let mut last_state = ServerState::Learner;
     loop {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1112,16 +1159,59 @@ async fn failover_loop(node: Arc<Node>) {
             continue;
         }
         let jitter = (node.rid_base ^ last.wrapping_mul(0x9E37_79B9_7F4A_7C15)) % jitter_span;
-        let now = node.started.elapsed().as_millis() as u64;
-        if now >= last + t.election_max_ms + 20 + jitter {
+        let silent_ms = (node.started.elapsed().as_millis() as u64).saturating_sub(last);
+        if silent_ms >= t.election_max_ms + 20 + jitter {
             kicked_for = last;
-            tracing::info!(
-                silent_ms = now - last,
-                "no word from the leader; calling an election"
-            );
+            tracing::info!(silent_ms, "no word from the leader; calling an election");
             let _ = node.raft.trigger().elect().await;
+        } else if asked_for != last
+            && silent_ms >= ask_after + jitter / 4
+            && Instant::now() >= next_ask
+        {
+            next_ask = Instant::now() + ask_every;
+            if voters_lost_the_leader(&node, &m).await {
+                asked_for = last;
+                tracing::info!(
+                    silent_ms,
+                    "no word from the leader, nor at a majority of voters; calling an election"
+                );
+                let _ = node.raft.trigger().elect().await;
+            }
         }
     }
+}
+
+/// Milliseconds past a voter's lease before it surely grants a vote: its own record of the
+/// leader's last word is taken a moment after openraft's.
+pub(crate) const LEASE_MARGIN_MS: u64 = 10;
+/// How often a data member that lost word from the leader asks the other voters again.
+const ASK_EVERY_MS: u64 = 25;
+
+/// Whether a majority of the voters, this member included, have not heard from the leader
+/// for their lease (and so would grant this member its vote). Voters that do not answer
+/// within a heartbeat count as not agreeing.
+async fn voters_lost_the_leader(node: &Arc<Node>, m: &RaftMetrics<NodeId, BasicNode>) -> bool {
+    let me = node.id();
+    let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+    if !voters.contains(&me) {
+        return false;
+    }
+    let timeout = Duration::from_millis(node.cfg.tunables.heartbeat_ms);
+    let asks = voters
+        .iter()
+        .filter(|v| **v != me && Some(**v) != m.current_leader)
+        .map(|v| node.peers.call(*v, &PeerReq::LeaderSilence, timeout));
+    let agreeing = futures::future::join_all(asks)
+        .await
+        .iter()
+        .filter(|a| matches!(a, Ok(PeerResp::LeaderSilence(s)) if s.would_grant()))
+        .count();
+    majority(1 + agreeing, voters.len())
+}
+
+/// Whether `agreeing` of `voters` voters are a majority.
+fn majority(agreeing: usize, voters: usize) -> bool {
+    agreeing * 2 > voters
 }
 
 /// Active expiry: once a second the leader looks for expired keys and, if there are any,
@@ -1517,5 +1607,39 @@ impl crate::data::busy::Log for ScriptLog {
                 let _ = raft.client_write_ff(Proposal { reqs: vec![req] }).await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_voter_grants_only_once_its_lease_has_passed() {
+        let said = |silent_ms, lease_ms| LeaderSilence {
+            silent_ms,
+            lease_ms,
+        };
+        assert!(!said(Some(0), 300).would_grant(), "a leader grants nothing");
+        assert!(!said(Some(300), 300).would_grant());
+        assert!(!said(Some(300 + LEASE_MARGIN_MS), 300).would_grant());
+        assert!(said(Some(301 + LEASE_MARGIN_MS), 300).would_grant());
+        assert!(said(None, 600).would_grant(), "never heard from a leader");
+    }
+
+    #[test]
+    fn an_early_election_needs_a_majority_of_the_voters() {
+        // Two data members and a witness: the asking member and one more.
+        assert!(!majority(1, 3));
+        assert!(majority(2, 3));
+        assert!(!majority(2, 4));
+        assert!(majority(3, 5));
+    }
+
+    #[test]
+    fn data_members_ask_once_the_witness_lease_has_passed() {
+        let t = crate::config::Tunables::default();
+        assert_eq!(shortest_vote_lease_ms(&t), 300);
+        assert!(read_lease(&t) < Duration::from_millis(shortest_vote_lease_ms(&t)));
     }
 }

@@ -285,3 +285,89 @@ fn a_leader_stopped_with_sigterm_hands_over_before_it_exits() {
     c.start(leader);
     assert_eq!(c.wait_leader(&[A, B], Duration::from_secs(20)), other);
 }
+
+/// A frozen leader (SIGSTOP: no FIN, no RST) is replaced as soon as the witness would grant
+/// its vote, not after the data members' own lease. Data members here refuse votes for 3 s
+/// after they hear from a leader; the witness for three heartbeats (300 ms).
+#[test]
+fn a_frozen_leader_is_replaced_once_the_witness_would_vote() {
+    let mut c = Cluster::new("127.60.18", &[false, false, true]);
+    c.tunables = "heartbeat_ms = 100\nelection_min_ms = 1500\nelection_max_ms = 3000\n\
+                  write_wait_ms = 5000\nrpc_timeout_ms = 500\n"
+        .into();
+    c.start_all();
+    wait_port(c.member(A).redis, Duration::from_secs(20));
+    wait_port(c.member(B).redis, Duration::from_secs(20));
+    let leader = c.wait_data_leader(&[A, B], Duration::from_secs(20));
+    let other = if leader == A { B } else { A };
+    c.wait_leader(&[A, B], Duration::from_secs(20));
+    assert!(c.set_retry(&[other], "before", "1", Duration::from_secs(10)));
+    c.pause(leader);
+    let t0 = Instant::now();
+    common::wait_for(
+        "the other data member to lead",
+        Duration::from_secs(20),
+        || c.info(other, "raft_state").as_deref() == Some("Leader"),
+    );
+    let took = t0.elapsed();
+    assert!(c.set_retry(&[other], "after", "1", Duration::from_secs(10)));
+    c.resume(leader);
+    eprintln!("a new leader {took:?} after the leader froze");
+    assert!(
+        c.log(other)
+            .contains("no word from the leader, nor at a majority of voters"),
+        "the election was not the early one:\n{}",
+        c.log(other)
+    );
+    // The data members' own lease would have held the election back for at least 3 s.
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
+}
+
+/// A data member cut off from a leader that still reaches the witness asks the witness
+/// before it calls an early election, and calls none: the witness still hears the leader.
+#[test]
+fn a_member_cut_off_from_a_live_leader_calls_no_early_election() {
+    let mut c = Cluster::new("127.60.19", &[false, false, true]);
+    // A and B reach each other only through links the test can cut.
+    let (a_to_b, b_to_a): (std::net::SocketAddr, std::net::SocketAddr) = (
+        "127.60.19.21:7000".parse().unwrap(),
+        "127.60.19.22:7000".parse().unwrap(),
+    );
+    let links = [
+        common::Link::start(a_to_b, c.member(B).peer),
+        common::Link::start(b_to_a, c.member(A).peer),
+    ];
+    c.dial.insert((A, B), a_to_b);
+    c.dial.insert((B, A), b_to_a);
+    c.start_all();
+    wait_port(c.member(A).redis, Duration::from_secs(20));
+    wait_port(c.member(B).redis, Duration::from_secs(20));
+    let leader = c.wait_leader(&[A, B], Duration::from_secs(20));
+    let other = if leader == A { B } else { A };
+    assert!(c.set_retry(&[other], "before", "1", Duration::from_secs(10)));
+    let term = c.info(leader, "raft_term");
+    for l in &links {
+        l.set_cut(true);
+    }
+    // The last-resort election comes after the data members' lease; by then the member has
+    // asked the witness many times whether it still hears the leader.
+    common::wait_for(
+        "the cut-off member to call an election",
+        Duration::from_secs(20),
+        || c.log(other).contains("calling an election"),
+    );
+    assert!(
+        c.log(other)
+            .contains("no word from the leader; calling an election"),
+        "an early election while the witness heard the leader:\n{}",
+        c.log(other)
+    );
+    assert_eq!(c.info(leader, "raft_state").as_deref(), Some("Leader"));
+    assert_eq!(c.info(leader, "raft_term"), term, "the leader was unseated");
+    assert!(c.set_retry(&[leader], "during", "1", Duration::from_secs(10)));
+    for l in &links {
+        l.set_cut(false);
+    }
+    c.wait_leader(&[A, B], Duration::from_secs(20));
+    assert!(c.set_retry(&[A, B], "healed", "1", Duration::from_secs(20)));
+}

@@ -32,7 +32,12 @@ pub struct Cluster {
     pub listen_extra: BTreeMap<u64, Vec<SocketAddr>>,
     /// Members configured with `voter = false` (they join later with `citadel-db add`).
     pub non_voters: Vec<u64>,
+    /// The `[tunables]` table every member gets.
+    pub tunables: String,
 }
+
+/// The tests' timings: short, so that failovers and snapshots happen within a test.
+pub const TEST_TUNABLES: &str = "heartbeat_ms = 50\nelection_min_ms = 300\nelection_max_ms = 600\nwrite_wait_ms = 2000\nrpc_timeout_ms = 500\nsnapshot_every = 50\nkeep_after_snapshot = 20\nwitness_purge_ms = 300\n";
 
 impl Cluster {
     /// `net` is the /24 to use, e.g. "127.60.1"; `kinds` lists members (true = witness).
@@ -59,6 +64,7 @@ impl Cluster {
             dial: BTreeMap::new(),
             listen_extra: BTreeMap::new(),
             non_voters: Vec::new(),
+            tunables: TEST_TUNABLES.to_string(),
         }
     }
 
@@ -68,7 +74,8 @@ impl Cluster {
             self.dir.path().join(format!("n{id}")),
             self.extra
         );
-        s.push_str("[tunables]\nheartbeat_ms = 50\nelection_min_ms = 300\nelection_max_ms = 600\nwrite_wait_ms = 2000\nrpc_timeout_ms = 500\nsnapshot_every = 50\nkeep_after_snapshot = 20\nwitness_purge_ms = 300\n");
+        s.push_str("[tunables]\n");
+        s.push_str(&self.tunables);
         if let Some(extra) = self.listen_extra.get(&id) {
             let me = self.member(id).peer;
             let all: Vec<String> = std::iter::once(me)
@@ -396,5 +403,83 @@ pub fn err(con: &mut redis::Connection, args: &[&str]) -> String {
     match q::<redis::Value>(con, args) {
         Ok(v) => panic!("{args:?} should fail, got {v:?}"),
         Err(e) => format!("{} {}", e.code().unwrap_or("?"), e.detail().unwrap_or("")),
+    }
+}
+
+/// A TCP link between two members that can be cut like a network: while cut, what either
+/// side sends is dropped, and connections stay open (no FIN, no RST), as when a cable is
+/// pulled. Stops (and closes its connections) when dropped.
+pub struct Link {
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Link {
+    /// Listens on `listen` and forwards each connection to `upstream`.
+    pub fn start(listen: SocketAddr, upstream: SocketAddr) -> Link {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let cut = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let l = std::net::TcpListener::bind(listen).expect("bind link");
+        l.set_nonblocking(true).expect("nonblocking");
+        let (c, s) = (cut.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let Ok((down, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let Ok(up) = TcpStream::connect_timeout(&upstream, Duration::from_secs(1)) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (
+                        down.try_clone().expect("clone"),
+                        up.try_clone().expect("clone"),
+                    ),
+                    (up, down),
+                ] {
+                    let (c, s) = (c.clone(), s.clone());
+                    from.set_nonblocking(false).expect("blocking");
+                    from.set_read_timeout(Some(Duration::from_millis(50)))
+                        .expect("timeout");
+                    std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while !s.load(Ordering::Relaxed) {
+                            match from.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) if !c.load(Ordering::Relaxed) => {
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                                Ok(_) => {}
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => break,
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Link { cut, stop }
+    }
+
+    /// Cuts (`true`) or mends the link.
+    pub fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
