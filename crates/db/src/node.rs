@@ -86,11 +86,19 @@ struct Proposer {
     /// the next entry waits for (`linger`).
     last_batch: AtomicU64,
     last_round_us: AtomicU64,
+    /// One permit per entry that may be in flight (proposed, its outcome not yet known).
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Proposer {
     fn queued(&self) -> usize {
         self.queue.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Nothing queued and no entry in flight: every write taken so far is in the log with
+    /// its outcome known.
+    fn idle(&self) -> bool {
+        self.queued() == 0 && self.slots.available_permits() == MAX_INFLIGHT_PROPOSALS
     }
 
     /// Group commit across clients. The clients an entry has just answered send their next
@@ -745,7 +753,13 @@ impl Node {
                 return true;
             }
             let last = m.last_log_index;
-            let applied = m.last_applied.filter(|l| Some(l.index) == last);
+            // Only once the writes taken before `stepping_down` are all in the log: an entry
+            // appended after the target was chosen could reach the witness and not the
+            // target, and the witness would refuse the target's vote (its log behind); the
+            // group would then wait for the witness to lead and hand over (~1.2 s).
+            let applied = m
+                .last_applied
+                .filter(|l| Some(l.index) == last && self.proposer.idle());
             let ready = m.replication.as_ref().and_then(|r| {
                 r.iter()
                     .filter(|(id, matched)| {
@@ -1007,7 +1021,7 @@ impl PeerHandler for Node {
 }
 
 async fn proposer_loop(node: Arc<Node>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT_PROPOSALS));
+    let slots = node.proposer.slots.clone();
     loop {
         node.proposer.wake.notified().await;
         loop {
@@ -1220,7 +1234,8 @@ fn majority(agreeing: usize, voters: usize) -> bool {
 async fn expiry_loop(node: Arc<Node>) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if !node.is_leader() {
+        // A leader that is handing over appends nothing more (see `hand_over_leadership`).
+        if !node.is_leader() || node.stepping_down.load(Ordering::Acquire) {
             continue;
         }
         let now = now_ms();
@@ -1440,6 +1455,7 @@ pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
             wake: tokio::sync::Notify::new(),
             last_batch: AtomicU64::new(0),
             last_round_us: AtomicU64::new(0),
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT_PROPOSALS)),
         },
         cfg: cfg.clone(),
         raft,

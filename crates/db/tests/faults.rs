@@ -371,3 +371,63 @@ fn a_member_cut_off_from_a_live_leader_calls_no_early_election() {
     c.wait_leader(&[A, B], Duration::from_secs(20));
     assert!(c.set_retry(&[A, B], "healed", "1", Duration::from_secs(20)));
 }
+
+/// The hand-over on SIGTERM under a stream of writes: the leader appends nothing after it
+/// chose the member to hand over to, so the witness never holds an entry that member lacks
+/// (it would refuse the member's vote, and the group would wait for the witness to lead and
+/// hand over). Six rounds, writers on both data members throughout.
+#[test]
+fn a_leader_stopped_under_writes_hands_over_directly() {
+    let mut c = trio("127.60.20");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (n, id) in [A, B, A, B].into_iter().enumerate() {
+        let url = c.url(id);
+        let stop = stop.clone();
+        writers.push(std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let Ok(mut con) =
+                    redis::Client::open(url.as_str()).and_then(|c| c.get_connection())
+                else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = con.set_read_timeout(Some(Duration::from_secs(5)));
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let mut p = redis::pipe();
+                    for _ in 0..16 {
+                        p.cmd("SET").arg(format!("w{n}-{i}")).arg(i).ignore();
+                        i += 1;
+                    }
+                    if p.query::<()>(&mut con).is_err() {
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+    for round in 0..6 {
+        let leader = c.wait_leader(&[A, B], Duration::from_secs(20));
+        let other = if leader == A { B } else { A };
+        let took = c.terminate(leader);
+        assert_eq!(
+            c.info(other, "raft_state").as_deref(),
+            Some("Leader"),
+            "round {round}: the other data member leads when the old leader's process is gone ({took:?} after SIGTERM)\n{}",
+            c.log(W)
+        );
+        c.start(leader);
+        wait_port(c.member(leader).redis, Duration::from_secs(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().expect("writer");
+    }
+    assert!(
+        !c.log(W).contains("witness: handing leadership"),
+        "the witness led in between:\n{}",
+        c.log(W)
+    );
+}
