@@ -866,6 +866,28 @@ impl Node {
         }
     }
 
+    /// On the witness, when the leader has been silent past its lease and a data member
+    /// that asked for its vote is behind it: campaign now rather than after its election
+    /// timeout. The member voted for itself in a term of its own, so it grants a higher one
+    /// at once (an uncommitted vote holds no lease); the first try may be refused for
+    /// that very term and teaches the witness it, the second is above it. Once leading, the
+    /// witness brings the member up to date and hands over (`witness_loop`).
+    fn campaign_for_a_lagging_member(self: Arc<Self>) {
+        tokio::spawn(async move {
+            for _ in 0..2 {
+                // Done once it leads, or once a leader speaks again.
+                if self.is_leader() || !self.leader_silence().would_grant() {
+                    return;
+                }
+                tracing::info!(
+                    "witness: the leader is silent and the data member behind; campaigning"
+                );
+                let _ = self.raft.trigger().elect().await;
+                tokio::time::sleep(Duration::from_millis(self.cfg.tunables.heartbeat_ms / 2)).await;
+            }
+        });
+    }
+
     /// What this member tells a data member that asks whether it still hears the leader.
     fn leader_silence(&self) -> LeaderSilence {
         let silent_ms = if self.raft.metrics().borrow().state == ServerState::Leader {
@@ -934,6 +956,9 @@ impl PeerHandler for Node {
                         "witness: data member is behind; enabling elections"
                     );
                     self.raft.runtime_config().elect(true);
+                    if self.leader_silence().would_grant() {
+                        self.clone().campaign_for_a_lagging_member();
+                    }
                 }
                 PeerResp::Vote(res)
             }
