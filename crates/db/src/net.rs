@@ -54,8 +54,6 @@ pub enum PeerReq {
         last: Option<LogId>,
     },
     Status,
-    /// From a data member that has not heard from the leader: "have you?"
-    LeaderSilence,
     /// Admin: add a configured member as a voter (learner first), or remove one.
     ChangeVoter {
         id: NodeId,
@@ -66,6 +64,10 @@ pub enum PeerReq {
         channel: Vec<u8>,
         message: Vec<u8>,
     },
+    /// From a data member that has not heard from the leader: "have you?"
+    LeaderSilence,
+    // New variants go last: postcard encodes a variant by its index, and members of two
+    // versions talk to each other during a rolling upgrade.
 }
 
 /// What a node reports about itself.
@@ -112,11 +114,12 @@ pub enum PeerResp {
     ReadIndex(Result<u64, String>),
     TakeOver(bool),
     Status(NodeStatus),
-    LeaderSilence(LeaderSilence),
     Admin(Result<String, String>),
     Error(String),
     /// How many of this member's subscribers received a message.
     Published(u64),
+    LeaderSilence(LeaderSilence),
+    // New variants go last (see `PeerReq`).
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -380,8 +383,19 @@ pub async fn serve_peers<H: PeerHandler>(listener: TcpListener, handler: Arc<H>)
                 let f: Frame<PeerReq> = match crate::codec::dec(&frame) {
                     Ok(f) => f,
                     Err(e) => {
-                        tracing::warn!("bad peer request: {e}");
-                        break;
+                        // A request of a newer version (a variant this one does not know)
+                        // still carries its id first: answer it, and keep the connection
+                        // for the requests this version knows.
+                        let Ok((id, _)) = postcard::take_from_bytes::<u64>(&frame) else {
+                            tracing::warn!("bad peer request: {e}");
+                            break;
+                        };
+                        tracing::debug!(id, "unknown peer request: {e}");
+                        let body = PeerResp::Error(format!("unknown request: {e}"));
+                        if let Ok(b) = crate::codec::enc(&Frame { id, body }) {
+                            let _ = tx.send(Bytes::from(b));
+                        }
+                        continue;
                     }
                 };
                 let handler = handler.clone();
@@ -543,5 +557,50 @@ impl RaftNetwork<TypeConfig> for PeerLink {
 
     fn backoff(&self) -> openraft::network::Backoff {
         openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(100)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers `Status` with a fixed id; nothing else is asked of it here.
+    struct Fixed;
+
+    impl PeerHandler for Fixed {
+        async fn handle(self: Arc<Self>, _req: PeerReq) -> PeerResp {
+            PeerResp::Status(NodeStatus {
+                id: 42,
+                ..NodeStatus::default()
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_of_a_newer_version_is_answered_and_the_connection_kept() {
+        let listener = TcpListener::bind("127.60.22.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(serve_peers(listener, Arc::new(Fixed)));
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let mut framed = Framed::new(stream, codec());
+        // A frame with id 7 and a variant index no version has yet.
+        let mut unknown = crate::codec::enc(&7u64).expect("id");
+        unknown.extend(crate::codec::enc(&250u32).expect("variant"));
+        framed.send(Bytes::from(unknown)).await.expect("send");
+        let reply = framed.next().await.expect("a reply").expect("frame");
+        let f: Frame<PeerResp> = crate::codec::dec(&reply).expect("decodes");
+        assert_eq!(f.id, 7);
+        assert!(matches!(f.body, PeerResp::Error(ref e) if e.contains("unknown request")));
+        // The same connection still serves a request this version knows.
+        let known = crate::codec::enc(&Frame {
+            id: 8,
+            body: PeerReq::Status,
+        })
+        .expect("enc");
+        framed.send(Bytes::from(known)).await.expect("send");
+        let reply = framed.next().await.expect("a reply").expect("frame");
+        let f: Frame<PeerResp> = crate::codec::dec(&reply).expect("decodes");
+        assert_eq!(f.id, 8);
+        assert!(matches!(f.body, PeerResp::Status(ref s) if s.id == 42));
     }
 }
