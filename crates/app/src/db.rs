@@ -13,8 +13,8 @@
 //! goes to another member; with DNS the name is resolved again on every (re)connect.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
@@ -132,7 +132,7 @@ struct Slot {
 
 /// A slot's connection: its generation, the member, until when it is kept when it is a
 /// stand-in (a follower kept because the leader it named was a suspect), and what its
-/// watchdog reads.
+/// watchdog reads (the watchdog ends once neither the slot nor a request holds it).
 struct Held {
     generation: u64,
     conn: MultiplexedConnection,
@@ -141,18 +141,10 @@ struct Held {
     watch: Arc<Watch>,
 }
 
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.watch.retired.store(true, Ordering::Relaxed);
-    }
-}
-
-/// What a shared connection's watchdog reads: how many requests await a reply on it, and
-/// whether the slot gave it up.
+/// What a shared connection's watchdog reads: how many requests await a reply on it.
 #[derive(Default)]
 struct Watch {
     awaiting: AtomicUsize,
-    retired: AtomicBool,
 }
 
 impl Watch {
@@ -177,14 +169,14 @@ impl Watch {
 /// connection before the response timeout. A PING every `every` does: if the host
 /// acknowledges nothing, the connection fails, and every request on it with it. A PING's
 /// reply is not waited for past `every` (it may queue behind a slow reply).
-async fn keep_acknowledging(mut conn: MultiplexedConnection, watch: Arc<Watch>, every: Duration) {
+async fn keep_acknowledging(mut conn: MultiplexedConnection, watch: Weak<Watch>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if watch.retired.load(Ordering::Relaxed) {
+        let Some(watch) = watch.upgrade() else {
             return;
-        }
+        };
         if watch.awaiting.load(Ordering::Relaxed) > 0 {
             let ping = redis::cmd("PING");
             if let Ok(Err(e)) =
@@ -469,7 +461,7 @@ impl Db {
         let watch = Arc::new(Watch::default());
         tokio::spawn(keep_acknowledging(
             opened.conn.clone(),
-            watch.clone(),
+            Arc::downgrade(&watch),
             self.inner.ping_every,
         ));
         guard.conn = Some(Held {

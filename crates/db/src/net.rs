@@ -386,7 +386,7 @@ pub async fn serve_peers<H: PeerHandler>(listener: TcpListener, handler: Arc<H>)
                         // A request of a newer version (a variant this one does not know)
                         // still carries its id first: answer it, and keep the connection
                         // for the requests this version knows.
-                        let Ok((id, _)) = postcard::take_from_bytes::<u64>(&frame) else {
+                        let Ok(id) = crate::codec::dec_prefix::<u64>(&frame) else {
                             tracing::warn!("bad peer request: {e}");
                             break;
                         };

@@ -859,11 +859,12 @@ impl Node {
     /// How long this member refuses votes after it last heard from a leader (openraft 0.9's
     /// lease: its `election_timeout_max`).
     fn vote_lease_ms(&self) -> u64 {
-        if self.is_witness() {
-            witness_election(&self.cfg.tunables).1
-        } else {
-            self.cfg.tunables.election_max_ms
-        }
+        election_timeouts(&self.cfg.tunables, self.is_witness()).1
+    }
+
+    /// Milliseconds since this node started: the clock `last_leader_contact` is read on.
+    fn clock_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     /// On the witness, when the leader has been silent past its lease and a data member
@@ -895,7 +896,7 @@ impl Node {
         } else {
             match self.last_leader_contact.load(Ordering::Relaxed) {
                 0 => None,
-                last => Some((self.started.elapsed().as_millis() as u64).saturating_sub(last)),
+                last => Some(self.clock_ms().saturating_sub(last)),
             }
         };
         LeaderSilence {
@@ -932,8 +933,8 @@ impl PeerHandler for Node {
                 let from_leader = rpc.vote.is_committed();
                 let res = self.raft.append_entries(rpc).await;
                 if from_leader && res.is_ok() {
-                    let t = self.started.elapsed().as_millis() as u64;
-                    self.last_leader_contact.store(t, Ordering::Relaxed);
+                    self.last_leader_contact
+                        .store(self.clock_ms(), Ordering::Relaxed);
                 }
                 PeerResp::Append(res)
             }
@@ -1151,8 +1152,8 @@ async fn witness_loop(node: Arc<Node>) {
         } else if m.current_leader.is_some_and(|l| node.cfg.is_data(l)) {
             // A data member leads, and is alive (heard from lately): stand down.
             let last = node.last_leader_contact.load(Ordering::Relaxed);
-            let now = node.started.elapsed().as_millis() as u64;
-            if last > 0 && now.saturating_sub(last) < node.cfg.tunables.election_min_ms {
+            if last > 0 && node.clock_ms().saturating_sub(last) < node.cfg.tunables.election_min_ms
+            {
                 node.raft.runtime_config().elect(false);
             }
         }
@@ -1198,7 +1199,7 @@ async fn failover_loop(node: Arc<Node>) {
             continue;
         }
         let jitter = (node.rid_base ^ last.wrapping_mul(0x9E37_79B9_7F4A_7C15)) % jitter_span;
-        let silent_ms = (node.started.elapsed().as_millis() as u64).saturating_sub(last);
+        let silent_ms = node.clock_ms().saturating_sub(last);
         if silent_ms >= t.election_max_ms + 20 + jitter {
             kicked_for = last;
             tracing::info!(silent_ms, "no word from the leader; calling an election");
@@ -1369,6 +1370,16 @@ pub fn witness_election(t: &crate::config::Tunables) -> (u64, u64) {
     (t.heartbeat_ms * 2, t.heartbeat_ms * 3)
 }
 
+/// A member's election timeouts (min, max), as openraft gets them; the max is also how long
+/// it refuses votes after it last heard from a leader.
+fn election_timeouts(t: &crate::config::Tunables, witness: bool) -> (u64, u64) {
+    if witness {
+        witness_election(t)
+    } else {
+        (t.election_min_ms, t.election_max_ms)
+    }
+}
+
 /// A started node and its background tasks.
 pub struct Running {
     pub node: Arc<Node>,
@@ -1389,16 +1400,8 @@ pub async fn start(cfg: DbConfig) -> Result<Running, DbError> {
     let rc = Config {
         cluster_name: "citadel-db".into(),
         heartbeat_interval: t.heartbeat_ms,
-        election_timeout_min: if witness {
-            witness_election(t).0
-        } else {
-            t.election_min_ms
-        },
-        election_timeout_max: if witness {
-            witness_election(t).1
-        } else {
-            t.election_max_ms
-        },
+        election_timeout_min: election_timeouts(t, witness).0,
+        election_timeout_max: election_timeouts(t, witness).1,
         // The witness never builds snapshots on its own, so it never purges entries that a
         // data member may still need; it keeps its whole log.
         snapshot_policy: if witness {

@@ -130,6 +130,17 @@ impl Cluster {
         std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
     }
 
+    /// Where member `id`'s log ends now, for [`Cluster::log_after`].
+    pub fn log_mark(&self, id: u64) -> usize {
+        self.log(id).len()
+    }
+
+    /// What member `id` logged after `mark` (so that what it did at start-up, say an
+    /// election, is not taken for what a test provoked later).
+    pub fn log_after(&self, id: u64, mark: usize) -> String {
+        self.log(id).get(mark..).unwrap_or_default().to_string()
+    }
+
     pub fn start(&mut self, id: u64) {
         let cfg = self.config(id);
         let log = std::fs::OpenOptions::new()
